@@ -1,0 +1,296 @@
+"""Typed experiment config: dataclass defaults are the common config, YAML files override them.
+
+`load("configs/rbc.yaml", ["train.lr=0.01"])` -> Config. Unknown keys and wrong types raise ConfigError
+naming the file and the dotted key. Relative paths resolve against the current directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class SplitConfig:
+    annotations: str = ""
+    images: str | None = None  # folder that `file_name` is relative to; default: the annotation file's folder
+
+    @property
+    def images_dir(self) -> Path:
+        return Path(self.images) if self.images else Path(self.annotations).parent
+
+
+@dataclass
+class AugmentConfig:
+    hflip: float = 0.5
+    vflip: float = 0.0
+    rotate90: float = 0.0
+    scale: tuple[float, float] = (0.8, 1.2)
+    translate: float = 0.1
+    affine_p: float = 0.5
+    color: float = 0.5
+    blur: float = 0.0
+    min_visibility: float = 0.3
+
+
+@dataclass
+class DataConfig:
+    train: SplitConfig = field(default_factory=SplitConfig)
+    val: SplitConfig = field(default_factory=SplitConfig)
+    image_size: int = 512
+    keep_empty: bool = True
+    drop_placeholder_categories: bool = True
+    strict_boxes: bool = False
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet50_fpn"
+    pretrained: Union[bool, str] = False
+    trainable_layers: int = 3
+    frozen_bn: bool = True
+    fpn_channels: int = 256
+    representation_size: int = 1024
+    anchors: Literal["default", "kmeans"] = "default"
+    anchors_per_level: int = 3
+    max_detections: int = 100
+
+
+@dataclass
+class ProgressiveConfig:
+    start_size: int = 0  # 0 = off
+    epochs: int = 0  # epochs trained at start_size before switching to data.image_size
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 12
+    batch_size: int = 4
+    lr: float = 1e-4
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    scheduler: Literal["onecycle", "cosine"] = "onecycle"
+    warmup_epochs: float = 1.0
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    grad_clip: float = 10.0  # max gradient norm; 0 = off
+    progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
+    balanced_sampler: bool = False
+    patience: int = 0  # epochs without a better score before stopping; 0 = off
+    min_epochs: int = 1
+    seed: int = 0
+    num_workers: int = 2
+    device: str = "auto"
+
+
+@dataclass
+class EvalConfig:
+    score_threshold: float = 0.5
+    iou_threshold: float = 0.5
+    batch_size: int = 8
+
+
+@dataclass
+class ScoreConfig:
+    w_map: float = 0.5
+    w_f1: float = 0.5
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+
+def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (or start from defaults when `path` is None) and apply `key=value` overrides."""
+    source = str(path) if path is not None else "<defaults>"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    for item in overrides:
+        _apply_override(raw, item)
+    cfg = from_dict(raw, source)
+    _check_semantics(cfg, source)
+    return cfg
+
+
+def from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
+    return _build(Config, raw, "", source)
+
+
+def save(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def diff(a: Config, b: Config) -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose values differ between two configs."""
+    fa, fb = _flatten(a.to_dict()), _flatten(b.to_dict())
+    return {k: (fa.get(k), fb.get(k)) for k in sorted(fa.keys() | fb.keys()) if fa.get(k) != fb.get(k)}
+
+
+def resolve_paths(cfg: Config) -> Config:
+    """A copy whose dataset paths are absolute, so the saved config works from any directory."""
+    def absolute(split: SplitConfig) -> SplitConfig:
+        images = str(Path(split.images).resolve()) if split.images else None
+        ann = str(Path(split.annotations).resolve()) if split.annotations else ""
+        return SplitConfig(annotations=ann, images=images)
+
+    data = dataclasses.replace(cfg.data, train=absolute(cfg.data.train), val=absolute(cfg.data.val))
+    pretrained = cfg.model.pretrained
+    if isinstance(pretrained, str):
+        pretrained = str(Path(pretrained).expanduser().resolve())
+    return dataclasses.replace(cfg, data=data, model=dataclasses.replace(cfg.model, pretrained=pretrained))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config ({e.strerror}); check the path") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (data, model, train, ...)")
+    return raw
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=0.001")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    where = prefix.rstrip(".") or "top level"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {where} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        key = prefix + str(unknown[0])
+        raise ConfigError(
+            f"{source}: unknown key '{key}'; valid keys in {where}: {', '.join(sorted(names))}"
+        )
+    values = {name: _coerce(hints[name], raw[name], prefix + name, source) for name in raw}
+    return cls(**values)
+
+
+def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".", source)
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        for arg in sorted(args, key=lambda a: a is str):  # try str last so `true` stays a bool
+            try:
+                return _coerce(arg, value, key, source)
+            except ConfigError:
+                continue
+        raise _type_error(key, value, " or ".join(_type_name(a) for a in args), source)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{source}: {key} must be one of {', '.join(map(str, args))}; got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise _type_error(key, value, f"a list of {len(args)} numbers", source)
+        return tuple(_coerce(a, v, f"{key}[{i}]", source) for i, (a, v) in enumerate(zip(args, value)))
+    if tp is type(None):
+        if value is not None:
+            raise _type_error(key, value, "null", source)
+        return None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _type_error(key, value, "true or false", source)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _type_error(key, value, "an integer", source)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _type_error(key, value, "a number", source)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise _type_error(key, value, "a string", source)
+        return value
+    raise TypeError(f"unsupported config type {tp} for {key}")
+
+
+def _type_error(key: str, value: Any, expected: str, source: str) -> ConfigError:
+    return ConfigError(f"{source}: {key} must be {expected}; got {value!r}")
+
+
+def _type_name(tp: Any) -> str:
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _check_semantics(cfg: Config, source: str) -> None:
+    checks = [
+        (cfg.data.image_size >= 32, "data.image_size must be at least 32"),
+        (cfg.train.epochs >= 1, "train.epochs must be at least 1"),
+        (cfg.train.batch_size >= 1, "train.batch_size must be at least 1"),
+        (cfg.train.lr > 0, "train.lr must be positive"),
+        (0.0 <= cfg.eval.score_threshold <= 1.0, "eval.score_threshold must lie in [0, 1]"),
+        (0.0 < cfg.eval.iou_threshold <= 1.0, "eval.iou_threshold must lie in (0, 1]"),
+        (cfg.model.anchors_per_level >= 1, "model.anchors_per_level must be at least 1"),
+        (cfg.data.augment.scale[0] <= cfg.data.augment.scale[1], "data.augment.scale must be [low, high]"),
+        (cfg.train.progressive.start_size == 0 or cfg.train.progressive.start_size >= 32,
+         "train.progressive.start_size must be 0 (off) or at least 32"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(f"{source}: {message}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
