@@ -1,0 +1,153 @@
+"""Backbones: name -> nn.Module returning an OrderedDict of FPN maps, with an `out_channels` attribute.
+
+`resnet50_fpn` is torchvision's; `efficientnet_b3`, `swin_s` and any other timm model name that supports
+`features_only` get a torchvision FeaturePyramidNetwork on the stages of stride 4 and more.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+from torchvision.models import ResNet50_Weights
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from ..errors import ConfigError, WeightsError
+from .weights import fetch, is_detector_state, load_matching, read_state_dict
+
+ALIASES = {
+    "efficientnet_b3": "efficientnet_b3",
+    "swin_s": "swin_small_patch4_window7_224",
+}
+TORCHVISION = ("resnet50_fpn",)
+MIN_STRIDE = 4
+
+
+class TimmFPN(nn.Module):
+    """A timm `features_only` body (NCHW or NHWC) followed by a torchvision FPN."""
+
+    def __init__(self, body: nn.Module, fpn_channels: int):
+        super().__init__()
+        info = body.feature_info
+        self.body = body
+        self.keep = [i for i, r in enumerate(info.reduction()) if r >= MIN_STRIDE]
+        self.channels_last = str(getattr(body, "output_fmt", "NCHW")).endswith("NHWC")
+        channels = [info.channels()[i] for i in self.keep]
+        self.fpn = FeaturePyramidNetwork(channels, fpn_channels, extra_blocks=LastLevelMaxPool())
+        self.out_channels = fpn_channels
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        feats = self.body(x)
+        feats = [feats[i] for i in self.keep]
+        if self.channels_last:
+            feats = [f.permute(0, 3, 1, 2).contiguous() for f in feats]
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
+
+
+def build_backbone(
+    name: str,
+    *,
+    pretrained: bool | str = False,
+    trainable_layers: int = 3,
+    frozen_bn: bool = True,
+    fpn_channels: int = 256,
+) -> nn.Module:
+    """Build the backbone named `name`. `pretrained`: True (published weights), a local file, or False.
+
+    A local file holding a whole detector is not loaded here: build_model loads it into the full model.
+    """
+    file_state = None
+    if isinstance(pretrained, str) and pretrained:
+        file_state = read_state_dict(pretrained)
+        if is_detector_state(file_state):
+            file_state, pretrained = None, False
+    if name in TORCHVISION:
+        return _torchvision_resnet50(pretrained, file_state, trainable_layers, frozen_bn)
+    return _timm_fpn(name, pretrained, file_state, trainable_layers, frozen_bn, fpn_channels)
+
+
+def num_levels(backbone: nn.Module) -> int:
+    """Number of feature maps the backbone returns (FPN levels including the pooled one)."""
+    with torch.no_grad():
+        was_training = backbone.training
+        backbone.eval()
+        out = backbone(torch.zeros(1, 3, 64, 64))
+        backbone.train(was_training)
+    return len(out)
+
+
+def _torchvision_resnet50(pretrained, file_state, trainable_layers, frozen_bn) -> nn.Module:
+    weights = ResNet50_Weights.IMAGENET1K_V1 if pretrained is True else None
+    norm = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
+    if weights is not None:
+        fetch(lambda: weights.get_state_dict(progress=False), "resnet50 (torchvision ImageNet)",
+              "~/.cache/torch/hub/checkpoints/")
+    model = resnet_fpn_backbone(backbone_name="resnet50", weights=weights, norm_layer=norm,
+                                trainable_layers=_check_layers(trainable_layers, 5))
+    if file_state is not None:
+        load_matching(model.body, file_state, str(pretrained))
+    return model
+
+
+def _timm_fpn(name, pretrained, file_state, trainable_layers, frozen_bn, fpn_channels) -> nn.Module:
+    import timm
+
+    model_name = ALIASES.get(name, name)
+    create = {"features_only": True, **({"dynamic_img_size": True} if model_name.startswith("swin") else {})}
+    if not timm.is_model(model_name):
+        raise ConfigError(
+            f"model.backbone: '{name}' is neither {', '.join(TORCHVISION + tuple(ALIASES))} nor a timm model "
+            "name; try resnet18 or mobilenetv3_large_100 for small runs (timm.list_models() lists them all)"
+        )
+    if isinstance(pretrained, str) and pretrained:
+        body = _timm_from_file(timm, model_name, pretrained, create)
+    elif pretrained is True:
+        body = fetch(lambda: timm.create_model(model_name, pretrained=True, **create),
+                     f"{model_name} (timm)", "the Hugging Face cache (~/.cache/huggingface/hub)")
+    else:
+        body = _timm_create(timm, model_name, create)
+    if frozen_bn:
+        body = timm.layers.freeze_batch_norm_2d(body)
+    _freeze_stages(body, body.feature_info.module_name(), trainable_layers)
+    return TimmFPN(body, fpn_channels)
+
+
+def _timm_create(timm, model_name: str, create: dict) -> nn.Module:
+    try:
+        return timm.create_model(model_name, pretrained=False, **create)
+    except RuntimeError as e:
+        raise ConfigError(f"model.backbone: timm model '{model_name}' cannot return feature maps ({e})") from None
+
+
+def _timm_from_file(timm, model_name: str, path: str, create: dict) -> nn.Module:
+    try:
+        return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay={"file": path}, **create)
+    except (RuntimeError, KeyError) as e:
+        raise WeightsError(
+            f"{path}: does not fit timm model {model_name} ({str(e).splitlines()[0]}); pass that model's "
+            "state dict (timm or PyTorch format) or a detector checkpoint"
+        ) from None
+
+
+def _freeze_stages(body: nn.Module, stage_modules: list[str], trainable_layers: int) -> None:
+    """Freeze everything before the last `trainable_layers` stages (all stages count, stem included)."""
+    n = _check_layers(trainable_layers, len(stage_modules))
+    if n >= len(stage_modules):
+        return
+    first_trainable = stage_modules[len(stage_modules) - n] if n > 0 else None
+    prefixes = () if first_trainable is None else (first_trainable + ".", first_trainable.replace(".", "_") + ".")
+    frozen = True
+    for pname, param in body.named_parameters():
+        if frozen and prefixes and pname.startswith(prefixes):
+            frozen = False
+        if frozen:
+            param.requires_grad_(False)
+
+
+def _check_layers(trainable_layers: int, most: int) -> int:
+    if not 0 <= trainable_layers <= most:
+        raise ConfigError(f"model.trainable_layers must lie in [0, {most}] for this backbone; got {trainable_layers}")
+    return trainable_layers

@@ -1,0 +1,77 @@
+"""Reading weight files and loading the tensors that fit a module."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import torch
+from torch import nn
+
+from ..errors import WeightsError
+
+DETECTOR_PREFIXES = ("backbone.", "rpn.", "roi_heads.")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    loaded: int
+    skipped: tuple[str, ...]  # keys present in the file whose shape did not fit
+    missing: int  # module parameters the file did not provide
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A flat state dict from a .pt/.pth/.bin/.safetensors file, our checkpoints included.
+
+    Unwraps {"model": ...} / {"state_dict": ...} containers and a DataParallel "module." prefix.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise WeightsError(f"{p}: weight file not found; fix model.pretrained (a path, true or false)")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            obj = load_file(str(p))
+        else:
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # any decoding failure of a user-supplied file is a user error
+        raise WeightsError(f"{p}: cannot read weights ({type(e).__name__}: {e}); is it a PyTorch state dict?") from None
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{p}: not a state dict of tensors; save one with torch.save(model.state_dict(), path)")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def is_detector_state(state: dict[str, torch.Tensor]) -> bool:
+    return any(k.startswith(DETECTOR_PREFIXES) for k in state)
+
+
+def load_matching(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> LoadReport:
+    """Copy every tensor whose name and shape fit `module`; error when nothing fits."""
+    own = module.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    skipped = tuple(sorted(k for k in state if k in own and own[k].shape != state[k].shape))
+    if not fitting:
+        sample = ", ".join(list(state)[:3])
+        raise WeightsError(
+            f"{source}: no tensor in the file matches the model (file keys look like: {sample}); "
+            "pass weights of the same backbone (model.backbone) or a detector checkpoint"
+        )
+    module.load_state_dict(fitting, strict=False)
+    return LoadReport(loaded=len(fitting), skipped=skipped, missing=len(own) - len(fitting))
+
+
+def fetch(download: Callable[[], T], what: str, cache_hint: str) -> T:
+    """Run a download of published weights; turn an offline failure into one clear WeightsError."""
+    try:
+        return download()
+    except Exception as e:  # urllib, huggingface_hub and socket errors have no common base
+        raise WeightsError(
+            f"cannot get the pretrained weights for {what} ({type(e).__name__}: {e}). Offline? Either set "
+            f"model.pretrained to a local weight file (a state dict or a torchvision/timm checkpoint), "
+            f"or put the published file in {cache_hint} on a machine that is online first; "
+            "model.pretrained=false trains from random initialisation"
+        ) from None
