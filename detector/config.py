@@ -1,7 +1,8 @@
 """Typed experiment config: dataclass defaults are the common config, YAML files override them.
 
-`load("configs/rbc.yaml", ["train.lr=0.01"])` -> Config. Unknown keys and wrong types raise ConfigError
-naming the file and the dotted key. Relative paths resolve against the current directory.
+`load("configs/rbc.yaml", ["train.lr=0.01"])` -> Config. A file may start from another with
+`base: other.yaml` (relative to the file). Unknown keys and wrong types raise ConfigError naming the file
+and the dotted key. Dataset and weight paths resolve against the current directory.
 """
 from __future__ import annotations
 
@@ -62,6 +63,9 @@ class ModelConfig:
     anchors: Literal["default", "kmeans"] = "default"
     anchors_per_level: int = 3
     max_detections: int = 100
+    rpn_proposals_train: int = 2000  # proposals kept per image (pre- and post-NMS) while training
+    rpn_proposals_test: int = 1000
+    box_samples_per_image: int = 512  # RoIs sampled per image for the box head loss
 
 
 @dataclass
@@ -121,7 +125,7 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] 
     source = str(path) if path is not None else "<defaults>"
     raw: dict[str, Any] = {}
     if path is not None:
-        raw = _read_yaml(Path(path))
+        raw = _read_with_bases(Path(path), ())
     for item in overrides:
         _apply_override(raw, item)
     cfg = from_dict(raw, source)
@@ -155,6 +159,27 @@ def resolve_paths(cfg: Config) -> Config:
     if isinstance(pretrained, str):
         pretrained = str(Path(pretrained).expanduser().resolve())
     return dataclasses.replace(cfg, data=data, model=dataclasses.replace(cfg.model, pretrained=pretrained))
+
+
+def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """A config file merged over its `base:` file (a path relative to it), recursively."""
+    raw = _read_yaml(path)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be a path to another config file")
+    base_path = (path.parent / base).resolve()
+    if base_path in seen:
+        raise ConfigError(f"{path}: base configs form a cycle through {base_path}")
+    return _merge(_read_with_bases(base_path, seen + (base_path,)), raw)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN
@@ -12,7 +13,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from .anchors import FittedAnchorGenerator, default_generator
+from .anchors import AnchorFit, FittedAnchorGenerator, default_generator, fit_anchors
 from .backbones import build_backbone, num_levels
 from .weights import fetch, is_detector_state, load_matching, read_state_dict
 
@@ -30,23 +31,28 @@ def build_model(
     num_classes: int,
     image_size: int,
     anchor_shapes: Sequence[Sequence[tuple[float, float]]] | None = None,
-    anchors_per_level: int = 3,
     pretrained: bool | str = False,
     trainable_layers: int = 3,
     frozen_bn: bool = True,
     fpn_channels: int = 256,
     representation_size: int = 1024,
     max_detections: int = 100,
+    rpn_proposals_train: int = 2000,
+    rpn_proposals_test: int = 1000,
+    box_samples_per_image: int = 512,
+    body: nn.Module | None = None,
 ) -> FasterRCNN:
     """A FasterRCNN for `num_classes` foreground classes (labels 1..num_classes, 0 = background).
 
     `anchor_shapes`: per FPN level, (w, h) anchors in input pixels (from `fit_anchors`); None keeps
     torchvision's default generator. `pretrained`: True, a local weight file, or False.
+    `body`: an already built `build_backbone(backbone, ...)`, to reuse it.
     """
     if num_classes < 1:
         raise ConfigError("the dataset needs at least one category to train a detector")
-    body = build_backbone(backbone, pretrained=pretrained, trainable_layers=trainable_layers,
-                          frozen_bn=frozen_bn, fpn_channels=fpn_channels)
+    if body is None:
+        body = build_backbone(backbone, pretrained=pretrained, trainable_layers=trainable_layers,
+                              frozen_bn=frozen_bn, fpn_channels=fpn_channels)
     levels = num_levels(body)
     if anchor_shapes is not None and len(anchor_shapes) != levels:
         raise ConfigError(f"anchors have {len(anchor_shapes)} levels but backbone {backbone} has {levels}")
@@ -63,6 +69,9 @@ def build_model(
         box_predictor=FastRCNNPredictor(representation_size, num_classes + 1),
         box_score_thresh=0.0,
         box_detections_per_img=max_detections,
+        rpn_pre_nms_top_n_train=rpn_proposals_train, rpn_post_nms_top_n_train=rpn_proposals_train,
+        rpn_pre_nms_top_n_test=rpn_proposals_test, rpn_post_nms_top_n_test=rpn_proposals_test,
+        box_batch_size_per_image=box_samples_per_image,
     )
     model.transform = PreResizedTransform(image_size, image_size, model.transform.image_mean,
                                           model.transform.image_std)
@@ -70,14 +79,32 @@ def build_model(
     return model
 
 
-def build(cfg: ModelConfig, *, num_classes: int, image_size: int,
-          anchor_shapes: Sequence[Sequence[tuple[float, float]]] | None = None) -> FasterRCNN:
-    return build_model(
+def build(
+    cfg: ModelConfig,
+    *,
+    num_classes: int,
+    image_size: int,
+    anchor_shapes: Sequence[Sequence[tuple[float, float]]] | None = None,
+    box_shapes: np.ndarray | None = None,
+    seed: int = 0,
+) -> tuple[FasterRCNN, AnchorFit | None]:
+    """The model a config describes. With `anchors: kmeans` and no `anchor_shapes`, anchors are fitted to
+    `box_shapes` ((N, 2) training box w, h in input pixels) and the fit is returned too."""
+    body = build_backbone(cfg.backbone, pretrained=cfg.pretrained, trainable_layers=cfg.trainable_layers,
+                          frozen_bn=cfg.frozen_bn, fpn_channels=cfg.fpn_channels)
+    fit = None
+    if anchor_shapes is None and cfg.anchors == "kmeans":
+        if box_shapes is None or len(box_shapes) == 0:
+            raise ConfigError("model.anchors=kmeans needs training boxes to fit; the training split has none")
+        fit = fit_anchors(box_shapes, num_levels=num_levels(body), per_level=cfg.anchors_per_level, seed=seed)
+        anchor_shapes = fit.shapes
+    model = build_model(
         backbone=cfg.backbone, num_classes=num_classes, image_size=image_size, anchor_shapes=anchor_shapes,
-        anchors_per_level=cfg.anchors_per_level, pretrained=cfg.pretrained,
-        trainable_layers=cfg.trainable_layers, frozen_bn=cfg.frozen_bn, fpn_channels=cfg.fpn_channels,
-        representation_size=cfg.representation_size, max_detections=cfg.max_detections,
+        pretrained=cfg.pretrained, representation_size=cfg.representation_size,
+        max_detections=cfg.max_detections, rpn_proposals_train=cfg.rpn_proposals_train,
+        rpn_proposals_test=cfg.rpn_proposals_test, box_samples_per_image=cfg.box_samples_per_image, body=body,
     )
+    return model, fit
 
 
 def _load_detector_weights(model: nn.Module, backbone: str, pretrained: bool | str, representation_size: int) -> None:

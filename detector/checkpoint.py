@@ -1,0 +1,99 @@
+"""Checkpoints: atomic save, safe load (weights_only=True), RNG state capture, and model restoration.
+
+A checkpoint is a dict of tensors and plain values: model, optimizer, scheduler, scaler, rng, epoch,
+metrics, config (resolved, as a dict), label_map, anchors (per-level (w, h) or None) and image_size.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import config as config_mod
+from .data.coco import LabelMap
+from .errors import WeightsError
+from .models import faster_rcnn
+
+FORMAT = 1
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write `state` to a temporary file in the same folder, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: checkpoint not found; pass a .pt file written by `detector train`")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # a truncated or foreign file is a user error
+        raise WeightsError(f"{path}: cannot load checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or "model" not in state or "label_map" not in state:
+        raise WeightsError(f"{path}: not a detector checkpoint (no model/label_map); pass a file from `detector train`")
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": [int(v) for v in random.getstate()[1]],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    random.setstate((3, tuple(state["python"]), None))
+
+
+@dataclass
+class RestoredModel:
+    model: nn.Module
+    label_map: LabelMap
+    image_size: int
+    config: config_mod.Config
+    anchors: list | None
+    metrics: dict[str, Any]
+
+
+def restore_model(path: str | Path, device: str | torch.device = "cpu") -> RestoredModel:
+    """Rebuild the model a checkpoint was trained as (no pretrained download) and load its weights."""
+    state = load_checkpoint(path)
+    cfg = config_mod.from_dict(state["config"], source=str(path))
+    label_map = LabelMap.from_dict(state["label_map"])
+    model, _ = faster_rcnn.build(replace(cfg.model, pretrained=False), num_classes=label_map.num_classes,
+                                 image_size=state["image_size"], anchor_shapes=state.get("anchors"))
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    return RestoredModel(model, label_map, int(state["image_size"]), cfg, state.get("anchors"),
+                         state.get("metrics", {}))
+

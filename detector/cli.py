@@ -1,0 +1,140 @@
+"""Command line: argument parsing only; each sub-command is parse -> config.load -> one call."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .errors import DetectorError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DetectorError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="detector", description="Fine-tune Faster R-CNN detectors on COCO data.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train one model on the config's train/val split")
+    t.add_argument("config", help="YAML config, e.g. configs/quickstart.yaml")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=0.001 (repeatable)")
+    t.add_argument("--out", help="run directory (default runs/CONFIG-TIMESTAMP); an existing one is resumed")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("evaluate", help="COCO metrics, per-class AP, precision, recall and F1")
+    e.add_argument("checkpoint", nargs="?", help="a .pt file from `detector train` (or use --predictions)")
+    e.add_argument("annotations", help="COCO annotation file with the ground truth")
+    e.add_argument("--predictions", help="a COCO results JSON from any detector, instead of a checkpoint")
+    e.add_argument("--images-dir", help="folder file_name is relative to (default: the annotation file's)")
+    e.add_argument("--score-threshold", type=float, help="threshold for precision/recall/F1 "
+                   "(default: the checkpoint's eval.score_threshold, or 0.5)")
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=_evaluate)
+
+    c = sub.add_parser("check-data", help="validate a COCO dataset and summarise it")
+    c.add_argument("annotations")
+    c.add_argument("--images-dir")
+    c.add_argument("--strict", action="store_true", help="boxes outside the image are errors, not warnings")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=_check_data)
+
+    s = sub.add_parser("sample-data", help="write the built-in synthetic COCO dataset")
+    s.add_argument("out", help="output folder, e.g. data/sample")
+    s.add_argument("--images", type=int, default=None, help="number of images (default 200)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_sample_data)
+    return p
+
+
+def _train(args) -> int:
+    from . import config
+    from .train import fit, load_splits
+
+    cfg = config.load(args.config, args.overrides)
+    run = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    _check_same_config(run, cfg)
+    train_index, val_index = load_splits(cfg)
+    run.mkdir(parents=True, exist_ok=True)
+    config.save(config.resolve_paths(cfg), run / "config.yaml")
+    print(f"run directory: {run}")
+    result = fit(cfg, train_index, val_index, run, progress=not args.quiet)
+    m = result.best_metrics
+    print(f"best epoch {result.best_epoch}: map_50 {m.get('map_50', 0):.4f}  f1 {m.get('f1', 0):.4f}  "
+          f"score {m.get('score', 0):.4f}  -> {result.best_path}")
+    return 0
+
+
+def _check_same_config(run: Path, cfg) -> None:
+    from . import config
+    from .errors import ConfigError
+
+    saved = run / "config.yaml"
+    if not (run / "last.pt").exists() or not saved.exists():
+        return
+    differences = config.diff(config.load(saved), config.resolve_paths(cfg))
+    if differences:
+        listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, a, b in ((k, *v) for k, v in differences.items()))
+        raise ConfigError(f"{run} was trained with another config and cannot be resumed: {listed}; "
+                          "use a new --out")
+
+
+def _evaluate(args) -> int:
+    from .evaluate import evaluate_checkpoint, evaluate_results_file
+    from .report import format_metrics
+
+    if bool(args.predictions) == bool(args.checkpoint):
+        raise DetectorError("give either CHECKPOINT ANNOTATIONS or --predictions RESULTS.json ANNOTATIONS")
+    if args.predictions:
+        threshold = 0.5 if args.score_threshold is None else args.score_threshold
+        metrics = evaluate_results_file(args.predictions, args.annotations, score_threshold=threshold)
+    else:
+        metrics = evaluate_checkpoint(args.checkpoint, args.annotations, args.images_dir,
+                                      score_threshold=args.score_threshold, batch_size=args.batch_size,
+                                      device=args.device, progress=not (args.quiet or args.json))
+    print(json.dumps(metrics, indent=2) if args.json else format_metrics(metrics))
+    return 0
+
+
+def _check_data(args) -> int:
+    from .data.coco import load_coco
+    from .data.summary import format_summary, summarize
+
+    try:
+        index = load_coco(args.annotations, args.images_dir, strict_boxes=args.strict, raise_on_error=False)
+    except DetectorError as e:  # the file itself is unreadable: nothing to summarise
+        print(json.dumps({"usable": False, "errors": [str(e)]}) if args.json else f"error: {e}", file=sys.stdout)
+        return 1
+    summary = summarize(index)
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0 if summary["usable"] else 1
+
+
+def _sample_data(args) -> int:
+    from .data.sample import SampleSpec, write_sample_dataset
+
+    spec = SampleSpec(seed=args.seed) if args.images is None else SampleSpec(images=args.images, seed=args.seed)
+    paths = write_sample_dataset(args.out, spec)
+    print("\n".join(f"{k}: {v}" for k, v in paths.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""fit(): train one train/val split, evaluating every epoch, logging rows and keeping the best checkpoint.
+
+Everything about a run goes to its run directory as it happens: config.yaml, anchors.json, metrics.csv,
+last.pt (for resuming), best.pt and summary.json. fit() knows nothing about Optuna: it calls
+on_epoch_end(epoch, metrics), which may raise to stop the run.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from . import config as config_mod
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import Config
+from .data.coco import CocoDetection, CocoIndex, collate, load_coco
+from .data.transforms import build_eval_transforms, build_train_transforms
+from .engine import Precision, predict, resolve_device, resolve_precision, to_coco_results, train_one_epoch
+from .metrics import evaluate_detections
+from .models import faster_rcnn
+
+LOSS_KEYS = ("loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
+CSV_COLUMNS = ("epoch", "lr", *LOSS_KEYS, "map", "map_50", "map_75", "precision", "recall", "f1", "score",
+               "image_size", "train_seconds", "eval_seconds", "seconds")
+
+OnEpochEnd = Callable[[int, dict[str, Any]], None]
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_metrics: dict[str, Any]
+    best_path: Path | None
+    epochs_run: int
+    stopped_early: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+    anchors: dict[str, Any] | None = None
+
+
+class LrSchedule:
+    """Learning-rate factor per optimizer step: linear warmup, then cosine decay.
+
+    `onecycle` warms up from 1/25 of the peak and ends at 1/1e4 of it (the shape of torch's OneCycleLR);
+    `cosine` warms up from 1/1000 and decays to 0. A plain object so LambdaLR can save its state.
+    """
+
+    def __init__(self, kind: str, total_steps: int, warmup_steps: int):
+        self.kind, self.total, self.warmup = kind, max(total_steps, 1), min(max(warmup_steps, 0), total_steps)
+        self.start, self.end = (1 / 25, 1e-4) if kind == "onecycle" else (1e-3, 0.0)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return self.start + (1 - self.start) * step / self.warmup
+        progress = min((step - self.warmup) / max(self.total - self.warmup, 1), 1.0)
+        return self.end + (1 - self.end) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def load_splits(cfg: Config) -> tuple[CocoIndex, CocoIndex]:
+    """The validated training and validation splits named by the config (shared label map)."""
+    d = cfg.data
+    options = dict(keep_empty=d.keep_empty, drop_placeholder_categories=d.drop_placeholder_categories,
+                   strict_boxes=d.strict_boxes)
+    train = load_coco(d.train.annotations, d.train.images_dir, **options)
+    val = load_coco(d.val.annotations, d.val.images_dir, label_map=train.label_map, **options)
+    return train, val
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def box_shapes(index: CocoIndex, image_size: int) -> np.ndarray:
+    """(N, 2) widths and heights of the training boxes in the resized input space the model sees."""
+    shapes = []
+    for rec in index.images:
+        if len(rec.boxes):
+            scale = image_size / max(rec.width, rec.height)
+            shapes.append((rec.boxes[:, 2:] - rec.boxes[:, :2]) * scale)
+    return np.concatenate(shapes) if shapes else np.zeros((0, 2), np.float32)
+
+
+def balanced_weights(index: CocoIndex) -> np.ndarray:
+    """Per-image sampling weight: the largest inverse class frequency among its classes (per fold)."""
+    counts: dict[int, int] = {}
+    for rec in index.images:
+        for cid in set(rec.category_ids.tolist()):
+            counts[cid] = counts.get(cid, 0) + 1
+    floor = 1.0 / max(len(index.images), 1)
+    return np.array([max((1.0 / counts[c] for c in set(rec.category_ids.tolist())), default=floor)
+                     for rec in index.images], dtype=np.float64)
+
+
+def image_size_at(cfg: Config, epoch: int) -> int:
+    p = cfg.train.progressive
+    return p.start_size if p.start_size and epoch < p.epochs else cfg.data.image_size
+
+
+def fit(
+    cfg: Config,
+    train_index: CocoIndex,
+    val_index: CocoIndex,
+    run_dir: str | Path,
+    *,
+    on_epoch_end: OnEpochEnd | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    extra_columns: dict[str, Any] | None = None,
+) -> FitResult:
+    """Train on `train_index`, evaluate `val_index` every epoch; resume from run_dir/last.pt if present."""
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.amp, device)
+    size = cfg.data.image_size
+    label_map = train_index.label_map
+    last = run / "last.pt"
+    resume = load_checkpoint(last) if last.exists() else None
+
+    model, anchor_fit = faster_rcnn.build(
+        cfg.model, num_classes=label_map.num_classes, image_size=size, seed=cfg.train.seed,
+        anchor_shapes=resume["anchors"] if resume else None, box_shapes=box_shapes(train_index, size))
+    anchors = resume["anchors"] if resume else (anchor_fit.shapes if anchor_fit else None)
+    anchor_info = _anchor_info(resume, anchor_fit, run, log)
+    model.to(device)
+
+    train_ds = CocoDetection(train_index, build_train_transforms(cfg.data.augment, size), seed=cfg.train.seed)
+    val_loader = _loader(CocoDetection(val_index, build_eval_transforms(size)), cfg.eval.batch_size,
+                         cfg.train.num_workers)
+    weights = balanced_weights(train_index) if cfg.train.balanced_sampler else None
+    steps_per_epoch = math.ceil(len(train_ds) / cfg.train.batch_size)
+    optimizer = _optimizer(cfg, model)
+    schedule = LrSchedule(cfg.train.scheduler, steps_per_epoch * cfg.train.epochs,
+                          round(steps_per_epoch * cfg.train.warmup_epochs))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.scaled)
+    gt = val_index.to_coco()
+
+    state = _TrainState()
+    csv_path = run / "metrics.csv"
+    columns = tuple(extra_columns or ()) + CSV_COLUMNS
+    if resume:
+        state = _restore(resume, model, optimizer, scheduler, scaler)
+        _drop_rows_from(csv_path, state.next_epoch)
+        log(f"resuming {run} after epoch {resume['epoch']}")
+
+    for epoch in range(state.next_epoch, cfg.train.epochs):
+        epoch_size = image_size_at(cfg, epoch)
+        train_ds.pipeline = build_train_transforms(cfg.data.augment, epoch_size)
+        train_ds.set_epoch(epoch)
+        loader = _train_loader(train_ds, cfg, epoch, weights)
+        lr = optimizer.param_groups[0]["lr"]
+        losses = train_one_epoch(model, loader, optimizer, scheduler, scaler, device=device, precision=precision,
+                                 epoch=epoch, grad_clip=cfg.train.grad_clip, progress=progress)
+        start = time.perf_counter()
+        metrics = _evaluate(model, val_loader, gt, label_map, cfg, device, precision, progress)
+        eval_seconds = time.perf_counter() - start
+        row = {**(extra_columns or {}), "epoch": epoch, "lr": lr, **{k: losses.get(k, 0.0) for k in LOSS_KEYS},
+               **{k: metrics[k] for k in ("map", "map_50", "map_75", "precision", "recall", "f1", "score")},
+               "image_size": epoch_size, "train_seconds": losses["train_seconds"], "eval_seconds": eval_seconds,
+               "seconds": losses["train_seconds"] + eval_seconds}
+        _append_row(csv_path, row, columns)
+        state.history.append({**row, "per_class": metrics["per_class"]})
+        improved = state.update(epoch, metrics)
+        common = dict(config=config_mod.resolve_paths(cfg).to_dict(), label_map=label_map.to_dict(),
+                      anchors=_plain_anchors(anchors), image_size=size)
+        if improved:
+            save_checkpoint(run / "best.pt", {"model": model.state_dict(), "epoch": epoch, "metrics": metrics,
+                                              **common})
+        save_checkpoint(last, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                               "rng": rng_state(), "epoch": epoch, "metrics": metrics,
+                               "train_state": state.to_dict(), **common})
+        log(f"epoch {epoch}: loss {losses['loss']:.4f}  map_50 {metrics['map_50']:.4f}  f1 {metrics['f1']:.4f}  "
+            f"score {metrics['score']:.4f}  ({row['seconds']:.1f}s)")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, metrics)
+        if state.should_stop(epoch, cfg.train.patience, cfg.train.min_epochs):
+            state.stopped_early = True
+            log(f"early stop: no better score for {cfg.train.patience} epochs")
+            break
+
+    result = FitResult(best_epoch=state.best_epoch, best_metrics=state.best_metrics,
+                       best_path=run / "best.pt" if (run / "best.pt").exists() else None,
+                       epochs_run=len(state.history), stopped_early=state.stopped_early,
+                       history=state.history, anchors=anchor_info)
+    _write_summary(run, result)
+    return result
+
+
+@dataclass
+class _TrainState:
+    next_epoch: int = 0
+    best_epoch: int = -1
+    best_score: float = -math.inf
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def update(self, epoch: int, metrics: dict[str, Any]) -> bool:
+        self.next_epoch = epoch + 1
+        score = metrics["score"]
+        if math.isfinite(score) and score > self.best_score:
+            self.best_epoch, self.best_score, self.best_metrics = epoch, score, metrics
+            return True
+        return False
+
+    def should_stop(self, epoch: int, patience: int, min_epochs: int) -> bool:
+        return patience > 0 and epoch + 1 >= min_epochs and epoch - self.best_epoch >= patience
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"next_epoch": self.next_epoch, "best_epoch": self.best_epoch, "best_score": self.best_score,
+                "best_metrics": self.best_metrics, "history": self.history}
+
+
+def _restore(resume, model, optimizer, scheduler, scaler) -> _TrainState:
+    model.load_state_dict(resume["model"])
+    optimizer.load_state_dict(resume["optimizer"])
+    scheduler.load_state_dict(resume["scheduler"])
+    scaler.load_state_dict(resume["scaler"])
+    set_rng_state(resume["rng"])
+    return _TrainState(**resume["train_state"])
+
+
+def _anchor_info(resume, anchor_fit, run: Path, log) -> dict[str, Any] | None:
+    path = run / "anchors.json"
+    if resume is not None:
+        return json.loads(path.read_text()) if path.exists() else None
+    if anchor_fit is None:
+        return None
+    info = anchor_fit.to_dict()
+    path.write_text(json.dumps(info, indent=2))
+    f, d = anchor_fit.fitted, anchor_fit.default
+    log(f"anchors (k-means on {anchor_fit.num_boxes} boxes): mean IoU {f.mean_iou:.3f} vs default "
+        f"{d.mean_iou:.3f}; best possible recall {f.bpr:.3f} vs {d.bpr:.3f}")
+    return info
+
+
+def _plain_anchors(anchors) -> list | None:
+    return None if anchors is None else [[[float(w), float(h)] for w, h in level] for level in anchors]
+
+
+def _optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    t = cfg.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def _loader(dataset, batch_size: int, num_workers: int, **kwargs) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
+                      pin_memory=torch.cuda.is_available(), **kwargs)
+
+
+def _train_loader(dataset: CocoDetection, cfg: Config, epoch: int, weights: np.ndarray | None) -> DataLoader:
+    """A loader whose order depends only on (seed, epoch), so a resumed run sees the same batches."""
+    generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
+    if weights is not None:
+        sampler = WeightedRandomSampler(weights.tolist(), num_samples=len(weights), replacement=True,
+                                        generator=generator)
+        return _loader(dataset, cfg.train.batch_size, cfg.train.num_workers, sampler=sampler)
+    return _loader(dataset, cfg.train.batch_size, cfg.train.num_workers, shuffle=True, generator=generator)
+
+
+def _evaluate(model, loader, gt, label_map, cfg: Config, device, precision: Precision, progress) -> dict[str, Any]:
+    predictions = predict(model, loader, device=device, precision=precision, progress=progress, desc="validate")
+    results = to_coco_results(predictions, label_map)
+    return evaluate_detections(gt, results, score_threshold=cfg.eval.score_threshold,
+                               iou_threshold=cfg.eval.iou_threshold, w_map=cfg.score.w_map, w_f1=cfg.score.w_f1)
+
+
+def _append_row(path: Path, row: dict[str, Any], columns: tuple[str, ...]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow({k: _fmt(row.get(k)) for k in columns})
+
+
+def _drop_rows_from(path: Path, epoch: int) -> None:
+    """Remove rows of epochs a resumed run will train again (written after its last checkpoint)."""
+    if not path.exists():
+        return
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    col = rows[0].index("epoch")
+    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[col]) < epoch]
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(kept)
+
+
+def _fmt(value: Any) -> Any:
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def _write_summary(run: Path, result: FitResult) -> None:
+    summary = {"best_epoch": result.best_epoch, "best_metrics": result.best_metrics,
+               "best_checkpoint": str(result.best_path) if result.best_path else None,
+               "epochs_run": result.epochs_run, "stopped_early": result.stopped_early, "anchors": result.anchors}
+    (run / "summary.json").write_text(json.dumps(summary, indent=2))
