@@ -60,6 +60,7 @@ class ModelConfig:
     frozen_bn: bool = True
     fpn_channels: int = 256
     representation_size: int = 1024
+    heads: Literal["v1", "v2"] = "v1"  # v2: BatchNorm in the FPN, 2-conv RPN head, 4-conv + FC box head
     anchors: Literal["default", "kmeans"] = "default"
     anchors_per_level: int = 3
     max_detections: int = 100

@@ -9,8 +9,8 @@ from collections import OrderedDict
 
 import torch
 from torch import nn
-from torchvision.models import ResNet50_Weights
-from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.models import ResNet50_Weights, resnet50
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -29,14 +29,15 @@ MIN_STRIDE = 4
 class TimmFPN(nn.Module):
     """A timm `features_only` body (NCHW or NHWC) followed by a torchvision FPN."""
 
-    def __init__(self, body: nn.Module, fpn_channels: int):
+    def __init__(self, body: nn.Module, fpn_channels: int, fpn_norm: bool = False):
         super().__init__()
         info = body.feature_info
         self.body = body
         self.keep = [i for i, r in enumerate(info.reduction()) if r >= MIN_STRIDE]
         self.channels_last = str(getattr(body, "output_fmt", "NCHW")).endswith("NHWC")
         channels = [info.channels()[i] for i in self.keep]
-        self.fpn = FeaturePyramidNetwork(channels, fpn_channels, extra_blocks=LastLevelMaxPool())
+        self.fpn = FeaturePyramidNetwork(channels, fpn_channels, extra_blocks=LastLevelMaxPool(),
+                                         norm_layer=nn.BatchNorm2d if fpn_norm else None)
         self.out_channels = fpn_channels
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
@@ -54,8 +55,10 @@ def build_backbone(
     trainable_layers: int = 3,
     frozen_bn: bool = True,
     fpn_channels: int = 256,
+    fpn_norm: bool = False,
 ) -> nn.Module:
     """Build the backbone named `name`. `pretrained`: True (published weights), a local file, or False.
+    `fpn_norm` adds BatchNorm to the FPN convolutions (torchvision's v2 detectors do).
 
     A local file holding a whole detector is not loaded here: build_model loads it into the full model.
     """
@@ -65,8 +68,8 @@ def build_backbone(
         if is_detector_state(file_state):
             file_state, pretrained = None, False
     if name in TORCHVISION:
-        return _torchvision_resnet50(pretrained, file_state, trainable_layers, frozen_bn)
-    return _timm_fpn(name, pretrained, file_state, trainable_layers, frozen_bn, fpn_channels)
+        return _torchvision_resnet50(pretrained, file_state, trainable_layers, frozen_bn, fpn_norm)
+    return _timm_fpn(name, pretrained, file_state, trainable_layers, frozen_bn, fpn_channels, fpn_norm)
 
 
 def num_levels(backbone: nn.Module) -> int:
@@ -79,20 +82,23 @@ def num_levels(backbone: nn.Module) -> int:
     return len(out)
 
 
-def _torchvision_resnet50(pretrained, file_state, trainable_layers, frozen_bn) -> nn.Module:
+def _torchvision_resnet50(pretrained, file_state, trainable_layers, frozen_bn, fpn_norm) -> nn.Module:
     weights = ResNet50_Weights.IMAGENET1K_V1 if pretrained is True else None
-    norm = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
+    state = None
     if weights is not None:
-        fetch(lambda: weights.get_state_dict(progress=False), "resnet50 (torchvision ImageNet)",
-              "~/.cache/torch/hub/checkpoints/")
-    model = resnet_fpn_backbone(backbone_name="resnet50", weights=weights, norm_layer=norm,
-                                trainable_layers=_check_layers(trainable_layers, 5))
+        state = fetch(lambda: weights.get_state_dict(progress=False), "resnet50 (torchvision ImageNet)",
+                      "~/.cache/torch/hub/checkpoints/")
+    body = resnet50(norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d)
+    if state is not None:
+        body.load_state_dict(state)
+    model = _resnet_fpn_extractor(body, _check_layers(trainable_layers, 5),
+                                  norm_layer=nn.BatchNorm2d if fpn_norm else None)
     if file_state is not None:
         load_matching(model.body, file_state, str(pretrained))
     return model
 
 
-def _timm_fpn(name, pretrained, file_state, trainable_layers, frozen_bn, fpn_channels) -> nn.Module:
+def _timm_fpn(name, pretrained, file_state, trainable_layers, frozen_bn, fpn_channels, fpn_norm) -> nn.Module:
     import timm
 
     model_name = ALIASES.get(name, name)
@@ -112,7 +118,7 @@ def _timm_fpn(name, pretrained, file_state, trainable_layers, frozen_bn, fpn_cha
     if frozen_bn:
         body = timm.layers.freeze_batch_norm_2d(body)
     _freeze_stages(body, body.feature_info.module_name(), trainable_layers)
-    return TimmFPN(body, fpn_channels)
+    return TimmFPN(body, fpn_channels, fpn_norm)
 
 
 def _timm_create(timm, model_name: str, create: dict) -> nn.Module:

@@ -7,7 +7,13 @@ import numpy as np
 import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, FasterRCNN_ResNet50_FPN_Weights, TwoMLPHead
+from torchvision.models.detection.faster_rcnn import (
+    FastRCNNConvFCHead,
+    FastRCNNPredictor,
+    FasterRCNN_ResNet50_FPN_V2_Weights,
+    FasterRCNN_ResNet50_FPN_Weights,
+    TwoMLPHead,
+)
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
@@ -36,6 +42,7 @@ def build_model(
     frozen_bn: bool = True,
     fpn_channels: int = 256,
     representation_size: int = 1024,
+    heads: str = "v1",
     max_detections: int = 100,
     rpn_proposals_train: int = 2000,
     rpn_proposals_test: int = 1000,
@@ -46,13 +53,15 @@ def build_model(
 
     `anchor_shapes`: per FPN level, (w, h) anchors in input pixels (from `fit_anchors`); None keeps
     torchvision's default generator. `pretrained`: True, a local weight file, or False.
+    `heads`: "v1" (torchvision's fasterrcnn_resnet50_fpn: MLP box head) or "v2" (fasterrcnn_resnet50_fpn_v2:
+    BatchNorm FPN, 2-conv RPN head, 4-conv + FC box head; trains much better from scratch).
     `body`: an already built `build_backbone(backbone, ...)`, to reuse it.
     """
     if num_classes < 1:
         raise ConfigError("the dataset needs at least one category to train a detector")
     if body is None:
         body = build_backbone(backbone, pretrained=pretrained, trainable_layers=trainable_layers,
-                              frozen_bn=frozen_bn, fpn_channels=fpn_channels)
+                              frozen_bn=frozen_bn, fpn_channels=fpn_channels, fpn_norm=heads == "v2")
     levels = num_levels(body)
     if anchor_shapes is not None and len(anchor_shapes) != levels:
         raise ConfigError(f"anchors have {len(anchor_shapes)} levels but backbone {backbone} has {levels}")
@@ -60,12 +69,19 @@ def build_model(
     per_location = generator.num_anchors_per_location()
     if len(set(per_location)) != 1:
         raise ConfigError("every FPN level needs the same number of anchors per location")
-    resolution = 7
+    channels, resolution = body.out_channels, 7
+    if heads == "v2":
+        rpn_head = RPNHead(channels, per_location[0], conv_depth=2)
+        box_head = FastRCNNConvFCHead((channels, resolution, resolution), [channels] * 4, [representation_size],
+                                      norm_layer=nn.BatchNorm2d)
+    else:
+        rpn_head = RPNHead(channels, per_location[0])
+        box_head = TwoMLPHead(channels * resolution ** 2, representation_size)
     model = FasterRCNN(
         body,
         rpn_anchor_generator=generator,
-        rpn_head=RPNHead(body.out_channels, per_location[0]),
-        box_head=TwoMLPHead(body.out_channels * resolution ** 2, representation_size),
+        rpn_head=rpn_head,
+        box_head=box_head,
         box_predictor=FastRCNNPredictor(representation_size, num_classes + 1),
         box_score_thresh=0.0,
         box_detections_per_img=max_detections,
@@ -75,7 +91,7 @@ def build_model(
     )
     model.transform = PreResizedTransform(image_size, image_size, model.transform.image_mean,
                                           model.transform.image_std)
-    _load_detector_weights(model, backbone, pretrained, representation_size)
+    _load_detector_weights(model, backbone, pretrained, representation_size, heads)
     return model
 
 
@@ -91,7 +107,7 @@ def build(
     """The model a config describes. With `anchors: kmeans` and no `anchor_shapes`, anchors are fitted to
     `box_shapes` ((N, 2) training box w, h in input pixels) and the fit is returned too."""
     body = build_backbone(cfg.backbone, pretrained=cfg.pretrained, trainable_layers=cfg.trainable_layers,
-                          frozen_bn=cfg.frozen_bn, fpn_channels=cfg.fpn_channels)
+                          frozen_bn=cfg.frozen_bn, fpn_channels=cfg.fpn_channels, fpn_norm=cfg.heads == "v2")
     fit = None
     if anchor_shapes is None and cfg.anchors == "kmeans":
         if box_shapes is None or len(box_shapes) == 0:
@@ -100,15 +116,16 @@ def build(
         anchor_shapes = fit.shapes
     model = build_model(
         backbone=cfg.backbone, num_classes=num_classes, image_size=image_size, anchor_shapes=anchor_shapes,
-        pretrained=cfg.pretrained, representation_size=cfg.representation_size,
+        pretrained=cfg.pretrained, representation_size=cfg.representation_size, heads=cfg.heads,
         max_detections=cfg.max_detections, rpn_proposals_train=cfg.rpn_proposals_train,
         rpn_proposals_test=cfg.rpn_proposals_test, box_samples_per_image=cfg.box_samples_per_image, body=body,
     )
     return model, fit
 
 
-def _load_detector_weights(model: nn.Module, backbone: str, pretrained: bool | str, representation_size: int) -> None:
-    """Whole-detector weights: torchvision's COCO Faster R-CNN for resnet50_fpn, or a detector file.
+def _load_detector_weights(model: nn.Module, backbone: str, pretrained: bool | str, representation_size: int,
+                           heads: str) -> None:
+    """Whole-detector weights: torchvision's COCO Faster R-CNN (v1 or v2) for resnet50_fpn, or a detector file.
 
     Tensors whose shape differs (class predictor, an RPN head with fitted anchors) keep their init.
     """
@@ -117,7 +134,7 @@ def _load_detector_weights(model: nn.Module, backbone: str, pretrained: bool | s
         if is_detector_state(state):
             load_matching(model, state, pretrained)
     elif pretrained is True and backbone == "resnet50_fpn" and representation_size == 1024:
-        weights = FasterRCNN_ResNet50_FPN_Weights.COCO_V1
+        weights = FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1 if heads == "v2" else FasterRCNN_ResNet50_FPN_Weights.COCO_V1
         state = fetch(lambda: weights.get_state_dict(progress=False), "fasterrcnn_resnet50_fpn (torchvision COCO)",
                       "~/.cache/torch/hub/checkpoints/")
         load_matching(model, state, weights.url)

@@ -1,0 +1,58 @@
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detector.data.sample import SampleSpec, write_sample_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+RBC = ROOT.parent / "shared" / "datasets" / "rbc"
+
+
+@pytest.fixture(scope="session")
+def rbc() -> Path:
+    assert RBC.is_dir(), f"the shared RBC dataset is expected at {RBC}"
+    return RBC
+
+
+@pytest.fixture(scope="session")
+def sample(tmp_path_factory) -> dict[str, Path]:
+    """A small generated sample dataset shared by the tests (read-only)."""
+    return write_sample_dataset(tmp_path_factory.mktemp("sample"), SampleSpec(images=40, seed=1))
+
+
+@pytest.fixture
+def tiny_coco(tmp_path):
+    """Write a small valid COCO dataset (3 real PNG files) and return a function that rewrites its JSON."""
+    images_dir = tmp_path / "images"
+    images_dir.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(images_dir / f"im{i}.png")
+    doc = {
+        "images": [{"id": i + 1, "file_name": f"images/im{i}.png", "width": 60, "height": 40} for i in range(3)],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [5, 5, 10, 10], "area": 100, "iscrowd": 0},
+            {"id": 2, "image_id": 2, "category_id": 2, "bbox": [20, 10, 15, 20], "area": 300, "iscrowd": 0},
+        ],
+        "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+    }
+
+    def write(mutate=None) -> Path:
+        d = json.loads(json.dumps(doc))
+        if mutate:
+            mutate(d)
+        path = tmp_path / "annotations.json"
+        path.write_text(json.dumps(d))
+        return path
+
+    write.root = tmp_path
+    return write
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst

@@ -1,0 +1,158 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detector.data.coco import CocoDetection, LabelMap, load_coco
+from detector.data.images import read_image
+from detector.errors import DatasetError
+
+
+def test_rbc_boxes_labels_and_placeholder(rbc):
+    path = rbc / "train" / "_annotations.coco.json"
+    raw = json.loads(path.read_text())
+    index = load_coco(path)
+    assert len(index.images) == 210
+    assert index.label_map == LabelMap((1, 2), ("rbc", "wbc"))  # placeholder id 0 has no label
+    assert LabelMap.from_dict(index.label_map.to_dict()) == index.label_map
+    for cid in (1, 2):
+        assert index.label_map.category_id(index.label_map.label(cid)) == cid
+    by_image = {}
+    for a in raw["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a)
+    ds = CocoDetection(index)
+    for i in (0, 17, 209):
+        rec = index.images[i]
+        anns = by_image.get(rec.id, [])
+        expected = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)], dtype=np.float32)
+        image, target = ds[i]
+        assert image.shape == (3, 416, 416) and str(image.dtype) == "torch.float32" and image.max() <= 1.0
+        np.testing.assert_allclose(target["boxes"].numpy(), expected.reshape(-1, 4), atol=1e-4)
+        assert target["labels"].tolist() == [a["category_id"] for a in anns]  # ids 1, 2 -> labels 1, 2
+        assert int(target["image_id"]) == rec.id
+    assert sum(len(r.boxes) for r in index.images) == 4947
+
+
+def test_placeholder_kept_when_configured(rbc):
+    index = load_coco(rbc / "valid" / "_annotations.coco.json", drop_placeholder_categories=False)
+    assert index.label_map.category_ids == (0, 1, 2)
+
+
+def test_crowd_excluded_and_negatives_kept(tiny_coco):
+    def crowd(d):
+        d["annotations"].append({"id": 3, "image_id": 1, "category_id": 2, "bbox": [30, 5, 10, 10], "iscrowd": 1})
+    index = load_coco(tiny_coco(crowd))
+    assert len(index.images) == 3  # image 3 has no boxes and stays as a negative
+    assert len(index.images[0].boxes) == 1 and len(index.images[0].annotations) == 2
+    assert len(load_coco(tiny_coco(), keep_empty=False).images) == 2
+    _, target = CocoDetection(index)[2]
+    assert target["boxes"].shape == (0, 4) and target["labels"].shape == (0,)
+
+
+BAD_CASES = {
+    "missing key": (lambda d: d["images"][0].pop("width"), r"images\[0\]: missing key\(s\) width"),
+    "duplicate image id": (lambda d: d["images"][1].update(id=1), r"images\[1\]\.id: duplicate id 1"),
+    "duplicate annotation id": (lambda d: d["annotations"][1].update(id=1), r"duplicate id 1"),
+    "unknown image": (lambda d: d["annotations"][0].update(image_id=99), r"unknown image id 99"),
+    "unknown category": (lambda d: d["annotations"][0].update(category_id=7), r"unknown category id 7"),
+    "missing file": (lambda d: d["images"][0].update(file_name="images/nope.png"), r"file not found"),
+    "size mismatch": (lambda d: d["images"][0].update(width=61), r"JSON says 61x40 but the file is 60x40"),
+    "zero width": (lambda d: d["annotations"][0].update(bbox=[5, 5, 0, 10]), r"width or height <= 0"),
+    "nan": (lambda d: d["annotations"][0].update(bbox=[5, float("nan"), 3, 10]), r"NaN or infinite"),
+    "absolute path": (lambda d: d["images"][0].update(file_name="/etc/passwd"), r"escapes the dataset folder"),
+    "dot dot": (lambda d: d["images"][0].update(file_name="../x.png"), r"escapes the dataset folder"),
+    "not 4 numbers": (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), r"is not 4 numbers"),
+    "outside entirely": (lambda d: d["annotations"][0].update(bbox=[100, 5, 10, 10]), r"entirely outside"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_input_errors(tiny_coco, case):
+    mutate, pattern = BAD_CASES[case]
+    path = tiny_coco(mutate)
+    with pytest.raises(DatasetError, match=pattern) as info:
+        load_coco(path)
+    assert str(path) in str(info.value)  # names the file
+
+
+def test_unreadable_and_non_json(tmp_path):
+    with pytest.raises(DatasetError, match="annotation file not found"):
+        load_coco(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(DatasetError, match=r"not valid JSON \(line 1"):
+        load_coco(bad)
+
+
+def test_undecodable_image(tiny_coco):
+    path = tiny_coco()
+    (tiny_coco.root / "images" / "im1.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(DatasetError, match=r"image id 2 \(images/im1.png\).*cannot decode"):
+        load_coco(path)
+
+
+def test_truncated_image(tiny_coco):
+    path = tiny_coco()
+    f = tiny_coco.root / "images" / "im0.png"
+    f.write_bytes(f.read_bytes()[:200])
+    with pytest.raises(DatasetError, match="cannot decode"):
+        load_coco(path)
+
+
+def test_box_outside_clipped_with_warning_or_strict_error(tiny_coco):
+    path = tiny_coco(lambda d: d["annotations"][0].update(bbox=[50, 30, 20, 20]))
+    index = load_coco(path)
+    assert [w.field for w in index.warnings] == ["annotations id 1.bbox"]
+    np.testing.assert_allclose(index.images[0].boxes, [[50, 30, 60, 40]])
+    with pytest.raises(DatasetError, match="extends outside the 60x40 image.*strict_boxes=false"):
+        load_coco(path, strict_boxes=True)
+
+
+def test_val_split_uses_training_label_map(tiny_coco):
+    path = tiny_coco(lambda d: d["categories"].__setitem__(1, {"id": 2, "name": "other"}))
+    with pytest.raises(DatasetError, match="named 'other' here but 'b' in the training split"):
+        load_coco(path, label_map=LabelMap((1, 2), ("a", "b")))
+
+
+def test_image_modes_load_as_rgb(tmp_path):
+    gray = np.tile(np.arange(50, dtype=np.uint8) * 5, (30, 1))
+    Image.fromarray(gray, "L").save(tmp_path / "gray.png")
+    Image.fromarray(np.dstack([gray, gray, gray, np.full_like(gray, 7)]), "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "deep.png")
+    for name in ("gray.png", "rgba.png", "deep.png"):
+        arr = read_image(tmp_path / name)
+        assert arr.shape == (30, 50, 3) and arr.dtype == np.uint8, name
+        np.testing.assert_array_equal(arr[..., 0], gray)
+        np.testing.assert_array_equal(arr[..., 2], gray)
+
+
+def test_exif_rotation_applied(tmp_path):
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :20] = 255  # stored: left half white
+    img = Image.fromarray(pixels)
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    img.save(tmp_path / "rot.jpg", exif=exif.tobytes(), quality=95)
+    arr = read_image(tmp_path / "rot.jpg")
+    assert arr.shape == (40, 20, 3)  # displayed orientation: portrait
+    assert arr[:15].mean() > 200 and arr[25:].mean() < 50  # white half is now on top
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "detector.cli", *args], capture_output=True, text=True)
+
+
+def test_check_data_cli(rbc, tiny_coco):
+    ok = run_cli("check-data", str(rbc / "valid" / "_annotations.coco.json"), "--json")
+    assert ok.returncode == 0, ok.stderr
+    summary = json.loads(ok.stdout)
+    assert summary["images"] == 20 and summary["boxes"] == 470 and summary["usable"]
+    assert summary["dropped_categories"] == ["RBC-WBC"]
+    assert set(summary["boxes_per_class"]) == {"rbc", "wbc"}
+    text = run_cli("check-data", str(rbc / "valid" / "_annotations.coco.json"))
+    assert "per class:" in text.stdout and "usable: yes" in text.stdout
+    bad = run_cli("check-data", str(tiny_coco(lambda d: d["annotations"][0].update(bbox=[5, 5, -1, 10]))))
+    assert bad.returncode == 1 and "width or height <= 0" in bad.stdout and "Traceback" not in bad.stderr

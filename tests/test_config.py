@@ -1,0 +1,65 @@
+import pytest
+
+from detector import config
+from detector.errors import ConfigError
+
+
+def write(tmp_path, text, name="c.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_defaults_and_override(tmp_path):
+    cfg = config.load(write(tmp_path, "train:\n  lr: 0.01\n"), ["train.epochs=3", "model.pretrained=/w.pt"])
+    assert cfg.train.lr == 0.01 and cfg.train.epochs == 3
+    assert cfg.model.pretrained == "/w.pt"
+    assert cfg.train.batch_size == config.TrainConfig().batch_size
+
+
+def test_typo_names_the_key(tmp_path):
+    path = write(tmp_path, "train:\n  learning_rate: 0.01\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'train.learning_rate'.*valid keys in train: .*lr"):
+        config.load(path)
+    with pytest.raises(ConfigError, match="unknown key 'modle'"):
+        config.load(None, ["modle.backbone=resnet18"])
+
+
+def test_wrong_type_and_choice(tmp_path):
+    with pytest.raises(ConfigError, match=r"train.epochs must be an integer; got 'ten'"):
+        config.load(write(tmp_path, "train: {epochs: ten}\n"))
+    with pytest.raises(ConfigError, match=r"train.optimizer must be one of adamw, sgd"):
+        config.load(None, ["train.optimizer=adam"])
+    with pytest.raises(ConfigError, match=r"data.augment.scale must be a list of 2 numbers"):
+        config.load(None, ["data.augment.scale=0.5"])
+    with pytest.raises(ConfigError, match="train.lr must be positive"):
+        config.load(None, ["train.lr=0"])
+
+
+def test_bool_or_path(tmp_path):
+    assert config.load(None, ["model.pretrained=true"]).model.pretrained is True
+    assert config.load(None, ["model.pretrained=false"]).model.pretrained is False
+
+
+def test_base_files_merge(tmp_path):
+    write(tmp_path, "train: {lr: 0.5, epochs: 4}\nmodel: {backbone: resnet18}\n", "base.yaml")
+    cfg = config.load(write(tmp_path, "base: base.yaml\ntrain: {epochs: 9}\n"))
+    assert (cfg.train.lr, cfg.train.epochs, cfg.model.backbone) == (0.5, 9, "resnet18")
+
+
+def test_save_load_round_trip_and_diff(tmp_path):
+    cfg = config.load(None, ["train.lr=0.003", "data.augment.scale=[0.5, 1.5]"])
+    config.save(cfg, tmp_path / "r.yaml")
+    again = config.load(tmp_path / "r.yaml")
+    assert again == cfg
+    assert config.diff(cfg, config.load(None, ["train.lr=0.004"]))["train.lr"] == (0.003, 0.004)
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    names = {p.name for p in root.glob("*.yaml")}
+    assert {"quickstart.yaml", "rbc.yaml", "resnet50_fpn.yaml", "efficientnet_b3.yaml", "swin_s.yaml"} <= names
+    for p in root.glob("*.yaml"):
+        config.load(p)
