@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample-data", help="write the built-in synthetic COCO dataset")
     s.add_argument("out", help="output folder, e.g. data/sample")
-    s.add_argument("--images", type=int, default=None, help="number of images (default 200)")
+    s.add_argument("--images", type=int, default=None, help="number of images (default 600)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_sample_data)
     return p

@@ -1,0 +1,81 @@
+"""Evaluation time of the toolkit vs pycocotools on the same predictions (500 images, 100 boxes each).
+
+Prints both times, the speed-up (target >= 3x) and the largest metric difference (must be < 1e-6).
+The toolkit's time includes its F1 matching, which pycocotools does not compute.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import time
+
+import numpy as np
+
+from detector.metrics import evaluate_detections
+
+
+def synthetic(n_images: int, per_image: int, seed: int = 0) -> tuple[dict, list]:
+    rng = np.random.default_rng(seed)
+    images, anns, results = [], [], []
+    for i in range(1, n_images + 1):
+        images.append({"id": i, "width": 640, "height": 640, "file_name": f"{i}.jpg"})
+        n_gt = int(rng.integers(5, 30))
+        xy = rng.uniform(0, 560, (n_gt, 2))
+        wh = rng.uniform(8, 80, (n_gt, 2))
+        cats = rng.integers(1, 4, n_gt)
+        for b, c in zip(np.hstack([xy, wh]), cats):
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": int(c), "bbox": b.tolist(),
+                         "area": float(b[2] * b[3]), "iscrowd": 0})
+        pick = rng.integers(0, n_gt, per_image)
+        boxes = np.hstack([xy[pick] + rng.normal(0, 4, (per_image, 2)), wh[pick] * rng.uniform(0.8, 1.2, (per_image, 2))])
+        pcats = np.where(rng.random(per_image) < 0.85, cats[pick], rng.integers(1, 4, per_image))
+        for b, c, s in zip(boxes, pcats, rng.random(per_image)):
+            results.append({"image_id": i, "category_id": int(c), "bbox": b.tolist(), "score": float(s)})
+    gt = {"images": images, "annotations": anns, "categories": [{"id": k, "name": f"c{k}"} for k in (1, 2, 3)]}
+    return gt, results
+
+
+def pycocotools_eval(gt: dict, results: list) -> np.ndarray:
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = copy.deepcopy(gt)
+        coco_gt.createIndex()
+        ev = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(results)), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev.stats
+
+
+def best_of(fn, repeats: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return min(times), out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--boxes", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    gt, results = synthetic(args.images, args.boxes)
+    ours_t, ours = best_of(lambda: evaluate_detections(gt, results), args.repeats)
+    ref_t, ref = best_of(lambda: pycocotools_eval(gt, results), args.repeats)
+    diff = max(abs(ours["map"] - ref[0]), abs(ours["map_50"] - ref[1]), abs(ours["map_75"] - ref[2]))
+    print(f"{args.images} images x {args.boxes} predictions ({len(gt['annotations'])} boxes)")
+    print(f"toolkit (mAP + F1):   {ours_t:.3f} s   map {ours['map']:.6f}")
+    print(f"pycocotools (mAP):    {ref_t:.3f} s   map {ref[0]:.6f}")
+    print(f"speed-up: {ref_t / ours_t:.2f}x (target >= 3x)   max metric difference: {diff:.2e} (must be < 1e-6)")
+
+
+if __name__ == "__main__":
+    main()
