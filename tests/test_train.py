@@ -74,7 +74,7 @@ def test_resume_after_interruption_equals_uninterrupted(sample, tmp_path):
 
 
 def test_non_finite_loss_names_epoch_and_batch(sample):
-    cfg = tiny_cfg(sample)
+    cfg = tiny_cfg(sample, "model.anchors=default")
     train_index, _ = load_splits(cfg)
     from detector.models.faster_rcnn import build
 

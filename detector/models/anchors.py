@@ -104,6 +104,27 @@ def kmeans_iou(boxes: np.ndarray, k: int, *, seed: int = 0, restarts: int = 5, i
     return best[np.argsort(best.prod(1))]
 
 
+def evolve(boxes: np.ndarray, centres: np.ndarray, *, seed: int = 0, generations: int = 1000,
+           sigma: float = 0.2, recall_weight: float = 3.0) -> np.ndarray:
+    """Refine k-means shapes by random multiplicative mutation, keeping a change only when it raises
+    mean best IoU + recall_weight * best possible recall. k-means alone optimises the mean and leaves odd
+    boxes (cells cut thin at the image border) without any anchor above IoU 0.5; such a box only gets
+    the RPN's low-quality match. On RBC this lifts recall above the defaults' at a small cost in mean IoU."""
+    rng = np.random.default_rng(seed)
+
+    def score(c: np.ndarray) -> float:
+        best = shape_iou(boxes, c).max(1)
+        return float(best.mean() + recall_weight * (best > IOU_GOOD).mean())
+
+    best, best_score = centres.copy(), score(centres)
+    for _ in range(generations):
+        mutated = best * np.exp(rng.normal(0, sigma, best.shape) * (rng.random(best.shape) < 0.5))
+        s = score(mutated)
+        if s > best_score:
+            best, best_score = mutated, s
+    return best[np.argsort(best.prod(1))]
+
+
 def _seed_plus_plus(boxes: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     centres = [boxes[rng.integers(len(boxes))]]
     for _ in range(1, k):
@@ -119,6 +140,8 @@ def fit_anchors(
 ) -> AnchorFit:
     """Fit num_levels * per_level anchor shapes to (N, 2) box shapes and split them by scale into levels.
 
+    k-means with 1 - IoU as the distance, then a short evolution on mean IoU + best possible recall.
+
     The smallest `per_level` shapes go to the finest level (stride 4), the next ones to the next level, ...
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 2)
@@ -128,7 +151,7 @@ def fit_anchors(
     k = num_levels * per_level
     rng = np.random.default_rng(seed)
     sample = boxes if len(boxes) <= max_boxes else boxes[rng.choice(len(boxes), max_boxes, replace=False)]
-    centres = kmeans_iou(_spread(sample, k), k, seed=seed)
+    centres = evolve(sample, kmeans_iou(_spread(sample, k), k, seed=seed), seed=seed)
     shapes = tuple(tuple((round(float(w), 2), round(float(h), 2)) for w, h in centres[i * per_level:(i + 1) * per_level])
                    for i in range(num_levels))
     fitted = fitness(boxes, generator_shapes(FittedAnchorGenerator(shapes)))

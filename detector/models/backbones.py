@@ -129,13 +129,21 @@ def _timm_create(timm, model_name: str, create: dict) -> nn.Module:
 
 
 def _timm_from_file(timm, model_name: str, path: str, create: dict) -> nn.Module:
+    """timm's own loading of a local file, after checking that the file really holds this model's weights
+    (timm only warns about keys that do not fit, which would leave the backbone randomly initialised)."""
+    state = read_state_dict(path)
+    full = timm.create_model(model_name, pretrained=False, **{k: v for k, v in create.items() if k != "features_only"})
+    own = full.state_dict()
+    fitting = sum(1 for k, v in state.items() if k in own and own[k].shape == v.shape)
+    if fitting < 0.5 * len(own):
+        raise WeightsError(
+            f"{path}: does not fit timm model {model_name} ({fitting} of its {len(own)} tensors found); pass that "
+            "model's state dict (timm or PyTorch format) or a detector checkpoint"
+        )
     try:
         return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay={"file": path}, **create)
     except (RuntimeError, KeyError) as e:
-        raise WeightsError(
-            f"{path}: does not fit timm model {model_name} ({str(e).splitlines()[0]}); pass that model's "
-            "state dict (timm or PyTorch format) or a detector checkpoint"
-        ) from None
+        raise WeightsError(f"{path}: timm could not load it into {model_name} ({str(e).splitlines()[0]})") from None
 
 
 def _freeze_stages(body: nn.Module, stage_modules: list[str], trainable_layers: int) -> None:
