@@ -16,7 +16,7 @@ from detector.data.coco import CocoDetection, collate
 from detector.data.transforms import build_train_transforms
 from detector.engine import resolve_device, resolve_precision, train_one_epoch
 from detector.models.faster_rcnn import build
-from detector.train import LrSchedule, load_splits
+from detector.train import LrSchedule, box_shapes, load_splits
 
 RBC = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "rbc"
 
@@ -50,7 +50,8 @@ def main() -> None:
 
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.amp, device)
-    model, _ = build(cfg.model, num_classes=train_index.label_map.num_classes, image_size=size)
+    model, _ = build(cfg.model, num_classes=train_index.label_map.num_classes, image_size=size,
+                     box_shapes=box_shapes(train_index, size))
     model.to(device)
     batches = [b for _, b in zip(range(args.train_batches + 1),
                                  torch.utils.data.DataLoader(ds, batch_size=bs, collate_fn=collate))]

@@ -17,7 +17,7 @@ from detector.data.sample import SampleSpec, write_sample_dataset
 from detector.data.transforms import build_train_transforms
 from detector.engine import resolve_device, resolve_precision, train_one_epoch
 from detector.models.faster_rcnn import build
-from detector.train import LrSchedule, load_splits
+from detector.train import LrSchedule, box_shapes, load_splits
 
 
 def plain_loop(model, batches, optimizer, device) -> None:
@@ -47,7 +47,8 @@ def main() -> None:
     ds = CocoDetection(train_index, build_train_transforms(cfg.data.augment, cfg.data.image_size), seed=0)
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, collate_fn=collate)
     batches = [b for _, b in zip(range(args.batches), loader)]
-    model, _ = build(cfg.model, num_classes=train_index.label_map.num_classes, image_size=cfg.data.image_size)
+    model, _ = build(cfg.model, num_classes=train_index.label_map.num_classes, image_size=cfg.data.image_size,
+                     box_shapes=box_shapes(train_index, cfg.data.image_size))
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LrSchedule("cosine", 10_000, 0))
