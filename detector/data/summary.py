@@ -1,0 +1,79 @@
+"""What `detector check-data` prints: image and box counts, box size and aspect-ratio distribution, problems."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .coco import CocoIndex
+
+PERCENTILES = (0, 5, 25, 50, 75, 95, 100)
+
+
+def summarize(index: CocoIndex) -> dict[str, Any]:
+    with_boxes = sum(1 for r in index.images if r.annotations)
+    names = dict(zip(index.label_map.category_ids, index.label_map.names))
+    per_class = {name: 0 for name in index.label_map.names}
+    crowd = 0
+    for rec in index.images:
+        for a in rec.annotations:
+            crowd += int(a["iscrowd"])
+            if a["category_id"] in names and not a["iscrowd"]:
+                per_class[names[a["category_id"]]] += 1
+    boxes = np.concatenate([r.boxes for r in index.images]) if index.images else np.zeros((0, 4))
+    wh = boxes[:, 2:] - boxes[:, :2] if len(boxes) else np.zeros((0, 2))
+    errors = [str(p) for p in index.problems if p.severity == "error"]
+    warnings = [str(p) for p in index.problems if p.severity == "warning"]
+    return {
+        "annotations": str(index.path),
+        "images_dir": str(index.images_dir),
+        "images": len(index.images),
+        "images_with_boxes": with_boxes,
+        "images_without_boxes": len(index.images) - with_boxes,
+        "boxes": int(len(boxes)),
+        "crowd_boxes": crowd,
+        "boxes_per_class": per_class,
+        "label_map": {name: cid for cid, name in names.items()},
+        "dropped_categories": [c["name"] for c in index.categories if c["id"] not in names],
+        "box_width": _distribution(wh[:, 0]),
+        "box_height": _distribution(wh[:, 1]),
+        "box_sqrt_area": _distribution(np.sqrt(wh.prod(1)) if len(wh) else wh[:, 0]),
+        "aspect_ratio_h_over_w": _distribution(wh[:, 1] / np.maximum(wh[:, 0], 1e-9) if len(wh) else wh[:, 0]),
+        "errors": errors,
+        "warnings": warnings,
+        "usable": not errors and len(index.images) > 0,
+    }
+
+
+def _distribution(values: np.ndarray) -> dict[str, float]:
+    if len(values) == 0:
+        return {}
+    return {f"p{p}": round(float(np.percentile(values, p)), 2) for p in PERCENTILES} | {
+        "mean": round(float(values.mean()), 2)}
+
+
+def format_summary(s: dict[str, Any], max_listed: int = 20) -> str:
+    lines = [
+        f"annotations: {s['annotations']}",
+        f"images:      {s['images']} ({s['images_with_boxes']} with boxes, {s['images_without_boxes']} without)",
+        f"boxes:       {s['boxes']} ({s['crowd_boxes']} crowd, excluded from training)",
+        "per class:   " + ", ".join(f"{k} {v}" for k, v in s["boxes_per_class"].items()),
+    ]
+    if s["dropped_categories"]:
+        lines.append("placeholder categories without a label: " + ", ".join(s["dropped_categories"]))
+    header = "             " + " ".join(f"{k:>7}" for k in ("p0", "p5", "p25", "p50", "p75", "p95", "p100"))
+    lines.append(header)
+    for key, label in (("box_width", "width px"), ("box_height", "height px"), ("box_sqrt_area", "sqrt(area)"),
+                       ("aspect_ratio_h_over_w", "h / w")):
+        d = s[key]
+        lines.append(f"  {label:<11}" + " ".join(f"{d.get(k, 0):>7.2f}" for k in
+                                                 ("p0", "p5", "p25", "p50", "p75", "p95", "p100")))
+    for kind in ("errors", "warnings"):
+        items = s[kind]
+        if items:
+            lines.append(f"{kind} ({len(items)}):")
+            lines += [f"  - {p}" for p in items[:max_listed]]
+            if len(items) > max_listed:
+                lines.append(f"  ... and {len(items) - max_listed} more (--json lists all)")
+    lines.append("usable: yes" if s["usable"] else "usable: NO")
+    return "\n".join(lines)
