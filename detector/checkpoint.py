@@ -5,12 +5,14 @@ metrics, config (resolved, as a dict), label_map, anchors (per-level (w, h) or N
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 import random
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -97,3 +99,53 @@ def restore_model(path: str | Path, device: str | torch.device = "cpu") -> Resto
     return RestoredModel(model, label_map, int(state["image_size"]), cfg, state.get("anchors"),
                          state.get("metrics", {}))
 
+
+
+class TopK:
+    """The k best checkpoints by score across folds and epochs, listed in `top_models.json`.
+
+    A better model replaces the worst; files that fall out are deleted at once. Ranking: higher score
+    first, then lower fold, then lower epoch; a NaN score never enters. Offering a (fold, epoch) again
+    (a resumed epoch) replaces its entry.
+    """
+
+    def __init__(self, run_dir: str | Path, k: int):
+        self.run, self.k = Path(run_dir), k
+        self.folder = self.run / "top"
+        self.index = self.run / "top_models.json"
+        self.entries: list[dict[str, Any]] = json.loads(self.index.read_text()) if self.index.exists() else []
+        self._remove_unlisted()
+
+    def offer(self, fold: int, epoch: int, metrics: dict[str, Any], save: Callable[[Path], Any]) -> bool:
+        score = float(metrics["score"])
+        if not math.isfinite(score):
+            return False
+        candidate = {"fold": fold, "epoch": epoch, "score": score}
+        others = [e for e in self.entries if (e["fold"], e["epoch"]) != (fold, epoch)]
+        ranked = sorted(others + [candidate], key=_rank)
+        if candidate not in ranked[: self.k]:
+            return False
+        path = self.folder / f"fold{fold}_epoch{epoch:03d}.pt"
+        save(path)
+        entry = {**candidate, "path": str(path.relative_to(self.run)),
+                 "metrics": {k: v for k, v in metrics.items() if k != "per_class"}}
+        self.entries = sorted(others + [entry], key=_rank)[: self.k]
+        _write_json_atomic(self.index, self.entries)
+        self._remove_unlisted()
+        return True
+
+    def _remove_unlisted(self) -> None:
+        listed = {self.run / e["path"] for e in self.entries}
+        for f in self.folder.glob("*.pt") if self.folder.exists() else []:
+            if f not in listed:
+                f.unlink()
+
+
+def _rank(entry: dict[str, Any]) -> tuple[float, int, int]:
+    return (-entry["score"], entry["fold"], entry["epoch"])
+
+
+def _write_json_atomic(path: Path, value: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    os.replace(tmp, path)

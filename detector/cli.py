@@ -33,8 +33,22 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.lr=0.001 (repeatable)")
     t.add_argument("--out", help="run directory (default runs/CONFIG-TIMESTAMP); an existing one is resumed")
+    t.add_argument("--force", action="store_true", help="start an existing --out over if its config differs")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=_train)
+
+    v = sub.add_parser("cv", help="k-fold cross-validation with per-fold logs and the top-k models")
+    v.add_argument("config", help="YAML config; folds come from its data.train split (cv section)")
+    v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    v.add_argument("--out", help="run directory (default runs/CONFIG-TIMESTAMP); an existing one is resumed")
+    v.add_argument("--force", action="store_true", help="start an existing --out over if its config differs")
+    v.add_argument("--quiet", action="store_true", help="no progress bars")
+    v.set_defaults(func=_cv)
+
+    r = sub.add_parser("report", help="per-fold table, per-class AP, anchor fitness and plots of a run")
+    r.add_argument("run", help="a run directory of `detector cv` (finished or not)")
+    r.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table")
+    r.set_defaults(func=_report)
 
     e = sub.add_parser("evaluate", help="COCO metrics, per-class AP, precision, recall and F1")
     e.add_argument("checkpoint", nargs="?", help="a .pt file from `detector train` (or use --predictions)")
@@ -66,11 +80,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _train(args) -> int:
     from . import config
-    from .train import fit, load_splits
+    from .train import ensure_resumable, fit, load_splits
 
     cfg = config.load(args.config, args.overrides)
-    run = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    _check_same_config(run, cfg)
+    run = _run_dir(args)
+    ensure_resumable(run, cfg, args.force)
     train_index, val_index = load_splits(cfg)
     run.mkdir(parents=True, exist_ok=True)
     config.save(config.resolve_paths(cfg), run / "config.yaml")
@@ -82,18 +96,34 @@ def _train(args) -> int:
     return 0
 
 
-def _check_same_config(run: Path, cfg) -> None:
+def _cv(args) -> int:
     from . import config
-    from .errors import ConfigError
+    from .cv import run_cv
+    from .report import format_cv
 
-    saved = run / "config.yaml"
-    if not (run / "last.pt").exists() or not saved.exists():
-        return
-    differences = config.diff(config.load(saved), config.resolve_paths(cfg))
-    if differences:
-        listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, a, b in ((k, *v) for k, v in differences.items()))
-        raise ConfigError(f"{run} was trained with another config and cannot be resumed: {listed}; "
-                          "use a new --out")
+    cfg = config.load(args.config, args.overrides)
+    run = _run_dir(args)
+    print(f"run directory: {run}")
+    result = run_cv(cfg, run, force=args.force, progress=not args.quiet)
+    print(format_cv(result.folds, result.mean, result.std))
+    return 0
+
+
+def _run_dir(args) -> Path:
+    if args.out:
+        return Path(args.out)
+    return Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _report(args) -> int:
+    from .report import report_run
+
+    run = Path(args.run)
+    if not run.is_dir():
+        raise DetectorError(f"{run}: no such run directory")
+    text, _ = report_run(run, args.format)
+    print(text)
+    return 0
 
 
 def _evaluate(args) -> int:

@@ -110,12 +110,22 @@ class ScoreConfig:
 
 
 @dataclass
+class CVConfig:
+    folds: int = 5
+    strategy: Literal["kfold", "stratified", "group"] = "stratified"
+    group_by: str = "roboflow"  # for strategy group: roboflow, regex:PATTERN or field:NAME
+    seed: int = 0
+    top_k: int = 3  # checkpoints kept across all folds and epochs, by score
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    cv: CVConfig = field(default_factory=CVConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -295,6 +305,8 @@ def _check_semantics(cfg: Config, source: str) -> None:
         (0.0 <= cfg.eval.score_threshold <= 1.0, "eval.score_threshold must lie in [0, 1]"),
         (0.0 < cfg.eval.iou_threshold <= 1.0, "eval.iou_threshold must lie in (0, 1]"),
         (cfg.model.anchors_per_level >= 1, "model.anchors_per_level must be at least 1"),
+        (cfg.cv.folds >= 2, "cv.folds must be at least 2"),
+        (cfg.cv.top_k >= 1, "cv.top_k must be at least 1"),
         (cfg.data.augment.scale[0] <= cfg.data.augment.scale[1], "data.augment.scale must be [low, high]"),
         (cfg.train.progressive.start_size == 0 or cfg.train.progressive.start_size >= 32,
          "train.progressive.start_size must be 0 (off) or at least 32"),

@@ -1,6 +1,8 @@
-"""Turning metric dicts into text a person reads."""
+"""Reading run logs and turning them into tables and plots a person reads."""
 from __future__ import annotations
 
+import csv
+from pathlib import Path
 from typing import Any
 
 
@@ -17,3 +19,105 @@ def format_metrics(m: dict[str, Any]) -> str:
         lines.append(f"{name:<20} {c['category_id']:>4} {c['num_gt']:>6} {c['ap']:>7.4f} {c['ap50']:>7.4f} "
                      f"{c['precision']:>7.4f} {c['recall']:>7.4f} {c['f1']:>7.4f}")
     return "\n".join(lines)
+
+
+FOLD_COLUMNS = ("map_50", "f1", "precision", "recall", "score")
+
+
+def format_cv(folds: list[dict[str, Any]], mean: dict[str, float], std: dict[str, float],
+              fmt: str = "table") -> str:
+    """Per-fold best epoch and metrics with mean +- std, as table, markdown, csv or json."""
+    header = ("fold", "best_epoch", *FOLD_COLUMNS)
+    rows = [[str(f["fold"]), str(f["best_epoch"]), *(f"{f['metrics'].get(k, float('nan')):.4f}" for k in FOLD_COLUMNS)]
+            for f in folds]
+    rows.append(["mean+-std", "", *(f"{mean[k]:.4f}+-{std[k]:.4f}" for k in FOLD_COLUMNS)])
+    if fmt == "json":
+        import json
+        return json.dumps({"folds": folds, "mean": mean, "std": std}, indent=2)
+    if fmt == "csv":
+        return "\n".join(",".join(r) for r in [list(header), *rows])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    if fmt == "markdown":
+        line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+        return "\n".join([line(header), "| " + " | ".join("-" * w for w in widths) + " |", *map(line, rows)])
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
+    return "\n".join([line(header), *map(line, rows)])
+
+
+def read_metric_rows(run: Path) -> list[dict[str, Any]]:
+    """Every row of every fold_K/metrics.csv (or RUN/metrics.csv for a single run), numbers parsed."""
+    paths = sorted(run.glob("fold_*/metrics.csv")) or [run / "metrics.csv"]
+    rows = []
+    for path in paths:
+        if path.exists():
+            with path.open(newline="") as f:
+                rows += [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    return rows
+
+
+def plot_curves(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """PNG plots of losses, map_50, f1 and score vs epoch, one line per fold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    panels = {"losses": ("loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"),
+              "map_50": ("map_50",), "f1": ("f1",), "score": ("score",)}
+    folds = sorted({r.get("fold", 0) for r in rows})
+    for name, keys in panels.items():
+        fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+        for ax, key in zip(axes[0], keys):
+            for fold in folds:
+                pts = [(r["epoch"], r[key]) for r in rows if r.get("fold", 0) == fold and key in r]
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", ms=3, label=f"fold {fold}")
+            ax.set_title(key)
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / f"{name}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _number(v: str) -> Any:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return v
+    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+
+
+def report_run(run: Path, fmt: str = "table") -> tuple[str, list[Path]]:
+    """Text report of a cv run (finished or not) and the plots written to RUN/plots/."""
+    from .cv import read_summary
+
+    summary = read_summary(run)
+    rows = read_metric_rows(run)
+    plots = plot_curves(rows, run / "plots") if rows else []
+    if fmt == "json":
+        import json
+        return json.dumps({"folds": summary.folds, "mean": summary.mean, "std": summary.std,
+                           "top_models": summary.top_models}, indent=2), plots
+    parts = [f"{run}: {len(summary.folds)} fold(s) finished, {len(rows)} epoch rows",
+             format_cv(summary.folds, summary.mean, summary.std, fmt)]
+    if summary.folds:
+        best = max(summary.folds, key=lambda f: f["metrics"].get("score", float("-inf")))
+        parts.append(f"\nper-class AP of the best fold model (fold {best['fold']}, epoch {best['best_epoch']}):")
+        parts += [f"  {name:<20} AP {c['ap']:.4f}  AP50 {c['ap50']:.4f}  F1 {c['f1']:.4f}"
+                  for name, c in best["metrics"].get("per_class", {}).items()]
+        anchors = [f for f in summary.folds if f.get("anchors")]
+        for f in anchors:
+            a = f["anchors"]
+            parts.append(f"fold {f['fold']} anchors: mean IoU {a['fitness']['mean_iou']:.3f} "
+                         f"(default {a['default_fitness']['mean_iou']:.3f}), best possible recall "
+                         f"{a['fitness']['bpr']:.3f} (default {a['default_fitness']['bpr']:.3f})")
+    if plots:
+        parts.append("plots: " + ", ".join(str(p) for p in plots))
+    return "\n".join(parts), plots

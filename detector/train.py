@@ -10,6 +10,7 @@ import csv
 import json
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_sta
 from .config import Config
 from .data.coco import CocoDetection, CocoIndex, collate, load_coco
 from .data.transforms import build_eval_transforms, build_train_transforms
+from .errors import ConfigError
 from .engine import Precision, predict, resolve_device, resolve_precision, to_coco_results, train_one_epoch
 from .metrics import evaluate_detections
 from .models import faster_rcnn
@@ -33,6 +35,7 @@ CSV_COLUMNS = ("epoch", "lr", *LOSS_KEYS, "map", "map_50", "map_75", "precision"
                "image_size", "train_seconds", "eval_seconds", "seconds")
 
 OnEpochEnd = Callable[[int, dict[str, Any]], None]
+Keep = Callable[[int, dict[str, Any], Callable[[Path], Any]], Any]
 
 
 @dataclass
@@ -72,6 +75,22 @@ def load_splits(cfg: Config) -> tuple[CocoIndex, CocoIndex]:
     train = load_coco(d.train.annotations, d.train.images_dir, **options)
     val = load_coco(d.val.annotations, d.val.images_dir, label_map=train.label_map, **options)
     return train, val
+
+
+def ensure_resumable(run: Path, cfg: Config, force: bool = False) -> None:
+    """Refuse to continue a run made with another config (naming the keys), or wipe it with `force`."""
+    saved = run / "config.yaml"
+    if not saved.exists():
+        return
+    differences = config_mod.diff(config_mod.load(saved), config_mod.resolve_paths(cfg))
+    if not differences:
+        return
+    if force:
+        shutil.rmtree(run)
+        return
+    listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in differences.items())
+    raise ConfigError(f"{run} was started with another config and cannot be resumed: {listed}; "
+                      "use another output folder, or --force to start it over")
 
 
 def seed_everything(seed: int) -> None:
@@ -116,8 +135,14 @@ def fit(
     progress: bool = True,
     log: Callable[[str], None] = print,
     extra_columns: dict[str, Any] | None = None,
+    keep: Keep | None = None,
+    save_best: bool = True,
 ) -> FitResult:
-    """Train on `train_index`, evaluate `val_index` every epoch; resume from run_dir/last.pt if present."""
+    """Train on `train_index`, evaluate `val_index` every epoch; resume from run_dir/last.pt if present.
+
+    `keep(epoch, metrics, save)` is offered every epoch's model (save(path) writes its checkpoint);
+    `save_best=False` leaves best.pt out (k-fold runs keep their top models through `keep` instead).
+    """
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.train.seed)
@@ -138,7 +163,7 @@ def fit(
     train_ds = CocoDetection(train_index, build_train_transforms(cfg.data.augment, size), seed=cfg.train.seed)
     val_loader = _loader(CocoDetection(val_index, build_eval_transforms(size)), cfg.eval.batch_size,
                          cfg.train.num_workers)
-    weights = balanced_weights(train_index) if cfg.train.balanced_sampler else None
+    sample_weights = balanced_weights(train_index) if cfg.train.balanced_sampler else None
     steps_per_epoch = math.ceil(len(train_ds) / cfg.train.batch_size)
     optimizer = _optimizer(cfg, model)
     schedule = LrSchedule(cfg.train.scheduler, steps_per_epoch * cfg.train.epochs,
@@ -159,12 +184,12 @@ def fit(
         epoch_size = image_size_at(cfg, epoch)
         train_ds.pipeline = build_train_transforms(cfg.data.augment, epoch_size)
         train_ds.set_epoch(epoch)
-        loader = _train_loader(train_ds, cfg, epoch, weights)
+        loader = _train_loader(train_ds, cfg, epoch, sample_weights)
         lr = optimizer.param_groups[0]["lr"]
         losses = train_one_epoch(model, loader, optimizer, scheduler, scaler, device=device, precision=precision,
                                  epoch=epoch, grad_clip=cfg.train.grad_clip, progress=progress)
         start = time.perf_counter()
-        metrics = _evaluate(model, val_loader, gt, label_map, cfg, device, precision, progress)
+        metrics, results = _evaluate(model, val_loader, gt, label_map, cfg, device, precision, progress)
         eval_seconds = time.perf_counter() - start
         row = {**(extra_columns or {}), "epoch": epoch, "lr": lr, **{k: losses.get(k, 0.0) for k in LOSS_KEYS},
                **{k: metrics[k] for k in ("map", "map_50", "map_75", "precision", "recall", "f1", "score")},
@@ -175,9 +200,13 @@ def fit(
         improved = state.update(epoch, metrics)
         common = dict(config=config_mod.resolve_paths(cfg).to_dict(), label_map=label_map.to_dict(),
                       anchors=_plain_anchors(anchors), image_size=size)
+        snapshot = {"model": model.state_dict(), "epoch": epoch, "metrics": metrics, **common}
         if improved:
-            save_checkpoint(run / "best.pt", {"model": model.state_dict(), "epoch": epoch, "metrics": metrics,
-                                              **common})
+            (run / "best_predictions.json").write_text(json.dumps(results))
+            if save_best:
+                save_checkpoint(run / "best.pt", snapshot)
+        if keep is not None:
+            keep(epoch, metrics, lambda path: save_checkpoint(path, snapshot))
         save_checkpoint(last, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                                "rng": rng_state(), "epoch": epoch, "metrics": metrics,
@@ -274,11 +303,12 @@ def _train_loader(dataset: CocoDetection, cfg: Config, epoch: int, weights: np.n
     return _loader(dataset, cfg.train.batch_size, cfg.train.num_workers, shuffle=True, generator=generator)
 
 
-def _evaluate(model, loader, gt, label_map, cfg: Config, device, precision: Precision, progress) -> dict[str, Any]:
+def _evaluate(model, loader, gt, label_map, cfg: Config, device, precision: Precision, progress):
     predictions = predict(model, loader, device=device, precision=precision, progress=progress, desc="validate")
     results = to_coco_results(predictions, label_map)
-    return evaluate_detections(gt, results, score_threshold=cfg.eval.score_threshold,
-                               iou_threshold=cfg.eval.iou_threshold, w_map=cfg.score.w_map, w_f1=cfg.score.w_f1)
+    metrics = evaluate_detections(gt, results, score_threshold=cfg.eval.score_threshold,
+                                  iou_threshold=cfg.eval.iou_threshold, w_map=cfg.score.w_map, w_f1=cfg.score.w_f1)
+    return metrics, results
 
 
 def _append_row(path: Path, row: dict[str, Any], columns: tuple[str, ...]) -> None:

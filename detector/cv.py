@@ -1,0 +1,140 @@
+"""run_cv(): k-fold cross-validation on the training split, resumable, keeping the top-k models.
+
+RUN/ holds config.yaml, env.json, folds.json (validation image ids per fold, written before training),
+fold_K/ (a fit() run directory: metrics.csv with a fold column, anchors.json, summary.json when done),
+top/ + top_models.json (the cv.top_k best checkpoints over all folds and epochs) and summary.json
+(per-fold best epoch and metrics, mean and std across finished folds), all updated as the run goes.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import config as config_mod
+from .checkpoint import TopK
+from .config import Config
+from .data.coco import CocoIndex
+from .data.folds import make_folds
+from .train import OnEpochEnd, ensure_resumable, fit, load_splits
+
+SUMMARY_KEYS = ("map", "map_50", "map_75", "precision", "recall", "f1", "score")
+
+
+@dataclass
+class CVResult:
+    run_dir: Path
+    folds: list[dict[str, Any]]
+    mean: dict[str, float]
+    std: dict[str, float]
+    top_models: list[dict[str, Any]]
+
+
+def run_cv(
+    cfg: Config,
+    run_dir: str | Path,
+    *,
+    force: bool = False,
+    on_epoch_end: Callable[[int, int, dict[str, Any]], None] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    index: CocoIndex | None = None,
+) -> CVResult:
+    """Train every fold of the config's training split (skipping finished ones) and return the summary.
+
+    `on_epoch_end(fold, epoch, metrics)` is called after every epoch and may raise to stop the run.
+    """
+    run = Path(run_dir)
+    ensure_resumable(run, cfg, force)
+    if index is None:
+        index, _ = load_splits(cfg)
+    run.mkdir(parents=True, exist_ok=True)
+    config_mod.save(config_mod.resolve_paths(cfg), run / "config.yaml")
+    (run / "env.json").write_text(json.dumps(environment(), indent=2))
+    folds = _folds(run, index, cfg)
+    top = TopK(run, cfg.cv.top_k)
+    for k, val_ids in enumerate(folds):
+        fold_dir = run / f"fold_{k}"
+        if (fold_dir / "summary.json").exists():
+            log(f"fold {k}: finished earlier, skipped")
+            continue
+        val_set = set(val_ids)
+        train_part = index.subset(r.id for r in index.images if r.id not in val_set)
+        log(f"fold {k}/{len(folds)}: {len(train_part.images)} training, {len(val_ids)} validation images")
+        hook: OnEpochEnd | None = None
+        if on_epoch_end is not None:
+            hook = (lambda fold: lambda epoch, metrics: on_epoch_end(fold, epoch, metrics))(k)
+        fit(cfg, train_part, index.subset(val_ids), fold_dir, on_epoch_end=hook, progress=progress, log=log,
+            extra_columns={"fold": k}, save_best=False,
+            keep=(lambda fold: lambda epoch, metrics, save: top.offer(fold, epoch, metrics, save))(k))
+        (fold_dir / "last.pt").unlink(missing_ok=True)
+        write_summary(run)
+    return write_summary(run)
+
+
+def write_summary(run: Path) -> CVResult:
+    """Summarise the finished folds of a run into RUN/summary.json."""
+    result = read_summary(run)
+    (run / "summary.json").write_text(json.dumps(
+        {"folds_finished": len(result.folds), "folds": result.folds, "mean": result.mean, "std": result.std,
+         "top_models": result.top_models}, indent=2))
+    return result
+
+
+def read_summary(run: Path) -> CVResult:
+    """The finished folds of a run, mean and std across them, and the top models (unfinished runs too)."""
+    folds = []
+    for fold_dir in sorted(run.glob("fold_*"), key=lambda p: int(p.name.split("_")[1])):
+        summary = fold_dir / "summary.json"
+        if summary.exists():
+            s = json.loads(summary.read_text())
+            folds.append({"fold": int(fold_dir.name.split("_")[1]), "best_epoch": s["best_epoch"],
+                          "epochs_run": s["epochs_run"], "stopped_early": s["stopped_early"],
+                          "metrics": s["best_metrics"], "anchors": s.get("anchors")})
+    values = {k: [f["metrics"].get(k, float("nan")) for f in folds] for k in SUMMARY_KEYS}
+    mean = {k: float(np.mean(v)) if v else float("nan") for k, v in values.items()}
+    std = {k: float(np.std(v)) if v else float("nan") for k, v in values.items()}
+    top_path = run / "top_models.json"
+    top = json.loads(top_path.read_text()) if top_path.exists() else []
+    return CVResult(run, folds, mean, std, top)
+
+
+def environment() -> dict[str, Any]:
+    import albumentations
+    import timm
+    import torchvision
+
+    cuda = torch.cuda.is_available()
+    return {
+        "python": platform.python_version(), "platform": platform.platform(),
+        "torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__,
+        "albumentations": albumentations.__version__,
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu", "cuda": torch.version.cuda if cuda else None,
+        "threads": torch.get_num_threads(), "git_commit": _git_commit(),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _folds(run: Path, index: CocoIndex, cfg: Config) -> list[list[int]]:
+    path = run / "folds.json"
+    if path.exists():
+        return json.loads(path.read_text())["folds"]
+    cv = cfg.cv
+    folds = make_folds(index, n_folds=cv.folds, strategy=cv.strategy, group_by=cv.group_by, seed=cv.seed)
+    path.write_text(json.dumps({"strategy": cv.strategy, "group_by": cv.group_by, "seed": cv.seed,
+                                "folds": folds}))
+    return folds

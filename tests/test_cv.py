@@ -1,0 +1,95 @@
+import json
+
+import pytest
+
+from detector import config
+from detector.checkpoint import TopK
+from detector.cv import read_summary, run_cv
+from detector.data.coco import load_coco
+from detector.data.folds import group_key, make_folds
+from detector.errors import ConfigError
+from tests.test_train import TINY
+
+
+def test_group_folds_keep_roboflow_copies_together(rbc):
+    index = load_coco(rbc / "train" / "_annotations.coco.json", check_images=False)
+    folds = make_folds(index, n_folds=5, strategy="group", group_by="roboflow", seed=0)
+    by_id = {r.id: r for r in index.images}
+    fold_of_source: dict[str, set[int]] = {}
+    for k, ids in enumerate(folds):
+        for i in ids:
+            fold_of_source.setdefault(group_key(by_id[i], "roboflow"), set()).add(k)
+    assert len(fold_of_source) == 70  # 210 images are copies of 70 photos
+    assert all(len(f) == 1 for f in fold_of_source.values())
+    assert sorted(i for f in folds for i in f) == sorted(by_id)
+    assert make_folds(index, n_folds=5, strategy="group", seed=0) == folds  # seeded
+
+
+def test_stratified_folds_keep_every_class_in_every_fold(sample):
+    index = load_coco(sample["annotations"], check_images=False)
+    folds = make_folds(index, n_folds=4, strategy="stratified", seed=1)
+    by_id = {r.id: r for r in index.images}
+    for ids in folds:
+        present = {int(c) for i in ids for c in by_id[i].category_ids}
+        assert present == {1, 2, 3}
+        assert any(len(by_id[i].category_ids) == 0 for i in ids)  # negatives spread too
+    assert max(map(len, folds)) - min(map(len, folds)) <= 2
+
+
+def test_group_by_regex_and_field_and_errors(sample):
+    index = load_coco(sample["annotations"], check_images=False)
+    rec = index.images[0]
+    assert group_key(rec, r"regex:sample_(\d{3})") == rec.file_name.split("_")[1][:3]
+    assert group_key(rec, "field:width") == str(rec.width)
+    with pytest.raises(ConfigError, match="no field 'site'"):
+        group_key(rec, "field:site")
+    with pytest.raises(ConfigError, match="cv.group_by must be"):
+        group_key(rec, "photo")
+    with pytest.raises(ConfigError, match="only 1 groups"):
+        make_folds(index, n_folds=2, strategy="group", group_by="regex:sample_")
+
+
+def test_top_k_keeps_exactly_the_k_best(tmp_path):
+    top = TopK(tmp_path, k=3)
+    scores = [0.2, 0.5, float("nan"), 0.1, 0.7, 0.5, 0.3, 0.9]
+    for epoch, s in enumerate(scores):
+        top.offer(0, epoch, {"score": s}, lambda p: (p.parent.mkdir(exist_ok=True), p.write_text("x")))
+        assert len(list((tmp_path / "top").glob("*.pt"))) <= 3
+    listed = json.loads((tmp_path / "top_models.json").read_text())
+    assert [(e["epoch"], e["score"]) for e in listed] == [(7, 0.9), (4, 0.7), (1, 0.5)]  # tie: earlier epoch
+    assert sorted(p.name for p in (tmp_path / "top").glob("*.pt")) == [
+        "fold0_epoch001.pt", "fold0_epoch004.pt", "fold0_epoch007.pt"]
+    (tmp_path / "top" / "fold0_epoch002.pt").write_text("orphan of a killed run")
+    again = TopK(tmp_path, k=3)
+    assert len(list((tmp_path / "top").glob("*.pt"))) == 3 and again.entries == listed
+
+
+def test_two_fold_run_end_to_end(sample, tmp_path):
+    cfg = config.load(None, [f"data.train.annotations={sample['annotations']}",
+                             f"data.val.annotations={sample['val']}", *TINY, "train.epochs=2",
+                             "cv.folds=2", "cv.top_k=3"])
+    run = tmp_path / "cv"
+    result = run_cv(cfg, run, progress=False, log=lambda s: None)
+    for name in ("config.yaml", "env.json", "folds.json", "summary.json", "top_models.json"):
+        assert (run / name).exists(), name
+    folds = json.loads((run / "folds.json").read_text())["folds"]
+    assert len(folds) == 2 and not set(folds[0]) & set(folds[1])
+    for k in (0, 1):
+        rows = (run / f"fold_{k}" / "metrics.csv").read_text().splitlines()
+        assert rows[0].startswith("fold,epoch,lr") and [r.split(",")[0] for r in rows[1:]] == [str(k)] * 2
+        assert (run / f"fold_{k}" / "anchors.json").exists()
+        assert not (run / f"fold_{k}" / "last.pt").exists() and not (run / f"fold_{k}" / "best.pt").exists()
+    top = json.loads((run / "top_models.json").read_text())
+    assert len(top) == 3 and len(list((run / "top").glob("*.pt"))) == 3
+    assert [e["score"] for e in top] == sorted((e["score"] for e in top), reverse=True)
+    best_per_fold = {f["fold"]: f["metrics"]["score"] for f in result.folds}
+    assert top[0]["score"] == pytest.approx(max(best_per_fold.values()))
+    assert result.mean["score"] == pytest.approx(sum(best_per_fold.values()) / 2)
+    assert read_summary(run).mean == result.mean
+    # re-running skips both finished folds; another config is refused with the differing key
+    assert run_cv(cfg, run, progress=False, log=lambda s: None).mean == result.mean
+    other = config.load(None, [f"data.train.annotations={sample['annotations']}",
+                               f"data.val.annotations={sample['val']}", *TINY, "train.epochs=3",
+                               "cv.folds=2"])
+    with pytest.raises(ConfigError, match=r"train.epochs \(2 -> 3\)"):
+        run_cv(other, run, progress=False, log=lambda s: None)
