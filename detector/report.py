@@ -105,6 +105,8 @@ def report_run(run: Path, fmt: str = "table") -> tuple[str, list[Path]]:
         import json
         return json.dumps({"folds": summary.folds, "mean": summary.mean, "std": summary.std,
                            "top_models": summary.top_models}, indent=2), plots
+    if fmt == "csv":
+        return format_cv(summary.folds, summary.mean, summary.std, fmt), plots
     parts = [f"{run}: {len(summary.folds)} fold(s) finished, {len(rows)} epoch rows",
              format_cv(summary.folds, summary.mean, summary.std, fmt)]
     if summary.folds:

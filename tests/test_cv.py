@@ -93,3 +93,78 @@ def test_two_fold_run_end_to_end(sample, tmp_path):
                                "cv.folds=2"])
     with pytest.raises(ConfigError, match=r"train.epochs \(2 -> 3\)"):
         run_cv(other, run, progress=False, log=lambda s: None)
+
+
+def _cv_command(sample, tmp_path, out):
+    import sys
+
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("{}\n")
+    sets = [f"data.train.annotations={sample['annotations']}", f"data.val.annotations={sample['val']}", *TINY,
+            "train.epochs=3", "cv.folds=2", "cv.top_k=2"]
+    return [sys.executable, "-m", "detector.cli", "cv", str(empty), "--out", str(out), "--quiet",
+            *[a for s in sets for a in ("--set", s)]]
+
+
+def test_killed_run_resumes_to_the_same_result(sample, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    full = subprocess.run(_cv_command(sample, tmp_path, tmp_path / "full"), capture_output=True, text=True)
+    assert full.returncode == 0, full.stderr
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_cv_command(sample, tmp_path, run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    csv_path = run / "fold_0" / "metrics.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if csv_path.exists() and len(csv_path.read_text().splitlines()) >= 2 and (run / "fold_0" / "last.pt").exists():
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "fold_0" / "summary.json").exists()  # killed mid-fold
+    half = read_summary(run)  # a half-finished run is readable
+    assert half.folds == []
+    resumed = subprocess.run(_cv_command(sample, tmp_path, run), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = read_summary(tmp_path / "full"), read_summary(run)
+    for fa, fb in zip(a.folds, b.folds):
+        assert fa["best_epoch"] == fb["best_epoch"]
+        for key in ("map", "map_50", "f1", "score"):
+            assert fa["metrics"][key] == pytest.approx(fb["metrics"][key], abs=1e-9), key
+    assert [(e["fold"], e["epoch"]) for e in a.top_models] == [(e["fold"], e["epoch"]) for e in b.top_models]
+    assert len(list((run / "top").glob("*.pt"))) == 2
+    rows = (run / "fold_0" / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[1] for r in rows[1:]] == ["0", "1", "2"]
+
+
+def test_report_on_finished_and_unfinished_runs(sample, tmp_path):
+    import contextlib
+    import io
+    import shutil
+
+    from detector.cli import main
+
+    cfg = config.load(None, [f"data.train.annotations={sample['annotations']}",
+                             f"data.val.annotations={sample['val']}", *TINY, "train.epochs=2", "cv.folds=2"])
+    run = tmp_path / "cv"
+    run_cv(cfg, run, progress=False, log=lambda s: None)
+    for fmt in ("table", "markdown", "csv", "json"):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(["report", str(run), "--format", fmt]) == 0
+        text = out.getvalue()
+        assert "mean" in text and ("map_50" in text)
+    assert "per-class AP" in text or fmt == "json"
+    for name in ("losses.png", "map_50.png", "f1.png", "score.png"):
+        assert (run / "plots" / name).stat().st_size > 1000
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(run, unfinished)
+    (unfinished / "fold_1" / "summary.json").unlink()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["report", str(unfinished), "--format", "csv"]) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "fold,best_epoch,map_50,f1,precision,recall,score" and lines[1].startswith("0,")
+    assert lines[2].startswith("mean+-std")
