@@ -52,18 +52,10 @@ def composite_score(map_50: float, f1: float, w_map: float = 0.5, w_f1: float = 
 
 def coco_map(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
     """COCO bbox AP over IoU .50:.95, at .50 and .75 (area all, 100 detections), overall and per category."""
-    from faster_coco_eval import COCO, COCOeval_faster
-
     empty = {"map": 0.0, "map_50": 0.0, "map_75": 0.0, "per_class": {}}
     if not results or not gt.get("annotations"):
         return empty
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO(copy.deepcopy(gt))
-        coco_dt = coco_gt.loadRes(copy.deepcopy(results))
-        ev = COCOeval_faster(coco_gt, coco_dt, iouType="bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
+    ev = _coco_eval(gt, results)
     precision = ev.eval["precision"]  # [T, R, K, A, M]
     cat_ids = list(ev.params.catIds)
     per_class = {}
@@ -71,6 +63,33 @@ def coco_map(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any
         per_class[int(cid)] = {"ap": _mean_valid(precision[:, :, k, 0, -1]), "ap50": _mean_valid(precision[0, :, k, 0, -1])}
     return {"map": _valid(ev.stats[0]), "map_50": _valid(ev.stats[1]), "map_75": _valid(ev.stats[2]),
             "per_class": per_class}
+
+
+def pr_curves(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per category id, COCO's interpolated (recall, precision) curve at IoU 0.5 (101 recall points)."""
+    if not results or not gt.get("annotations"):
+        return {}
+    ev = _coco_eval(gt, results)
+    recall = np.asarray(ev.params.recThrs)
+    curves = {}
+    for k, cid in enumerate(ev.params.catIds):
+        p = ev.eval["precision"][0, :, k, 0, -1]
+        if (p > -1).any():
+            curves[int(cid)] = (recall, np.clip(p, 0, None))
+    return curves
+
+
+def _coco_eval(gt: dict[str, Any], results: list[dict[str, Any]]):
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(copy.deepcopy(gt))
+        coco_dt = coco_gt.loadRes(copy.deepcopy(results))
+        ev = COCOeval_faster(coco_gt, coco_dt, iouType="bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev
 
 
 def match_counts(

@@ -61,6 +61,7 @@ def plot_curves(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -76,6 +77,7 @@ def plot_curves(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
                     ax.plot(*zip(*pts), marker="o", ms=3, label=f"fold {fold}")
             ax.set_title(key)
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
         axes[0][0].legend(fontsize=8)
         fig.tight_layout()
@@ -101,6 +103,10 @@ def report_run(run: Path, fmt: str = "table") -> tuple[str, list[Path]]:
     summary = read_summary(run)
     rows = read_metric_rows(run)
     plots = plot_curves(rows, run / "plots") if rows else []
+    if summary.folds:
+        best = max(summary.folds, key=lambda f: f["metrics"].get("score", float("-inf")))
+        path = plot_pr_curves(run, best["fold"], run / "plots")
+        plots += [path] if path else []
     if fmt == "json":
         import json
         return json.dumps({"folds": summary.folds, "mean": summary.mean, "std": summary.std,
@@ -123,3 +129,40 @@ def report_run(run: Path, fmt: str = "table") -> tuple[str, list[Path]]:
     if plots:
         parts.append("plots: " + ", ".join(str(p) for p in plots))
     return "\n".join(parts), plots
+
+
+def plot_pr_curves(run: Path, fold: int, out_dir: Path) -> Path | None:
+    """Per-class precision-recall curves (IoU 0.5) of a fold's best model on that fold's validation part."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from . import config as config_mod
+    from .data.coco import load_coco
+    from .metrics import pr_curves
+
+    predictions = run / f"fold_{fold}" / "best_predictions.json"
+    if not predictions.exists() or not (run / "folds.json").exists():
+        return None
+    cfg = config_mod.load(run / "config.yaml")
+    index = load_coco(cfg.data.train.annotations, cfg.data.train.images_dir, check_images=False,
+                      drop_placeholder_categories=cfg.data.drop_placeholder_categories)
+    val = index.subset(json.loads((run / "folds.json").read_text())["folds"][fold])
+    curves = pr_curves(val.to_coco(), json.loads(predictions.read_text()))
+    names = dict(zip(index.label_map.category_ids, index.label_map.names))
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for cid, (recall, precision) in curves.items():
+        ax.plot(recall, precision, label=names.get(cid, str(cid)))
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
+           title=f"fold {fold} best model, IoU 0.5")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "pr_curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

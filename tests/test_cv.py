@@ -157,7 +157,7 @@ def test_report_on_finished_and_unfinished_runs(sample, tmp_path):
         text = out.getvalue()
         assert "mean" in text and ("map_50" in text)
     assert "per-class AP" in text or fmt == "json"
-    for name in ("losses.png", "map_50.png", "f1.png", "score.png"):
+    for name in ("losses.png", "map_50.png", "f1.png", "score.png", "pr_curves.png"):
         assert (run / "plots" / name).stat().st_size > 1000
     unfinished = tmp_path / "unfinished"
     shutil.copytree(run, unfinished)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from detector.data.coco import load_coco
-from detector.metrics import evaluate_detections, match_counts
+from detector.metrics import evaluate_detections, match_counts, pr_curves
 from tests.helpers import pycocotools_stats
 
 
@@ -40,6 +40,8 @@ def test_ground_truth_as_predictions_scores_one(rbc_valid):
     for key in ("map", "map_50", "map_75", "precision", "recall", "f1", "score"):
         assert m[key] == pytest.approx(1.0), key
     assert m["per_class"]["wbc"]["ap"] == pytest.approx(1.0)
+    curves = pr_curves(gt, results)
+    assert set(curves) == {1, 2} and all((p == 1.0).all() for _, p in curves.values())
 
 
 def test_equals_pycocotools_on_jittered_rbc(rbc_valid):
