@@ -32,7 +32,7 @@ from .models import faster_rcnn
 
 LOSS_KEYS = ("loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 CSV_COLUMNS = ("epoch", "lr", *LOSS_KEYS, "map", "map_50", "map_75", "precision", "recall", "f1", "score",
-               "image_size", "train_seconds", "eval_seconds", "seconds")
+               "image_size", "train_seconds", "eval_seconds", "checkpoint_seconds", "seconds")
 
 OnEpochEnd = Callable[[int, dict[str, Any]], None]
 Keep = Callable[[int, dict[str, Any], Callable[[Path], Any]], Any]
@@ -177,7 +177,7 @@ def fit(
     columns = tuple(extra_columns or ()) + CSV_COLUMNS
     if resume:
         state = _restore(resume, model, optimizer, scheduler, scaler)
-        _drop_rows_from(csv_path, state.next_epoch)
+        _rewrite_rows(csv_path, state.history, columns)
         log(f"resuming {run} after epoch {resume['epoch']}")
 
     for epoch in range(state.next_epoch, cfg.train.epochs):
@@ -195,9 +195,9 @@ def fit(
                **{k: metrics[k] for k in ("map", "map_50", "map_75", "precision", "recall", "f1", "score")},
                "image_size": epoch_size, "train_seconds": losses["train_seconds"], "eval_seconds": eval_seconds,
                "seconds": losses["train_seconds"] + eval_seconds}
-        _append_row(csv_path, row, columns)
-        state.history.append({**row, "per_class": metrics["per_class"]})
         improved = state.update(epoch, metrics)
+        state.history.append({**row, "per_class": metrics["per_class"]})
+        start = time.perf_counter()
         common = dict(config=config_mod.resolve_paths(cfg).to_dict(), label_map=label_map.to_dict(),
                       anchors=_plain_anchors(anchors), image_size=size)
         snapshot = {"model": model.state_dict(), "epoch": epoch, "metrics": metrics, **common}
@@ -211,6 +211,10 @@ def fit(
                                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                                "rng": rng_state(), "epoch": epoch, "metrics": metrics,
                                "train_state": state.to_dict(), **common})
+        row["checkpoint_seconds"] = time.perf_counter() - start
+        row["seconds"] += row["checkpoint_seconds"]
+        state.history[-1].update(row)
+        _append_row(csv_path, row, columns)
         log(f"epoch {epoch}: loss {losses['loss']:.4f}  map_50 {metrics['map_50']:.4f}  f1 {metrics['f1']:.4f}  "
             f"score {metrics['score']:.4f}  ({row['seconds']:.1f}s)")
         if on_epoch_end is not None:
@@ -320,18 +324,11 @@ def _append_row(path: Path, row: dict[str, Any], columns: tuple[str, ...]) -> No
         writer.writerow({k: _fmt(row.get(k)) for k in columns})
 
 
-def _drop_rows_from(path: Path, epoch: int) -> None:
-    """Remove rows of epochs a resumed run will train again (written after its last checkpoint)."""
-    if not path.exists():
-        return
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        return
-    col = rows[0].index("epoch")
-    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[col]) < epoch]
-    with path.open("w", newline="") as f:
-        csv.writer(f).writerows(kept)
+def _rewrite_rows(path: Path, history: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+    """On resume: the log holds exactly the epochs the checkpoint has (a kill may have cut it either way)."""
+    path.unlink(missing_ok=True)
+    for row in history:
+        _append_row(path, row, columns)
 
 
 def _fmt(value: Any) -> Any:
