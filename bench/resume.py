@@ -19,7 +19,7 @@ from detector.report import read_metric_rows
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default="configs/quickstart.yaml")
-    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--images", type=int, default=600, help="sample images (the quickstart size)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()

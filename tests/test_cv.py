@@ -93,6 +93,11 @@ def test_two_fold_run_end_to_end(sample, tmp_path):
                                "cv.folds=2"])
     with pytest.raises(ConfigError, match=r"train.epochs \(2 -> 3\)"):
         run_cv(other, run, progress=False, log=lambda s: None)
+    quick = config.load(None, [f"data.train.annotations={sample['annotations']}",
+                               f"data.val.annotations={sample['val']}", *TINY, "train.epochs=1", "cv.folds=2"])
+    restarted = run_cv(quick, run, force=True, progress=False, log=lambda s: None)
+    assert [f["epochs_run"] for f in restarted.folds] == [1, 1]
+    assert config.load(run / "config.yaml").train.epochs == 1
 
 
 def _cv_command(sample, tmp_path, out):
