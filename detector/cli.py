@@ -29,21 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train one model on the config's train/val split")
-    t.add_argument("config", help="YAML config, e.g. configs/quickstart.yaml")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.lr=0.001 (repeatable)")
-    t.add_argument("--out", help="run directory (default runs/CONFIG-TIMESTAMP); an existing one is resumed")
-    t.add_argument("--force", action="store_true", help="start an existing --out over if its config differs")
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
-    t.set_defaults(func=_train)
-
+    _run_arguments(t, "YAML config, e.g. configs/quickstart.yaml").set_defaults(func=_train)
     v = sub.add_parser("cv", help="k-fold cross-validation with per-fold logs and the top-k models")
-    v.add_argument("config", help="YAML config; folds come from its data.train split (cv section)")
-    v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    v.add_argument("--out", help="run directory (default runs/CONFIG-TIMESTAMP); an existing one is resumed")
-    v.add_argument("--force", action="store_true", help="start an existing --out over if its config differs")
-    v.add_argument("--quiet", action="store_true", help="no progress bars")
-    v.set_defaults(func=_cv)
+    _run_arguments(v, "YAML config; folds come from its data.train split (cv section)").set_defaults(func=_cv)
 
     r = sub.add_parser("report", help="per-fold table, per-class AP, anchor fitness and plots of a run")
     r.add_argument("run", help="a run directory of `detector cv` (finished or not)")
@@ -75,6 +63,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--images", type=int, default=None, help="number of images (default 600)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_sample_data)
+    return p
+
+
+def _run_arguments(p: argparse.ArgumentParser, config_help: str) -> argparse.ArgumentParser:
+    p.add_argument("config", help=config_help)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=0.001 (repeatable)")
+    p.add_argument("--out", help="run directory (default runs/CONFIG-TIMESTAMP); an existing one is resumed")
+    p.add_argument("--force", action="store_true", help="start an existing --out over if its config differs")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
