@@ -25,6 +25,15 @@ def test_group_folds_keep_roboflow_copies_together(rbc):
     assert make_folds(index, n_folds=5, strategy="group", seed=0) == folds  # seeded
 
 
+def test_stratified_folds_on_rbc_keep_wbc_in_every_validation_fold(rbc):
+    index = load_coco(rbc / "train" / "_annotations.coco.json", check_images=False)
+    by_id = {r.id: r for r in index.images}
+    for strategy in ("stratified", "group"):
+        folds = make_folds(index, n_folds=5, strategy=strategy, seed=0)
+        for ids in folds:
+            assert 2 in {int(c) for i in ids for c in by_id[i].category_ids}, strategy
+
+
 def test_stratified_folds_keep_every_class_in_every_fold(sample):
     index = load_coco(sample["annotations"], check_images=False)
     folds = make_folds(index, n_folds=4, strategy="stratified", seed=1)
