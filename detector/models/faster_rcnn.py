@@ -60,7 +60,8 @@ def build_model(
     if num_classes < 1:
         raise ConfigError("the dataset needs at least one category to train a detector")
     if body is None:
-        body = build_backbone(backbone, pretrained=pretrained, trainable_layers=trainable_layers,
+        body = build_backbone(backbone, pretrained=_backbone_pretrained(backbone, pretrained, representation_size),
+                              trainable_layers=trainable_layers,
                               frozen_bn=frozen_bn, fpn_channels=fpn_channels, fpn_norm=heads == "v2")
     levels = num_levels(body)
     if anchor_shapes is not None and len(anchor_shapes) != levels:
@@ -106,7 +107,9 @@ def build(
 ) -> tuple[FasterRCNN, AnchorFit | None]:
     """The model a config describes. With `anchors: kmeans` and no `anchor_shapes`, anchors are fitted to
     `box_shapes` ((N, 2) training box w, h in input pixels) and the fit is returned too."""
-    body = build_backbone(cfg.backbone, pretrained=cfg.pretrained, trainable_layers=cfg.trainable_layers,
+    body = build_backbone(cfg.backbone, pretrained=_backbone_pretrained(cfg.backbone, cfg.pretrained,
+                                                                     cfg.representation_size),
+                          trainable_layers=cfg.trainable_layers,
                           frozen_bn=cfg.frozen_bn, fpn_channels=cfg.fpn_channels, fpn_norm=cfg.heads == "v2")
     fit = None
     if anchor_shapes is None and cfg.anchors == "kmeans":
@@ -123,6 +126,16 @@ def build(
     return model, fit
 
 
+def _uses_coco_detector(backbone: str, pretrained: bool | str, representation_size: int) -> bool:
+    """Whether `pretrained: true` means torchvision's whole COCO Faster R-CNN (which covers the backbone)."""
+    return pretrained is True and backbone == "resnet50_fpn" and representation_size == 1024
+
+
+def _backbone_pretrained(backbone: str, pretrained: bool | str, representation_size: int) -> bool | str:
+    """Backbone-only weights are not downloaded when the COCO detector weights will replace them."""
+    return False if _uses_coco_detector(backbone, pretrained, representation_size) else pretrained
+
+
 def _load_detector_weights(model: nn.Module, backbone: str, pretrained: bool | str, representation_size: int,
                            heads: str) -> None:
     """Whole-detector weights: torchvision's COCO Faster R-CNN (v1 or v2) for resnet50_fpn, or a detector file.
@@ -133,7 +146,7 @@ def _load_detector_weights(model: nn.Module, backbone: str, pretrained: bool | s
         state = read_state_dict(pretrained)
         if is_detector_state(state):
             load_matching(model, state, pretrained)
-    elif pretrained is True and backbone == "resnet50_fpn" and representation_size == 1024:
+    elif _uses_coco_detector(backbone, pretrained, representation_size):
         weights = FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1 if heads == "v2" else FasterRCNN_ResNet50_FPN_Weights.COCO_V1
         state = fetch(lambda: weights.get_state_dict(progress=False), "fasterrcnn_resnet50_fpn (torchvision COCO)",
                       "~/.cache/torch/hub/checkpoints/")
