@@ -33,9 +33,24 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("cv", help="k-fold cross-validation with per-fold logs and the top-k models")
     _run_arguments(v, "YAML config; folds come from its data.train split (cv section)").set_defaults(func=_cv)
 
-    r = sub.add_parser("report", help="per-fold table, per-class AP, anchor fitness and plots of a run")
-    r.add_argument("run", help="a run directory of `detector cv` (finished or not)")
+    st = sub.add_parser("study", help="Optuna search: every trial a k-fold run scored by its WBF ensemble")
+    st.add_argument("config", help="YAML config with a search section, e.g. configs/quickstart.yaml")
+    st.add_argument("--name", required=True, help="study name; everything goes to STUDIES-DIR/NAME")
+    st.add_argument("--n-trials", type=int, help="trials the study runs in all (default: search.n_trials)")
+    st.add_argument("--timeout", type=float, help="seconds after which this worker starts no new trial")
+    st.add_argument("--storage", help="Optuna storage URL shared by workers, e.g. postgresql://user:pw@host/db "
+                    "(default: SQLite in the study folder)")
+    st.add_argument("--studies-dir", default="studies", help="parent folder of study folders (default studies)")
+    st.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set cv.folds=3 (repeatable)")
+    st.add_argument("--quiet", action="store_true", help="no progress bars")
+    st.set_defaults(func=_study)
+
+    r = sub.add_parser("report", help="tables and plots of a cv run, a study or one trial of a study")
+    r.add_argument("run", help="a run directory of `detector cv`, a study folder (studies/NAME) or a trial "
+                   "folder (studies/NAME/trial_0007)")
     r.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table")
+    r.add_argument("--storage", help="the study's storage URL, when it is not the one the study folder records")
     r.set_defaults(func=_report)
 
     e = sub.add_parser("evaluate", help="COCO metrics, per-class AP, precision, recall and F1")
@@ -113,13 +128,37 @@ def _run_dir(args) -> Path:
     return Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _study(args) -> int:
+    from . import config
+    from .search import run_study
+
+    overrides = list(args.overrides)
+    overrides += [f"search.n_trials={args.n_trials}"] if args.n_trials is not None else []
+    overrides += [f"search.timeout={args.timeout}"] if args.timeout is not None else []
+    cfg = config.load(args.config, overrides)
+    directory = Path(args.studies_dir) / args.name
+    print(f"study folder: {directory}")
+    result = run_study(cfg, directory, storage=args.storage, progress=not args.quiet)
+    states = ", ".join(f"{n} {s.lower()}" for s, n in result.states.items())
+    print(f"study {result.name}: {states}")
+    if result.best_trial is not None:
+        print(f"best trial {result.best_trial}: value {result.best_value:.4f}; models in {directory / 'best'}")
+    print(f"details: detector report {directory}")
+    return 0
+
+
 def _report(args) -> int:
     from .report import report_run
 
     run = Path(args.run)
     if not run.is_dir():
-        raise DetectorError(f"{run}: no such run directory")
-    text, _ = report_run(run, args.format)
+        raise DetectorError(f"{run}: no such run, study or trial directory")
+    if (run / "study.json").exists():
+        from .search import report_study
+
+        text, _ = report_study(run, args.format, args.storage)
+    else:
+        text, _ = report_run(run, args.format)
     print(text)
     return 0
 

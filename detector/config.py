@@ -118,6 +118,38 @@ class CVConfig:
     top_k: int = 3  # checkpoints kept across all folds and epochs, by score
 
 
+def _default_space() -> dict[str, Any]:
+    return {"train.lr": {"low": 1e-4, "high": 1e-3, "log": True}, "train.batch_size": [4, 8],
+            "eval.score_threshold": [0.3, 0.4, 0.5]}
+
+
+@dataclass
+class SearchConfig:
+    # dotted config key -> [choices] (categorical) or {low, high, log?, step?} (int or float, by the key's type)
+    space: dict[str, Any] = field(default_factory=_default_space)
+    n_trials: int = 20  # trials that end (complete, pruned or failed) before the study stops
+    timeout: float = 0.0  # seconds after which a worker starts no new trial; 0 = none
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: int = 0
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    startup_trials: int = 2  # median pruner: finished trials before pruning starts
+    warmup_epochs: int = 1  # median pruner: epochs of the first fold never pruned
+    heartbeat_seconds: int = 20
+    grace_seconds: int = 60  # a RUNNING trial without a heartbeat for this long is failed and retried
+    max_retries: int = 2
+    keep_models: Literal["best", "all"] = "best"  # best: only the best trial keeps its top-k checkpoints
+
+
+@dataclass
+class EnsembleConfig:
+    """Weighted Boxes Fusion of a trial's top-k models (ensemble-boxes arguments)."""
+
+    iou_thr: float = 0.55
+    skip_box_thr: float = 0.001
+    conf_type: Literal["avg", "max", "box_and_model_avg", "absent_model_aware_avg"] = "avg"
+    weights: Union[list[float], None] = None  # one per model, best first; None = equal
+
+
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -126,6 +158,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     cv: CVConfig = field(default_factory=CVConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -146,6 +180,35 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] 
 
 def from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
     return _build(Config, raw, "", source)
+
+
+def with_values(cfg: Config, values: dict[str, Any], source: str = "<values>") -> Config:
+    """A copy of `cfg` with dotted keys set (`{"train.lr": 0.001}`), type-checked like a config file."""
+    raw = cfg.to_dict()
+    for key, value in values.items():
+        node = raw
+        *parents, last = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"{source}: unknown key '{key}'")
+            node = node[part]
+        if last not in node:
+            raise ConfigError(f"{source}: unknown key '{key}'")
+        node[last] = value
+    out = from_dict(raw, source)
+    _check_semantics(out, source)
+    return out
+
+
+def field_type(key: str) -> Any:
+    """The declared type of a dotted config key (`train.lr` -> float); ConfigError if there is none."""
+    cls: Any = Config
+    for part in key.split("."):
+        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+        if part not in hints:
+            raise ConfigError(f"unknown config key '{key}'")
+        cls = hints[part]
+    return cls
 
 
 def save(cfg: Config, path: str | Path) -> None:
@@ -261,6 +324,14 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
         if value not in args:
             raise ConfigError(f"{source}: {key} must be one of {', '.join(map(str, args))}; got {value!r}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _type_error(key, value, "a mapping", source)
+        return {k: v for k, v in value.items() if v is not None}  # null removes an inherited entry
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(key, value, "a list", source)
+        return [_coerce(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value)]
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise _type_error(key, value, f"a list of {len(args)} numbers", source)
@@ -308,6 +379,13 @@ def _check_semantics(cfg: Config, source: str) -> None:
         (cfg.cv.folds >= 2, "cv.folds must be at least 2"),
         (cfg.cv.top_k >= 1, "cv.top_k must be at least 1"),
         (cfg.data.augment.scale[0] <= cfg.data.augment.scale[1], "data.augment.scale must be [low, high]"),
+        (cfg.search.n_trials >= 1, "search.n_trials must be at least 1"),
+        (cfg.search.heartbeat_seconds >= 1, "search.heartbeat_seconds must be at least 1"),
+        (cfg.search.grace_seconds > cfg.search.heartbeat_seconds,
+         "search.grace_seconds must be longer than search.heartbeat_seconds"),
+        (0.0 < cfg.ensemble.iou_thr <= 1.0, "ensemble.iou_thr must lie in (0, 1]"),
+        (cfg.ensemble.weights is None or len(cfg.ensemble.weights) == cfg.cv.top_k,
+         "ensemble.weights needs one weight per model (cv.top_k of them), or null for equal weights"),
         (cfg.train.progressive.start_size == 0 or cfg.train.progressive.start_size >= 32,
          "train.progressive.start_size must be 0 (off) or at least 32"),
     ]

@@ -166,3 +166,44 @@ def plot_pr_curves(run: Path, fold: int, out_dir: Path) -> Path | None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def format_trials(rows: list[dict[str, Any]], fmt: str = "table") -> str:
+    """The trials of a study (search.trial_rows) as table, markdown, csv or json, best trial last."""
+    if fmt == "json":
+        import json
+        return json.dumps(rows, indent=2)
+    keys = sorted({k for r in rows for k in r["params"]})
+    short = {k: k.rsplit(".", 1)[-1] for k in keys}
+    header = ("trial", "state", "value", "map_50", "f1", "members", "cv_score", "seconds",
+              *(short[k] for k in keys), "note")
+    table = []
+    for r in rows:
+        ens, cv = r["ensemble"] or {}, r["cv_mean"] or {}
+        note = r["fail_reason"] or (f"retry of {r['retry_of']}" if r["retry_of"] is not None else "")
+        if r["state"] == "PRUNED" and r["last_step"] is not None:
+            note = f"pruned at step {r['last_step']}"
+        table.append([str(r["number"]), r["state"].lower(), _num(r["value"]), _num(ens.get("map_50")),
+                      _num(ens.get("f1")), "/".join(_num(m.get("score")) for m in r["members"]),
+                      _num(cv.get("score")), _num(r["seconds"], 0),
+                      *(_param(r["params"].get(k)) for k in keys), note])
+    if fmt == "csv":
+        import csv
+        import io
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerows([header, *table])
+        return out.getvalue().rstrip("\n")
+    widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h) for i, h in enumerate(header)]
+    if fmt == "markdown":
+        line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+        return "\n".join([line(header), "| " + " | ".join("-" * w for w in widths) + " |", *map(line, table)])
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([line(header), *map(line, table)])
+
+
+def _num(v: Any, digits: int = 4) -> str:
+    return "" if v is None else f"{v:.{digits}f}"
+
+
+def _param(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
