@@ -1,0 +1,164 @@
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from detector import config
+from detector.errors import ConfigError
+from detector.search import Objective, PruningHook, check_held_out, load_study, run_study, suggest
+from detector.train import load_splits
+from tests.test_train import TINY
+
+
+def study_sets(sample, *extra):
+    return [f"data.train.annotations={sample['train']}", f"data.val.annotations={sample['val']}", *TINY,
+            "train.epochs=2", "cv.folds=2", "search.pruner=none", *extra]
+
+
+def study_cfg(sample, *extra):
+    return config.load(None, study_sets(sample, *extra))
+
+
+def study_command(sample, tmp_path, name, *extra, storage=None):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("{}\n")
+    cmd = [sys.executable, "-m", "detector.cli", "study", str(empty), "--name", name,
+           "--studies-dir", str(tmp_path / "studies"), "--quiet",
+           *[a for s in study_sets(sample, *extra) for a in ("--set", s)]]
+    return cmd + (["--storage", storage] if storage else [])
+
+
+def test_search_space_from_config():
+    trial = optuna.trial.FixedTrial({"train.lr": 3e-4, "train.batch_size": 8, "model.anchors_per_level": 4,
+                                     "eval.score_threshold": 0.4})
+    space = {"train.lr": {"low": 1e-4, "high": 1e-3, "log": True}, "train.batch_size": [4, 8],
+             "model.anchors_per_level": {"low": 2, "high": 6, "step": 2}, "eval.score_threshold": [0.3, 0.4]}
+    assert suggest(trial, space) == {"train.lr": 3e-4, "train.batch_size": 8, "model.anchors_per_level": 4,
+                                     "eval.score_threshold": 0.4}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = [suggest(study.ask(), space) for _ in range(20)]
+    assert all(isinstance(d["model.anchors_per_level"], int) and d["model.anchors_per_level"] in (2, 4, 6)
+               for d in drawn)
+    assert all(1e-4 <= d["train.lr"] <= 1e-3 for d in drawn) and {d["train.batch_size"] for d in drawn} == {4, 8}
+    cfg = config.with_values(config.load(None), drawn[0])
+    assert cfg.train.lr == drawn[0]["train.lr"]
+    for bad, message in [({"train.lrr": [1]}, "not a config key"), ({"train.lr": {"low": 1}}, "low, high"),
+                         ({"train.lr": {"low": 0, "high": 1, "log": True}}, "low > 0"),
+                         ({"model.backbone": {"low": 1, "high": 2}}, "not a number"),
+                         ({"train.lr": []}, "non-empty list")]:
+        with pytest.raises(ConfigError, match=message):
+            suggest(study.ask(), bad)
+
+
+def test_held_out_split_must_not_share_images_with_training(sample):
+    cfg = study_cfg(sample, f"data.val.annotations={sample['annotations']}")
+    train, held_out = load_splits(cfg)
+    with pytest.raises(ConfigError, match=r"shares \d+ image files with data.train"):
+        check_held_out(train, held_out)
+
+
+def test_pruning_hook_reports_the_running_fold_mean_and_prunes(tmp_path):
+    study = optuna.create_study(direction="maximize",
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
+    good = study.ask()
+    hook = PruningHook(good, tmp_path, epochs=2)
+    for fold, epoch, score in [(0, 0, 0.4), (0, 1, 0.6), (1, 0, 0.2), (1, 1, 0.8)]:
+        hook(fold, epoch, {"score": score})
+    study.tell(good, 0.7)
+    assert study.trials[0].intermediate_values == pytest.approx({0: 0.4, 1: 0.6, 2: 0.3, 3: 0.7})
+    bad = study.ask()
+    hook = PruningHook(bad, tmp_path, epochs=2)
+    with pytest.raises(optuna.TrialPruned, match="fold 0, epoch 0"):
+        hook(0, 0, {"score": 0.1})
+
+
+def test_objective_with_a_fixed_trial_scores_the_ensemble_on_held_out_data(sample, tmp_path):
+    cfg = study_cfg(sample)
+    trial = optuna.trial.FixedTrial({"train.lr": 1e-3, "train.batch_size": 4, "eval.score_threshold": 0.3},
+                                    number=7)
+    value = Objective(cfg, tmp_path, log=lambda s: None)(trial)
+    run = tmp_path / "trial_0007"
+    assert config.load(run / "config.yaml").eval.score_threshold == 0.3
+    heldout = json.loads((run / "heldout.json").read_text())
+    assert value == pytest.approx(heldout["ensemble"]["score"])
+    e = heldout["ensemble"]
+    assert e["score"] == pytest.approx(0.5 * e["map_50"] + 0.5 * e["f1"])
+    assert len(heldout["members"]) == 3
+    assert trial.user_attrs["ensemble"]["score"] == pytest.approx(value)
+    assert [m["metrics"]["score"] for m in trial.user_attrs["members"]] == pytest.approx(
+        [m["metrics"]["score"] for m in heldout["members"]])
+    top = json.loads((run / "top_models.json").read_text())
+    assert [m["path"] for m in heldout["members"]] == [m["path"] for m in top]
+
+
+def test_study_end_to_end_with_a_killed_trial_resumed(sample, tmp_path):
+    cmd = study_command(sample, tmp_path, "demo", "search.n_trials=2")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    study_dir = tmp_path / "studies" / "demo"
+    csv_path = study_dir / "trial_0000" / "fold_0" / "metrics.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if csv_path.exists() and len(csv_path.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert load_study(study_dir).trials[0].state == TrialState.RUNNING  # left behind by the kill
+    resumed = subprocess.run(cmd, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout + resumed.stderr  # the retry continued fold 0 from its last.pt
+    trials = load_study(study_dir).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    retry = trials[1]
+    assert retry.system_attrs["failed_trial"] == 0 and retry.params == trials[0].params
+    assert retry.user_attrs["run_dir"] == "trial_0000" and trials[2].user_attrs["run_dir"] == "trial_0002"
+    rows = (study_dir / "trial_0000" / "fold_0" / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[1] for r in rows[1:]] == ["0", "1"]  # no epoch lost or repeated
+    best = max(trials[1:], key=lambda t: (t.value, -t.number))
+    meta = json.loads((study_dir / "best" / "ensemble.json").read_text())
+    assert meta["trial"] == best.number and meta["value"] == pytest.approx(best.value)
+    assert len(meta["members"]) == 3 and all((study_dir / "best" / m["file"]).exists() for m in meta["members"])
+    assert meta["ensemble"]["iou_thr"] == 0.55 and meta["label_map"]["names"] == ["circle", "rectangle", "triangle"]
+    other = "trial_0002" if best.user_attrs["run_dir"] == "trial_0000" else "trial_0000"
+    assert not list((study_dir / other / "top").glob("*.pt"))  # keep_models: best
+    # the finished study is not run again; the report reads it
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode == 0 and len(load_study(study_dir).trials) == 3
+    report = subprocess.run([sys.executable, "-m", "detector.cli", "report", str(study_dir)], capture_output=True,
+                            text=True)
+    assert report.returncode == 0, report.stderr
+    assert f"best trial {best.number}" in report.stdout and "retry of 0" in report.stdout
+    for name in ("history", "parallel_coordinate", "param_importances"):
+        assert (study_dir / "plots" / f"{name}.png").stat().st_size > 1000
+    trial_report = subprocess.run([sys.executable, "-m", "detector.cli", "report", str(study_dir / "trial_0002")],
+                                  capture_output=True, text=True)
+    assert trial_report.returncode == 0 and "mean+-std" in trial_report.stdout
+
+
+def test_a_trial_with_a_nan_loss_fails_alone(sample, tmp_path):
+    cfg = study_cfg(sample, "search.n_trials=2", "search.space={train.lr: [0.001, 1.0e+12]}")
+    study_dir = tmp_path / "nan"
+    study_dir.mkdir()
+    storage = f"sqlite:///{study_dir / 'study.db'}"
+    study = optuna.create_study(study_name="nan", storage=storage, direction="maximize")
+    study.enqueue_trial({"train.lr": 1e12})
+    study.enqueue_trial({"train.lr": 1e-3})
+    lines = []
+    result = run_study(cfg, study_dir, log=lines.append)
+    trials = load_study(study_dir).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert "NonFiniteLossError" in trials[0].user_attrs["fail_reason"]
+    assert result.states == {"COMPLETE": 1, "FAIL": 1} and result.best_trial == 1
+    assert any("trial 0 failed" in line for line in lines)
+
+
+def test_a_study_refuses_another_config(sample, tmp_path):
+    run_study(study_cfg(sample, "search.n_trials=1", "train.epochs=1"), tmp_path / "s", log=lambda s: None)
+    with pytest.raises(ConfigError, match=r"cv.folds \(2 -> 3\)"):
+        run_study(study_cfg(sample, "search.n_trials=1", "train.epochs=1", "cv.folds=3"), tmp_path / "s",
+                  log=lambda s: None)
