@@ -293,7 +293,7 @@ def _open(directory: Path, url: str, search: SearchConfig, create: bool) -> tupl
                     max_retry=search.max_retries, inherit_intermediate_values=True))
     except ImportError as e:
         raise ConfigError(f"storage {_masked(url)}: a database driver is missing ({e}); "
-                          "for PostgreSQL: pip install psycopg2-binary") from None
+                          "for PostgreSQL: pip install 'psycopg[binary]'") from None
     except Exception as e:
         raise ConfigError(f"storage {_masked(url)}: cannot open it ({type(e).__name__}: {e})") from None
     study = optuna.create_study(study_name=directory.name, storage=rdb, direction="maximize",

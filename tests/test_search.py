@@ -162,3 +162,29 @@ def test_a_study_refuses_another_config(sample, tmp_path):
     with pytest.raises(ConfigError, match=r"cv.folds \(2 -> 3\)"):
         run_study(study_cfg(sample, "search.n_trials=1", "train.epochs=1", "cv.folds=3"), tmp_path / "s",
                   log=lambda s: None)
+
+
+def test_two_workers_share_a_postgresql_study_and_run_exactly_n_trials(sample, tmp_path):
+    import os
+
+    from tests.postgres import postgres_server
+
+    n = 4
+    with postgres_server() as url:
+        cmd = study_command(sample, tmp_path, "shared", f"search.n_trials={n}", "train.epochs=1", storage=url)
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        workers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                   for _ in range(2)]
+        outputs = [w.communicate(timeout=900) for w in workers]
+        for w, (out, err) in zip(workers, outputs):
+            assert w.returncode == 0, err
+        trials = load_study(tmp_path / "studies" / "shared", storage=url).trials
+    assert [t.number for t in trials] == list(range(n))
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    pids = {t.user_attrs["worker"]["pid"] for t in trials}
+    assert pids == {w.pid for w in workers}  # both workers took trials
+    started = [line.split(":")[0] for out, _ in outputs for line in out.splitlines() if " -> " in line]
+    assert sorted(started) == [f"trial {i}" for i in range(n)]  # each trial started once, by one worker
+    for t in trials:
+        rows = (tmp_path / "studies" / "shared" / t.user_attrs["run_dir"] / "fold_0" / "metrics.csv").read_text()
+        assert len(rows.splitlines()) == 2  # header + one epoch: trained exactly once
