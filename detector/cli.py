@@ -46,6 +46,26 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--quiet", action="store_true", help="no progress bars")
     st.set_defaults(func=_study)
 
+    pr = sub.add_parser("predict", help="ensemble inference with a study's best models, a run's top models or "
+                        "checkpoints")
+    pr.add_argument("inputs", nargs="+", metavar="MODELS IMAGES",
+                    help="models first: a study's best/ folder, a run's top_models.json (or its folder) or .pt "
+                    "files; then images: files, folders or globs (with --gt, none = all of its images)")
+    pr.add_argument("--out", required=True, help="output folder, e.g. preds/")
+    pr.add_argument("--score-threshold", type=float, help="boxes kept in the csv and drawings "
+                    "(default: the threshold recorded with the models)")
+    pr.add_argument("--tta", choices=("hflip",), help="add horizontally flipped passes to the fusion")
+    pr.add_argument("--draw", action="store_true", help="write each image with its boxes to OUT/drawn/")
+    pr.add_argument("--gt", help="COCO annotations of the images: print metrics of the ensemble and each member")
+    pr.add_argument("--images-dir", help="folder the --gt file_name entries are relative to")
+    pr.add_argument("--iou-thr", type=float, help="WBF IoU threshold (default: the models' ensemble settings)")
+    pr.add_argument("--skip-box-thr", type=float, help="WBF: ignore member boxes scoring below this")
+    pr.add_argument("--conf-type", choices=("avg", "max", "box_and_model_avg", "absent_model_aware_avg"))
+    pr.add_argument("--batch-size", type=int, default=8)
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--quiet", action="store_true")
+    pr.set_defaults(func=_predict)
+
     r = sub.add_parser("report", help="tables and plots of a cv run, a study or one trial of a study")
     r.add_argument("run", help="a run directory of `detector cv`, a study folder (studies/NAME) or a trial "
                    "folder (studies/NAME/trial_0007)")
@@ -145,6 +165,52 @@ def _study(args) -> int:
         print(f"best trial {result.best_trial}: value {result.best_value:.4f}; models in {directory / 'best'}")
     print(f"details: detector report {directory}")
     return 0
+
+
+def _predict(args) -> int:
+    from .ensemble import Ensemble
+    from .predict import collect_images, ground_truth_metrics, load_ground_truth, run_predictions, write_outputs
+    from .report import format_comparison
+
+    models, images = _split_models(args.inputs)
+    overrides = {k: v for k, v in (("iou_thr", args.iou_thr), ("skip_box_thr", args.skip_box_thr),
+                                   ("conf_type", args.conf_type)) if v is not None}
+    ensemble = Ensemble.load(models if len(models) > 1 else models[0], device=args.device, overrides=overrides)
+    threshold = ensemble.score_threshold if args.score_threshold is None else args.score_threshold
+    gt = load_ground_truth(args.gt, ensemble, args.images_dir) if args.gt else None
+    if not images and gt is None:
+        raise DetectorError("no images given: predict MODELS IMAGES... (files, folders or globs)")
+    paths = collect_images(images) if images else [r.path for r in gt.images]
+    run = run_predictions(ensemble, paths, gt=gt, batch_size=args.batch_size, tta=args.tta == "hflip",
+                          progress=not args.quiet, with_members=gt is not None)
+    written = write_outputs(Path(args.out), run, threshold, draw=args.draw)
+    boxes = sum(int((p.scores >= threshold).sum()) for p in run.predictions)
+    print(f"{len(run.predictions)} images, {boxes} boxes with score >= {threshold:.2f} from "
+          f"{len(ensemble.members)} model(s){' with hflip TTA' if args.tta else ''} -> {args.out}")
+    print("  " + ", ".join(p.name for p in written[:3]) + (f", {len(written) - 3} drawings" if args.draw else ""))
+    if run.skipped:
+        print(f"skipped {len(run.skipped)} unreadable file(s):", file=sys.stderr)
+        for path, reason in run.skipped:
+            print(f"  {reason}", file=sys.stderr)
+    if gt is not None:
+        print(format_comparison(ground_truth_metrics(run, gt, threshold, len(ensemble.members))))
+    return 0
+
+
+def _split_models(inputs: list[str]) -> tuple[list[str], list[str]]:
+    """Leading checkpoints / best folders / top_models.json are models; the rest are images."""
+    def is_model(item: str) -> bool:
+        p = Path(item)
+        return (p.suffix in (".pt", ".pth") or p.name == "top_models.json"
+                or (p.is_dir() and ((p / "ensemble.json").exists() or (p / "top_models.json").exists())))
+
+    n = 0
+    while n < len(inputs) and is_model(inputs[n]):
+        n += 1
+    if n == 0:
+        raise DetectorError(f"{inputs[0]}: not a model; give a study's best/ folder, a run's top_models.json "
+                            "or .pt checkpoints before the images")
+    return inputs[:n], inputs[n:]
 
 
 def _report(args) -> int:

@@ -6,21 +6,24 @@ calls exit() on a length mismatch and returns float labels).
 """
 from __future__ import annotations
 
+import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from . import config as config_mod
 from .checkpoint import RestoredModel, restore_model
 from .config import EnsembleConfig
-from .data.coco import CocoDetection, CocoIndex, collate
+from .data.coco import CocoDetection, CocoIndex, collate, make_target
+from .data.images import read_image
 from .data.transforms import build_eval_transforms
 from .engine import predict, resolve_device, resolve_precision, to_coco_results
-from .errors import ConfigError
+from .errors import ConfigError, DatasetError, WeightsError
 
 
 def fuse_wbf(
@@ -75,6 +78,21 @@ def _numpy(x: Any, dtype) -> np.ndarray:
 
 
 @dataclass
+class ImagePrediction:
+    """One image's detections: boxes (N, 4) xyxy in the file's pixels, scores, labels 1..K and names."""
+
+    source: str
+    width: int
+    height: int
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    names: list[str] = field(default_factory=list)
+    category_ids: list[int] = field(default_factory=list)
+    members: list["ImagePrediction"] = field(default_factory=list)  # each model alone (with_members=True)
+
+
+@dataclass
 class IndexPredictions:
     """Predictions of each member and of the fused ensemble over a CocoIndex (engine.predict format)."""
 
@@ -86,7 +104,7 @@ class Ensemble:
     """Checkpoints of one label map whose predictions are fused with WBF (one checkpoint: no fusion)."""
 
     def __init__(self, members: list[RestoredModel], settings: EnsembleConfig | None = None,
-                 device: torch.device | None = None):
+                 device: torch.device | None = None, score_threshold: float = 0.5):
         if not members:
             raise ConfigError("an ensemble needs at least one checkpoint")
         names = [m.label_map.to_dict() for m in members]
@@ -95,6 +113,7 @@ class Ensemble:
         self.members = members
         self.settings = settings or EnsembleConfig()
         self.device = device or torch.device("cpu")
+        self.score_threshold = score_threshold
         if self.settings.weights is not None and len(self.settings.weights) != len(members):
             raise ConfigError(f"ensemble.weights has {len(self.settings.weights)} values for {len(members)} "
                               "models; give one per model or null")
@@ -105,9 +124,118 @@ class Ensemble:
 
     @classmethod
     def from_checkpoints(cls, paths: Sequence[str | Path], settings: EnsembleConfig | None = None,
-                         device: str = "auto") -> "Ensemble":
+                         device: str = "auto", score_threshold: float | None = None) -> "Ensemble":
         dev = resolve_device(device)
-        return cls([restore_model(p, dev) for p in paths], settings, dev)
+        members = [restore_model(p, dev) for p in paths]
+        if not members:
+            raise ConfigError("an ensemble needs at least one checkpoint")
+        cfg = members[0].config
+        threshold = cfg.eval.score_threshold if score_threshold is None else score_threshold
+        return cls(members, settings or cfg.ensemble, dev, threshold)
+
+    @classmethod
+    def load(cls, path: str | Path | Sequence[str | Path], device: str = "auto",
+             overrides: dict[str, Any] | None = None) -> "Ensemble":
+        """A study's `best/` folder, a run's `top_models.json` (or its folder), one checkpoint, or a list.
+
+        `overrides` replaces ensemble settings (iou_thr, skip_box_thr, conf_type, weights, score_threshold).
+        """
+        paths, settings, threshold = resolve_models(path)
+        extra = dict(overrides or {})
+        threshold = extra.pop("score_threshold", None) or threshold
+        if extra:
+            base = settings.__dict__ if settings else EnsembleConfig().__dict__
+            settings = config_mod.from_dict({"ensemble": {**base, **extra}}, "ensemble overrides").ensemble
+        return cls.from_checkpoints(paths, settings, device, threshold)
+
+    def predict(self, images: Sequence[str | Path | np.ndarray], *, batch_size: int = 8, tta: bool = False,
+                score_threshold: float | None = 0.0, progress: bool = False) -> list[ImagePrediction]:
+        """Detections per image (files or HxWx3 uint8 RGB arrays), fused across members (and flips)."""
+        return [p for p, _ in self.iter_predict(images, batch_size=batch_size, tta=tta,
+                                                score_threshold=score_threshold, progress=progress)
+                if p is not None]
+
+    def iter_predict(self, images: Sequence[str | Path | np.ndarray], *, batch_size: int = 8, tta: bool = False,
+                     score_threshold: float | None = 0.0, progress: bool = False, with_members: bool = False,
+                     ) -> Iterator[tuple[ImagePrediction | None, str | None]]:
+        """(prediction, None) per readable image and (None, reason) per unreadable file, in input order."""
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(images), desc="predict", unit="image", disable=not progress)
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            arrays, sources, errors = [], [], {}
+            for j, item in enumerate(chunk):
+                try:
+                    arrays.append(item if isinstance(item, np.ndarray) else read_image(item))
+                    sources.append(j)
+                except DatasetError as e:
+                    errors[j] = str(e)
+            fused, per_member = self._predict_arrays(arrays, tta) if arrays else ([], [])
+            for j, item in enumerate(chunk):
+                if j in errors:
+                    yield None, errors[j]
+                    continue
+                k = sources.index(j)
+                h, w = arrays[k].shape[:2]
+                source = str(item) if not isinstance(item, np.ndarray) else f"array {start + j}"
+                out = self._image_prediction(fused[k], source, w, h, score_threshold)
+                if with_members:
+                    out.members = [self._image_prediction(m, source, w, h, score_threshold) for m in per_member[k]]
+                yield out, None
+            bar.update(len(chunk))
+        bar.close()
+
+    def _predict_arrays(self, arrays: list[np.ndarray], tta: bool):
+        """(fused prediction per image, [each member's unflipped prediction] per image)."""
+        passes = [False, True] if tta else [False]
+        per_image: list[list[dict[str, Any]]] = [[] for _ in arrays]
+        for member in self.members:
+            for flip in passes:
+                for i, p in enumerate(self._run_member(member, arrays, flip)):
+                    per_image[i].append(p)
+        weights = self.settings.weights
+        if weights is not None and tta:
+            weights = [w for w in weights for _ in passes]
+        fused = [self._fuse(preds, a.shape[1], a.shape[0], weights) for preds, a in zip(per_image, arrays)]
+        return fused, [preds[::len(passes)] for preds in per_image]
+
+    def _run_member(self, member: RestoredModel, arrays: list[np.ndarray], flip: bool) -> list[dict[str, Any]]:
+        transform = build_eval_transforms(member.image_size)
+        images, targets = [], []
+        for i, a in enumerate(arrays):
+            a = np.ascontiguousarray(a[:, ::-1]) if flip else a
+            out = transform(image=a, bboxes=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int64))["image"]
+            images.append(torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1).float().div_(255.0))
+            targets.append(make_target(i, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), a.shape[:2]))
+        precision = resolve_precision(member.config.train.amp, self.device)
+        preds = predict(member.model, [(tuple(images), tuple(targets))], device=self.device, precision=precision)
+        if flip:
+            for p, a in zip(preds, arrays):
+                w = a.shape[1]
+                p["boxes"] = torch.stack([w - p["boxes"][:, 2], p["boxes"][:, 1], w - p["boxes"][:, 0],
+                                          p["boxes"][:, 3]], dim=1)
+        return preds
+
+    def _fuse(self, per_model: list[dict[str, Any]], width: int, height: int, weights) -> dict[str, Any]:
+        if len(per_model) == 1:
+            return per_model[0]
+        s = self.settings
+        boxes, scores, labels = fuse_wbf([p["boxes"] for p in per_model], [p["scores"] for p in per_model],
+                                         [p["labels"] for p in per_model], width=width, height=height,
+                                         weights=weights, iou_thr=s.iou_thr, skip_box_thr=s.skip_box_thr,
+                                         conf_type=s.conf_type)
+        return {"image_id": per_model[0]["image_id"], "boxes": torch.from_numpy(boxes),
+                "scores": torch.from_numpy(scores), "labels": torch.from_numpy(labels)}
+
+    def _image_prediction(self, p: dict[str, Any], source: str, width: int, height: int,
+                          score_threshold: float | None) -> ImagePrediction:
+        keep = p["scores"] >= (score_threshold or 0.0)
+        labels = p["labels"][keep].numpy().astype(np.int64)
+        lm = self.label_map
+        return ImagePrediction(source, width, height, p["boxes"][keep].numpy().astype(np.float32),
+                               p["scores"][keep].numpy().astype(np.float32), labels,
+                               [lm.name(int(v)) for v in labels], [lm.category_id(int(v)) for v in labels])
 
     def predict_index(self, index: CocoIndex, *, batch_size: int = 8, progress: bool = False) -> IndexPredictions:
         """Every member over every image of `index`, then the per-image fusion."""
@@ -119,15 +247,7 @@ class Ensemble:
 
     def fuse(self, per_model: list[dict[str, Any]], width: int, height: int) -> dict[str, Any]:
         """One image's member predictions -> the ensemble's (a single member is returned as it is)."""
-        if len(per_model) == 1:
-            return per_model[0]
-        s = self.settings
-        boxes, scores, labels = fuse_wbf([p["boxes"] for p in per_model], [p["scores"] for p in per_model],
-                                         [p["labels"] for p in per_model], width=width, height=height,
-                                         weights=s.weights, iou_thr=s.iou_thr, skip_box_thr=s.skip_box_thr,
-                                         conf_type=s.conf_type)
-        return {"image_id": per_model[0]["image_id"], "boxes": torch.from_numpy(boxes),
-                "scores": torch.from_numpy(scores), "labels": torch.from_numpy(labels)}
+        return self._fuse(per_model, width, height, self.settings.weights)
 
     def to_coco_results(self, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return to_coco_results(predictions, self.label_map)
@@ -138,3 +258,31 @@ class Ensemble:
         precision = resolve_precision(member.config.train.amp, self.device)
         return predict(member.model, loader, device=self.device, precision=precision, progress=progress,
                        desc="ensemble member")
+
+
+def resolve_models(path: str | Path | Sequence[str | Path]) -> tuple[list[Path], EnsembleConfig | None, float | None]:
+    """Checkpoint paths, ensemble settings and score threshold named by a models argument."""
+    if not isinstance(path, (str, Path)):
+        paths = [Path(p) for p in path]
+        if len(paths) == 1:
+            return resolve_models(paths[0])
+        return paths, None, None
+    p = Path(path)
+    if p.is_dir() and (p / "ensemble.json").exists():
+        meta = json.loads((p / "ensemble.json").read_text())
+        settings = config_mod.from_dict({"ensemble": meta["ensemble"]}, str(p / "ensemble.json")).ensemble
+        return [p / m["file"] for m in meta["members"]], settings, meta.get("score_threshold")
+    if p.is_dir() and (p / "top_models.json").exists():
+        p = p / "top_models.json"
+    if p.name == "top_models.json" and p.is_file():
+        top = json.loads(p.read_text())
+        cfg = config_mod.load(p.parent / "config.yaml") if (p.parent / "config.yaml").exists() else None
+        missing = [m["path"] for m in top if not (p.parent / m["path"]).exists()]
+        if missing:
+            raise WeightsError(f"{p}: listed checkpoints are gone ({', '.join(missing)}); a study keeps only its "
+                               "best trial's models (search.keep_models: best): use studies/NAME/best")
+        return ([p.parent / m["path"] for m in top], cfg.ensemble if cfg else None,
+                cfg.eval.score_threshold if cfg else None)
+    if p.is_file():
+        return [p], None, None
+    raise WeightsError(f"{p}: not a checkpoint, a study's best/ folder or a run's top_models.json")

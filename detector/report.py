@@ -207,3 +207,18 @@ def _num(v: Any, digits: int = 4) -> str:
 
 def _param(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def format_comparison(rows: list[tuple[str, dict[str, Any]]]) -> str:
+    """Metrics of an ensemble next to each member's, then per-class AP50 and F1 side by side."""
+    keys = ("map", "map_50", "map_75", "precision", "recall", "f1", "score")
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{'model':<{width}}  " + "  ".join(f"{k:>9}" for k in keys)]
+    lines += [f"{name:<{width}}  " + "  ".join(f"{m[k]:>9.4f}" for k in keys) for name, m in rows]
+    classes = list(rows[0][1]["per_class"])
+    lines.append("")
+    lines.append(f"{'class':<16}" + "".join(f"  {name + ' AP50':>18}  {name + ' F1':>16}" for name, _ in rows))
+    for c in classes:
+        lines.append(f"{c:<16}" + "".join(f"  {m['per_class'][c]['ap50']:>18.4f}  {m['per_class'][c]['f1']:>16.4f}"
+                                         for _, m in rows))
+    return "\n".join(lines)

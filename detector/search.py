@@ -113,7 +113,9 @@ class Objective:
             free_checkpoints(run)
             raise
         trial.set_user_attr("cv_mean", {k: cv.mean[k] for k in METRIC_KEYS})
+        started = time.perf_counter()
         result = evaluate_held_out(trial_cfg, run, cv.top_models, self.held_out)
+        trial.set_user_attr("heldout_seconds", round(time.perf_counter() - started, 3))
         (run / "heldout.json").write_text(json.dumps({"ensemble": result.ensemble, "members": result.members},
                                                      indent=2))
         trial.set_user_attr("ensemble", _plain_metrics(result.ensemble))
@@ -224,6 +226,8 @@ def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None,
     objective = Objective(cfg, directory, train_index=train_index, held_out=held_out, progress=progress, log=log)
     lock = _StudyLock(url, directory, study.study_name)
     study_id = rdb.get_study_id_from_name(study.study_name)
+    with lock:  # a worker killed while updating best/ leaves it to the next one
+        sync_best(study, directory, cfg.search.keep_models)
     started = time.monotonic()
     while True:
         if cfg.search.timeout and time.monotonic() - started > cfg.search.timeout:

@@ -1,0 +1,147 @@
+"""`detector predict`: collect image files, run an Ensemble, and write predictions.json/.csv and drawings."""
+from __future__ import annotations
+
+import csv
+import glob
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .boxes import xyxy_to_xywh
+from .data.coco import CocoIndex, load_coco
+from .data.images import read_image
+from .ensemble import Ensemble, ImagePrediction
+from .errors import DatasetError
+from .metrics import evaluate_detections
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+
+
+@dataclass
+class PredictionRun:
+    predictions: list[ImagePrediction]
+    image_ids: list[int]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+
+    def member(self, i: int) -> "PredictionRun":
+        """The same images as predicted by member i alone (needs run_predictions(with_members=True))."""
+        return PredictionRun([p.members[i] for p in self.predictions], self.image_ids, self.skipped)
+
+
+def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files, folders (their image files, recursively) and glob patterns -> image paths, sorted per input."""
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.exists():
+            found.append(p)
+        elif any(c in str(item) for c in "*?["):
+            found += sorted(Path(f) for f in glob.glob(str(item), recursive=True) if Path(f).is_file())
+        else:
+            raise DatasetError(f"{item}: no such image file, folder or glob match")
+    if not found:
+        raise DatasetError(f"no image files in {', '.join(map(str, inputs))}")
+    return list(dict.fromkeys(found))
+
+
+def run_predictions(ensemble: Ensemble, images: Sequence[Path], *, gt: CocoIndex | None = None,
+                    batch_size: int = 8, tta: bool = False, progress: bool = False,
+                    with_members: bool = False) -> PredictionRun:
+    """Predict every image (all scores kept); unreadable files are skipped with their reason."""
+    ids = _image_ids(images, gt)
+    predictions, kept_ids, skipped = [], [], []
+    for path, image_id, (p, error) in zip(images, ids, ensemble.iter_predict(
+            list(images), batch_size=batch_size, tta=tta, score_threshold=0.0, progress=progress,
+            with_members=with_members)):
+        if p is None:
+            skipped.append((str(path), error))
+            continue
+        predictions.append(p)
+        kept_ids.append(image_id)
+    return PredictionRun(predictions, kept_ids, skipped)
+
+
+def _image_ids(images: Sequence[Path], gt: CocoIndex | None) -> list[int]:
+    if gt is None:
+        return list(range(1, len(images) + 1))
+    by_path = {r.path.resolve(): r.id for r in gt.images}
+    by_name = {Path(r.file_name).name: r.id for r in gt.images}
+    ids = []
+    for p in images:
+        image_id = by_path.get(p.resolve(), by_name.get(p.name))
+        if image_id is None:
+            raise DatasetError(f"{p}: not an image of {gt.path}; with --gt, predict the images of that file "
+                               "(or leave IMAGES out to predict all of them)")
+        ids.append(image_id)
+    return ids
+
+
+def coco_results(run: PredictionRun, score_threshold: float = 0.0) -> list[dict[str, Any]]:
+    """COCO results (xywh pixels, the dataset's category ids) of every box scoring >= score_threshold."""
+    results = []
+    for p, image_id in zip(run.predictions, run.image_ids):
+        keep = p.scores >= score_threshold
+        for box, score, cid in zip(xyxy_to_xywh(p.boxes[keep]).tolist(), p.scores[keep].tolist(),
+                                   np.asarray(p.category_ids, dtype=np.int64)[keep].tolist()):
+            results.append({"image_id": image_id, "category_id": int(cid), "bbox": [round(v, 3) for v in box],
+                            "score": round(float(score), 5)})
+    return results
+
+
+def write_outputs(out: Path, run: PredictionRun, score_threshold: float, *, draw: bool = False) -> list[Path]:
+    """predictions.json (every box), predictions.csv (boxes >= score_threshold), images.json, drawings."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "predictions.json").write_text(json.dumps(coco_results(run)))
+    (out / "images.json").write_text(json.dumps(
+        [{"id": i, "file_name": p.source, "width": p.width, "height": p.height}
+         for p, i in zip(run.predictions, run.image_ids)], indent=1))
+    with (out / "predictions.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "class", "score", "x1", "y1", "x2", "y2"])
+        for p in run.predictions:
+            for box, score, name in zip(p.boxes.tolist(), p.scores.tolist(), p.names):
+                if score >= score_threshold:
+                    writer.writerow([p.source, name, f"{score:.4f}", *(f"{v:.1f}" for v in box)])
+    written = [out / "predictions.json", out / "predictions.csv", out / "images.json"]
+    if draw:
+        written += [draw_prediction(p, out / "drawn", score_threshold) for p in run.predictions]
+    return written
+
+
+def draw_prediction(p: ImagePrediction, out_dir: Path, score_threshold: float) -> Path:
+    from PIL import Image, ImageDraw
+
+    image = Image.fromarray(read_image(p.source))
+    canvas = ImageDraw.Draw(image)
+    colors = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c"]
+    width = max(1, round(max(p.width, p.height) / 400))
+    for box, score, label, name in zip(p.boxes.tolist(), p.scores.tolist(), p.labels.tolist(), p.names):
+        if score < score_threshold:
+            continue
+        color = colors[(label - 1) % len(colors)]
+        canvas.rectangle(box, outline=color, width=width)
+        canvas.text((box[0] + 2, max(box[1] - 11, 0)), f"{name} {score:.2f}", fill=color)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{Path(p.source).stem}.png"
+    image.save(path)
+    return path
+
+
+def ground_truth_metrics(run: PredictionRun, gt: CocoIndex, score_threshold: float,
+                         members: int = 0) -> list[tuple[str, dict[str, Any]]]:
+    """[(name, metrics)] of the ensemble and, next to it, of each of its `members` alone."""
+    coco = gt.subset(run.image_ids).to_coco()
+    rows = [("ensemble", evaluate_detections(coco, coco_results(run), score_threshold=score_threshold))]
+    for i in range(members if members > 1 else 0):
+        rows.append((f"member {i}", evaluate_detections(coco, coco_results(run.member(i)),
+                                                        score_threshold=score_threshold)))
+    return rows
+
+
+def load_ground_truth(path: str | Path, ensemble: Ensemble, images_dir: str | Path | None = None) -> CocoIndex:
+    return load_coco(path, images_dir, label_map=ensemble.label_map, keep_empty=True)

@@ -1,0 +1,124 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from detector import config
+from detector.checkpoint import restore_model
+from detector.cv import run_cv
+from detector.data.coco import CocoDetection, collate, load_coco
+from detector.data.transforms import build_eval_transforms
+from detector.engine import Precision, predict
+from detector.ensemble import Ensemble
+from detector.evaluate import evaluate_results_file
+from detector.predict import collect_images, ground_truth_metrics, load_ground_truth, run_predictions
+from tests.test_train import TINY
+
+
+@pytest.fixture(scope="module")
+def rbc_run(rbc, tmp_path_factory):
+    """Three checkpoints from a brief 2-fold run on part of the RBC training split."""
+    train = rbc / "train" / "_annotations.coco.json"
+    cfg = config.load(None, [f"data.train.annotations={train}",
+                             f"data.val.annotations={rbc / 'valid' / '_annotations.coco.json'}", *TINY,
+                             "data.image_size=192", "train.epochs=2", "cv.folds=2", "cv.top_k=3",
+                             "eval.score_threshold=0.3"])
+    index = load_coco(train)
+    run = tmp_path_factory.mktemp("rbc_run")
+    run_cv(cfg, run, index=index.subset(r.id for r in index.images[:48]), progress=False, log=lambda s: None)
+    return run
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "detector.cli", *args], capture_output=True, text=True)
+
+
+def test_predict_with_ground_truth_round_trips_through_evaluate(rbc, rbc_run, tmp_path):
+    gt_path = rbc / "test" / "_annotations.coco.json"
+    out = tmp_path / "preds"
+    done = cli("predict", str(rbc_run / "top_models.json"), str(rbc / "test"), "--out", str(out), "--gt",
+               str(gt_path), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "ensemble" in done.stdout and "member 2" in done.stdout and "wbc" in done.stdout
+    ensemble = Ensemble.load(rbc_run / "top_models.json")
+    assert len(ensemble.members) == 3 and ensemble.score_threshold == 0.3
+    gt = load_ground_truth(gt_path, ensemble)
+    run = run_predictions(ensemble, [r.path for r in gt.images], gt=gt, with_members=True)
+    rows = dict(ground_truth_metrics(run, gt, 0.3, members=3))
+    again = evaluate_results_file(out / "predictions.json", gt_path, score_threshold=0.3)
+    for key in ("map", "map_50", "precision", "recall", "f1"):
+        assert again[key] == pytest.approx(rows["ensemble"][key], abs=1e-4), key
+    assert rows["member 0"]["map"] != rows["ensemble"]["map"]
+    results = json.loads((out / "predictions.json").read_text())
+    assert {r["category_id"] for r in results} <= {1, 2}  # the dataset's own ids (0 is the placeholder)
+    rows_csv = (out / "predictions.csv").read_text().splitlines()
+    assert rows_csv[0] == "file,class,score,x1,y1,x2,y2"
+    assert all(float(line.split(",")[2]) >= 0.3 for line in rows_csv[1:])
+
+
+def test_an_ensemble_of_one_equals_the_models_own_predictions(rbc, rbc_run):
+    checkpoint = rbc_run / json.loads((rbc_run / "top_models.json").read_text())[0]["path"]
+    index = load_coco(rbc / "test" / "_annotations.coco.json")
+    ours = Ensemble.load(checkpoint).predict([r.path for r in index.images], batch_size=4)
+    restored = restore_model(checkpoint)
+    loader = DataLoader(CocoDetection(index, build_eval_transforms(restored.image_size)), batch_size=4,
+                        collate_fn=collate)
+    direct = predict(restored.model, loader, device=torch.device("cpu"), precision=Precision("cpu", None))
+    assert len(ours) == len(direct) == len(index.images)
+    for a, b in zip(ours, direct):
+        np.testing.assert_allclose(a.boxes, b["boxes"].numpy(), atol=1e-3)
+        np.testing.assert_allclose(a.scores, b["scores"].numpy(), atol=1e-5)
+        assert a.labels.tolist() == b["labels"].tolist()
+
+
+def test_unusual_and_broken_files(rbc, rbc_run, tmp_path):
+    src = np.array(Image.open(next((rbc / "test").glob("*.jpg"))).convert("RGB"))
+    d = tmp_path / "images"
+    d.mkdir()
+    Image.fromarray(src).save(d / "plain.jpg")
+    Image.fromarray(src[..., 0]).save(d / "gray.png")
+    Image.fromarray(np.dstack([src, np.full(src.shape[:2], 200, np.uint8)])).save(d / "rgba.png")
+    Image.fromarray(src[..., 1].astype(np.uint16) * 257).save(d / "deep16.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated by 90 degrees
+    Image.fromarray(src[:, :300]).save(d / "rotated.jpg", exif=exif)
+    Image.fromarray(np.tile(src, (5, 7, 1))).save(d / "large.jpg")  # 2080 x 2912
+    Image.fromarray(src[:24, :16]).save(d / "tiny.png")
+    (d / "notes.jpg").write_text("not an image")
+    (d / "truncated.jpg").write_bytes((d / "plain.jpg").read_bytes()[:2000])
+    out = tmp_path / "out"
+    done = cli("predict", str(rbc_run), str(d), "--out", str(out), "--draw", "--tta", "hflip",
+               "--score-threshold", "0.05", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "skipped 2 unreadable" in done.stderr and "notes.jpg" in done.stderr and "truncated.jpg" in done.stderr
+    images = {Path_name(i["file_name"]): i for i in json.loads((out / "images.json").read_text())}
+    assert set(images) == {"plain.jpg", "gray.png", "rgba.png", "deep16.png", "rotated.jpg", "large.jpg", "tiny.png"}
+    assert (images["rotated.jpg"]["width"], images["rotated.jpg"]["height"]) == (416, 300)  # EXIF applied
+    for r in json.loads((out / "predictions.json").read_text()):
+        im = next(i for i in images.values() if i["id"] == r["image_id"])
+        x, y, w, h = r["bbox"]
+        assert x >= 0 and y >= 0 and x + w <= im["width"] + 1e-3 and y + h <= im["height"] + 1e-3
+    assert len(list((out / "drawn").glob("*.png"))) == 7
+    assert cli("predict", str(rbc_run), str(tmp_path / "nothing*.jpg"), "--out", str(out)).returncode == 2
+
+
+def Path_name(p):
+    from pathlib import Path
+
+    return Path(p).name
+
+
+def test_hflip_tta_changes_the_fusion_and_collect_images(rbc, rbc_run):
+    files = collect_images([str(rbc / "test" / "*.jpg")])
+    assert len(files) == 10
+    ensemble = Ensemble.load(rbc_run)
+    plain = ensemble.predict(files[:2])
+    tta = ensemble.predict(files[:2], tta=True)
+    assert [len(p.scores) for p in plain] != [len(p.scores) for p in tta] or not np.allclose(
+        plain[0].scores[:5], tta[0].scores[:5])
+    assert all(p.names and set(p.names) <= {"rbc", "wbc"} for p in tta)
