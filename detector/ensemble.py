@@ -14,12 +14,11 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from . import config as config_mod
 from .checkpoint import RestoredModel, restore_model
 from .config import EnsembleConfig
-from .data.coco import CocoDetection, CocoIndex, collate, make_target
+from .data.coco import make_target
 from .data.images import read_image
 from .data.transforms import build_eval_transforms
 from .engine import predict, resolve_device, resolve_precision, to_coco_results
@@ -92,14 +91,6 @@ class ImagePrediction:
     members: list["ImagePrediction"] = field(default_factory=list)  # each model alone (with_members=True)
 
 
-@dataclass
-class IndexPredictions:
-    """Predictions of each member and of the fused ensemble over a CocoIndex (engine.predict format)."""
-
-    fused: list[dict[str, Any]]
-    members: list[list[dict[str, Any]]]
-
-
 class Ensemble:
     """Checkpoints of one label map whose predictions are fused with WBF (one checkpoint: no fusion)."""
 
@@ -142,7 +133,9 @@ class Ensemble:
         """
         paths, settings, threshold = resolve_models(path)
         extra = dict(overrides or {})
-        threshold = extra.pop("score_threshold", None) or threshold
+        if extra.get("score_threshold") is not None:
+            threshold = extra["score_threshold"]
+        extra.pop("score_threshold", None)
         if extra:
             base = settings.__dict__ if settings else EnsembleConfig().__dict__
             settings = config_mod.from_dict({"ensemble": {**base, **extra}}, "ensemble overrides").ensemble
@@ -237,27 +230,12 @@ class Ensemble:
                                p["scores"][keep].numpy().astype(np.float32), labels,
                                [lm.name(int(v)) for v in labels], [lm.category_id(int(v)) for v in labels])
 
-    def predict_index(self, index: CocoIndex, *, batch_size: int = 8, progress: bool = False) -> IndexPredictions:
-        """Every member over every image of `index`, then the per-image fusion."""
-        members = [self._member_predictions(m, index, batch_size, progress) for m in self.members]
-        sizes = {r.id: (r.width, r.height) for r in index.images}
-        fused = [self.fuse([preds[i] for preds in members], *sizes[members[0][i]["image_id"]])
-                 for i in range(len(members[0]))]
-        return IndexPredictions(fused, members)
-
     def fuse(self, per_model: list[dict[str, Any]], width: int, height: int) -> dict[str, Any]:
         """One image's member predictions -> the ensemble's (a single member is returned as it is)."""
         return self._fuse(per_model, width, height, self.settings.weights)
 
     def to_coco_results(self, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return to_coco_results(predictions, self.label_map)
-
-    def _member_predictions(self, member: RestoredModel, index: CocoIndex, batch_size: int, progress: bool):
-        loader = DataLoader(CocoDetection(index, build_eval_transforms(member.image_size)), batch_size=batch_size,
-                            collate_fn=collate)
-        precision = resolve_precision(member.config.train.amp, self.device)
-        return predict(member.model, loader, device=self.device, precision=precision, progress=progress,
-                       desc="ensemble member")
 
 
 def resolve_models(path: str | Path | Sequence[str | Path]) -> tuple[list[Path], EnsembleConfig | None, float | None]:

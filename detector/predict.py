@@ -132,15 +132,16 @@ def draw_prediction(p: ImagePrediction, out_dir: Path, score_threshold: float) -
     return path
 
 
-def ground_truth_metrics(run: PredictionRun, gt: CocoIndex, score_threshold: float,
-                         members: int = 0) -> list[tuple[str, dict[str, Any]]]:
-    """[(name, metrics)] of the ensemble and, next to it, of each of its `members` alone."""
+def ground_truth_metrics(run: PredictionRun, gt: CocoIndex, score_threshold: float, members: int = 0,
+                         **options: float) -> list[tuple[str, dict[str, Any]]]:
+    """[(name, metrics)] of the ensemble and, next to it, of each of its `members` alone.
+
+    `options` go to evaluate_detections (iou_threshold, w_map, w_f1).
+    """
     coco = gt.subset(run.image_ids).to_coco()
-    rows = [("ensemble", evaluate_detections(coco, coco_results(run), score_threshold=score_threshold))]
-    for i in range(members if members > 1 else 0):
-        rows.append((f"member {i}", evaluate_detections(coco, coco_results(run.member(i)),
-                                                        score_threshold=score_threshold)))
-    return rows
+    runs = [("ensemble", run)] + [(f"member {i}", run.member(i)) for i in range(members if members > 1 else 0)]
+    return [(name, evaluate_detections(coco, coco_results(r), score_threshold=score_threshold, **options))
+            for name, r in runs]
 
 
 def load_ground_truth(path: str | Path, ensemble: Ensemble, images_dir: str | Path | None = None) -> CocoIndex:

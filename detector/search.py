@@ -37,7 +37,7 @@ from .cv import run_cv
 from .data.coco import CocoIndex
 from .ensemble import Ensemble
 from .errors import ConfigError, DetectorError
-from .metrics import evaluate_detections
+from .predict import ground_truth_metrics, run_predictions
 from .report import read_metric_rows
 from .train import load_splits
 
@@ -148,7 +148,9 @@ class PruningHook:
         value = float(sum(values) / len(values))
         if not math.isfinite(value):
             return
-        self.trial.report(value, fold * self.epochs + epoch)
+        with warnings.catch_warnings():  # a retried trial inherits the steps it reported before the kill
+            warnings.filterwarnings("ignore", message=".*already reported")
+            self.trial.report(value, fold * self.epochs + epoch)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at fold {fold}, epoch {epoch}: fold-mean score {value:.4f}")
 
@@ -170,16 +172,15 @@ def evaluate_held_out(cfg: Config, run: Path, top_models: list[dict[str, Any]], 
     if not top_models:
         raise DetectorError(f"{run}: the run kept no model (every epoch scored NaN)")
     ensemble = Ensemble.from_checkpoints([run / m["path"] for m in top_models], cfg.ensemble, cfg.train.device)
-    predictions = ensemble.predict_index(held_out, batch_size=cfg.eval.batch_size, progress=progress)
-    gt = held_out.to_coco()
-
-    def score(preds: list[dict[str, Any]]) -> dict[str, Any]:
-        return evaluate_detections(gt, ensemble.to_coco_results(preds), score_threshold=cfg.eval.score_threshold,
-                                   iou_threshold=cfg.eval.iou_threshold, w_map=cfg.score.w_map, w_f1=cfg.score.w_f1)
-
-    members = [{"path": m["path"], "fold": m["fold"], "epoch": m["epoch"], "cv_score": m["score"],
-                "metrics": score(p)} for m, p in zip(top_models, predictions.members)]
-    return HeldOutResult(score(predictions.fused), members)
+    predictions = run_predictions(ensemble, [r.path for r in held_out.images], gt=held_out,
+                                  batch_size=cfg.eval.batch_size, progress=progress, with_members=True)
+    rows = ground_truth_metrics(predictions, held_out, cfg.eval.score_threshold, members=len(top_models),
+                                iou_threshold=cfg.eval.iou_threshold, w_map=cfg.score.w_map, w_f1=cfg.score.w_f1)
+    metrics = [m for _, m in rows]
+    member_metrics = metrics[1:] if len(metrics) > 1 else metrics
+    members = [{"path": m["path"], "fold": m["fold"], "epoch": m["epoch"], "cv_score": m["score"], "metrics": mm}
+               for m, mm in zip(top_models, member_metrics)]
+    return HeldOutResult(metrics[0], members)
 
 
 def free_checkpoints(run: Path) -> None:
@@ -220,14 +221,14 @@ def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None,
     check_held_out(train_index, held_out)
     directory.mkdir(parents=True, exist_ok=True)
     url = _storage_url(directory, storage)
-    study, rdb = _open(directory, url, cfg.search, create=True)
-    _check_config(study, cfg, directory)
+    lock = _StudyLock(url, directory, directory.name)
+    with lock:  # workers starting together would race to create the storage's tables
+        study, rdb = _open(directory, url, cfg.search)
+        _check_config(study, cfg, directory)
+        sync_best(study, directory, cfg.search.keep_models)  # in case a worker died while updating best/
     config_mod.save(config_mod.resolve_paths(cfg), directory / "config.yaml")
     objective = Objective(cfg, directory, train_index=train_index, held_out=held_out, progress=progress, log=log)
-    lock = _StudyLock(url, directory, study.study_name)
     study_id = rdb.get_study_id_from_name(study.study_name)
-    with lock:  # a worker killed while updating best/ leaves it to the next one
-        sync_best(study, directory, cfg.search.keep_models)
     started = time.monotonic()
     while True:
         if cfg.search.timeout and time.monotonic() - started > cfg.search.timeout:
@@ -238,7 +239,7 @@ def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None,
         if trial is None and not others_running:
             break
         if trial is None:  # the budget is claimed; wait in case a running trial dies and must be retried
-            time.sleep(min(5, cfg.search.heartbeat_seconds))
+            time.sleep(min(2, cfg.search.heartbeat_seconds))
             continue
         _run_trial(study, rdb, rdb.get_trial_id_from_study_id_trial_number(study_id, trial.number), trial,
                    objective, cfg.search, log)
@@ -285,7 +286,7 @@ def _masked(url: str) -> str:
                           "postgresql://user:password@host:5432/db or sqlite:///path/study.db") from None
 
 
-def _open(directory: Path, url: str, search: SearchConfig, create: bool) -> tuple[optuna.Study, Any]:
+def _open(directory: Path, url: str, search: SearchConfig) -> tuple[optuna.Study, Any]:
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
         with warnings.catch_warnings():

@@ -77,6 +77,24 @@ def test_pruning_hook_reports_the_running_fold_mean_and_prunes(tmp_path):
         hook(0, 0, {"score": 0.1})
 
 
+def test_a_pruned_trial_stops_at_its_first_epoch_and_frees_its_checkpoints(sample, tmp_path):
+    cfg = study_cfg(sample)
+    study = optuna.create_study(direction="maximize",
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.COMPLETE, value=1.0, params={"train.lr": 1e-3},
+        distributions={"train.lr": optuna.distributions.CategoricalDistribution([1e-3])},
+        intermediate_values={0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0}))
+    objective = Objective(study_cfg(sample, "search.space={train.lr: [0.001]}"), tmp_path, log=lambda s: None)
+    trial = study.ask()
+    with pytest.raises(optuna.TrialPruned, match="fold 0, epoch 0"):
+        objective(trial)
+    run = tmp_path / "trial_0001"
+    assert len((run / "fold_0" / "metrics.csv").read_text().splitlines()) == 2  # stopped after one epoch
+    assert not list(run.rglob("*.pt"))  # top models and the fold's last.pt are gone
+    assert cfg.train.epochs == 2
+
+
 def test_objective_with_a_fixed_trial_scores_the_ensemble_on_held_out_data(sample, tmp_path):
     cfg = study_cfg(sample)
     trial = optuna.trial.FixedTrial({"train.lr": 1e-3, "train.batch_size": 4, "eval.score_threshold": 0.3},
