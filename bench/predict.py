@@ -28,14 +28,15 @@ def timed(fn):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default="configs/quickstart.yaml")
-    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--epochs", type=int, default=5, help="trained enough that scores spread like a real model's")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = write_sample_dataset(Path(tmp) / "data", SampleSpec(images=args.images))
         cfg = config.load(args.config, [f"data.train.annotations={data['train']}",
-                                        f"data.val.annotations={data['val']}", "train.epochs=2", "cv.folds=2",
+                                        f"data.val.annotations={data['val']}", f"train.epochs={args.epochs}", "cv.folds=2",
                                         *args.overrides])
         run = Path(tmp) / "run"
         run_cv(cfg, run, progress=False, log=lambda s: None)
@@ -53,7 +54,9 @@ def main() -> None:
                                    for p in fused])
     n = len(images)
     boxes = sum(len(m.scores) for p in fused for m in p.members) / n
-    print(f"{n} images of the sample data, {boxes:.0f} member boxes per image, batch {args.batch_size}")
+    kept = sum(int((m.scores >= s.skip_box_thr).sum()) for p in fused for m in p.members) / n
+    print(f"{n} images of the sample data, batch {args.batch_size}; {boxes:.0f} member boxes per image, {kept:.0f} "
+          f"of them at or above skip_box_thr {s.skip_box_thr}")
     print(f"one model: {n / t_single:.1f} images/s; ensemble of 3: {n / t_ensemble:.1f} images/s")
     print(f"ensemble throughput vs a third of one model's: {3 * t_single / t_ensemble:.3f} (target >= 0.95)")
     print(f"WBF fusion: {1000 * t_fuse / n:.2f} ms per image, {100 * t_fuse / (t_ensemble - t_fuse):.2f}% of "

@@ -145,7 +145,7 @@ class EnsembleConfig:
     """Weighted Boxes Fusion of a trial's top-k models (ensemble-boxes arguments)."""
 
     iou_thr: float = 0.55
-    skip_box_thr: float = 0.001
+    skip_box_thr: float = 0.02  # measured on the quickstart study: faster fusion and no loss of mAP vs 0.001
     conf_type: Literal["avg", "max", "box_and_model_avg", "absent_model_aware_avg"] = "avg"
     weights: Union[list[float], None] = None  # one per model, best first; None = equal
 

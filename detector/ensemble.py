@@ -183,9 +183,13 @@ class Ensemble:
         """(fused prediction per image, [each member's unflipped prediction] per image)."""
         passes = [False, True] if tta else [False]
         per_image: list[list[dict[str, Any]]] = [[] for _ in arrays]
+        inputs: dict[tuple[int, bool], tuple[tuple, tuple]] = {}  # members of one image size share the resize
         for member in self.members:
             for flip in passes:
-                for i, p in enumerate(self._run_member(member, arrays, flip)):
+                key = (member.image_size, flip)
+                if key not in inputs:
+                    inputs[key] = _model_inputs(arrays, member.image_size, flip)
+                for i, p in enumerate(self._run_member(member, inputs[key], arrays, flip)):
                     per_image[i].append(p)
         weights = self.settings.weights
         if weights is not None and tta:
@@ -193,16 +197,10 @@ class Ensemble:
         fused = [self._fuse(preds, a.shape[1], a.shape[0], weights) for preds, a in zip(per_image, arrays)]
         return fused, [preds[::len(passes)] for preds in per_image]
 
-    def _run_member(self, member: RestoredModel, arrays: list[np.ndarray], flip: bool) -> list[dict[str, Any]]:
-        transform = build_eval_transforms(member.image_size)
-        images, targets = [], []
-        for i, a in enumerate(arrays):
-            a = np.ascontiguousarray(a[:, ::-1]) if flip else a
-            out = transform(image=a, bboxes=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int64))["image"]
-            images.append(torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1).float().div_(255.0))
-            targets.append(make_target(i, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), a.shape[:2]))
+    def _run_member(self, member: RestoredModel, batch: tuple[tuple, tuple], arrays: list[np.ndarray],
+                    flip: bool) -> list[dict[str, Any]]:
         precision = resolve_precision(member.config.train.amp, self.device)
-        preds = predict(member.model, [(tuple(images), tuple(targets))], device=self.device, precision=precision)
+        preds = predict(member.model, [batch], device=self.device, precision=precision)
         if flip:
             for p, a in zip(preds, arrays):
                 w = a.shape[1]
@@ -236,6 +234,19 @@ class Ensemble:
 
     def to_coco_results(self, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return to_coco_results(predictions, self.label_map)
+
+
+def _model_inputs(arrays: list[np.ndarray], size: int, flip: bool) -> tuple[tuple, tuple]:
+    """Resized (and flipped) image tensors with targets carrying each original size, as a loader batch."""
+    transform = build_eval_transforms(size)
+    images, targets = [], []
+    no_boxes, no_labels = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+    for i, a in enumerate(arrays):
+        a = np.ascontiguousarray(a[:, ::-1]) if flip else a
+        out = transform(image=a, bboxes=no_boxes, labels=no_labels)["image"]
+        images.append(torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1).float().div_(255.0))
+        targets.append(make_target(i, no_boxes, no_labels, a.shape[:2]))
+    return tuple(images), tuple(targets)
 
 
 def resolve_models(path: str | Path | Sequence[str | Path]) -> tuple[list[Path], EnsembleConfig | None, float | None]:

@@ -15,7 +15,6 @@ from detector.data.coco import CocoDetection, collate, load_coco
 from detector.data.transforms import build_eval_transforms
 from detector.engine import Precision, predict
 from detector.ensemble import Ensemble
-from detector.evaluate import evaluate_results_file
 from detector.predict import collect_images, ground_truth_metrics, load_ground_truth, run_predictions
 from tests.test_train import TINY
 
@@ -50,7 +49,10 @@ def test_predict_with_ground_truth_round_trips_through_evaluate(rbc, rbc_run, tm
     gt = load_ground_truth(gt_path, ensemble)
     run = run_predictions(ensemble, [r.path for r in gt.images], gt=gt, with_members=True)
     rows = dict(ground_truth_metrics(run, gt, 0.3, members=3))
-    again = evaluate_results_file(out / "predictions.json", gt_path, score_threshold=0.3)
+    evaluated = cli("evaluate", "--predictions", str(out / "predictions.json"), str(gt_path), "--score-threshold",
+                    "0.3", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    again = json.loads(evaluated.stdout)
     for key in ("map", "map_50", "precision", "recall", "f1"):
         assert again[key] == pytest.approx(rows["ensemble"][key], abs=1e-4), key
     assert rows["member 0"]["map"] != rows["ensemble"]["map"]
