@@ -206,3 +206,24 @@ def test_two_workers_share_a_postgresql_study_and_run_exactly_n_trials(sample, t
     for t in trials:
         rows = (tmp_path / "studies" / "shared" / t.user_attrs["run_dir"] / "fold_0" / "metrics.csv").read_text()
         assert len(rows.splitlines()) == 2  # header + one epoch: trained exactly once
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning", "ignore:Heartbeat of storage")
+def test_a_trial_whose_heartbeat_stopped_on_another_host_is_failed_and_retried(sample, tmp_path):
+    study_dir = tmp_path / "hb"
+    study_dir.mkdir()
+    storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'study.db'}", heartbeat_interval=1,
+                                         grace_period=2)
+    study = optuna.create_study(study_name="hb", storage=storage, direction="maximize")
+    lost = study.ask()
+    lost.suggest_categorical("eval.score_threshold", [0.3, 0.5])
+    lost.set_user_attr("worker", {"host": "another-machine", "pid": 1, "started": "1"})
+    storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name("hb"), lost.number))
+    time.sleep(3)  # longer than the grace period: the other machine is gone
+    cfg = study_cfg(sample, "train.epochs=1", "search.n_trials=1", "search.heartbeat_seconds=1",
+                    "search.grace_seconds=2", "search.space={eval.score_threshold: [0.3, 0.5]}")
+    run_study(cfg, study_dir, log=lambda s: None)
+    trials = load_study(study_dir).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[1].system_attrs["failed_trial"] == 0 and trials[1].params == trials[0].params
