@@ -6,14 +6,16 @@ The toolkit's time includes its F1 matching, which pycocotools does not compute.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
-import io
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from detector.metrics import evaluate_detections
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.helpers
+from tests.helpers import pycocotools_stats  # noqa: E402
 
 
 def synthetic(n_images: int, per_image: int, seed: int = 0) -> tuple[dict, list]:
@@ -37,21 +39,6 @@ def synthetic(n_images: int, per_image: int, seed: int = 0) -> tuple[dict, list]
     return gt, results
 
 
-def pycocotools_eval(gt: dict, results: list) -> np.ndarray:
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = copy.deepcopy(gt)
-        coco_gt.createIndex()
-        ev = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(results)), "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return ev.stats
-
-
 def best_of(fn, repeats: int) -> tuple[float, object]:
     times, out = [], None
     for _ in range(repeats):
@@ -69,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     gt, results = synthetic(args.images, args.boxes)
     ours_t, ours = best_of(lambda: evaluate_detections(gt, results), args.repeats)
-    ref_t, ref = best_of(lambda: pycocotools_eval(gt, results), args.repeats)
+    ref_t, ref = best_of(lambda: pycocotools_stats(gt, results).stats, args.repeats)
     diff = max(abs(ours["map"] - ref[0]), abs(ours["map_50"] - ref[1]), abs(ours["map_75"] - ref[2]))
     print(f"{args.images} images x {args.boxes} predictions ({len(gt['annotations'])} boxes)")
     print(f"toolkit (mAP + F1):   {ours_t:.3f} s   map {ours['map']:.6f}")

@@ -199,13 +199,10 @@ def _predict(args) -> int:
 
 def _split_models(inputs: list[str]) -> tuple[list[str], list[str]]:
     """Leading checkpoints / best folders / top_models.json are models; the rest are images."""
-    def is_model(item: str) -> bool:
-        p = Path(item)
-        return (p.suffix in (".pt", ".pth") or p.name == "top_models.json"
-                or (p.is_dir() and ((p / "ensemble.json").exists() or (p / "top_models.json").exists())))
+    from .ensemble import is_models_path
 
     n = 0
-    while n < len(inputs) and is_model(inputs[n]):
+    while n < len(inputs) and is_models_path(inputs[n]):
         n += 1
     if n == 0:
         raise DetectorError(f"{inputs[0]}: not a model; give a study's best/ folder, a run's top_models.json "

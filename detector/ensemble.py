@@ -6,6 +6,7 @@ calls exit() on a length mismatch and returns float labels).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import torch
 from . import config as config_mod
 from .checkpoint import RestoredModel, restore_model
 from .config import EnsembleConfig
-from .data.coco import make_target
+from .data.coco import image_tensor, make_target
 from .data.images import read_image
 from .data.transforms import build_eval_transforms
 from .engine import predict, resolve_device, resolve_precision, to_coco_results
@@ -95,16 +96,18 @@ class Ensemble:
     """Checkpoints of one label map whose predictions are fused with WBF (one checkpoint: no fusion)."""
 
     def __init__(self, members: list[RestoredModel], settings: EnsembleConfig | None = None,
-                 device: torch.device | None = None, score_threshold: float = 0.5):
+                 device: torch.device | None = None, score_threshold: float | None = None):
+        """Settings and score threshold default to those the first member was trained with."""
         if not members:
             raise ConfigError("an ensemble needs at least one checkpoint")
         names = [m.label_map.to_dict() for m in members]
         if any(n != names[0] for n in names[1:]):
             raise ConfigError("the checkpoints were trained on different label maps; they cannot be fused")
+        cfg = members[0].config
         self.members = members
-        self.settings = settings or EnsembleConfig()
+        self.settings = settings or cfg.ensemble
         self.device = device or torch.device("cpu")
-        self.score_threshold = score_threshold
+        self.score_threshold = cfg.eval.score_threshold if score_threshold is None else score_threshold
         if self.settings.weights is not None and len(self.settings.weights) != len(members):
             raise ConfigError(f"ensemble.weights has {len(self.settings.weights)} values for {len(members)} "
                               "models; give one per model or null")
@@ -117,12 +120,7 @@ class Ensemble:
     def from_checkpoints(cls, paths: Sequence[str | Path], settings: EnsembleConfig | None = None,
                          device: str = "auto", score_threshold: float | None = None) -> "Ensemble":
         dev = resolve_device(device)
-        members = [restore_model(p, dev) for p in paths]
-        if not members:
-            raise ConfigError("an ensemble needs at least one checkpoint")
-        cfg = members[0].config
-        threshold = cfg.eval.score_threshold if score_threshold is None else score_threshold
-        return cls(members, settings or cfg.ensemble, dev, threshold)
+        return cls([restore_model(p, dev) for p in paths], settings, dev, score_threshold)
 
     @classmethod
     def load(cls, path: str | Path | Sequence[str | Path], device: str = "auto",
@@ -132,14 +130,14 @@ class Ensemble:
         `overrides` replaces ensemble settings (iou_thr, skip_box_thr, conf_type, weights, score_threshold).
         """
         paths, settings, threshold = resolve_models(path)
-        extra = dict(overrides or {})
-        if extra.get("score_threshold") is not None:
-            threshold = extra["score_threshold"]
-        extra.pop("score_threshold", None)
-        if extra:
-            base = settings.__dict__ if settings else EnsembleConfig().__dict__
-            settings = config_mod.from_dict({"ensemble": {**base, **extra}}, "ensemble overrides").ensemble
-        return cls.from_checkpoints(paths, settings, device, threshold)
+        extra = {k: v for k, v in (overrides or {}).items() if v is not None}
+        threshold = extra.pop("score_threshold", threshold)
+        ensemble = cls.from_checkpoints(paths, settings, device, threshold)
+        if not extra:
+            return ensemble
+        merged = {**dataclasses.asdict(ensemble.settings), **extra}
+        settings = config_mod.from_dict({"ensemble": merged}, "ensemble overrides").ensemble
+        return cls(ensemble.members, settings, ensemble.device, ensemble.score_threshold)
 
     def predict(self, images: Sequence[str | Path | np.ndarray], *, batch_size: int = 8, tta: bool = False,
                 score_threshold: float | None = 0.0, progress: bool = False) -> list[ImagePrediction]:
@@ -244,13 +242,20 @@ def _model_inputs(arrays: list[np.ndarray], size: int, flip: bool) -> tuple[tupl
     for i, a in enumerate(arrays):
         a = np.ascontiguousarray(a[:, ::-1]) if flip else a
         out = transform(image=a, bboxes=no_boxes, labels=no_labels)["image"]
-        images.append(torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1).float().div_(255.0))
+        images.append(image_tensor(out))
         targets.append(make_target(i, no_boxes, no_labels, a.shape[:2]))
     return tuple(images), tuple(targets)
 
 
+def is_models_path(item: str | Path) -> bool:
+    """Whether a command-line argument names models (rather than images): see resolve_models."""
+    p = Path(item)
+    return (p.suffix in (".pt", ".pth") or p.name == "top_models.json"
+            or (p.is_dir() and ((p / "ensemble.json").exists() or (p / "top_models.json").exists())))
+
+
 def resolve_models(path: str | Path | Sequence[str | Path]) -> tuple[list[Path], EnsembleConfig | None, float | None]:
-    """Checkpoint paths, ensemble settings and score threshold named by a models argument."""
+    """Checkpoint paths, and the ensemble settings and score threshold a study's best/ records (else None)."""
     if not isinstance(path, (str, Path)):
         paths = [Path(p) for p in path]
         if len(paths) == 1:
@@ -265,13 +270,11 @@ def resolve_models(path: str | Path | Sequence[str | Path]) -> tuple[list[Path],
         p = p / "top_models.json"
     if p.name == "top_models.json" and p.is_file():
         top = json.loads(p.read_text())
-        cfg = config_mod.load(p.parent / "config.yaml") if (p.parent / "config.yaml").exists() else None
         missing = [m["path"] for m in top if not (p.parent / m["path"]).exists()]
         if missing:
             raise WeightsError(f"{p}: listed checkpoints are gone ({', '.join(missing)}); a study keeps only its "
                                "best trial's models (search.keep_models: best): use studies/NAME/best")
-        return ([p.parent / m["path"] for m in top], cfg.ensemble if cfg else None,
-                cfg.eval.score_threshold if cfg else None)
+        return [p.parent / m["path"] for m in top], None, None  # the run's settings come with its checkpoints
     if p.is_file():
         return [p], None, None
     raise WeightsError(f"{p}: not a checkpoint, a study's best/ folder or a run's top_models.json")

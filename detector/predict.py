@@ -8,11 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 
-from .boxes import xyxy_to_xywh
 from .data.coco import CocoIndex, load_coco
 from .data.images import read_image
+from .engine import coco_detections
 from .ensemble import Ensemble, ImagePrediction
 from .errors import DatasetError
 from .metrics import evaluate_detections
@@ -81,16 +80,10 @@ def _image_ids(images: Sequence[Path], gt: CocoIndex | None) -> list[int]:
     return ids
 
 
-def coco_results(run: PredictionRun, score_threshold: float = 0.0) -> list[dict[str, Any]]:
-    """COCO results (xywh pixels, the dataset's category ids) of every box scoring >= score_threshold."""
-    results = []
-    for p, image_id in zip(run.predictions, run.image_ids):
-        keep = p.scores >= score_threshold
-        for box, score, cid in zip(xyxy_to_xywh(p.boxes[keep]).tolist(), p.scores[keep].tolist(),
-                                   np.asarray(p.category_ids, dtype=np.int64)[keep].tolist()):
-            results.append({"image_id": image_id, "category_id": int(cid), "bbox": [round(v, 3) for v in box],
-                            "score": round(float(score), 5)})
-    return results
+def coco_results(run: PredictionRun) -> list[dict[str, Any]]:
+    """COCO results (xywh pixels, the dataset's category ids) of every box."""
+    return [r for p, image_id in zip(run.predictions, run.image_ids)
+            for r in coco_detections(image_id, p.boxes, p.scores.tolist(), p.category_ids)]
 
 
 def write_outputs(out: Path, run: PredictionRun, score_threshold: float, *, draw: bool = False) -> list[Path]:

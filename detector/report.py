@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 
 def format_metrics(m: dict[str, Any]) -> str:
@@ -34,13 +34,22 @@ def format_cv(folds: list[dict[str, Any]], mean: dict[str, float], std: dict[str
     if fmt == "json":
         import json
         return json.dumps({"folds": folds, "mean": mean, "std": std}, indent=2)
+    return render_table(header, rows, fmt)
+
+
+def render_table(header: Sequence[str], rows: list[list[str]], fmt: str = "table") -> str:
+    """Rows of strings as an aligned text table, a markdown table or csv."""
     if fmt == "csv":
-        return "\n".join(",".join(r) for r in [list(header), *rows])
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+        import csv
+        import io
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerows([header, *rows])
+        return out.getvalue().rstrip("\n")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     if fmt == "markdown":
         line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
         return "\n".join([line(header), "| " + " | ".join("-" * w for w in widths) + " |", *map(line, rows)])
-    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths)).rstrip()
     return "\n".join([line(header), *map(line, rows)])
 
 
@@ -187,18 +196,7 @@ def format_trials(rows: list[dict[str, Any]], fmt: str = "table") -> str:
                       _num(ens.get("f1")), "/".join(_num(m.get("score")) for m in r["members"]),
                       _num(cv.get("score")), _num(r["seconds"], 0),
                       *(_param(r["params"].get(k)) for k in keys), note])
-    if fmt == "csv":
-        import csv
-        import io
-        out = io.StringIO()
-        csv.writer(out, lineterminator="\n").writerows([header, *table])
-        return out.getvalue().rstrip("\n")
-    widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h) for i, h in enumerate(header)]
-    if fmt == "markdown":
-        line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
-        return "\n".join([line(header), "| " + " | ".join("-" * w for w in widths) + " |", *map(line, table)])
-    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths)).rstrip()
-    return "\n".join([line(header), *map(line, table)])
+    return render_table(header, table, fmt)
 
 
 def _num(v: Any, digits: int = 4) -> str:
@@ -212,13 +210,8 @@ def _param(v: Any) -> str:
 def format_comparison(rows: list[tuple[str, dict[str, Any]]]) -> str:
     """Metrics of an ensemble next to each member's, then per-class AP50 and F1 side by side."""
     keys = ("map", "map_50", "map_75", "precision", "recall", "f1", "score")
-    width = max(len(name) for name, _ in rows)
-    lines = [f"{'model':<{width}}  " + "  ".join(f"{k:>9}" for k in keys)]
-    lines += [f"{name:<{width}}  " + "  ".join(f"{m[k]:>9.4f}" for k in keys) for name, m in rows]
-    classes = list(rows[0][1]["per_class"])
-    lines.append("")
-    lines.append(f"{'class':<16}" + "".join(f"  {name + ' AP50':>18}  {name + ' F1':>16}" for name, _ in rows))
-    for c in classes:
-        lines.append(f"{c:<16}" + "".join(f"  {m['per_class'][c]['ap50']:>18.4f}  {m['per_class'][c]['f1']:>16.4f}"
-                                         for _, m in rows))
-    return "\n".join(lines)
+    overall = render_table(("model", *keys), [[name, *(f"{m[k]:.4f}" for k in keys)] for name, m in rows])
+    header = ["class", *(f"{name} {k}" for name, _ in rows for k in ("AP50", "F1"))]
+    per_class = [[c, *(f"{m['per_class'][c][k]:.4f}" for _, m in rows for k in ("ap50", "f1"))]
+                 for c in rows[0][1]["per_class"]]
+    return overall + "\n\n" + render_table(header, per_class)

@@ -32,6 +32,7 @@ import optuna
 from optuna.trial import TrialState
 
 from . import config as config_mod
+from .checkpoint import load_checkpoint
 from .config import Config, SearchConfig
 from .cv import run_cv
 from .data.coco import CocoIndex
@@ -217,24 +218,22 @@ def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None,
     """
     directory = Path(study_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our log lines say what optuna's INFO lines would
-    train_index, held_out = load_splits(cfg)
-    check_held_out(train_index, held_out)
+    objective = Objective(cfg, directory, progress=progress, log=log)  # validates the data first
     directory.mkdir(parents=True, exist_ok=True)
     url = _storage_url(directory, storage)
     lock = _StudyLock(url, directory, directory.name)
-    with lock:  # workers starting together would race to create the storage's tables
+    with lock.held():  # workers starting together would race to create the storage's tables
         study, rdb = _open(directory, url, cfg.search)
         _check_config(study, cfg, directory)
         sync_best(study, directory, cfg.search.keep_models)  # in case a worker died while updating best/
     config_mod.save(config_mod.resolve_paths(cfg), directory / "config.yaml")
-    objective = Objective(cfg, directory, train_index=train_index, held_out=held_out, progress=progress, log=log)
     study_id = rdb.get_study_id_from_name(study.study_name)
     started = time.monotonic()
     while True:
         if cfg.search.timeout and time.monotonic() - started > cfg.search.timeout:
             log(f"timeout of {cfg.search.timeout:g} s reached; no new trial started")
             break
-        with lock:
+        with lock.held():
             trial, others_running = _claim(study, rdb, study_id, cfg.search)
         if trial is None and not others_running:
             break
@@ -243,7 +242,7 @@ def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None,
             continue
         _run_trial(study, rdb, rdb.get_trial_id_from_study_id_trial_number(study_id, trial.number), trial,
                    objective, cfg.search, log)
-        with lock:
+        with lock.held():
             sync_best(study, directory, cfg.search.keep_models)
     return summarize(study, directory)
 
@@ -468,10 +467,13 @@ class _Heartbeat:
 
 
 class _StudyLock:
-    """Serialises trial claims across workers: a PostgreSQL advisory lock, else a file lock in the folder."""
+    """Serialises trial claims across workers: a PostgreSQL advisory lock, else a file lock in the folder.
+
+    `with lock.held():` around each critical section.
+    """
 
     def __init__(self, url: str, directory: Path, name: str):
-        self.url, self.path = url, directory / ".lock"
+        self.path = directory / ".lock"
         self.key = zlib.crc32(f"detector-study:{name}".encode())
         self.engine = None
         if url.startswith("postgresql"):
@@ -480,7 +482,7 @@ class _StudyLock:
             self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def held(self) -> Iterator[None]:
         if self.engine is not None:
             import sqlalchemy
 
@@ -497,13 +499,6 @@ class _StudyLock:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
-
-    def __enter__(self) -> None:
-        self._context = self._locked()
-        self._context.__enter__()
-
-    def __exit__(self, *exc) -> None:
-        self._context.__exit__(*exc)
 
 
 # ----------------------------------------------------------------------------------------------- best
@@ -549,7 +544,7 @@ def _write_best(best: optuna.trial.FrozenTrial, run: Path, target: Path) -> None
         members.append({"file": name, "source": f"{run.name}/{m['path']}", "fold": m["fold"], "epoch": m["epoch"],
                         "cv_score": m["score"], "heldout": heldout.get(m["path"], {}).get("metrics")})
     shutil.copy2(run / "config.yaml", tmp / "config.yaml")
-    label_map = _checkpoint_label_map(tmp / "model_0.pt")
+    label_map = load_checkpoint(tmp / "model_0.pt")["label_map"]
     (tmp / "ensemble.json").write_text(json.dumps({
         "trial": best.number, "value": best.value, "params": best.params, "run": run.name,
         "metrics": best.user_attrs.get("ensemble"), "members": members, "ensemble": cfg.to_dict()["ensemble"],
@@ -561,12 +556,6 @@ def _write_best(best: optuna.trial.FrozenTrial, run: Path, target: Path) -> None
         os.replace(target, old)
     os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _checkpoint_label_map(path: Path) -> dict[str, list]:
-    from .checkpoint import load_checkpoint
-
-    return load_checkpoint(path)["label_map"]
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

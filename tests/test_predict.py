@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,7 +99,7 @@ def test_unusual_and_broken_files(rbc, rbc_run, tmp_path):
                "--score-threshold", "0.05", "--quiet")
     assert done.returncode == 0, done.stderr
     assert "skipped 2 unreadable" in done.stderr and "notes.jpg" in done.stderr and "truncated.jpg" in done.stderr
-    images = {Path_name(i["file_name"]): i for i in json.loads((out / "images.json").read_text())}
+    images = {Path(i["file_name"]).name: i for i in json.loads((out / "images.json").read_text())}
     assert set(images) == {"plain.jpg", "gray.png", "rgba.png", "deep16.png", "rotated.jpg", "large.jpg", "tiny.png"}
     assert (images["rotated.jpg"]["width"], images["rotated.jpg"]["height"]) == (416, 300)  # EXIF applied
     for r in json.loads((out / "predictions.json").read_text()):
@@ -107,12 +108,6 @@ def test_unusual_and_broken_files(rbc, rbc_run, tmp_path):
         assert x >= 0 and y >= 0 and x + w <= im["width"] + 1e-3 and y + h <= im["height"] + 1e-3
     assert len(list((out / "drawn").glob("*.png"))) == 7
     assert cli("predict", str(rbc_run), str(tmp_path / "nothing*.jpg"), "--out", str(out)).returncode == 2
-
-
-def Path_name(p):
-    from pathlib import Path
-
-    return Path(p).name
 
 
 def test_hflip_tta_changes_the_fusion_and_collect_images(rbc, rbc_run):

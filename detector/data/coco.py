@@ -419,8 +419,12 @@ class CocoDetection(VisionDataset):
             image = out["image"]
             boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
             labels = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-        return tensor, make_target(rec.id, boxes, labels, (rec.height, rec.width))
+        return image_tensor(image), make_target(rec.id, boxes, labels, (rec.height, rec.width))
+
+
+def image_tensor(image: np.ndarray) -> torch.Tensor:
+    """An (H, W, 3) uint8 RGB array -> the (3, H, W) float tensor in [0, 1] the model takes."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
 
 
 def make_target(image_id: int, boxes: np.ndarray, labels: np.ndarray,
