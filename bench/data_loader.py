@@ -18,7 +18,7 @@ from detector.engine import resolve_device, resolve_precision, train_one_epoch
 from detector.models.faster_rcnn import build
 from detector.train import LrSchedule, box_shapes, load_splits
 
-RBC = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "rbc"
+RBC = Path(__file__).resolve().parents[1] / "examples" / "rbc"
 
 
 def loader_rate(ds, batch_size: int, workers: int, images: int) -> float:

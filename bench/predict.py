@@ -27,7 +27,7 @@ def timed(fn):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", default="configs/quickstart.yaml")
+    parser.add_argument("--config", default="configs/sample.yaml")
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=5, help="trained enough that scores spread like a real model's")
     parser.add_argument("--batch-size", type=int, default=8)

@@ -1,7 +1,7 @@
 """Overhead of per-epoch checkpointing (last.pt with optimizer/scheduler/RNG state, best/top-k models)
 as a share of epoch time (target <= 3%).
 
-Trains a short k-fold run of the quickstart recipe on generated sample data and reads the
+Trains a short k-fold run of the sample recipe (configs/sample.yaml) on generated sample data and reads the
 checkpoint_seconds and seconds columns that fit() logs for every epoch.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ from detector.report import read_metric_rows
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", default="configs/quickstart.yaml")
-    parser.add_argument("--images", type=int, default=600, help="sample images (the quickstart size)")
+    parser.add_argument("--config", default="configs/sample.yaml")
+    parser.add_argument("--images", type=int, default=600, help="sample images (the sample recipe's usual size)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()

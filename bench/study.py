@@ -64,10 +64,10 @@ def main() -> None:
         sets = [f"data.train.annotations={data['train']}", f"data.val.annotations={data['val']}",
                 "train.epochs=2", "cv.folds=2", "search.pruner=none", "data.image_size=128",
                 "search.space={eval.score_threshold: [0.3, 0.4, 0.5]}", *args.overrides]
-        cv = lambda k: [*cli, "cv", "configs/quickstart.yaml", "--quiet", "--out", f"{tmp}/cv{k}", *sets_args(sets)]
+        cv = lambda k: [*cli, "cv", "configs/sample.yaml", "--quiet", "--out", f"{tmp}/cv{k}", *sets_args(sets)]
         plain_seq = wall([cv(0)]) + wall([cv(1)])
         plain_par = wall([cv(2), cv(3)])
-        study = lambda name: [*cli, "study", "configs/quickstart.yaml", "--name", name, "--quiet", "--studies-dir",
+        study = lambda name: [*cli, "study", "configs/sample.yaml", "--name", name, "--quiet", "--studies-dir",
                               f"{tmp}/studies", "--n-trials", str(args.trials), *sets_args(sets)]
         one = wall([study("one")])
         two = wall([study("two"), study("two")])

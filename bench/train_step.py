@@ -33,7 +33,7 @@ def plain_loop(model, batches, optimizer, device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", default="configs/quickstart.yaml")
+    parser.add_argument("--config", default="configs/sample.yaml")
     parser.add_argument("--batches", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--data", default="/tmp/detector-bench-sample")

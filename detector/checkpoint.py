@@ -1,7 +1,8 @@
 """Checkpoints: atomic save, safe load (weights_only=True), RNG state capture, and model restoration.
 
 A checkpoint is a dict of tensors and plain values: model, optimizer, scheduler, scaler, rng, epoch,
-metrics, config (resolved, as a dict), label_map, anchors (per-level (w, h) or None) and image_size.
+metrics, config (resolved, as a dict), label_map, anchors (per-level (w, h) or None), image_size and
+normalization (the input mean and std the model was trained with).
 """
 from __future__ import annotations
 
@@ -22,8 +23,11 @@ from . import config as config_mod
 from .data.coco import LabelMap
 from .errors import WeightsError
 from .models import faster_rcnn
+from .models.backbones import IMAGENET_MEAN, IMAGENET_STD
 
 FORMAT = 1
+# checkpoints written before normalisation was saved were all trained with torchvision's ImageNet constants
+LEGACY_NORMALIZATION = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
@@ -95,6 +99,7 @@ def restore_model(path: str | Path, device: str | torch.device = "cpu") -> Resto
     model, _ = faster_rcnn.build(replace(cfg.model, pretrained=False), num_classes=label_map.num_classes,
                                  image_size=state["image_size"], anchor_shapes=state.get("anchors"))
     model.load_state_dict(state["model"])
+    faster_rcnn.set_normalization(model, state.get("normalization") or LEGACY_NORMALIZATION)
     model.to(device).eval()
     return RestoredModel(model, label_map, int(state["image_size"]), cfg, state.get("anchors"),
                          state.get("metrics", {}))

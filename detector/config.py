@@ -17,6 +17,8 @@ import yaml
 
 from .errors import ConfigError
 
+PACKAGED = "packaged"  # model.pretrained: the weights a pip package installed (models/weights.py)
+
 
 @dataclass
 class SplitConfig:
@@ -55,7 +57,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     backbone: str = "resnet50_fpn"
-    pretrained: Union[bool, str] = False
+    pretrained: Union[bool, str] = False  # true (download), packaged (pip-installed weights), a file, or false
     trainable_layers: int = 3
     frozen_bn: bool = True
     fpn_channels: int = 256
@@ -82,6 +84,8 @@ class TrainConfig:
     lr: float = 1e-4
     optimizer: Literal["adamw", "sgd"] = "adamw"
     weight_decay: float = 1e-4
+    decay_norm_and_bias: bool = False  # weight decay on normalisation weights and biases too
+    backbone_lr_mult: float = 1.0  # the backbone's learning rate is train.lr times this
     momentum: float = 0.9
     scheduler: Literal["onecycle", "cosine"] = "onecycle"
     warmup_epochs: float = 1.0
@@ -112,7 +116,8 @@ class ScoreConfig:
 @dataclass
 class CVConfig:
     folds: int = 5
-    strategy: Literal["kfold", "stratified", "group"] = "stratified"
+    # auto: group when cv.group_by is not roboflow or file names show Roboflow copies, else stratified
+    strategy: Literal["auto", "kfold", "stratified", "group"] = "auto"
     group_by: str = "roboflow"  # for strategy group: roboflow, regex:PATTERN or field:NAME
     seed: int = 0
     top_k: int = 3  # checkpoints kept across all folds and epochs, by score
@@ -145,7 +150,7 @@ class EnsembleConfig:
     """Weighted Boxes Fusion of a trial's top-k models (ensemble-boxes arguments)."""
 
     iou_thr: float = 0.55
-    skip_box_thr: float = 0.02  # measured on the quickstart study: faster fusion and no loss of mAP vs 0.001
+    skip_box_thr: float = 0.02  # measured on the sample study: faster fusion and no loss of mAP vs 0.001
     conf_type: Literal["avg", "max", "box_and_model_avg", "absent_model_aware_avg"] = "avg"
     weights: Union[list[float], None] = None  # one per model, best first; None = equal
 
@@ -230,7 +235,7 @@ def resolve_paths(cfg: Config) -> Config:
 
     data = dataclasses.replace(cfg.data, train=absolute(cfg.data.train), val=absolute(cfg.data.val))
     pretrained = cfg.model.pretrained
-    if isinstance(pretrained, str):
+    if isinstance(pretrained, str) and pretrained != PACKAGED:
         pretrained = str(Path(pretrained).expanduser().resolve())
     return dataclasses.replace(cfg, data=data, model=dataclasses.replace(cfg.model, pretrained=pretrained))
 
@@ -373,6 +378,8 @@ def _check_semantics(cfg: Config, source: str) -> None:
         (cfg.train.epochs >= 1, "train.epochs must be at least 1"),
         (cfg.train.batch_size >= 1, "train.batch_size must be at least 1"),
         (cfg.train.lr > 0, "train.lr must be positive"),
+        (cfg.train.backbone_lr_mult > 0, "train.backbone_lr_mult must be positive (freeze layers with "
+                                         "model.trainable_layers)"),
         (0.0 <= cfg.eval.score_threshold <= 1.0, "eval.score_threshold must lie in [0, 1]"),
         (0.0 < cfg.eval.iou_threshold <= 1.0, "eval.iou_threshold must lie in (0, 1]"),
         (cfg.model.anchors_per_level >= 1, "model.anchors_per_level must be at least 1"),

@@ -21,7 +21,7 @@ from . import config as config_mod
 from .checkpoint import TopK
 from .config import Config
 from .data.coco import CocoIndex
-from .data.folds import make_folds
+from .data.folds import make_folds, resolve_strategy
 from .train import OnEpochEnd, ensure_resumable, fit, load_splits
 
 SUMMARY_KEYS = ("map", "map_50", "map_75", "precision", "recall", "f1", "score")
@@ -57,7 +57,7 @@ def run_cv(
     run.mkdir(parents=True, exist_ok=True)
     config_mod.save(config_mod.resolve_paths(cfg), run / "config.yaml")
     (run / "env.json").write_text(json.dumps(environment(), indent=2))
-    folds = _folds(run, index, cfg)
+    folds = _folds(run, index, cfg, log)
     top = TopK(run, cfg.cv.top_k)
     for k, val_ids in enumerate(folds):
         fold_dir = run / f"fold_{k}"
@@ -129,12 +129,17 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def _folds(run: Path, index: CocoIndex, cfg: Config) -> list[list[int]]:
+def _folds(run: Path, index: CocoIndex, cfg: Config, log: Callable[[str], None]) -> list[list[int]]:
     path = run / "folds.json"
     if path.exists():
         return json.loads(path.read_text())["folds"]
     cv = cfg.cv
-    folds = make_folds(index, n_folds=cv.folds, strategy=cv.strategy, group_by=cv.group_by, seed=cv.seed)
-    path.write_text(json.dumps({"strategy": cv.strategy, "group_by": cv.group_by, "seed": cv.seed,
-                                "folds": folds}))
+    strategy, warning = resolve_strategy(index, cv.strategy, cv.group_by)
+    if warning:
+        log(f"warning: {warning}")
+    folds = make_folds(index, n_folds=cv.folds, strategy=strategy, group_by=cv.group_by, seed=cv.seed)
+    path.write_text(json.dumps({"strategy": strategy, "configured_strategy": cv.strategy, "group_by": cv.group_by,
+                                "seed": cv.seed, "folds": folds}))
+    log(f"folds: {strategy}" + (f" by {cv.group_by}" if strategy == "group" else "") +
+        (" (cv.strategy auto)" if cv.strategy == "auto" else ""))
     return folds

@@ -199,7 +199,8 @@ def fit(
         state.history.append({**row, "per_class": metrics["per_class"]})
         start = time.perf_counter()
         common = dict(config=config_mod.resolve_paths(cfg).to_dict(), label_map=label_map.to_dict(),
-                      anchors=_plain_anchors(anchors), image_size=size)
+                      anchors=_plain_anchors(anchors), image_size=size,
+                      normalization=faster_rcnn.normalization(model))
         snapshot = {"model": model.state_dict(), "epoch": epoch, "metrics": metrics, **common}
         if improved:
             (run / "best_predictions.json").write_text(json.dumps(results))
@@ -285,11 +286,28 @@ def _plain_anchors(anchors) -> list | None:
 
 
 def _optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
     t = cfg.train
+    groups = param_groups(model, lr=t.lr, weight_decay=t.weight_decay, backbone_lr_mult=t.backbone_lr_mult,
+                          decay_norm_and_bias=t.decay_norm_and_bias)
     if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
+    return torch.optim.AdamW(groups, lr=t.lr)
+
+
+def param_groups(model: torch.nn.Module, *, lr: float, weight_decay: float, backbone_lr_mult: float = 1.0,
+                 decay_norm_and_bias: bool = False) -> list[dict[str, Any]]:
+    """Trainable parameters in up to four groups: heads before backbone (group 0 carries train.lr), each
+    split into weights with decay and normalisation weights / biases (1-D tensors) without it."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            key = (name.startswith("backbone.body."), decay_norm_and_bias or param.ndim > 1)
+            groups.setdefault(key, []).append(param)
+    order = [(False, True), (False, False), (True, True), (True, False)]
+    return [{"params": groups[key], "lr": lr * (backbone_lr_mult if key[0] else 1.0),
+             "weight_decay": weight_decay if key[1] else 0.0,
+             "name": ("backbone" if key[0] else "heads") + ("" if key[1] else "_no_decay")}
+            for key in order if key in groups]
 
 
 def _loader(dataset, batch_size: int, num_workers: int, **kwargs) -> DataLoader:

@@ -9,12 +9,12 @@ from PIL import Image
 from detector.data.sample import SampleSpec, write_sample_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-RBC = ROOT.parent / "shared" / "datasets" / "rbc"
+RBC = ROOT / "examples" / "rbc"  # the example dataset the project ships (a real Roboflow export)
 
 
 @pytest.fixture(scope="session")
 def rbc() -> Path:
-    assert RBC.is_dir(), f"the shared RBC dataset is expected at {RBC}"
+    assert RBC.is_dir(), f"the example RBC dataset is expected at {RBC}"
     return RBC
 
 

@@ -60,6 +60,6 @@ def test_shipped_configs_load():
 
     root = Path(__file__).resolve().parents[1] / "configs"
     names = {p.name for p in root.glob("*.yaml")}
-    assert {"quickstart.yaml", "rbc.yaml", "resnet50_fpn.yaml", "efficientnet_b3.yaml", "swin_s.yaml"} <= names
+    assert {"quickstart.yaml", "sample.yaml", "rbc.yaml", "resnet50_fpn.yaml", "efficientnet_b3.yaml", "swin_s.yaml"} <= names
     for p in root.glob("*.yaml"):
         config.load(p)

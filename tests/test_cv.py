@@ -6,7 +6,7 @@ from detector import config
 from detector.checkpoint import TopK
 from detector.cv import read_summary, run_cv
 from detector.data.coco import load_coco
-from detector.data.folds import group_key, make_folds
+from detector.data.folds import group_key, make_folds, resolve_strategy
 from detector.errors import ConfigError
 from tests.test_train import TINY
 
@@ -23,6 +23,35 @@ def test_group_folds_keep_roboflow_copies_together(rbc):
     assert all(len(f) == 1 for f in fold_of_source.values())
     assert sorted(i for f in folds for i in f) == sorted(by_id)
     assert make_folds(index, n_folds=5, strategy="group", seed=0) == folds  # seeded
+
+
+def test_auto_strategy_groups_roboflow_copies_and_warns_when_forced_apart(rbc, sample):
+    index = load_coco(rbc / "train" / "_annotations.coco.json", check_images=False)
+    assert resolve_strategy(index, "auto") == ("group", None)
+    assert make_folds(index, n_folds=5, strategy="auto", seed=0) == make_folds(index, n_folds=5, strategy="group",
+                                                                                seed=0)
+    strategy, warning = resolve_strategy(index, "stratified")
+    assert strategy == "stratified" and "70 source photos have several Roboflow copies" in warning
+    assert resolve_strategy(index, "group") == ("group", None)
+    plain = load_coco(sample["annotations"], check_images=False)  # no copies: stratified, no warning
+    assert resolve_strategy(plain, "auto") == ("stratified", None)
+    assert resolve_strategy(plain, "kfold") == ("kfold", None)
+    assert resolve_strategy(plain, "auto", r"regex:sample_(\d)") == ("group", None)
+
+
+def test_no_shipped_config_leaks_copies_across_folds(monkeypatch):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # config data paths are relative to the project root
+    checked = []
+    for path in sorted((root / "configs").glob("*.yaml")):
+        cfg = config.load(path)
+        if Path(cfg.data.train.annotations).is_file():
+            index = load_coco(cfg.data.train.annotations, cfg.data.train.images, check_images=False)
+            assert resolve_strategy(index, cfg.cv.strategy, cfg.cv.group_by)[1] is None, path.name
+            checked.append(path.name)
+    assert {"rbc.yaml", "quickstart.yaml"} <= set(checked)
 
 
 def test_stratified_folds_on_rbc_keep_wbc_in_every_validation_fold(rbc):

@@ -128,6 +128,27 @@ def test_progressive_resize_and_early_stopping_rules():
     assert state.best_epoch == 1
 
 
+def test_param_groups_scale_the_backbone_and_spare_norms_and_biases():
+    from detector.models.faster_rcnn import build
+    from detector.train import _optimizer
+
+    cfg = config.load(None, [*TINY, "train.lr=0.01", "train.weight_decay=0.05", "train.backbone_lr_mult=0.1",
+                             "model.trainable_layers=2", "model.anchors=default"])
+    model, _ = build(cfg.model, num_classes=2, image_size=128)
+    groups = {g["name"]: g for g in _optimizer(cfg, model).param_groups}
+    assert list(groups) == ["heads", "heads_no_decay", "backbone", "backbone_no_decay"]
+    assert [groups[n]["lr"] for n in groups] == pytest.approx([0.01, 0.01, 0.001, 0.001])
+    assert [groups[n]["weight_decay"] for n in groups] == [0.05, 0.0, 0.05, 0.0]
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.ndim == 1 for n in ("heads_no_decay", "backbone_no_decay") for p in groups[n]["params"])
+    assert all(names[id(p)].startswith("backbone.body.") for p in groups["backbone"]["params"])
+    assert any(p is model.roi_heads.box_predictor.cls_score.bias for p in groups["heads_no_decay"]["params"])
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert sum(len(g["params"]) for g in groups.values()) == len(trainable)  # frozen stages stay out
+    both = config.with_values(cfg, {"train.decay_norm_and_bias": True, "train.backbone_lr_mult": 1.0})
+    assert [g["name"] for g in _optimizer(both, model).param_groups] == ["heads", "backbone"]
+
+
 def test_lr_schedule_shapes():
     one = LrSchedule("onecycle", total_steps=100, warmup_steps=10)
     assert one(0) == pytest.approx(1 / 25) and one(10) == pytest.approx(1.0) and one(100) == pytest.approx(1e-4)

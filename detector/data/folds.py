@@ -1,4 +1,5 @@
-"""K-fold splits of a COCO index: plain, stratified by the classes in each image, or grouped.
+"""K-fold splits of a COCO index: plain, stratified by the classes in each image, or grouped (`auto`: grouped
+when the file names show copies of one photo, stratified otherwise).
 
 `make_folds` returns the validation image ids of each fold. Stratification is iterative multi-label
 stratification (Sechidis et al., 2011): rarest label first, each item goes to the fold that still wants
@@ -21,9 +22,10 @@ ROBOFLOW = re.compile(r"^(?P<source>.+?)_(?:png|jpe?g|bmp|tiff?|webp)\.rf\.[0-9a
 
 def make_folds(index: CocoIndex, *, n_folds: int, strategy: str, group_by: str = "roboflow",
                seed: int = 0) -> list[list[int]]:
-    """Image ids of the validation part of each fold (sorted), for `strategy` kfold, stratified or group."""
+    """Image ids of the validation part of each fold (sorted), for `strategy` auto, kfold, stratified or group."""
     if n_folds < 2:
         raise ConfigError(f"cv.folds must be at least 2; got {n_folds}")
+    strategy, _ = resolve_strategy(index, strategy, group_by)
     records = index.images
     if strategy == "group":
         keys = [group_key(r, group_by) for r in records]
@@ -48,6 +50,30 @@ def make_folds(index: CocoIndex, *, n_folds: int, strategy: str, group_by: str =
     for name in names:
         folds[assignment[name]].extend(r.id for r in groups[name])
     return [sorted(f) for f in folds]
+
+
+def resolve_strategy(index: CocoIndex, strategy: str, group_by: str = "roboflow") -> tuple[str, str | None]:
+    """The strategy `auto` stands for, and a warning when a chosen one would leak copies across folds.
+
+    auto: `group` when cv.group_by names a grouping of its own (regex:, field:) or when file names show
+    Roboflow copies (several `NAME_png.rf.HASH.jpg` of one source photo); `stratified` otherwise.
+    """
+    copied = roboflow_copied_sources(index)
+    if strategy == "auto":
+        return ("group" if group_by != "roboflow" or copied else "stratified"), None
+    if strategy != "group" and copied:
+        return strategy, (f"{index.path}: {copied} source photos have several Roboflow copies "
+                          f"(NAME_png.rf.HASH.jpg); cv.strategy={strategy} puts copies of one photo in "
+                          "different folds, so validation scores are inflated; use cv.strategy=auto or group")
+    return strategy, None
+
+
+def roboflow_copied_sources(index: CocoIndex) -> int:
+    """How many source photos appear more than once as Roboflow copies in the index."""
+    counts: dict[str, int] = defaultdict(int)
+    for rec in index.images:
+        counts[group_key(rec, "roboflow")] += 1
+    return sum(1 for n in counts.values() if n > 1)
 
 
 def group_key(record: ImageRecord, group_by: str) -> str:

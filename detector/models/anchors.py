@@ -16,6 +16,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 DEFAULT_SIZES = (32, 64, 128, 256, 512)
 DEFAULT_RATIOS = (0.5, 1.0, 2.0)
 IOU_GOOD = 0.5
+MIN_LEVEL_BOXES = 10  # per anchor: a level with fewer boxes of its scale keeps default shapes
 
 
 @dataclass(frozen=True)
@@ -138,25 +139,47 @@ def _seed_plus_plus(boxes: np.ndarray, k: int, rng: np.random.Generator) -> np.n
 def fit_anchors(
     boxes: np.ndarray, *, num_levels: int, per_level: int, seed: int = 0, max_boxes: int = 20000
 ) -> AnchorFit:
-    """Fit num_levels * per_level anchor shapes to (N, 2) box shapes and split them by scale into levels.
+    """Fit `per_level` anchor shapes per FPN level to (N, 2) box shapes, each level on the boxes of its scale.
 
-    k-means with 1 - IoU as the distance, then a short evolution on mean IoU + best possible recall.
-
-    The smallest `per_level` shapes go to the finest level (stride 4), the next ones to the next level, ...
+    Level i covers box sizes sqrt(w*h) within an octave of torchvision's default size for it, 32 * 2**i
+    (stride 4 * 2**i; the first and last levels are open-ended). Its shapes come from k-means (1 - IoU)
+    on those boxes, then a short evolution on mean IoU + best possible recall. A level with fewer than
+    MIN_LEVEL_BOXES boxes per anchor keeps default shapes of its size. Fitting all boxes at once and
+    splitting the sorted shapes into levels instead puts same-sized anchors on every level, so the few
+    large objects of a dataset end up with anchors only on the coarsest grid (stride 64), where the RPN
+    hardly finds them (on RBC: white cells AP50 0.11 vs 0.8+).
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 2)
     boxes = boxes[(boxes > 0).all(1)]
     if len(boxes) == 0:
         raise ValueError("no boxes to fit anchors to")
-    k = num_levels * per_level
     rng = np.random.default_rng(seed)
     sample = boxes if len(boxes) <= max_boxes else boxes[rng.choice(len(boxes), max_boxes, replace=False)]
-    centres = evolve(sample, kmeans_iou(_spread(sample, k), k, seed=seed), seed=seed)
-    shapes = tuple(tuple((round(float(w), 2), round(float(h), 2)) for w, h in centres[i * per_level:(i + 1) * per_level])
-                   for i in range(num_levels))
+    levels = level_of(sample, num_levels)
+    shapes = []
+    for i in range(num_levels):
+        band = sample[levels == i]
+        if len(band) >= MIN_LEVEL_BOXES * per_level:
+            centres = evolve(band, kmeans_iou(_spread(band, per_level), per_level, seed=seed), seed=seed)
+        else:
+            centres = default_shapes(i, per_level)
+        shapes.append(tuple((round(float(w), 2), round(float(h), 2)) for w, h in centres))
     fitted = fitness(boxes, generator_shapes(FittedAnchorGenerator(shapes)))
     default = fitness(boxes, generator_shapes(default_generator(num_levels)))
-    return AnchorFit(shapes=shapes, fitted=fitted, default=default, num_boxes=len(boxes))
+    return AnchorFit(shapes=tuple(shapes), fitted=fitted, default=default, num_boxes=len(boxes))
+
+
+def level_of(shapes: np.ndarray, num_levels: int) -> np.ndarray:
+    """The FPN level whose default anchor size (32 * 2**level) is nearest, in octaves, to each box's size."""
+    size = np.sqrt(shapes[:, 0] * shapes[:, 1])
+    return np.clip(np.floor(np.log2(size / DEFAULT_SIZES[0]) + 0.5), 0, num_levels - 1).astype(int)
+
+
+def default_shapes(level: int, per_level: int) -> np.ndarray:
+    """`per_level` shapes of the level's default size, with aspect ratios spread from 0.5 to 2."""
+    size = DEFAULT_SIZES[0] * 2 ** level
+    ratios = np.geomspace(DEFAULT_RATIOS[0], DEFAULT_RATIOS[-1], per_level) if per_level > 1 else np.ones(1)
+    return np.stack([size / np.sqrt(ratios), size * np.sqrt(ratios)], 1)  # ratio = h / w
 
 
 def _spread(boxes: np.ndarray, k: int) -> np.ndarray:

@@ -15,8 +15,10 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from ..errors import ConfigError, WeightsError
-from .weights import fetch, is_detector_state, load_matching, read_state_dict
+from ..config import PACKAGED
+from ..errors import ConfigError
+from .convert import to_timm
+from .weights import fetch, is_detector_state, load_matching, packaged_weights_file, read_state_dict
 
 ALIASES = {
     "efficientnet_b3": "efficientnet_b3",
@@ -24,15 +26,22 @@ ALIASES = {
 }
 TORCHVISION = ("resnet50_fpn",)
 MIN_STRIDE = 4
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # torchvision's ResNet-50
 
 
 class TimmFPN(nn.Module):
-    """A timm `features_only` body (NCHW or NHWC) followed by a torchvision FPN."""
+    """A timm `features_only` body (NCHW or NHWC) followed by a torchvision FPN.
+
+    `image_mean` / `image_std` are the input normalisation of the body's pretrained config.
+    """
 
     def __init__(self, body: nn.Module, fpn_channels: int, fpn_norm: bool = False):
         super().__init__()
         info = body.feature_info
         self.body = body
+        cfg = getattr(body, "pretrained_cfg", None) or {}
+        self.image_mean = tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN))
+        self.image_std = tuple(float(v) for v in cfg.get("std", IMAGENET_STD))
         self.keep = [i for i, r in enumerate(info.reduction()) if r >= MIN_STRIDE]
         self.channels_last = str(getattr(body, "output_fmt", "NCHW")).endswith("NHWC")
         channels = [info.channels()[i] for i in self.keep]
@@ -57,11 +66,15 @@ def build_backbone(
     fpn_channels: int = 256,
     fpn_norm: bool = False,
 ) -> nn.Module:
-    """Build the backbone named `name`. `pretrained`: True (published weights), a local file, or False.
-    `fpn_norm` adds BatchNorm to the FPN convolutions (torchvision's v2 detectors do).
+    """Build the backbone named `name`. `pretrained`: True (published weights), "packaged" (the weights a pip
+    package installed, see weights.PACKAGED_WEIGHTS), a local file, or False. `fpn_norm` adds BatchNorm to the FPN
+    convolutions (torchvision's v2 detectors do). The module has `out_channels` and the input normalisation
+    its weights expect, `image_mean` and `image_std` (RGB in [0, 1]).
 
     A local file holding a whole detector is not loaded here: build_model loads it into the full model.
     """
+    if pretrained == PACKAGED:
+        pretrained = str(packaged_weights_file(name))
     file_state = None
     if isinstance(pretrained, str) and pretrained:
         file_state = read_state_dict(pretrained)
@@ -95,6 +108,7 @@ def _torchvision_resnet50(pretrained, file_state, trainable_layers, frozen_bn, f
                                   norm_layer=nn.BatchNorm2d if fpn_norm else None)
     if file_state is not None:
         load_matching(model.body, file_state, str(pretrained))
+    model.image_mean, model.image_std = IMAGENET_MEAN, IMAGENET_STD
     return model
 
 
@@ -109,7 +123,7 @@ def _timm_fpn(name, pretrained, file_state, trainable_layers, frozen_bn, fpn_cha
             "name; try resnet18 or mobilenetv3_large_100 for small runs (timm.list_models() lists them all)"
         )
     if isinstance(pretrained, str) and pretrained:
-        body = _timm_from_file(timm, model_name, pretrained, create)
+        body = _timm_from_file(timm, model_name, pretrained, file_state, create)
     elif pretrained is True:
         body = fetch(lambda: timm.create_model(model_name, pretrained=True, **create),
                      f"{model_name} (timm)", "the Hugging Face cache (~/.cache/huggingface/hub)")
@@ -128,22 +142,21 @@ def _timm_create(timm, model_name: str, create: dict) -> nn.Module:
         raise ConfigError(f"model.backbone: timm model '{model_name}' cannot return feature maps ({e})") from None
 
 
-def _timm_from_file(timm, model_name: str, path: str, create: dict) -> nn.Module:
-    """timm's own loading of a local file, after checking that the file really holds this model's weights
-    (timm only warns about keys that do not fit, which would leave the backbone randomly initialised)."""
-    state = read_state_dict(path)
+def _timm_from_file(timm, model_name: str, path: str, file_state: dict, create: dict) -> nn.Module:
+    """A timm feature extractor holding the tensors of a local file, which must fit the whole network (in
+    timm's layout or one that convert.to_timm renames), so a wrong file never leaves a random backbone."""
     full = timm.create_model(model_name, pretrained=False, **{k: v for k, v in create.items() if k != "features_only"})
-    own = full.state_dict()
-    fitting = sum(1 for k, v in state.items() if k in own and own[k].shape == v.shape)
-    if fitting < 0.5 * len(own):
-        raise WeightsError(
-            f"{path}: does not fit timm model {model_name} ({fitting} of its {len(own)} tensors found); pass that "
-            "model's state dict (timm or PyTorch format) or a detector checkpoint"
-        )
-    try:
-        return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay={"file": path}, **create)
-    except (RuntimeError, KeyError) as e:
-        raise WeightsError(f"{path}: timm could not load it into {model_name} ({str(e).splitlines()[0]})") from None
+    classifier = full.pretrained_cfg.get("classifier") or ()
+    state = to_timm(file_state, full.state_dict(), path,
+                    classifier=(classifier,) if isinstance(classifier, str) else tuple(classifier),
+                    model=f"timm model {model_name}")
+    body = timm.create_model(model_name, pretrained=False, **create)
+    own = body.state_dict()
+    if own.keys() <= state.keys():  # a features class holding a subset of the network's own modules
+        body.load_state_dict({k: state[k] for k in own})
+        return body
+    # a wrapper with renamed modules (FeatureListNet): timm loads the whole network, then wraps it
+    return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay={"state_dict": state}, **create)
 
 
 def _freeze_stages(body: nn.Module, stage_modules: list[str], trainable_layers: int) -> None:

@@ -17,7 +17,7 @@ from torchvision.models.detection.faster_rcnn import (
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from ..config import ModelConfig
+from ..config import PACKAGED, ModelConfig
 from ..errors import ConfigError
 from .anchors import AnchorFit, FittedAnchorGenerator, default_generator, fit_anchors
 from .backbones import build_backbone, num_levels
@@ -90,8 +90,7 @@ def build_model(
         rpn_pre_nms_top_n_test=rpn_proposals_test, rpn_post_nms_top_n_test=rpn_proposals_test,
         box_batch_size_per_image=box_samples_per_image,
     )
-    model.transform = PreResizedTransform(image_size, image_size, model.transform.image_mean,
-                                          model.transform.image_std)
+    model.transform = PreResizedTransform(image_size, image_size, list(body.image_mean), list(body.image_std))
     _load_detector_weights(model, backbone, pretrained, representation_size, heads)
     return model
 
@@ -126,6 +125,17 @@ def build(
     return model, fit
 
 
+def normalization(model: FasterRCNN) -> dict[str, list[float]]:
+    """The input normalisation (RGB in [0, 1]) the model applies: saved in every checkpoint."""
+    return {"mean": [float(v) for v in model.transform.image_mean],
+            "std": [float(v) for v in model.transform.image_std]}
+
+
+def set_normalization(model: FasterRCNN, values: dict[str, Sequence[float]]) -> None:
+    model.transform.image_mean = [float(v) for v in values["mean"]]
+    model.transform.image_std = [float(v) for v in values["std"]]
+
+
 def _uses_coco_detector(backbone: str, pretrained: bool | str, representation_size: int) -> bool:
     """Whether `pretrained: true` means torchvision's whole COCO Faster R-CNN (which covers the backbone)."""
     return pretrained is True and backbone == "resnet50_fpn" and representation_size == 1024
@@ -142,7 +152,7 @@ def _load_detector_weights(model: nn.Module, backbone: str, pretrained: bool | s
 
     Tensors whose shape differs (class predictor, an RPN head with fitted anchors) keep their init.
     """
-    if isinstance(pretrained, str) and pretrained:
+    if isinstance(pretrained, str) and pretrained and pretrained != PACKAGED:
         state = read_state_dict(pretrained)
         if is_detector_state(state):
             load_matching(model, state, pretrained)

