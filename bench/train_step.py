@@ -17,7 +17,8 @@ from detector.data.sample import SampleSpec, write_sample_dataset
 from detector.data.transforms import build_train_transforms
 from detector.engine import resolve_device, resolve_precision, train_one_epoch
 from detector.models.faster_rcnn import build
-from detector.train import LrSchedule, box_shapes, load_splits
+from detector.optim import LrSchedule
+from detector.train import box_shapes, load_splits
 
 
 def plain_loop(model, batches, optimizer, device) -> None:

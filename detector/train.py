@@ -25,10 +25,11 @@ from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_sta
 from .config import Config
 from .data.coco import CocoDetection, CocoIndex, collate, load_coco
 from .data.transforms import build_eval_transforms, build_train_transforms
-from .errors import ConfigError
+from .errors import ConfigError, TrainingError
 from .engine import Precision, predict, resolve_device, resolve_precision, to_coco_results, train_one_epoch
 from .metrics import evaluate_detections
 from .models import faster_rcnn
+from .optim import LrSchedule, build_optimizer
 
 LOSS_KEYS = ("loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 CSV_COLUMNS = ("epoch", "lr", *LOSS_KEYS, "map", "map_50", "map_75", "precision", "recall", "f1", "score",
@@ -47,24 +48,6 @@ class FitResult:
     stopped_early: bool
     history: list[dict[str, Any]] = field(default_factory=list)
     anchors: dict[str, Any] | None = None
-
-
-class LrSchedule:
-    """Learning-rate factor per optimizer step: linear warmup, then cosine decay.
-
-    `onecycle` warms up from 1/25 of the peak and ends at 1/1e4 of it (the shape of torch's OneCycleLR);
-    `cosine` warms up from 1/1000 and decays to 0. A plain object so LambdaLR can save its state.
-    """
-
-    def __init__(self, kind: str, total_steps: int, warmup_steps: int):
-        self.kind, self.total, self.warmup = kind, max(total_steps, 1), min(max(warmup_steps, 0), total_steps)
-        self.start, self.end = (1 / 25, 1e-4) if kind == "onecycle" else (1e-3, 0.0)
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return self.start + (1 - self.start) * step / self.warmup
-        progress = min((step - self.warmup) / max(self.total - self.warmup, 1), 1.0)
-        return self.end + (1 - self.end) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def load_splits(cfg: Config) -> tuple[CocoIndex, CocoIndex]:
@@ -165,7 +148,7 @@ def fit(
                          cfg.train.num_workers)
     sample_weights = balanced_weights(train_index) if cfg.train.balanced_sampler else None
     steps_per_epoch = math.ceil(len(train_ds) / cfg.train.batch_size)
-    optimizer = _optimizer(cfg, model)
+    optimizer = build_optimizer(cfg.train, model)
     schedule = LrSchedule(cfg.train.scheduler, steps_per_epoch * cfg.train.epochs,
                           round(steps_per_epoch * cfg.train.warmup_epochs))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -176,7 +159,7 @@ def fit(
     csv_path = run / "metrics.csv"
     columns = tuple(extra_columns or ()) + CSV_COLUMNS
     if resume:
-        state = _restore(resume, model, optimizer, scheduler, scaler)
+        state = _restore(resume, model, optimizer, scheduler, scaler, last)
         _rewrite_rows(csv_path, state.history, columns)
         log(f"resuming {run} after epoch {resume['epoch']}")
 
@@ -258,9 +241,14 @@ class _TrainState:
                 "best_metrics": self.best_metrics, "history": self.history}
 
 
-def _restore(resume, model, optimizer, scheduler, scaler) -> _TrainState:
+def _restore(resume, model, optimizer, scheduler, scaler, last: Path) -> _TrainState:
     model.load_state_dict(resume["model"])
-    optimizer.load_state_dict(resume["optimizer"])
+    try:
+        optimizer.load_state_dict(resume["optimizer"])
+    except ValueError:  # parameter groups of another shape: written before groups were split
+        raise TrainingError(f"{last}: its optimizer state has other parameter groups than this version of "
+                            "detector makes, so the run cannot be resumed exactly; start it over (--force) or "
+                            "use another output folder") from None
     scheduler.load_state_dict(resume["scheduler"])
     scaler.load_state_dict(resume["scaler"])
     set_rng_state(resume["rng"])
@@ -283,31 +271,6 @@ def _anchor_info(resume, anchor_fit, run: Path, log) -> dict[str, Any] | None:
 
 def _plain_anchors(anchors) -> list | None:
     return None if anchors is None else [[[float(w), float(h)] for w, h in level] for level in anchors]
-
-
-def _optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    t = cfg.train
-    groups = param_groups(model, lr=t.lr, weight_decay=t.weight_decay, backbone_lr_mult=t.backbone_lr_mult,
-                          decay_norm_and_bias=t.decay_norm_and_bias)
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
-    return torch.optim.AdamW(groups, lr=t.lr)
-
-
-def param_groups(model: torch.nn.Module, *, lr: float, weight_decay: float, backbone_lr_mult: float = 1.0,
-                 decay_norm_and_bias: bool = False) -> list[dict[str, Any]]:
-    """Trainable parameters in up to four groups: heads before backbone (group 0 carries train.lr), each
-    split into weights with decay and normalisation weights / biases (1-D tensors) without it."""
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            key = (name.startswith("backbone.body."), decay_norm_and_bias or param.ndim > 1)
-            groups.setdefault(key, []).append(param)
-    order = [(False, True), (False, False), (True, True), (True, False)]
-    return [{"params": groups[key], "lr": lr * (backbone_lr_mult if key[0] else 1.0),
-             "weight_decay": weight_decay if key[1] else 0.0,
-             "name": ("backbone" if key[0] else "heads") + ("" if key[1] else "_no_decay")}
-            for key in order if key in groups]
 
 
 def _loader(dataset, batch_size: int, num_workers: int, **kwargs) -> DataLoader:

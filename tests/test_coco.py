@@ -145,6 +145,7 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "detector.cli", *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_check_data_cli(rbc, tiny_coco):
     ok = run_cli("check-data", str(rbc / "valid" / "_annotations.coco.json"), "--json")
     assert ok.returncode == 0, ok.stderr

@@ -102,6 +102,7 @@ def test_top_k_keeps_exactly_the_k_best(tmp_path):
     assert len(list((tmp_path / "top").glob("*.pt"))) == 3 and again.entries == listed
 
 
+@pytest.mark.slow
 def test_two_fold_run_end_to_end(sample, tmp_path):
     cfg = config.load(None, [f"data.train.annotations={sample['annotations']}",
                              f"data.val.annotations={sample['val']}", *TINY, "train.epochs=2",
@@ -149,6 +150,7 @@ def _cv_command(sample, tmp_path, out):
             *[a for s in sets for a in ("--set", s)]]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(sample, tmp_path):
     import signal
     import subprocess
@@ -182,6 +184,7 @@ def test_killed_run_resumes_to_the_same_result(sample, tmp_path):
     assert [r.split(",")[1] for r in rows[1:]] == ["0", "1", "2"]
 
 
+@pytest.mark.slow
 def test_report_on_finished_and_unfinished_runs(sample, tmp_path):
     import contextlib
     import io

@@ -38,6 +38,7 @@ def cli(*args):
     return subprocess.run([sys.executable, "-m", "detector.cli", *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_predict_with_ground_truth_round_trips_through_evaluate(rbc, rbc_run, tmp_path):
     gt_path = rbc / "test" / "_annotations.coco.json"
     out = tmp_path / "preds"
@@ -79,6 +80,7 @@ def test_an_ensemble_of_one_equals_the_models_own_predictions(rbc, rbc_run):
         assert a.labels.tolist() == b["labels"].tolist()
 
 
+@pytest.mark.slow
 def test_unusual_and_broken_files(rbc, rbc_run, tmp_path):
     src = np.array(Image.open(next((rbc / "test").glob("*.jpg"))).convert("RGB"))
     d = tmp_path / "images"

@@ -47,6 +47,11 @@ def test_search_space_from_config():
     assert all(1e-4 <= d["train.lr"] <= 1e-3 for d in drawn) and {d["train.batch_size"] for d in drawn} == {4, 8}
     cfg = config.with_values(config.load(None), drawn[0])
     assert cfg.train.lr == drawn[0]["train.lr"]
+    finetuning = {"train.backbone_lr_mult": {"low": 0.1, "high": 1.0, "log": True},
+                  "train.decay_norm_and_bias": [False, True]}
+    drawn = [suggest(study.ask(), finetuning) for _ in range(10)]
+    assert {d["train.decay_norm_and_bias"] for d in drawn} == {False, True}
+    assert all(0.1 <= config.with_values(cfg, d).train.backbone_lr_mult <= 1.0 for d in drawn)
     for bad, message in [({"train.lrr": [1]}, "not a config key"), ({"train.lr": {"low": 1}}, "low, high"),
                          ({"train.lr": {"low": 0, "high": 1, "log": True}}, "low > 0"),
                          ({"model.backbone": {"low": 1, "high": 2}}, "not a number"),
@@ -114,6 +119,7 @@ def test_objective_with_a_fixed_trial_scores_the_ensemble_on_held_out_data(sampl
     assert [m["path"] for m in heldout["members"]] == [m["path"] for m in top]
 
 
+@pytest.mark.slow
 def test_study_end_to_end_with_a_killed_trial_resumed(sample, tmp_path):
     cmd = study_command(sample, tmp_path, "demo", "search.n_trials=2")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -182,6 +188,7 @@ def test_a_study_refuses_another_config(sample, tmp_path):
                   log=lambda s: None)
 
 
+@pytest.mark.slow
 def test_two_workers_share_a_postgresql_study_and_run_exactly_n_trials(sample, tmp_path):
     import os
 
