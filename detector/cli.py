@@ -122,7 +122,7 @@ def _train(args) -> int:
     run.mkdir(parents=True, exist_ok=True)
     config.save(config.resolve_paths(cfg), run / "config.yaml")
     print(f"run directory: {run}")
-    result = fit(cfg, train_index, val_index, run, progress=not args.quiet)
+    result = fit(cfg, train_index, val_index, run, progress=_progress(args))
     m = result.best_metrics
     print(f"best epoch {result.best_epoch}: map_50 {m.get('map_50', 0):.4f}  f1 {m.get('f1', 0):.4f}  "
           f"score {m.get('score', 0):.4f}  -> {result.best_path}")
@@ -137,9 +137,14 @@ def _cv(args) -> int:
     cfg = config.load(args.config, args.overrides)
     run = _run_dir(args)
     print(f"run directory: {run}")
-    result = run_cv(cfg, run, force=args.force, progress=not args.quiet)
+    result = run_cv(cfg, run, force=args.force, progress=_progress(args))
     print(format_cv(result.folds, result.mean, result.std))
     return 0
+
+
+def _progress(args) -> bool:
+    """Bars on a terminal only: written to a file, the log keeps its one line per epoch and trial."""
+    return not args.quiet and sys.stderr.isatty()
 
 
 def _run_dir(args) -> Path:
@@ -158,7 +163,7 @@ def _study(args) -> int:
     cfg = config.load(args.config, overrides)
     directory = Path(args.studies_dir) / args.name
     print(f"study folder: {directory}")
-    result = run_study(cfg, directory, storage=args.storage, progress=not args.quiet)
+    result = run_study(cfg, directory, storage=args.storage, progress=_progress(args))
     states = ", ".join(f"{n} {s.lower()}" for s, n in result.states.items())
     print(f"study {result.name}: {states}")
     if result.best_trial is not None:
@@ -182,7 +187,7 @@ def _predict(args) -> int:
         raise DetectorError("no images given: predict MODELS IMAGES... (files, folders or globs)")
     paths = collect_images(images) if images else [r.path for r in gt.images]
     run = run_predictions(ensemble, paths, gt=gt, batch_size=args.batch_size, tta=args.tta == "hflip",
-                          progress=not args.quiet, with_members=gt is not None)
+                          progress=_progress(args), with_members=gt is not None)
     written = write_outputs(Path(args.out), run, threshold, draw=args.draw)
     boxes = sum(int((p.scores >= threshold).sum()) for p in run.predictions)
     print(f"{len(run.predictions)} images, {boxes} boxes with score >= {threshold:.2f} from "
@@ -238,7 +243,7 @@ def _evaluate(args) -> int:
     else:
         metrics = evaluate_checkpoint(args.checkpoint, args.annotations, args.images_dir,
                                       score_threshold=args.score_threshold, batch_size=args.batch_size,
-                                      device=args.device, progress=not (args.quiet or args.json))
+                                      device=args.device, progress=_progress(args) and not args.json)
     print(json.dumps(metrics, indent=2) if args.json else format_metrics(metrics))
     return 0
 
