@@ -6,11 +6,8 @@ normalization (the input mean and std the model was trained with).
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +19,7 @@ from torch import nn
 from . import config as config_mod
 from .data.coco import LabelMap
 from .errors import WeightsError
+from .files import atomic_file, read_json, write_json
 from .models import faster_rcnn
 from .models.backbones import IMAGENET_MEAN, IMAGENET_STD
 
@@ -31,20 +29,10 @@ LEGACY_NORMALIZATION = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write `state` to a temporary file in the same folder, then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write `state` atomically (files.atomic_file): a kill leaves the previous file or the new one."""
+    with atomic_file(path) as f:
+        torch.save({"format": FORMAT, **state}, f)
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -118,7 +106,7 @@ class TopK:
         self.run, self.k = Path(run_dir), k
         self.folder = self.run / "top"
         self.index = self.run / "top_models.json"
-        self.entries: list[dict[str, Any]] = json.loads(self.index.read_text()) if self.index.exists() else []
+        self.entries: list[dict[str, Any]] = read_json(self.index) if self.index.exists() else []
         self._remove_unlisted()
 
     def offer(self, fold: int, epoch: int, metrics: dict[str, Any], save: Callable[[Path], Any]) -> bool:
@@ -135,7 +123,7 @@ class TopK:
         entry = {**candidate, "path": str(path.relative_to(self.run)),
                  "metrics": {k: v for k, v in metrics.items() if k != "per_class"}}
         self.entries = sorted(others + [entry], key=_rank)[: self.k]
-        _write_json_atomic(self.index, self.entries)
+        write_json(self.index, self.entries)
         self._remove_unlisted()
         return True
 
@@ -148,9 +136,3 @@ class TopK:
 
 def _rank(entry: dict[str, Any]) -> tuple[float, int, int]:
     return (-entry["score"], entry["fold"], entry["epoch"])
-
-
-def _write_json_atomic(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    os.replace(tmp, path)

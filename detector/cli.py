@@ -113,16 +113,13 @@ def _run_arguments(p: argparse.ArgumentParser, config_help: str) -> argparse.Arg
 
 def _train(args) -> int:
     from . import config
-    from .train import ensure_resumable, fit, load_splits
+    from .train import fit, load_splits
 
     cfg = config.load(args.config, args.overrides)
     run = _run_dir(args)
-    ensure_resumable(run, cfg, args.force)
     train_index, val_index = load_splits(cfg)
-    run.mkdir(parents=True, exist_ok=True)
-    config.save(config.resolve_paths(cfg), run / "config.yaml")
     print(f"run directory: {run}")
-    result = fit(cfg, train_index, val_index, run, progress=_progress(args))
+    result = fit(cfg, train_index, val_index, run, force=args.force, progress=_progress(args))
     m = result.best_metrics
     print(f"best epoch {result.best_epoch}: map_50 {m.get('map_50', 0):.4f}  f1 {m.get('f1', 0):.4f}  "
           f"score {m.get('score', 0):.4f}  -> {result.best_path}")

@@ -7,6 +7,7 @@ and the dotted key. Dataset and weight paths resolve against the current directo
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,7 +17,9 @@ from typing import Any, Literal, Union
 import yaml
 
 from .errors import ConfigError
+from .files import write_text
 
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 PACKAGED = "packaged"  # model.pretrained: the weights a pip package installed (models/weights.py)
 
 
@@ -217,7 +220,7 @@ def field_type(key: str) -> Any:
 
 
 def save(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def diff(a: Config, b: Config) -> dict[str, tuple[Any, Any]]:
@@ -354,6 +357,8 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
             raise _type_error(key, value, "an integer", source)
         return value
     if tp is float:
+        if isinstance(value, str) and _FLOAT.match(value.strip()):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _type_error(key, value, "a number", source)
         return float(value)

@@ -7,7 +7,6 @@ top/ + top_models.json (the cv.top_k best checkpoints over all folds and epochs)
 """
 from __future__ import annotations
 
-import json
 import platform
 import subprocess
 from dataclasses import dataclass
@@ -17,12 +16,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import config as config_mod
 from .checkpoint import TopK
 from .config import Config
 from .data.coco import CocoIndex
 from .data.folds import make_folds, resolve_strategy
-from .train import OnEpochEnd, ensure_resumable, fit, load_splits
+from .files import read_json, write_json
+from .runs import prepare_run
+from .train import OnEpochEnd, fit, load_splits
 
 SUMMARY_KEYS = ("map", "map_50", "map_75", "precision", "recall", "f1", "score")
 
@@ -50,13 +50,10 @@ def run_cv(
 
     `on_epoch_end(fold, epoch, metrics)` is called after every epoch and may raise to stop the run.
     """
-    run = Path(run_dir)
-    ensure_resumable(run, cfg, force)
     if index is None:
         index, _ = load_splits(cfg)
-    run.mkdir(parents=True, exist_ok=True)
-    config_mod.save(config_mod.resolve_paths(cfg), run / "config.yaml")
-    (run / "env.json").write_text(json.dumps(environment(), indent=2))
+    run = prepare_run(run_dir, cfg, force=force, log=log)
+    write_json(run / "env.json", environment())
     folds = _folds(run, index, cfg, log)
     top = TopK(run, cfg.cv.top_k)
     for k, val_ids in enumerate(folds):
@@ -81,9 +78,8 @@ def run_cv(
 def write_summary(run: Path) -> CVResult:
     """Summarise the finished folds of a run into RUN/summary.json."""
     result = read_summary(run)
-    (run / "summary.json").write_text(json.dumps(
-        {"folds_finished": len(result.folds), "folds": result.folds, "mean": result.mean, "std": result.std,
-         "top_models": result.top_models}, indent=2))
+    write_json(run / "summary.json", {"folds_finished": len(result.folds), "folds": result.folds,
+                                      "mean": result.mean, "std": result.std, "top_models": result.top_models})
     return result
 
 
@@ -93,7 +89,7 @@ def read_summary(run: Path) -> CVResult:
     for fold_dir in sorted(run.glob("fold_*"), key=lambda p: int(p.name.split("_")[1])):
         summary = fold_dir / "summary.json"
         if summary.exists():
-            s = json.loads(summary.read_text())
+            s = read_json(summary)
             folds.append({"fold": int(fold_dir.name.split("_")[1]), "best_epoch": s["best_epoch"],
                           "epochs_run": s["epochs_run"], "stopped_early": s["stopped_early"],
                           "metrics": s["best_metrics"], "anchors": s.get("anchors")})
@@ -101,7 +97,7 @@ def read_summary(run: Path) -> CVResult:
     mean = {k: float(np.mean(v)) if v else float("nan") for k, v in values.items()}
     std = {k: float(np.std(v)) if v else float("nan") for k, v in values.items()}
     top_path = run / "top_models.json"
-    top = json.loads(top_path.read_text()) if top_path.exists() else []
+    top = read_json(top_path) if top_path.exists() else []
     return CVResult(run, folds, mean, std, top)
 
 
@@ -132,14 +128,14 @@ def _git_commit() -> str | None:
 def _folds(run: Path, index: CocoIndex, cfg: Config, log: Callable[[str], None]) -> list[list[int]]:
     path = run / "folds.json"
     if path.exists():
-        return json.loads(path.read_text())["folds"]
+        return read_json(path)["folds"]
     cv = cfg.cv
     strategy, warning = resolve_strategy(index, cv.strategy, cv.group_by)
     if warning:
         log(f"warning: {warning}")
     folds = make_folds(index, n_folds=cv.folds, strategy=strategy, group_by=cv.group_by, seed=cv.seed)
-    path.write_text(json.dumps({"strategy": strategy, "configured_strategy": cv.strategy, "group_by": cv.group_by,
-                                "seed": cv.seed, "folds": folds}))
+    write_json(path, {"strategy": strategy, "configured_strategy": cv.strategy, "group_by": cv.group_by,
+                      "seed": cv.seed, "folds": folds}, indent=None)
     log(f"folds: {strategy}" + (f" by {cv.group_by}" if strategy == "group" else "") +
         (" (cv.strategy auto)" if cv.strategy == "auto" else ""))
     return folds

@@ -7,7 +7,6 @@ calls exit() on a length mismatch and returns float labels).
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from .data.images import read_image
 from .data.transforms import build_eval_transforms
 from .engine import predict, resolve_device, resolve_precision, to_coco_results
 from .errors import ConfigError, DatasetError, WeightsError
+from .files import read_json
 
 
 def fuse_wbf(
@@ -263,13 +263,13 @@ def resolve_models(path: str | Path | Sequence[str | Path]) -> tuple[list[Path],
         return paths, None, None
     p = Path(path)
     if p.is_dir() and (p / "ensemble.json").exists():
-        meta = json.loads((p / "ensemble.json").read_text())
+        meta = read_json(p / "ensemble.json")
         settings = config_mod.from_dict({"ensemble": meta["ensemble"]}, str(p / "ensemble.json")).ensemble
         return [p / m["file"] for m in meta["members"]], settings, meta.get("score_threshold")
     if p.is_dir() and (p / "top_models.json").exists():
         p = p / "top_models.json"
     if p.name == "top_models.json" and p.is_file():
-        top = json.loads(p.read_text())
+        top = read_json(p)
         missing = [m["path"] for m in top if not (p.parent / m["path"]).exists()]
         if missing:
             raise WeightsError(f"{p}: listed checkpoints are gone ({', '.join(missing)}); a study keeps only its "

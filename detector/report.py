@@ -5,6 +5,8 @@ import csv
 from pathlib import Path
 from typing import Any, Sequence
 
+from .files import read_json
+
 
 def format_metrics(m: dict[str, Any]) -> str:
     lines = [
@@ -142,7 +144,6 @@ def report_run(run: Path, fmt: str = "table") -> tuple[str, list[Path]]:
 
 def plot_pr_curves(run: Path, fold: int, out_dir: Path) -> Path | None:
     """Per-class precision-recall curves (IoU 0.5) of a fold's best model on that fold's validation part."""
-    import json
 
     import matplotlib
 
@@ -159,8 +160,8 @@ def plot_pr_curves(run: Path, fold: int, out_dir: Path) -> Path | None:
     cfg = config_mod.load(run / "config.yaml")
     index = load_coco(cfg.data.train.annotations, cfg.data.train.images_dir, check_images=False,
                       drop_placeholder_categories=cfg.data.drop_placeholder_categories)
-    val = index.subset(json.loads((run / "folds.json").read_text())["folds"][fold])
-    curves = pr_curves(val.to_coco(), json.loads(predictions.read_text()))
+    val = index.subset(read_json(run / "folds.json")["folds"][fold])
+    curves = pr_curves(val.to_coco(), read_json(predictions))
     names = dict(zip(index.label_map.category_ids, index.label_map.names))
     fig, ax = plt.subplots(figsize=(5, 4))
     for cid, (recall, precision) in curves.items():

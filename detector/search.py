@@ -38,13 +38,12 @@ from .cv import run_cv
 from .data.coco import CocoIndex
 from .ensemble import Ensemble
 from .errors import ConfigError, DetectorError
+from .files import read_json, write_json
 from .predict import ground_truth_metrics, run_predictions
 from .report import read_metric_rows
+from .runs import RESUMABLE_CHANGES
 from .train import load_splits
 
-# Keys that may differ between the workers (or restarts) of one study.
-LOCAL_KEYS = {"train.device", "train.num_workers", "eval.batch_size", "search.n_trials", "search.timeout",
-              "data.train.annotations", "data.train.images", "data.val.annotations", "data.val.images"}
 METRIC_KEYS = ("map", "map_50", "map_75", "precision", "recall", "f1", "score")
 
 # ---------------------------------------------------------------------------------------------- space
@@ -117,8 +116,7 @@ class Objective:
         started = time.perf_counter()
         result = evaluate_held_out(trial_cfg, run, cv.top_models, self.held_out)
         trial.set_user_attr("heldout_seconds", round(time.perf_counter() - started, 3))
-        (run / "heldout.json").write_text(json.dumps({"ensemble": result.ensemble, "members": result.members},
-                                                     indent=2))
+        write_json(run / "heldout.json", {"ensemble": result.ensemble, "members": result.members})
         trial.set_user_attr("ensemble", _plain_metrics(result.ensemble))
         trial.set_user_attr("members", [{**m, "metrics": _plain_metrics(m["metrics"])} for m in result.members])
         return float(result.ensemble["score"])
@@ -327,12 +325,12 @@ def _check_config(study: optuna.Study, cfg: Config, directory: Path) -> None:
         study.set_user_attr("config", mine.to_dict())
         return
     differences = {k: v for k, v in config_mod.diff(config_mod.from_dict(saved), mine).items()
-                   if k not in LOCAL_KEYS}
+                   if k not in RESUMABLE_CHANGES}
     if differences:
         listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in differences.items())
         raise ConfigError(f"study {directory} was started with another config: {listed}; "
-                          "use the same config (only search.n_trials, search.timeout, data paths and "
-                          "device settings may change) or another --name")
+                          f"use the same config (these may change: {', '.join(RESUMABLE_CHANGES)}) or "
+                          "another --name")
 
 
 def _counts(t: optuna.trial.FrozenTrial) -> bool:
@@ -516,7 +514,7 @@ def sync_best(study: optuna.Study, directory: Path, keep_models: str = "best") -
         return None
     target = directory / "best"
     meta = target / "ensemble.json"
-    current = json.loads(meta.read_text()).get("trial") if meta.exists() else None
+    current = read_json(meta).get("trial") if meta.exists() else None
     run = directory / best.user_attrs.get("run_dir", trial_folder(best.number))
     if current != best.number and (run / "top_models.json").exists():
         _write_best(best, run, target)
@@ -529,7 +527,7 @@ def sync_best(study: optuna.Study, directory: Path, keep_models: str = "best") -
 
 
 def _write_best(best: optuna.trial.FrozenTrial, run: Path, target: Path) -> None:
-    top = json.loads((run / "top_models.json").read_text())
+    top = read_json(run / "top_models.json")
     if not all((run / m["path"]).exists() for m in top):
         return
     cfg = config_mod.load(run / "config.yaml")
@@ -545,11 +543,11 @@ def _write_best(best: optuna.trial.FrozenTrial, run: Path, target: Path) -> None
                         "cv_score": m["score"], "heldout": heldout.get(m["path"], {}).get("metrics")})
     shutil.copy2(run / "config.yaml", tmp / "config.yaml")
     label_map = load_checkpoint(tmp / "model_0.pt")["label_map"]
-    (tmp / "ensemble.json").write_text(json.dumps({
+    write_json(tmp / "ensemble.json", {
         "trial": best.number, "value": best.value, "params": best.params, "run": run.name,
         "metrics": best.user_attrs.get("ensemble"), "members": members, "ensemble": cfg.to_dict()["ensemble"],
         "score_threshold": cfg.eval.score_threshold, "iou_threshold": cfg.eval.iou_threshold,
-        "label_map": label_map}, indent=2))
+        "label_map": label_map})
     old = target.with_name(".best.old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():

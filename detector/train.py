@@ -7,10 +7,8 @@ on_epoch_end(epoch, metrics), which may raise to stop the run.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +23,13 @@ from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_sta
 from .config import Config
 from .data.coco import CocoDetection, CocoIndex, collate, load_coco
 from .data.transforms import build_eval_transforms, build_train_transforms
-from .errors import ConfigError, TrainingError
+from .errors import TrainingError
+from .files import read_json, write_json
 from .engine import Precision, predict, resolve_device, resolve_precision, to_coco_results, train_one_epoch
 from .metrics import evaluate_detections
 from .models import faster_rcnn
 from .optim import LrSchedule, build_optimizer
+from .runs import prepare_run
 
 LOSS_KEYS = ("loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 CSV_COLUMNS = ("epoch", "lr", *LOSS_KEYS, "map", "map_50", "map_75", "precision", "recall", "f1", "score",
@@ -58,22 +58,6 @@ def load_splits(cfg: Config) -> tuple[CocoIndex, CocoIndex]:
     train = load_coco(d.train.annotations, d.train.images_dir, **options)
     val = load_coco(d.val.annotations, d.val.images_dir, label_map=train.label_map, **options)
     return train, val
-
-
-def ensure_resumable(run: Path, cfg: Config, force: bool = False) -> None:
-    """Refuse to continue a run made with another config (naming the keys), or wipe it with `force`."""
-    saved = run / "config.yaml"
-    if not saved.exists():
-        return
-    differences = config_mod.diff(config_mod.load(saved), config_mod.resolve_paths(cfg))
-    if not differences:
-        return
-    if force:
-        shutil.rmtree(run)
-        return
-    listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in differences.items())
-    raise ConfigError(f"{run} was started with another config and cannot be resumed: {listed}; "
-                      "use another output folder, or --force to start it over")
 
 
 def seed_everything(seed: int) -> None:
@@ -120,14 +104,15 @@ def fit(
     extra_columns: dict[str, Any] | None = None,
     keep: Keep | None = None,
     save_best: bool = True,
+    force: bool = False,
 ) -> FitResult:
     """Train on `train_index`, evaluate `val_index` every epoch; resume from run_dir/last.pt if present.
 
-    `keep(epoch, metrics, save)` is offered every epoch's model (save(path) writes its checkpoint);
-    `save_best=False` leaves best.pt out (k-fold runs keep their top models through `keep` instead).
+    The run folder is checked and recorded first (runs.prepare_run): a run of another config is refused,
+    or cleared with `force`. `keep(epoch, metrics, save)` is offered every epoch's model (save(path) writes
+    its checkpoint); `save_best=False` leaves best.pt out (k-fold runs keep their top models through `keep`).
     """
-    run = Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
+    run = prepare_run(run_dir, cfg, force=force, log=log)
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.amp, device)
@@ -160,10 +145,11 @@ def fit(
     columns = tuple(extra_columns or ()) + CSV_COLUMNS
     if resume:
         state = _restore(resume, model, optimizer, scheduler, scaler, last)
-        _rewrite_rows(csv_path, state.history, columns)
-        log(f"resuming {run} after epoch {resume['epoch']}")
+        log(f"{run}: stopped early after epoch {resume['epoch']}; nothing left to train" if state.stopped_early
+            else f"resuming {run} after epoch {resume['epoch']}")
+    _rewrite_rows(csv_path, state.history, columns)  # the log holds exactly the epochs the checkpoint has
 
-    for epoch in range(state.next_epoch, cfg.train.epochs):
+    for epoch in range(cfg.train.epochs if state.stopped_early else state.next_epoch, cfg.train.epochs):
         epoch_size = image_size_at(cfg, epoch)
         train_ds.pipeline = build_train_transforms(cfg.data.augment, epoch_size)
         train_ds.set_epoch(epoch)
@@ -179,6 +165,7 @@ def fit(
                "image_size": epoch_size, "train_seconds": losses["train_seconds"], "eval_seconds": eval_seconds,
                "seconds": losses["train_seconds"] + eval_seconds}
         improved = state.update(epoch, metrics)
+        state.stopped_early = state.should_stop(epoch, cfg.train.patience, cfg.train.min_epochs)
         state.history.append({**row, "per_class": metrics["per_class"]})
         start = time.perf_counter()
         common = dict(config=config_mod.resolve_paths(cfg).to_dict(), label_map=label_map.to_dict(),
@@ -186,7 +173,7 @@ def fit(
                       normalization=faster_rcnn.normalization(model))
         snapshot = {"model": model.state_dict(), "epoch": epoch, "metrics": metrics, **common}
         if improved:
-            (run / "best_predictions.json").write_text(json.dumps(results))
+            write_json(run / "best_predictions.json", results, indent=None)
             if save_best:
                 save_checkpoint(run / "best.pt", snapshot)
         if keep is not None:
@@ -203,8 +190,7 @@ def fit(
             f"score {metrics['score']:.4f}  ({row['seconds']:.1f}s)")
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
-        if state.should_stop(epoch, cfg.train.patience, cfg.train.min_epochs):
-            state.stopped_early = True
+        if state.stopped_early:
             log(f"early stop: no better score for {cfg.train.patience} epochs")
             break
 
@@ -238,7 +224,7 @@ class _TrainState:
 
     def to_dict(self) -> dict[str, Any]:
         return {"next_epoch": self.next_epoch, "best_epoch": self.best_epoch, "best_score": self.best_score,
-                "best_metrics": self.best_metrics, "history": self.history}
+                "best_metrics": self.best_metrics, "stopped_early": self.stopped_early, "history": self.history}
 
 
 def _restore(resume, model, optimizer, scheduler, scaler, last: Path) -> _TrainState:
@@ -258,11 +244,11 @@ def _restore(resume, model, optimizer, scheduler, scaler, last: Path) -> _TrainS
 def _anchor_info(resume, anchor_fit, run: Path, log) -> dict[str, Any] | None:
     path = run / "anchors.json"
     if resume is not None:
-        return json.loads(path.read_text()) if path.exists() else None
+        return read_json(path) if path.exists() else None
     if anchor_fit is None:
         return None
     info = anchor_fit.to_dict()
-    path.write_text(json.dumps(info, indent=2))
+    write_json(path, info)
     f, d = anchor_fit.fitted, anchor_fit.default
     log(f"anchors (k-means on {anchor_fit.num_boxes} boxes): mean IoU {f.mean_iou:.3f} vs default "
         f"{d.mean_iou:.3f}; best possible recall {f.bpr:.3f} vs {d.bpr:.3f}")
@@ -320,4 +306,4 @@ def _write_summary(run: Path, result: FitResult) -> None:
     summary = {"best_epoch": result.best_epoch, "best_metrics": result.best_metrics,
                "best_checkpoint": str(result.best_path) if result.best_path else None,
                "epochs_run": result.epochs_run, "stopped_early": result.stopped_early, "anchors": result.anchors}
-    (run / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(run / "summary.json", summary)

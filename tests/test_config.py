@@ -15,6 +15,8 @@ def test_defaults_and_override(tmp_path):
     assert cfg.train.lr == 0.01 and cfg.train.epochs == 3
     assert cfg.model.pretrained == "/w.pt"
     assert cfg.train.batch_size == config.TrainConfig().batch_size
+    # YAML 1.1 reads 1e-4 (no dot) as a string; a number field takes it as the number it is
+    assert config.load(write(tmp_path, "train:\n  lr: 1e-4\n"), ["train.weight_decay=5E-2"]).train.lr == 1e-4
 
 
 def test_typo_names_the_key(tmp_path):

@@ -1,0 +1,64 @@
+"""State files written so that a kill at any moment leaves the old file or the new one, never a part of one.
+
+Every state file (checkpoints, JSON, YAML) goes through `atomic_file`: a temporary file beside the target
+(`.NAME.RANDOM.tmp`), flushed and fsynced, then renamed over it. `sweep_temp_files` removes the temporary
+files a killed process left behind; `read_json` turns a damaged state file into one clear error.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+from .errors import DetectorError
+
+TEMP_GLOB = ".*.tmp"
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside `path`; on a clean exit it replaces `path`, on an error it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_file(path, "w") as f:
+        f.write(text)
+    return Path(path)
+
+
+def write_json(path: str | Path, value: Any, indent: int | None = 2) -> Path:
+    return write_text(path, json.dumps(value, indent=indent))
+
+
+def read_json(path: str | Path, fix: str = "delete it and run the same command again") -> Any:
+    """A JSON state file, or a DetectorError naming the file and `fix` when it cannot be read."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DetectorError(f"{path}: damaged state file ({type(e).__name__}: {e}); {fix}") from None
+
+
+def sweep_temp_files(folder: str | Path) -> int:
+    """Remove the temporary files that killed writers left anywhere below `folder`; returns how many."""
+    removed = 0
+    for tmp in Path(folder).rglob(TEMP_GLOB):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed

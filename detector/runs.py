@@ -1,0 +1,128 @@
+"""Run folders: what detector writes in them, when one may be resumed, and what `--force` may delete.
+
+A run folder (of `train`, of `cv`, and each `fold_K/` inside one) carries a marker file, `.detector-run`,
+written when detector creates it. `--force` deletes only the entries detector writes (RUN_ENTRIES and its
+temporary files) from a folder that has the marker, and never the current directory, a study folder or a
+folder that holds the run's dataset; anything else in the folder stays.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Any
+
+from . import config as config_mod
+from .config import Config
+from .errors import ConfigError
+from .files import TEMP_GLOB, read_json, sweep_temp_files, write_json
+
+MARKER = ".detector-run"
+DATA = "data.json"  # sha256 of the annotation files, checked on resume
+# Everything detector writes in a run folder (fold_K/ folders are run folders themselves).
+RUN_ENTRIES = ("config.yaml", "env.json", "folds.json", "metrics.csv", "anchors.json", "best.pt", "last.pt",
+               "best_predictions.json", "summary.json", "top_models.json", "top", "plots", "heldout.json",
+               "data.json", MARKER)
+# Keys that may change between the runs of one folder: budget, place and speed, not what is trained.
+RESUMABLE_CHANGES = ("search.n_trials", "search.timeout", "train.device", "train.num_workers", "eval.batch_size",
+                     "data.train.annotations", "data.train.images", "data.val.annotations", "data.val.images")
+
+
+def prepare_run(run: str | Path, cfg: Config, *, force: bool = False, log=print) -> Path:
+    """Make `run` ready to start or resume a run of `cfg`, and record the config in it.
+
+    An existing run of another config is refused with the keys that differ (RESUMABLE_CHANGES may change);
+    with `force` it is cleared first (clear_run). Temporary files of a killed writer are swept.
+    """
+    run = Path(run)
+    differences = config_differences(run, cfg)
+    if differences and not force:
+        listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in differences.items())
+        raise ConfigError(f"{run} was started with another config and cannot be resumed: {listed}; use another "
+                          f"output folder, or --force to start it over (these may change on a resume: "
+                          f"{', '.join(RESUMABLE_CHANGES)})")
+    if differences:
+        clear_run(run, cfg)
+        log(f"{run}: started over (--force)")
+    _check_data(run, cfg, force)
+    run.mkdir(parents=True, exist_ok=True)
+    swept = sweep_temp_files(run)
+    if swept:
+        log(f"{run}: removed {swept} temporary file(s) left by an interrupted write")
+    if not (run / MARKER).exists():
+        write_json(run / MARKER, {"created_by": "detector"})
+    config_mod.save(config_mod.resolve_paths(cfg), run / "config.yaml")
+    write_json(run / DATA, data_fingerprint(cfg))
+    return run
+
+
+def data_fingerprint(cfg: Config) -> dict[str, str]:
+    """sha256 of each annotation file the run trains and validates on."""
+    out = {}
+    for name, split in (("train", cfg.data.train), ("val", cfg.data.val)):
+        path = Path(split.annotations)
+        if path.is_file():
+            out[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def _check_data(run: Path, cfg: Config, force: bool) -> None:
+    """A run resumed on annotation files whose content changed would mix two datasets in one run."""
+    recorded = read_json(run / DATA) if (run / DATA).exists() else {}
+    changed = [k for k, v in data_fingerprint(cfg).items() if k in recorded and recorded[k] != v]
+    if changed and not force:
+        raise ConfigError(f"{run}: the {' and '.join(f'data.{k}' for k in changed)} annotations changed since "
+                          "this run started (same path, other content); use another output folder, or --force "
+                          "to start it over")
+    if changed:
+        clear_run(run, cfg)
+
+
+def config_differences(run: Path, cfg: Config) -> dict[str, tuple[Any, Any]]:
+    """Keys whose values differ between the run's saved config and `cfg`, ignoring RESUMABLE_CHANGES."""
+    saved = run / "config.yaml"
+    if not saved.exists():
+        return {}
+    differences = config_mod.diff(config_mod.load(saved), config_mod.resolve_paths(cfg))
+    return {k: v for k, v in differences.items() if k not in RESUMABLE_CHANGES}
+
+
+def clear_run(run: Path, cfg: Config) -> None:
+    """Delete what detector wrote in `run` (recursively into its fold folders), after the safety checks."""
+    here = run.resolve()
+    if here == Path.cwd().resolve() or here in Path.cwd().resolve().parents:
+        raise ConfigError(f"{run}: --force would clear the current directory (or one holding it); "
+                          "pass a run folder of its own as --out")
+    if (run / "study.json").exists():
+        raise ConfigError(f"{run}: is a study folder; --force never clears a study (delete it yourself, or "
+                          "use another --out)")
+    if not (run / MARKER).exists():
+        raise ConfigError(f"{run}: was not created by detector (no {MARKER}), so --force will not clear it; "
+                          "use another --out, or delete the folder yourself")
+    for path in _dataset_paths(cfg):
+        if path == here or here in path.parents:
+            raise ConfigError(f"{run}: holds the run's dataset ({path}); --force will not clear it; "
+                              "use another --out")
+    _remove_entries(run)
+
+
+def _remove_entries(folder: Path) -> None:
+    for child in folder.iterdir():
+        if child.is_dir() and child.name.startswith("fold_") and (child / MARKER).exists():
+            _remove_entries(child)
+            _rmdir_if_empty(child)
+        elif child.name in RUN_ENTRIES or child.match(TEMP_GLOB):
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def _rmdir_if_empty(folder: Path) -> None:
+    if not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def _dataset_paths(cfg: Config) -> list[Path]:
+    out = []
+    for split in (cfg.data.train, cfg.data.val):
+        if split.annotations:
+            out += [Path(split.annotations).resolve(), split.images_dir.resolve()]
+    return out

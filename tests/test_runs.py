@@ -1,0 +1,109 @@
+"""Run folders: --force deletes only what detector wrote, resumes allow budget changes, state survives kills."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from detector import config
+from detector.cv import read_summary
+from detector.errors import ConfigError, DetectorError
+from detector.runs import MARKER, clear_run, prepare_run
+from detector.train import fit, load_splits
+from tests.test_train import TINY, tiny_cfg
+
+QUIET = dict(log=lambda s: None)
+
+
+def test_force_clears_only_what_detector_wrote(sample, tmp_path):
+    cfg = tiny_cfg(sample)
+    run = prepare_run(tmp_path / "run", cfg, **QUIET)
+    (run / "notes.txt").write_text("mine")
+    (run / "fold_0").mkdir()
+    prepare_run(run / "fold_0", cfg, **QUIET)
+    (run / "fold_0" / "metrics.csv").write_text("epoch\n0\n")
+    (run / ".last.pt.abc.tmp").write_bytes(b"half a checkpoint")
+    changed = config.with_values(cfg, {"train.lr": 0.5})
+    with pytest.raises(ConfigError, match=r"train.lr \(0.001 -> 0.5\).*may change on a resume: search.n_trials"):
+        prepare_run(run, changed, **QUIET)
+    prepare_run(run, changed, force=True, **QUIET)
+    assert sorted(p.name for p in run.iterdir()) == [MARKER, "config.yaml", "data.json", "notes.txt"]
+    assert config.load(run / "config.yaml").train.lr == 0.5
+
+
+def test_force_refuses_folders_detector_did_not_make(sample, tmp_path, monkeypatch):
+    cfg = tiny_cfg(sample)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    config.save(cfg, foreign / "config.yaml")
+    with pytest.raises(ConfigError, match="was not created by detector"):
+        clear_run(foreign, cfg)
+    study = prepare_run(tmp_path / "study", cfg, **QUIET)
+    (study / "study.json").write_text("{}")
+    with pytest.raises(ConfigError, match="is a study folder"):
+        clear_run(study, cfg)
+    data = shutil.copytree(sample["train"].parent, tmp_path / "data")
+    own = config.with_values(cfg, {"data.train.annotations": str(data / "train.json"),
+                                   "data.val.annotations": str(data / "val.json")})
+    prepare_run(data, own, **QUIET)
+    with pytest.raises(ConfigError, match="holds the run's dataset"):
+        clear_run(data, own)
+    monkeypatch.chdir(tmp_path / "study")
+    with pytest.raises(ConfigError, match="current directory"):
+        clear_run(tmp_path / "study", cfg)
+    assert (data / "train.json").exists() and (tmp_path / "study" / "study.json").exists()
+
+
+def test_cli_force_in_a_users_folder_deletes_nothing(sample, tmp_path):
+    """The audit's case: cd exp1 (config.yaml, data/, notes.txt); detector train config.yaml --out . --force."""
+    exp = tmp_path / "exp1"
+    shutil.copytree(sample["train"].parent, exp / "data")
+    (exp / "notes.txt").write_text("notes")
+    (exp / "config.yaml").write_text(f"data:\n  train: {{annotations: data/train.json}}\n"
+                                     f"  val: {{annotations: data/val.json}}\n")
+    before = sorted(str(p.relative_to(exp)) for p in exp.rglob("*"))
+    sets = [a for s in [*TINY, "train.epochs=1"] for a in ("--set", s)]
+    out = subprocess.run([sys.executable, "-m", "detector.cli", "train", "config.yaml", "--out", ".", "--force",
+                          "--quiet", *sets], cwd=exp, capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "current directory" in out.stderr or "was not created by detector" in out.stderr
+    assert sorted(str(p.relative_to(exp)) for p in exp.rglob("*")) == before
+
+
+def test_budget_and_device_changes_resume_and_a_changed_dataset_is_refused(sample, tmp_path):
+    cfg = tiny_cfg(sample)
+    run = prepare_run(tmp_path / "run", cfg, **QUIET)
+    prepare_run(run, config.with_values(cfg, {"search.n_trials": 9, "search.timeout": 60.0,
+                                              "train.num_workers": 2, "eval.batch_size": 2}), **QUIET)
+    copy = tmp_path / "data"
+    shutil.copytree(sample["train"].parent, copy)
+    moved = config.with_values(cfg, {"data.train.annotations": str(copy / "train.json"),
+                                     "data.val.annotations": str(copy / "val.json")})
+    prepare_run(run, moved, **QUIET)  # the same files somewhere else: fine
+    doc = json.loads((copy / "train.json").read_text())
+    doc["annotations"] = doc["annotations"][:-1]
+    (copy / "train.json").write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="data.train annotations changed since this run started"):
+        prepare_run(run, moved, **QUIET)
+
+
+def test_a_damaged_state_file_is_one_clear_error(tmp_path):
+    (tmp_path / "fold_0").mkdir()
+    (tmp_path / "fold_0" / "summary.json").write_text("")
+    with pytest.raises(DetectorError, match=r"fold_0/summary.json: damaged state file"):
+        read_summary(tmp_path)
+
+
+def test_an_early_stopped_run_stays_stopped_and_a_fresh_start_keeps_one_row_per_epoch(sample, tmp_path):
+    # frozen norms and a vanishing learning rate: every epoch scores the same, so patience 1 stops at epoch 1
+    cfg = tiny_cfg(sample, "train.epochs=4", "train.patience=1", "train.lr=1e-30", "model.frozen_bn=true")
+    train_index, val_index = load_splits(cfg)
+    first = fit(cfg, train_index, val_index, tmp_path / "run", progress=False, **QUIET)
+    assert first.stopped_early and first.epochs_run == 2
+    again = fit(cfg, train_index, val_index, tmp_path / "run", progress=False, **QUIET)
+    assert again.stopped_early and again.epochs_run == 2 and again.best_epoch == first.best_epoch
+    (tmp_path / "run" / "last.pt").unlink()  # a user deleting a damaged checkpoint starts the run over
+    fit(cfg, train_index, val_index, tmp_path / "run", progress=False, **QUIET)
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1"]  # not appended to the old rows
