@@ -357,8 +357,7 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
             raise _type_error(key, value, "an integer", source)
         return value
     if tp is float:
-        if isinstance(value, str) and _FLOAT.match(value.strip()):  # YAML 1.1 reads 1e-4 (no dot) as a string
-            return float(value)
+        value = numeric(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _type_error(key, value, "a number", source)
         return float(value)
@@ -367,6 +366,11 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
             raise _type_error(key, value, "a string", source)
         return value
     raise TypeError(f"unsupported config type {tp} for {key}")
+
+
+def numeric(value: Any) -> Any:
+    """`value`, or the float a numeric string stands for: YAML 1.1 reads 1e-4 (no dot) as a string."""
+    return float(value) if isinstance(value, str) and _FLOAT.match(value.strip()) else value
 
 
 def _type_error(key: str, value: Any, expected: str, source: str) -> ConfigError:

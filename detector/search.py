@@ -12,23 +12,25 @@ failed and retried with the same parameters in the same folder.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gc
-import json
 import math
 import os
+import re
 import shutil
 import socket
 import threading
 import time
 import traceback
 import warnings
+import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import optuna
+import psutil
+from filelock import FileLock
 from optuna.trial import TrialState
 
 from . import config as config_mod
@@ -53,6 +55,38 @@ def suggest(trial: optuna.trial.BaseTrial, space: dict[str, Any]) -> dict[str, A
     return {key: _suggest_one(trial, key, spec) for key, spec in space.items()}
 
 
+def check_space(cfg: Config) -> None:
+    """Every search.space entry names a config key and every value it can draw fits that key: checked before
+    a study records anything, so a typo fails at once instead of failing every trial."""
+    for key, spec in cfg.search.space.items():
+        probe = _SpaceProbe()
+        _suggest_one(probe, key, spec)
+        for value in probe.values:
+            try:
+                config_mod.with_values(cfg, {key: value}, source="search.space")
+            except ConfigError as e:
+                raise ConfigError(f"search.space.{key}: the value {value!r} does not fit ({e})") from None
+
+
+class _SpaceProbe:
+    """Stands in for a trial: records the values a search spec can draw at its ends."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
+        self.values = list(choices)
+        return choices[0]
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
+        self.values = [low, high]
+        return low
+
+    def suggest_float(self, name: str, low: float, high: float, step: float | None = None, log: bool = False) -> float:
+        self.values = [low, high]
+        return low
+
+
 def _suggest_one(trial: optuna.trial.BaseTrial, key: str, spec: Any) -> Any:
     where = f"search.space.{key}"
     try:
@@ -66,7 +100,8 @@ def _suggest_one(trial: optuna.trial.BaseTrial, key: str, spec: Any) -> Any:
         return trial.suggest_categorical(key, spec)
     if not isinstance(spec, dict) or not {"low", "high"} <= spec.keys() or set(spec) - {"low", "high", "log", "step"}:
         raise ConfigError(f"{where}: give a list of choices or {{low, high}} with optional log and step; got {spec!r}")
-    low, high, log, step = spec["low"], spec["high"], bool(spec.get("log", False)), spec.get("step")
+    low, high = config_mod.numeric(spec["low"]), config_mod.numeric(spec["high"])
+    log, step = bool(spec.get("log", False)), config_mod.numeric(spec.get("step"))
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low > high:
         raise ConfigError(f"{where}: low and high must be numbers with low <= high; got {low!r}, {high!r}")
     if log and step is not None:
@@ -215,6 +250,7 @@ def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None,
     are retried. `storage` is an Optuna RDB URL; default: SQLite in the study folder.
     """
     directory = Path(study_dir)
+    check_space(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our log lines say what optuna's INFO lines would
     objective = Objective(cfg, directory, progress=progress, log=log)  # validates the data first
     directory.mkdir(parents=True, exist_ok=True)
@@ -223,6 +259,7 @@ def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None,
     with lock.held():  # workers starting together would race to create the storage's tables
         study, rdb = _open(directory, url, cfg.search)
         _check_config(study, cfg, directory)
+        _record_storage(directory, url)
         sync_best(study, directory, cfg.search.keep_models)  # in case a worker died while updating best/
     config_mod.save(config_mod.resolve_paths(cfg), directory / "config.yaml")
     study_id = rdb.get_study_id_from_name(study.study_name)
@@ -258,19 +295,36 @@ def load_study(study_dir: str | Path, storage: str | None = None) -> optuna.Stud
     directory = Path(study_dir)
     if not (directory / "study.json").exists():
         raise ConfigError(f"{directory}: not a study folder (no study.json); studies are made by `detector study`")
-    return optuna.load_study(study_name=directory.name, storage=_storage_url(directory, storage))
+    url = _storage_url(directory, storage)
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        raise ConfigError(f"storage {url}: no such database file; check --storage (the study folder records "
+                          f"{_recorded_storage(directory) or 'the default study.db'})")
+    with _storage_errors(url):
+        try:
+            return optuna.load_study(study_name=directory.name, storage=url)
+        except KeyError:
+            raise ConfigError(f"storage {_masked(url)} holds no study named {directory.name!r}; check "
+                              "--storage") from None
 
 
 def _storage_url(directory: Path, given: str | None) -> str:
-    meta_path = directory / "study.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    url = given or meta.get("storage") or f"sqlite:///{(directory / 'study.db').resolve()}"
-    masked = _masked(url)
+    """The storage a study uses: --storage, else the URL study.json records, else SQLite in the folder."""
+    url = given or _recorded_storage(directory) or f"sqlite:///{(directory / 'study.db').resolve()}"
+    _masked(url)  # a malformed URL fails here, without echoing its password
     if "***" in url:
         raise ConfigError(f"{directory}: the study's storage {url} needs its password; pass --storage URL")
-    if meta.get("storage") != masked:
-        meta_path.write_text(json.dumps({"name": directory.name, "storage": masked}, indent=2))
     return url
+
+
+def _recorded_storage(directory: Path) -> str | None:
+    meta = directory / "study.json"
+    return read_json(meta).get("storage") if meta.exists() else None
+
+
+def _record_storage(directory: Path, url: str) -> None:
+    """study.json names the storage (password masked); written only once the storage has opened."""
+    if _recorded_storage(directory) != _masked(url):
+        write_json(directory / "study.json", {"name": directory.name, "storage": _masked(url)})
 
 
 def _masked(url: str) -> str:
@@ -279,25 +333,39 @@ def _masked(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
-        raise ConfigError(f"--storage {url!r} is not a database URL; use e.g. "
+        raise ConfigError(f"--storage {_hide_password(url)!r} is not a database URL; use e.g. "
                           "postgresql://user:password@host:5432/db or sqlite:///path/study.db") from None
+
+
+def _hide_password(url: str) -> str:
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
+
+
+@contextlib.contextmanager
+def _storage_errors(url: str) -> Iterator[None]:
+    """A storage that cannot be reached, refuses the login or lacks its driver: one ConfigError."""
+    import sqlalchemy.exc
+
+    try:
+        yield
+    except ImportError as e:
+        raise ConfigError(f"storage {_masked(url)}: a database driver is missing ({e}); "
+                          "for PostgreSQL: pip install 'psycopg[binary]'") from None
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.ArgumentError) as e:
+        first = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise ConfigError(f"storage {_masked(url)}: cannot connect ({first}); check the host, port, user, "
+                          "password and database name") from None
 
 
 def _open(directory: Path, url: str, search: SearchConfig) -> tuple[optuna.Study, Any]:
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            rdb = optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=search.heartbeat_seconds,
-                grace_period=search.grace_seconds,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=search.max_retries, inherit_intermediate_values=True))
-    except ImportError as e:
-        raise ConfigError(f"storage {_masked(url)}: a database driver is missing ({e}); "
-                          "for PostgreSQL: pip install 'psycopg[binary]'") from None
-    except Exception as e:
-        raise ConfigError(f"storage {_masked(url)}: cannot open it ({type(e).__name__}: {e})") from None
+    with _storage_errors(url), warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        rdb = optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=search.heartbeat_seconds,
+            grace_period=search.grace_seconds,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=search.max_retries, inherit_intermediate_values=True))
     study = optuna.create_study(study_name=directory.name, storage=rdb, direction="maximize",
                                 load_if_exists=True, sampler=_sampler(search, search.seed), pruner=_pruner(search))
     return study, rdb
@@ -357,24 +425,36 @@ def _claim(study: optuna.Study, rdb, study_id: int, search: SearchConfig):
 
 
 def _worker() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _process_start(os.getpid())}
+    """Who runs a trial: host name and network node (containers may share a host name), pid, start time."""
+    return {"host": socket.gethostname(), "node": uuid.getnode(), "pid": os.getpid(),
+            "started": _process_start(os.getpid())}
 
 
-def _process_start(pid: int) -> str | None:
+def _process_start(pid: int) -> float | None:
+    """The process's creation time (psutil: Linux, macOS, Windows), None when no such process exists."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+        return round(psutil.Process(pid).create_time(), 2)
+    except psutil.NoSuchProcess:
         return None
 
 
+def _is_dead(worker: dict[str, Any]) -> bool:
+    """Whether a worker recorded on this machine is gone: its pid is free or now another process."""
+    try:
+        return _process_start(worker["pid"]) != worker.get("started")
+    except psutil.Error:  # e.g. access denied: it exists, and we cannot tell more
+        return False
+
+
 def _fail_dead_workers(study: optuna.Study, rdb, study_id: int) -> None:
-    """RUNNING trials of processes on this host that no longer exist: fail them and queue their retry."""
-    host = socket.gethostname()
+    """RUNNING trials of processes on this machine that no longer exist: fail them and queue their retry.
+    Workers on other machines are left to the heartbeat."""
+    me = _worker()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         w = t.user_attrs.get("worker") or {}
-        if w.get("host") != host or w.get("pid") == os.getpid():
+        if w.get("host") != me["host"] or w.get("node", me["node"]) != me["node"] or w.get("pid") == me["pid"]:
             continue
-        if _process_start(w["pid"]) == w.get("started") and w.get("started") is not None:
+        if not _is_dead(w):
             continue
         trial_id = rdb.get_trial_id_from_study_id_trial_number(study_id, t.number)
         _fail_for_retry(study, rdb, trial_id)
@@ -471,32 +551,32 @@ class _StudyLock:
     """
 
     def __init__(self, url: str, directory: Path, name: str):
-        self.path = directory / ".lock"
+        self.url = url
+        self.file_lock = FileLock(str(directory / ".lock"))  # portable: fcntl on POSIX, msvcrt on Windows
         self.key = zlib.crc32(f"detector-study:{name}".encode())
         self.engine = None
         if url.startswith("postgresql"):
             import sqlalchemy
 
-            self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+            with _storage_errors(url):
+                self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
-        if self.engine is not None:
-            import sqlalchemy
-
-            with self.engine.connect() as conn:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
-                try:
-                    yield
-                finally:
-                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+        if self.engine is None:
+            with self.file_lock:
+                yield
             return
-        with self.path.open("a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
+        import sqlalchemy
+
+        with _storage_errors(self.url):
+            conn = self.engine.connect()
+        with conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
             try:
                 yield
             finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
 
 
 # ----------------------------------------------------------------------------------------------- best

@@ -234,3 +234,62 @@ def test_a_trial_whose_heartbeat_stopped_on_another_host_is_failed_and_retried(s
     trials = load_study(study_dir).trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert trials[1].system_attrs["failed_trial"] == 0 and trials[1].params == trials[0].params
+
+
+def test_a_search_space_typo_fails_before_the_study_records_anything(sample, tmp_path):
+    bad = study_cfg(sample, "search.n_trials=1", "train.epochs=1", "search.space={train.lrr: [0.001]}")
+    with pytest.raises(ConfigError, match="search.space.train.lrr: 'train.lrr' is not a config key"):
+        run_study(bad, tmp_path / "s", log=lambda s: None)
+    with pytest.raises(ConfigError, match=r"search.space.train.batch_size: the value 'x' does not fit"):
+        run_study(study_cfg(sample, "search.space={train.batch_size: [4, x]}"), tmp_path / "s", log=lambda s: None)
+    assert not (tmp_path / "s" / "study.db").exists()
+    fixed = study_cfg(sample, "search.n_trials=1", "train.epochs=1", "search.space={train.lr: [0.001]}")
+    assert run_study(fixed, tmp_path / "s", log=lambda s: None).states == {"COMPLETE": 1}  # same name: accepted
+
+
+def test_storage_errors_are_clear_and_change_nothing(sample, tmp_path):
+    from detector.cli import main
+
+    study_dir = tmp_path / "studies" / "s"
+    run_study(study_cfg(sample, "search.n_trials=1", "train.epochs=1"), study_dir, log=lambda s: None)
+    recorded = (study_dir / "study.json").read_text()
+    typo = f"sqlite:///{tmp_path / 'studies' / 'typo.db'}"
+    with pytest.raises(ConfigError, match="no such database file"):
+        load_study(study_dir, storage=typo)
+    assert (study_dir / "study.json").read_text() == recorded and not (tmp_path / "studies" / "typo.db").exists()
+    assert main(["report", str(study_dir)]) == 0  # the study still reports
+    with pytest.raises(ConfigError) as info:
+        load_study(study_dir, storage="postgresql://user:s3cret@localhost:1/db?sslmode=disable")
+    assert "cannot connect" in str(info.value) and "s3cret" not in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_study(study_dir, storage="postgresql://user:s3cret@[::1/db")
+    assert "not a database URL" in str(info.value) and "s3cret" not in str(info.value)
+    with pytest.raises(ConfigError, match="a database driver is missing"):
+        load_study(study_dir, storage="mysql://user:s3cret@localhost/db")
+
+
+def test_workers_on_this_machine_are_told_apart_by_pid_and_start_time():
+    from detector.search import _is_dead, _worker
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        import psutil
+
+        alive = {**_worker(), "pid": other.pid, "started": round(psutil.Process(other.pid).create_time(), 2)}
+        assert not _is_dead(alive)  # a second worker on this host is alive (the macOS bug failed its trial)
+        assert _is_dead({**alive, "started": alive["started"] - 100})  # the pid now belongs to another process
+    finally:
+        other.kill()
+        other.wait()
+    assert _is_dead(alive)
+
+
+@pytest.mark.slow
+def test_a_study_runs_where_fcntl_does_not_exist(sample, tmp_path):
+    """Windows has no fcntl: the study lock must not need it (filelock picks what the platform has)."""
+    script = ("import sys; sys.modules['fcntl'] = None\n"
+              "from detector.cli import main; sys.exit(main(sys.argv[1:]))")
+    cmd = study_command(sample, tmp_path, "nofcntl", "search.n_trials=1", "train.epochs=1")
+    out = subprocess.run([sys.executable, "-c", script, *cmd[3:]], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert load_study(tmp_path / "studies" / "nofcntl").trials[0].state == TrialState.COMPLETE
