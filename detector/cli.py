@@ -171,7 +171,7 @@ def _study(args) -> int:
 
 def _predict(args) -> int:
     from .ensemble import Ensemble
-    from .predict import collect_images, ground_truth_metrics, load_ground_truth, run_predictions, write_outputs
+    from .predict import OutputWriter, collect_images, ground_truth_metrics, load_ground_truth, run_predictions
     from .report import format_comparison
 
     models, images = _split_models(args.inputs)
@@ -183,9 +183,10 @@ def _predict(args) -> int:
     if not images and gt is None:
         raise DetectorError("no images given: predict MODELS IMAGES... (files, folders or globs)")
     paths = collect_images(images) if images else [r.path for r in gt.images]
+    writer = OutputWriter(args.out, threshold, draw=args.draw)
     run = run_predictions(ensemble, paths, gt=gt, batch_size=args.batch_size, tta=args.tta == "hflip",
-                          progress=_progress(args), with_members=gt is not None)
-    written = write_outputs(Path(args.out), run, threshold, draw=args.draw)
+                          progress=_progress(args), with_members=gt is not None, on_image=writer.add)
+    written = writer.close()
     boxes = sum(int((p.scores >= threshold).sum()) for p in run.predictions)
     print(f"{len(run.predictions)} images, {boxes} boxes with score >= {threshold:.2f} from "
           f"{len(ensemble.members)} model(s){' with hflip TTA' if args.tta else ''} -> {args.out}")

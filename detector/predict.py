@@ -6,7 +6,7 @@ import glob
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 
 from .data.coco import CocoIndex, load_coco
@@ -14,6 +14,7 @@ from .data.images import read_image
 from .engine import coco_detections
 from .ensemble import Ensemble, ImagePrediction
 from .errors import DatasetError
+from .files import write_json
 from .metrics import evaluate_detections
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
@@ -50,8 +51,12 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
 
 def run_predictions(ensemble: Ensemble, images: Sequence[Path], *, gt: CocoIndex | None = None,
                     batch_size: int = 8, tta: bool = False, progress: bool = False,
-                    with_members: bool = False) -> PredictionRun:
-    """Predict every image (all scores kept); unreadable files are skipped with their reason."""
+                    with_members: bool = False,
+                    on_image: Callable[[ImagePrediction, int], Any] | None = None) -> PredictionRun:
+    """Predict every image (all scores kept); unreadable files are skipped with their reason.
+
+    `on_image(prediction, image_id)` is called as each image finishes (OutputWriter.add writes it).
+    """
     ids = _image_ids(images, gt)
     predictions, kept_ids, skipped = [], [], []
     for path, image_id, (p, error) in zip(images, ids, ensemble.iter_predict(
@@ -62,6 +67,8 @@ def run_predictions(ensemble: Ensemble, images: Sequence[Path], *, gt: CocoIndex
             continue
         predictions.append(p)
         kept_ids.append(image_id)
+        if on_image is not None:
+            on_image(p, image_id)
     return PredictionRun(predictions, kept_ids, skipped)
 
 
@@ -86,27 +93,60 @@ def coco_results(run: PredictionRun) -> list[dict[str, Any]]:
             for r in coco_detections(image_id, p.boxes, p.scores.tolist(), p.category_ids)]
 
 
-def write_outputs(out: Path, run: PredictionRun, score_threshold: float, *, draw: bool = False) -> list[Path]:
-    """predictions.json (every box), predictions.csv (boxes >= score_threshold), images.json, drawings."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "predictions.json").write_text(json.dumps(coco_results(run)))
-    (out / "images.json").write_text(json.dumps(
-        [{"id": i, "file_name": p.source, "width": p.width, "height": p.height}
-         for p, i in zip(run.predictions, run.image_ids)], indent=1))
-    with (out / "predictions.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["file", "class", "score", "x1", "y1", "x2", "y2"])
-        for p in run.predictions:
-            for box, score, name in zip(p.boxes.tolist(), p.scores.tolist(), p.names):
-                if score >= score_threshold:
-                    writer.writerow([p.source, name, f"{score:.4f}", *(f"{v:.1f}" for v in box)])
-    written = [out / "predictions.json", out / "predictions.csv", out / "images.json"]
-    if draw:
-        written += [draw_prediction(p, out / "drawn", score_threshold) for p in run.predictions]
-    return written
+class OutputWriter:
+    """predict's outputs, written as images finish so an interrupted run keeps what it did.
+
+    At once per image: its rows in predictions.csv (boxes >= score_threshold), its drawing with `draw`,
+    and its COCO results appended to predictions.partial.jsonl. close() writes predictions.json (every
+    box) and images.json atomically and removes the partial file.
+    """
+
+    def __init__(self, out: str | Path, score_threshold: float, *, draw: bool = False):
+        self.out, self.score_threshold, self.draw = Path(out), score_threshold, draw
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.partial = self.out / "predictions.partial.jsonl"
+        self.partial.unlink(missing_ok=True)
+        self.csv_file = (self.out / "predictions.csv").open("w", newline="")
+        self.csv = csv.writer(self.csv_file)
+        self.csv.writerow(["file", "class", "score", "x1", "y1", "x2", "y2"])
+        self.images: list[dict[str, Any]] = []
+        self.drawn: set[str] = set()
+
+    def add(self, p: ImagePrediction, image_id: int) -> None:
+        for box, score, name in zip(p.boxes.tolist(), p.scores.tolist(), p.names):
+            if score >= self.score_threshold:
+                self.csv.writerow([p.source, name, f"{score:.4f}", *(f"{v:.1f}" for v in box)])
+        self.csv_file.flush()
+        with self.partial.open("a") as f:
+            f.write(json.dumps(coco_detections(image_id, p.boxes, p.scores.tolist(), p.category_ids)) + "\n")
+        record = {"id": image_id, "file_name": p.source, "width": p.width, "height": p.height}
+        if self.draw:
+            record["drawing"] = str(draw_prediction(p, self.out / "drawn", self.score_threshold,
+                                                    self._drawing_name(p.source)).relative_to(self.out))
+        self.images.append(record)
+
+    def close(self) -> list[Path]:
+        self.csv_file.close()
+        results = [r for line in self.partial.read_text().splitlines() for r in json.loads(line)] \
+            if self.partial.exists() else []
+        write_json(self.out / "predictions.json", results, indent=None)
+        write_json(self.out / "images.json", self.images, indent=1)
+        self.partial.unlink(missing_ok=True)
+        return [self.out / "predictions.json", self.out / "predictions.csv", self.out / "images.json"]
+
+    def _drawing_name(self, source: str) -> str:
+        """The file's stem, numbered when two inputs share one (a/x.png and b/x.png)."""
+        stem, n = Path(source).stem, 1
+        name = f"{stem}.png"
+        while name in self.drawn:
+            n += 1
+            name = f"{stem}_{n}.png"
+        self.drawn.add(name)
+        return name
 
 
-def draw_prediction(p: ImagePrediction, out_dir: Path, score_threshold: float) -> Path:
+def draw_prediction(p: ImagePrediction, out_dir: Path, score_threshold: float, file_name: str | None = None,
+                    ) -> Path:
     from PIL import Image, ImageDraw
 
     image = Image.fromarray(read_image(p.source))
@@ -120,7 +160,7 @@ def draw_prediction(p: ImagePrediction, out_dir: Path, score_threshold: float) -
         canvas.rectangle(box, outline=color, width=width)
         canvas.text((box[0] + 2, max(box[1] - 11, 0)), f"{name} {score:.2f}", fill=color)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{Path(p.source).stem}.png"
+    path = out_dir / (file_name or f"{Path(p.source).stem}.png")
     image.save(path)
     return path
 

@@ -94,6 +94,15 @@ def test_undecodable_image(tiny_coco):
         load_coco(path)
 
 
+def test_an_over_large_image_is_a_problem_not_a_crash(tiny_coco):
+    from PIL import Image
+
+    path = tiny_coco()
+    Image.new("L", (14000, 14000)).save(tiny_coco.root / "images" / "im2.png")  # 196 Mpx: PIL's bomb guard
+    index = load_coco(path, raise_on_error=False)
+    assert any("im2.png" in p.field and "too large to decode safely" in p.message for p in index.problems)
+
+
 def test_truncated_image(tiny_coco):
     path = tiny_coco()
     f = tiny_coco.root / "images" / "im0.png"

@@ -16,7 +16,7 @@ from detector.data.coco import CocoDetection, collate, load_coco
 from detector.data.transforms import build_eval_transforms
 from detector.engine import Precision, predict
 from detector.ensemble import Ensemble
-from detector.predict import collect_images, ground_truth_metrics, load_ground_truth, run_predictions
+from detector.predict import OutputWriter, collect_images, ground_truth_metrics, load_ground_truth, run_predictions
 from tests.test_train import TINY
 
 
@@ -96,20 +96,44 @@ def test_unusual_and_broken_files(rbc, rbc_run, tmp_path):
     Image.fromarray(src[:24, :16]).save(d / "tiny.png")
     (d / "notes.jpg").write_text("not an image")
     (d / "truncated.jpg").write_bytes((d / "plain.jpg").read_bytes()[:2000])
+    Image.new("L", (14000, 14000)).save(d / "huge.png")  # past PIL's decompression-bomb limit
+    (d / "sub").mkdir()
+    Image.fromarray(src[:, ::-1]).save(d / "sub" / "plain.jpg")  # a second plain.jpg: its own drawing
     out = tmp_path / "out"
     done = cli("predict", str(rbc_run), str(d), "--out", str(out), "--draw", "--tta", "hflip",
                "--score-threshold", "0.05", "--quiet")
     assert done.returncode == 0, done.stderr
-    assert "skipped 2 unreadable" in done.stderr and "notes.jpg" in done.stderr and "truncated.jpg" in done.stderr
-    images = {Path(i["file_name"]).name: i for i in json.loads((out / "images.json").read_text())}
+    assert "skipped 3 unreadable" in done.stderr and "notes.jpg" in done.stderr and "truncated.jpg" in done.stderr
+    assert "huge.png: too large to decode safely" in done.stderr
+    records = json.loads((out / "images.json").read_text())
+    assert sorted(r["drawing"] for r in records if Path(r["file_name"]).name == "plain.jpg") == \
+        ["drawn/plain.png", "drawn/plain_2.png"]
+    images = {Path(i["file_name"]).name: i for i in records}
     assert set(images) == {"plain.jpg", "gray.png", "rgba.png", "deep16.png", "rotated.jpg", "large.jpg", "tiny.png"}
     assert (images["rotated.jpg"]["width"], images["rotated.jpg"]["height"]) == (416, 300)  # EXIF applied
     for r in json.loads((out / "predictions.json").read_text()):
-        im = next(i for i in images.values() if i["id"] == r["image_id"])
+        im = next(i for i in records if i["id"] == r["image_id"])
         x, y, w, h = r["bbox"]
         assert x >= 0 and y >= 0 and x + w <= im["width"] + 1e-3 and y + h <= im["height"] + 1e-3
-    assert len(list((out / "drawn").glob("*.png"))) == 7
+    assert len(list((out / "drawn").glob("*.png"))) == 8
     assert cli("predict", str(rbc_run), str(tmp_path / "nothing*.jpg"), "--out", str(out)).returncode == 2
+
+
+def test_an_interrupted_predict_keeps_the_images_it_finished(rbc, rbc_run, tmp_path):
+    files = collect_images([rbc / "test"])
+    writer = OutputWriter(tmp_path / "out", 0.3)
+
+    def add_then_stop(p, image_id):
+        writer.add(p, image_id)
+        if len(writer.images) == 3:
+            raise KeyboardInterrupt  # Ctrl-C, or a crash, after the third image
+
+    with pytest.raises(KeyboardInterrupt):
+        run_predictions(Ensemble.load(rbc_run), files, batch_size=2, on_image=add_then_stop)
+    lines = (tmp_path / "out" / "predictions.partial.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and all(r["image_id"] in (1, 2, 3) for line in lines for r in json.loads(line))
+    rows = (tmp_path / "out" / "predictions.csv").read_text().splitlines()
+    assert {row.split(",")[0] for row in rows[1:]} <= {str(f) for f in files[:3]} and len(rows) > 1
 
 
 def test_hflip_tta_changes_the_fusion_and_collect_images(rbc, rbc_run):

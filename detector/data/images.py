@@ -15,7 +15,8 @@ def read_image(path: str | Path) -> np.ndarray:
     """Decode `path` into an (H, W, 3) uint8 RGB array, EXIF orientation applied.
 
     Grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit images all come back as 8-bit RGB.
-    Raises DatasetError naming the file when it is missing, truncated or not an image.
+    Raises DatasetError naming the file when it is missing, truncated, not an image, or larger than PIL's
+    decompression-bomb limit (Image.MAX_IMAGE_PIXELS).
     """
     try:
         with Image.open(path) as img:
@@ -24,6 +25,9 @@ def read_image(path: str | Path) -> np.ndarray:
             return np.array(_to_rgb_array(img))
     except FileNotFoundError:
         raise DatasetError(f"{path}: image file not found; check `file_name` and the images folder") from None
+    except Image.DecompressionBombError as e:
+        raise DatasetError(f"{path}: too large to decode safely ({e}); resize it, or raise "
+                           "PIL.Image.MAX_IMAGE_PIXELS if you trust the file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DatasetError(f"{path}: cannot decode image ({e}); re-export or remove this file") from None
 
