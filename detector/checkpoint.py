@@ -6,6 +6,7 @@ normalization (the input mean and std the model was trained with).
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from dataclasses import dataclass, replace
@@ -29,10 +30,32 @@ LEGACY_NORMALIZATION = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write `state` atomically (files.atomic_file): a kill leaves the previous file or the new one."""
+    """Write `state` atomically (files.atomic_file): a kill leaves the previous file or the new one. A
+    sha256 of every tensor goes with it, and load_checkpoint verifies it."""
+    state = {"format": FORMAT, **{k: v for k, v in state.items() if k not in ("format", "checksum")}}
     with atomic_file(path) as f:
-        torch.save({"format": FORMAT, **state}, f)
+        torch.save({**state, "checksum": tensor_checksum(state)}, f)
     return Path(path)
+
+
+def tensor_checksum(state: Any) -> str:
+    """sha256 over every tensor in a nested dict/list (names and bytes, in a fixed order)."""
+    digest = hashlib.sha256()
+    for name, tensor in _tensors(state, ""):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _tensors(value: Any, name: str):
+    if isinstance(value, torch.Tensor):
+        yield name, value
+    elif isinstance(value, dict):
+        for key in sorted(value, key=str):
+            yield from _tensors(value[key], f"{name}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _tensors(item, f"{name}[{i}]")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -45,6 +68,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise WeightsError(f"{path}: cannot load checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict) or "model" not in state or "label_map" not in state:
         raise WeightsError(f"{path}: not a detector checkpoint (no model/label_map); pass a file from `detector train`")
+    recorded = state.pop("checksum", None)  # checkpoints from before checksums have none
+    if recorded is not None and recorded != tensor_checksum(state):
+        raise WeightsError(f"{path}: damaged checkpoint: its tensors do not match the checksum saved with them; "
+                           "delete it (a run then restarts its folder or fold) or restore a copy")
     return state
 
 

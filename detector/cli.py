@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -11,17 +12,34 @@ from typing import Sequence
 from .errors import DetectorError
 
 
+_KEPT = "what finished is kept: the same command resumes train, cv and study from the last finished epoch"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `kill`, a container stop) stops a command the way Ctrl-C does."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)
     except DetectorError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"terminated (SIGTERM); {_KEPT}", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"interrupted; {_KEPT}", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,16 +70,17 @@ def _parser() -> argparse.ArgumentParser:
                     help="models first: a study's best/ folder, a run's top_models.json (or its folder) or .pt "
                     "files; then images: files, folders or globs (with --gt, none = all of its images)")
     pr.add_argument("--out", required=True, help="output folder, e.g. preds/")
-    pr.add_argument("--score-threshold", type=float, help="boxes kept in the csv and drawings "
+    pr.add_argument("--score-threshold", type=_fraction(True), help="boxes kept in the csv and drawings "
                     "(default: the threshold recorded with the models)")
     pr.add_argument("--tta", choices=("hflip",), help="add horizontally flipped passes to the fusion")
     pr.add_argument("--draw", action="store_true", help="write each image with its boxes to OUT/drawn/")
     pr.add_argument("--gt", help="COCO annotations of the images: print metrics of the ensemble and each member")
     pr.add_argument("--images-dir", help="folder the --gt file_name entries are relative to")
-    pr.add_argument("--iou-thr", type=float, help="WBF IoU threshold (default: the models' ensemble settings)")
-    pr.add_argument("--skip-box-thr", type=float, help="WBF: ignore member boxes scoring below this")
+    pr.add_argument("--iou-thr", type=_fraction(False), help="WBF IoU threshold in (0, 1] (default: the models' "
+                    "ensemble settings)")
+    pr.add_argument("--skip-box-thr", type=_fraction(True), help="WBF: ignore member boxes scoring below this")
     pr.add_argument("--conf-type", choices=("avg", "max", "box_and_model_avg", "absent_model_aware_avg"))
-    pr.add_argument("--batch-size", type=int, default=8)
+    pr.add_argument("--batch-size", type=_positive_int, default=8)
     pr.add_argument("--device", default="auto")
     pr.add_argument("--quiet", action="store_true")
     pr.set_defaults(func=_predict)
@@ -78,9 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("annotations", help="COCO annotation file with the ground truth")
     e.add_argument("--predictions", help="a COCO results JSON from any detector, instead of a checkpoint")
     e.add_argument("--images-dir", help="folder file_name is relative to (default: the annotation file's)")
-    e.add_argument("--score-threshold", type=float, help="threshold for precision/recall/F1 "
+    e.add_argument("--score-threshold", type=_fraction(True), help="threshold for precision/recall/F1 "
                    "(default: the checkpoint's eval.score_threshold, or 0.5)")
-    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--batch-size", type=_positive_int, default=8)
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--quiet", action="store_true")
@@ -99,6 +118,29 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_sample_data)
     return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def _fraction(zero_ok: bool):
+    """A float in [0, 1] (or (0, 1] when not zero_ok), for thresholds given on the command line."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not (0.0 <= value <= 1.0) or (value == 0.0 and not zero_ok):
+            raise argparse.ArgumentTypeError(f"{text!r} must be a number in {'[0' if zero_ok else '(0'}, 1]")
+        return value
+    return parse
 
 
 def _run_arguments(p: argparse.ArgumentParser, config_help: str) -> argparse.ArgumentParser:
@@ -243,6 +285,8 @@ def _evaluate(args) -> int:
                                       score_threshold=args.score_threshold, batch_size=args.batch_size,
                                       device=args.device, progress=_progress(args) and not args.json)
     print(json.dumps(metrics, indent=2) if args.json else format_metrics(metrics))
+    for warning in metrics.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

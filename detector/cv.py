@@ -21,7 +21,7 @@ from .config import Config
 from .data.coco import CocoIndex
 from .data.folds import make_folds, resolve_strategy
 from .files import read_json, write_json
-from .runs import prepare_run
+from .runs import hold_run, prepare_run
 from .train import OnEpochEnd, fit, load_splits
 
 SUMMARY_KEYS = ("map", "map_50", "map_75", "precision", "recall", "f1", "score")
@@ -48,8 +48,15 @@ def run_cv(
 ) -> CVResult:
     """Train every fold of the config's training split (skipping finished ones) and return the summary.
 
-    `on_epoch_end(fold, epoch, metrics)` is called after every epoch and may raise to stop the run.
+    `on_epoch_end(fold, epoch, metrics)` is called after every epoch and may raise to stop the run. The
+    run folder is locked against a second process for the whole run.
     """
+    with hold_run(run_dir):
+        return _run_cv(cfg, run_dir, force=force, on_epoch_end=on_epoch_end, progress=progress, log=log,
+                       index=index)
+
+
+def _run_cv(cfg: Config, run_dir: str | Path, *, force, on_epoch_end, progress, log, index) -> CVResult:
     if index is None:
         index, _ = load_splits(cfg)
     run = prepare_run(run_dir, cfg, force=force, log=log)

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from .checkpoint import restore_model
 from .data.coco import CocoDetection, CocoIndex, collate, load_coco
+from .data.summary import crowding_warning
 from .data.transforms import build_eval_transforms
 from .engine import predict, resolve_device, resolve_precision, to_coco_results
 from .errors import DatasetError
@@ -38,7 +39,9 @@ def evaluate_checkpoint(
                           progress=progress, desc="evaluate")
     results = to_coco_results(predictions, restored.label_map)
     threshold = cfg.eval.score_threshold if score_threshold is None else score_threshold
-    return _metrics(index, results, threshold, cfg.eval.iou_threshold, cfg.score.w_map, cfg.score.w_f1)
+    metrics = _metrics(index, results, threshold, cfg.eval.iou_threshold, cfg.score.w_map, cfg.score.w_f1)
+    warning = crowding_warning(index, cfg.model.max_detections)
+    return {**metrics, "warnings": [warning]} if warning else metrics
 
 
 def evaluate_results_file(
@@ -67,6 +70,7 @@ def read_results(path: str | Path, index: CocoIndex) -> list[dict[str, Any]]:
     if not isinstance(results, list):
         raise DatasetError(f"{path}: a COCO results file is a JSON list of detections")
     image_ids = {r.id for r in index.images}
+    category_ids = set(index.label_map.category_ids)
     for i, r in enumerate(results):
         where = f"{path}: results[{i}]"
         if not isinstance(r, dict) or not {"image_id", "category_id", "bbox", "score"} <= r.keys():
@@ -80,6 +84,10 @@ def read_results(path: str | Path, index: CocoIndex) -> list[dict[str, Any]]:
             raise DatasetError(f"{where}.bbox: {box!r} is not 4 finite numbers [x, y, width, height]")
         if not isinstance(r["score"], (int, float)) or not math.isfinite(r["score"]):
             raise DatasetError(f"{where}.score: {r['score']!r} is not a finite number")
+        if r["category_id"] not in category_ids:
+            raise DatasetError(f"{where}.category_id: {r['category_id']!r} is not a category of {index.path} "
+                               f"({', '.join(map(str, sorted(category_ids)))}); were the predictions made with "
+                               "another label map? Map them to these ids")
     return results
 
 

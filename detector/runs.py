@@ -7,10 +7,13 @@ folder that holds the run's dataset; anything else in the folder stays.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+from filelock import FileLock, Timeout
 
 from . import config as config_mod
 from .config import Config
@@ -19,6 +22,7 @@ from .files import TEMP_GLOB, read_json, sweep_temp_files, write_json
 
 MARKER = ".detector-run"
 DATA = "data.json"  # sha256 of the annotation files, checked on resume
+LOCK = ".detector.lock"  # held while a process works in the folder; never deleted
 # Everything detector writes in a run folder (fold_K/ folders are run folders themselves).
 RUN_ENTRIES = ("config.yaml", "env.json", "folds.json", "metrics.csv", "anchors.json", "best.pt", "last.pt",
                "best_predictions.json", "summary.json", "top_models.json", "top", "plots", "heldout.json",
@@ -26,6 +30,28 @@ RUN_ENTRIES = ("config.yaml", "env.json", "folds.json", "metrics.csv", "anchors.
 # Keys that may change between the runs of one folder: budget, place and speed, not what is trained.
 RESUMABLE_CHANGES = ("search.n_trials", "search.timeout", "train.device", "train.num_workers", "eval.batch_size",
                      "data.train.annotations", "data.train.images", "data.val.annotations", "data.val.images")
+
+
+@contextlib.contextmanager
+def hold_run(run: str | Path) -> Iterator[Path]:
+    """Lock the run folder for as long as the block runs: a second process on it is refused at once (two
+    writers would interleave rows and overwrite each other's checkpoints). The OS frees it if we die."""
+    run = Path(run)
+    run.mkdir(parents=True, exist_ok=True)
+    path = run / LOCK
+    created = not path.exists()
+    lock = FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ConfigError(f"{run}: another detector process is running in this folder; wait for it to finish, "
+                          "or use another output folder") from None
+    try:
+        yield run
+    finally:
+        lock.release()
+        if created and not (run / MARKER).exists():  # refused before it became a run: leave no trace
+            path.unlink(missing_ok=True)
 
 
 def prepare_run(run: str | Path, cfg: Config, *, force: bool = False, log=print) -> Path:

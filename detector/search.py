@@ -600,7 +600,9 @@ def sync_best(study: optuna.Study, directory: Path, keep_models: str = "best") -
         _write_best(best, run, target)
     if keep_models == "best":
         for t in trials:
-            if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.number != best.number and "run_dir" in t.user_attrs:
+            finished = t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+                t.state == TrialState.FAIL and "fail_reason" in t.user_attrs)  # failed with an error: no retry
+            if finished and t.number != best.number and "run_dir" in t.user_attrs:
                 if t.user_attrs["run_dir"] != best.user_attrs.get("run_dir"):
                     free_checkpoints(directory / t.user_attrs["run_dir"])
     return target

@@ -22,14 +22,15 @@ from . import config as config_mod
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config
 from .data.coco import CocoDetection, CocoIndex, collate, load_coco
+from .data.summary import crowding_warning
 from .data.transforms import build_eval_transforms, build_train_transforms
-from .errors import TrainingError
+from .errors import DatasetError, TrainingError
 from .files import read_json, write_json
 from .engine import Precision, predict, resolve_device, resolve_precision, to_coco_results, train_one_epoch
 from .metrics import evaluate_detections
 from .models import faster_rcnn
 from .optim import LrSchedule, build_optimizer
-from .runs import prepare_run
+from .runs import hold_run, prepare_run
 
 LOSS_KEYS = ("loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 CSV_COLUMNS = ("epoch", "lr", *LOSS_KEYS, "map", "map_50", "map_75", "precision", "recall", "f1", "score",
@@ -56,6 +57,9 @@ def load_splits(cfg: Config) -> tuple[CocoIndex, CocoIndex]:
     options = dict(keep_empty=d.keep_empty, drop_placeholder_categories=d.drop_placeholder_categories,
                    strict_boxes=d.strict_boxes)
     train = load_coco(d.train.annotations, d.train.images_dir, **options)
+    if not any(len(r.boxes) for r in train.images):
+        raise DatasetError(f"{train.path}: the training split has no boxes, so there is nothing to learn; "
+                           "check its 'annotations' list (`detector check-data` shows what it holds)")
     val = load_coco(d.val.annotations, d.val.images_dir, label_map=train.label_map, **options)
     return train, val
 
@@ -108,11 +112,19 @@ def fit(
 ) -> FitResult:
     """Train on `train_index`, evaluate `val_index` every epoch; resume from run_dir/last.pt if present.
 
-    The run folder is checked and recorded first (runs.prepare_run): a run of another config is refused,
-    or cleared with `force`. `keep(epoch, metrics, save)` is offered every epoch's model (save(path) writes
-    its checkpoint); `save_best=False` leaves best.pt out (k-fold runs keep their top models through `keep`).
+    The run folder is locked against a second process (runs.hold_run), then checked and recorded
+    (runs.prepare_run): a run of another config is refused, or cleared with `force`. `keep(epoch, metrics,
+    save)` is offered every epoch's model (save(path) writes its checkpoint); `save_best=False` leaves
+    best.pt out (k-fold runs keep their top models through `keep`).
     """
-    run = prepare_run(run_dir, cfg, force=force, log=log)
+    with hold_run(run_dir):
+        return _fit(cfg, train_index, val_index, prepare_run(run_dir, cfg, force=force, log=log),
+                    on_epoch_end=on_epoch_end, progress=progress, log=log, extra_columns=extra_columns, keep=keep,
+                    save_best=save_best)
+
+
+def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, run: Path, *, on_epoch_end, progress, log,
+         extra_columns, keep, save_best) -> FitResult:
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.amp, device)
@@ -139,6 +151,10 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.scaled)
     gt = val_index.to_coco()
+    for index in (train_index, val_index):
+        warning = crowding_warning(index, cfg.model.max_detections)
+        if warning:
+            log(f"warning: {warning}")
 
     state = _TrainState()
     csv_path = run / "metrics.csv"

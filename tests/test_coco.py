@@ -66,6 +66,9 @@ BAD_CASES = {
     "dot dot": (lambda d: d["images"][0].update(file_name="../x.png"), r"escapes the dataset folder"),
     "not 4 numbers": (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), r"is not 4 numbers"),
     "outside entirely": (lambda d: d["annotations"][0].update(bbox=[100, 5, 10, 10]), r"entirely outside"),
+    "list image id": (lambda d: d["annotations"][0].update(image_id=[1]), r"annotations\[0\].image_id: \[1\] is not"),
+    "dict category id": (lambda d: d["annotations"][0].update(category_id={}), r"category_id: \{\} is not an integer"),
+    "numeric file name": (lambda d: d["images"][0].update(file_name=7), r"images\[0\].file_name: 7 is not a string"),
 }
 
 
@@ -166,3 +169,13 @@ def test_check_data_cli(rbc, tiny_coco):
     assert "per class:" in text.stdout and "usable: yes" in text.stdout
     bad = run_cli("check-data", str(tiny_coco(lambda d: d["annotations"][0].update(bbox=[5, 5, -1, 10]))))
     assert bad.returncode == 1 and "width or height <= 0" in bad.stdout and "Traceback" not in bad.stderr
+
+
+def test_a_training_split_without_boxes_is_refused(tiny_coco):
+    from detector import config
+    from detector.train import load_splits
+
+    path = tiny_coco(lambda d: d.update(annotations=[]))
+    cfg = config.load(None, [f"data.train.annotations={path}", f"data.val.annotations={path}"])
+    with pytest.raises(DatasetError, match="the training split has no boxes, so there is nothing to learn"):
+        load_splits(cfg)

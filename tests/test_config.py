@@ -65,3 +65,25 @@ def test_shipped_configs_load():
     assert {"quickstart.yaml", "sample.yaml", "rbc.yaml", "resnet50_fpn.yaml", "efficientnet_b3.yaml", "swin_s.yaml"} <= names
     for p in root.glob("*.yaml"):
         config.load(p)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("eval.batch_size=0", "eval.batch_size must be at least 1"),
+    ("train.num_workers=-1", "train.num_workers must be 0"),
+    ("data.augment.scale=[0, 0]", "data.augment.scale must be"),
+    ("model.max_detections=0", "model.max_detections must be at least 1"),
+    ("ensemble.skip_box_thr=2", "ensemble.skip_box_thr must lie in"),
+])
+def test_values_that_would_crash_or_do_nothing_are_config_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        config.load(None, [override])
+
+
+def test_cli_numbers_out_of_range_are_usage_errors(capsys):
+    from detector.cli import main
+
+    for args in (["--iou-thr", "7"], ["--batch-size", "0"], ["--batch-size", "-1"], ["--score-threshold", "1.5"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["predict", "model.pt", "images/", "--out", "out", *args])
+        assert exit_info.value.code == 2
+    assert "must be a number in (0, 1]" in capsys.readouterr().err

@@ -80,6 +80,25 @@ def test_cli_evaluate_predictions_matches_pycocotools(rbc, rbc_valid, tmp_path):
     assert abs(m["map"] - ref.stats[0]) < 1e-6 and abs(m["map_50"] - ref.stats[1]) < 1e-6
 
 
+def test_predictions_of_another_label_map_are_refused_not_scored_zero(rbc, rbc_valid, tmp_path):
+    from detector.errors import DatasetError
+    from detector.evaluate import evaluate_results_file
+
+    results = [{**r, "category_id": r["category_id"] + 10} for r in jittered_predictions(rbc_valid.to_coco(), 3)]
+    path = tmp_path / "shifted.json"
+    path.write_text(json.dumps(results))
+    with pytest.raises(DatasetError, match=r"results\[0\].category_id: 1[12] is not a category of .* \(1, 2\)"):
+        evaluate_results_file(path, rbc / "valid" / "_annotations.coco.json")
+
+
+def test_images_with_more_boxes_than_detections_are_warned_about(rbc_valid):
+    from detector.data.summary import crowding_warning
+
+    assert crowding_warning(rbc_valid, 100) is None  # RBC: up to about 40 cells per image
+    warning = crowding_warning(rbc_valid, 10)
+    assert "image(s) hold more than 10 boxes" in warning and "raise model.max_detections" in warning
+
+
 def _gt(boxes, crowd=()):
     anns = [{"id": i + 1, "image_id": 1, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
             for i, (b, c) in enumerate(boxes)]

@@ -74,8 +74,10 @@ def test_cli_force_in_a_users_folder_deletes_nothing(sample, tmp_path):
 def test_budget_and_device_changes_resume_and_a_changed_dataset_is_refused(sample, tmp_path):
     cfg = tiny_cfg(sample)
     run = prepare_run(tmp_path / "run", cfg, **QUIET)
+    (run / ".last.pt.x1y2.tmp").write_bytes(b"71 MB of a checkpoint that a kill -9 cut short")
     prepare_run(run, config.with_values(cfg, {"search.n_trials": 9, "search.timeout": 60.0,
                                               "train.num_workers": 2, "eval.batch_size": 2}), **QUIET)
+    assert not (run / ".last.pt.x1y2.tmp").exists()  # swept when the run starts again
     copy = tmp_path / "data"
     shutil.copytree(sample["train"].parent, copy)
     moved = config.with_values(cfg, {"data.train.annotations": str(copy / "train.json"),
@@ -107,3 +109,56 @@ def test_an_early_stopped_run_stays_stopped_and_a_fresh_start_keeps_one_row_per_
     fit(cfg, train_index, val_index, tmp_path / "run", progress=False, **QUIET)
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "1"]  # not appended to the old rows
+
+
+def test_a_second_process_on_one_run_folder_is_refused(tmp_path):
+    from detector.runs import hold_run
+
+    with hold_run(tmp_path / "run"):
+        with pytest.raises(ConfigError, match="another detector process is running in this folder"):
+            with hold_run(tmp_path / "run"):
+                pass
+    with hold_run(tmp_path / "run"):  # free again once the first one is done
+        pass
+
+
+def test_a_flipped_byte_in_a_checkpoint_is_caught(tmp_path):
+    import zipfile
+
+    import torch
+
+    from detector.checkpoint import load_checkpoint, save_checkpoint
+
+    save_checkpoint(tmp_path / "a.pt", {"model": {"w": torch.arange(1000, dtype=torch.float32)}, "label_map": {}})
+    assert torch.equal(load_checkpoint(tmp_path / "a.pt")["model"]["w"], torch.arange(1000, dtype=torch.float32))
+    with zipfile.ZipFile(tmp_path / "a.pt") as zin, zipfile.ZipFile(tmp_path / "b.pt", "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if "/data/" in item.filename:
+                data = data[:100] + bytes([data[100] ^ 1]) + data[101:]
+            zout.writestr(item, data)
+    with pytest.raises(DetectorError, match="b.pt: damaged checkpoint"):
+        load_checkpoint(tmp_path / "b.pt")
+
+
+@pytest.mark.slow
+def test_sigterm_stops_like_ctrl_c_and_the_same_command_resumes(sample, tmp_path):
+    import signal
+    import time
+
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("{}\n")
+    sets = [a for s in [f"data.train.annotations={sample['train']}", f"data.val.annotations={sample['val']}",
+                        *TINY, "train.epochs=4"] for a in ("--set", s)]
+    cmd = [sys.executable, "-m", "detector.cli", "train", str(empty), "--out", str(tmp_path / "run"), *sets]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "terminated (SIGTERM)" in err and "Traceback" not in err, err
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0 and "resuming" in done.stdout, done.stderr
+    assert [r.split(",")[0] for r in metrics.read_text().splitlines()[1:]] == ["0", "1", "2", "3"]

@@ -293,3 +293,24 @@ def test_a_study_runs_where_fcntl_does_not_exist(sample, tmp_path):
     out = subprocess.run([sys.executable, "-c", script, *cmd[3:]], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert load_study(tmp_path / "studies" / "nofcntl").trials[0].state == TrialState.COMPLETE
+
+
+def test_checkpoints_of_trials_that_failed_with_an_error_are_freed(tmp_path):
+    from detector.search import sync_best
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", direction="maximize")
+    for number, (state, attrs) in enumerate([(TrialState.FAIL, {"fail_reason": "ValueError: boom"}),
+                                             (TrialState.FAIL, {}),  # a dead worker's trial: kept for its retry
+                                             (TrialState.COMPLETE, {})]):
+        run = tmp_path / f"trial_{number:04d}"
+        (run / "top").mkdir(parents=True)
+        (run / "top" / "fold0_epoch000.pt").write_bytes(b"x")
+        trial = study.ask()
+        trial.set_user_attr("run_dir", run.name)
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        study.tell(trial, 0.5 if state == TrialState.COMPLETE else None, state=state)
+    sync_best(study, tmp_path, "best")
+    assert not (tmp_path / "trial_0000" / "top" / "fold0_epoch000.pt").exists()
+    assert (tmp_path / "trial_0001" / "top" / "fold0_epoch000.pt").exists()
+    assert (tmp_path / "trial_0002" / "top" / "fold0_epoch000.pt").exists()

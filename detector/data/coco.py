@@ -227,7 +227,26 @@ def _check_structure(raw: dict[str, Any], path: Path) -> list[Problem]:
             elif not _is_int(rec["id"]):
                 out.append(Problem(str(path), f"{section}[{i}].id", f"id {rec['id']!r} is not an integer",
                                    "use integer ids"))
+            else:
+                out += _check_types(rec, section, i, path)
         out += _duplicates(records, section, path)
+    return out
+
+
+_INT_FIELDS = {"annotations": ("image_id", "category_id")}
+_STR_FIELDS = {"images": ("file_name",), "categories": ("name",)}
+
+
+def _check_types(rec: dict, section: str, i: int, path: Path) -> list[Problem]:
+    out = []
+    for key in _INT_FIELDS.get(section, ()):
+        if not _is_int(rec[key]):
+            out.append(Problem(str(path), f"{section}[{i}].{key}", f"{rec[key]!r} is not an integer id",
+                               f"give every {section[:-1]} an integer {key}"))
+    for key in _STR_FIELDS.get(section, ()):
+        if not isinstance(rec[key], str):
+            out.append(Problem(str(path), f"{section}[{i}].{key}", f"{rec[key]!r} is not a string",
+                               f"give every {section[:-1]} a {key} string"))
     return out
 
 

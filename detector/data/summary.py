@@ -77,3 +77,16 @@ def format_summary(s: dict[str, Any], max_listed: int = 20) -> str:
                 lines.append(f"  ... and {len(items) - max_listed} more (--json lists all)")
     lines.append("usable: yes" if s["usable"] else "usable: NO")
     return "\n".join(lines)
+
+
+def crowding_warning(index: CocoIndex, max_detections: int) -> str | None:
+    """A warning when images hold more boxes than the detector may return per image (model.max_detections;
+    COCO's mAP also counts at most 100 detections per image): their recall can never reach 1."""
+    cap = min(max_detections, 100)
+    counts = [len(r.annotations) for r in index.images]
+    crowded = sum(1 for n in counts if n > cap)
+    if not crowded:
+        return None
+    return (f"{index.path}: {crowded} image(s) hold more than {cap} boxes (up to {max(counts)}), but at most "
+            f"{max_detections} detections per image are kept (model.max_detections) and COCO mAP counts at most "
+            "100: their recall and mAP are capped; raise model.max_detections, or tile the images")
