@@ -65,6 +65,7 @@ def test_predict_with_ground_truth_round_trips_through_evaluate(rbc, rbc_run, tm
     assert all(float(line.split(",")[2]) >= 0.3 for line in rows_csv[1:])
 
 
+@pytest.mark.slow
 def test_an_ensemble_of_one_equals_the_models_own_predictions(rbc, rbc_run):
     checkpoint = rbc_run / json.loads((rbc_run / "top_models.json").read_text())[0]["path"]
     index = load_coco(rbc / "test" / "_annotations.coco.json")
@@ -119,6 +120,7 @@ def test_unusual_and_broken_files(rbc, rbc_run, tmp_path):
     assert cli("predict", str(rbc_run), str(tmp_path / "nothing*.jpg"), "--out", str(out)).returncode == 2
 
 
+@pytest.mark.slow
 def test_an_interrupted_predict_keeps_the_images_it_finished(rbc, rbc_run, tmp_path):
     files = collect_images([rbc / "test"])
     writer = OutputWriter(tmp_path / "out", 0.3)
@@ -136,6 +138,7 @@ def test_an_interrupted_predict_keeps_the_images_it_finished(rbc, rbc_run, tmp_p
     assert {row.split(",")[0] for row in rows[1:]} <= {str(f) for f in files[:3]} and len(rows) > 1
 
 
+@pytest.mark.slow
 def test_hflip_tta_changes_the_fusion_and_collect_images(rbc, rbc_run):
     files = collect_images([str(rbc / "test" / "*.jpg")])
     assert len(files) == 10

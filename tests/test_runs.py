@@ -55,6 +55,7 @@ def test_force_refuses_folders_detector_did_not_make(sample, tmp_path, monkeypat
     assert (data / "train.json").exists() and (tmp_path / "study" / "study.json").exists()
 
 
+@pytest.mark.slow
 def test_cli_force_in_a_users_folder_deletes_nothing(sample, tmp_path):
     """The audit's case: cd exp1 (config.yaml, data/, notes.txt); detector train config.yaml --out . --force."""
     exp = tmp_path / "exp1"
@@ -97,6 +98,7 @@ def test_a_damaged_state_file_is_one_clear_error(tmp_path):
         read_summary(tmp_path)
 
 
+@pytest.mark.slow
 def test_an_early_stopped_run_stays_stopped_and_a_fresh_start_keeps_one_row_per_epoch(sample, tmp_path):
     # frozen norms and a vanishing learning rate: every epoch scores the same, so patience 1 stops at epoch 1
     cfg = tiny_cfg(sample, "train.epochs=4", "train.patience=1", "train.lr=1e-30", "model.frozen_bn=true")

@@ -100,6 +100,7 @@ def test_a_pruned_trial_stops_at_its_first_epoch_and_frees_its_checkpoints(sampl
     assert cfg.train.epochs == 2
 
 
+@pytest.mark.slow
 def test_objective_with_a_fixed_trial_scores_the_ensemble_on_held_out_data(sample, tmp_path):
     cfg = study_cfg(sample)
     trial = optuna.trial.FixedTrial({"train.lr": 1e-3, "train.batch_size": 4, "eval.score_threshold": 0.3},
@@ -164,6 +165,7 @@ def test_study_end_to_end_with_a_killed_trial_resumed(sample, tmp_path):
     assert trial_report.returncode == 0 and "mean+-std" in trial_report.stdout
 
 
+@pytest.mark.slow
 def test_a_trial_with_a_nan_loss_fails_alone(sample, tmp_path):
     cfg = study_cfg(sample, "search.n_trials=2", "search.space={train.lr: [0.001, 1.0e+12]}")
     study_dir = tmp_path / "nan"
@@ -216,6 +218,7 @@ def test_two_workers_share_a_postgresql_study_and_run_exactly_n_trials(sample, t
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning", "ignore:Heartbeat of storage")
+@pytest.mark.slow
 def test_a_trial_whose_heartbeat_stopped_on_another_host_is_failed_and_retried(sample, tmp_path):
     study_dir = tmp_path / "hb"
     study_dir.mkdir()
@@ -247,6 +250,7 @@ def test_a_search_space_typo_fails_before_the_study_records_anything(sample, tmp
     assert run_study(fixed, tmp_path / "s", log=lambda s: None).states == {"COMPLETE": 1}  # same name: accepted
 
 
+@pytest.mark.slow
 def test_storage_errors_are_clear_and_change_nothing(sample, tmp_path):
     from detector.cli import main
 

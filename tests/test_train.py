@@ -168,6 +168,7 @@ def run_cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "detector.cli", *args], capture_output=True, text=True, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_cli_config_typo_is_one_clean_error(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  epocs: 3\n")
