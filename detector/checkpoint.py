@@ -72,6 +72,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if recorded is not None and recorded != tensor_checksum(state):
         raise WeightsError(f"{path}: damaged checkpoint: its tensors do not match the checksum saved with them; "
                            "delete it (a run then restarts its folder or fold) or restore a copy")
+    if recorded is not None:
+        state["checksum"] = recorded  # the weights' identity (save() recomputes it)
     return state
 
 
@@ -104,6 +106,7 @@ class RestoredModel:
     config: config_mod.Config
     anchors: list | None
     metrics: dict[str, Any]
+    checksum: str  # of the checkpoint's tensors: what predictions made with it depend on
 
 
 def restore_model(path: str | Path, device: str | torch.device = "cpu") -> RestoredModel:
@@ -117,7 +120,7 @@ def restore_model(path: str | Path, device: str | torch.device = "cpu") -> Resto
     faster_rcnn.set_normalization(model, state.get("normalization") or LEGACY_NORMALIZATION)
     model.to(device).eval()
     return RestoredModel(model, label_map, int(state["image_size"]), cfg, state.get("anchors"),
-                         state.get("metrics", {}))
+                         state.get("metrics", {}), state.get("checksum") or tensor_checksum(state))
 
 
 

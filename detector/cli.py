@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import signal
 import sys
@@ -225,14 +226,21 @@ def _predict(args) -> int:
     if not images and gt is None:
         raise DetectorError("no images given: predict MODELS IMAGES... (files, folders or globs)")
     paths = collect_images(images) if images else [r.path for r in gt.images]
-    writer = OutputWriter(args.out, threshold, draw=args.draw)
+    job = {"models": ensemble.identity(), "tta": args.tta, "gt": str(args.gt) if args.gt else None,
+           "images": hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()}
+    writer = OutputWriter(args.out, threshold, draw=args.draw, job=job)
+    if writer.done:
+        print(f"resuming: {len(writer.done)} of {len(paths)} images were predicted by an interrupted run "
+              f"in {args.out}")
     run = run_predictions(ensemble, paths, gt=gt, batch_size=args.batch_size, tta=args.tta == "hflip",
-                          progress=_progress(args), with_members=gt is not None, on_image=writer.add)
+                          progress=_progress(args), with_members=gt is not None, done=writer.done,
+                          on_image=writer.add)
     written = writer.close()
     boxes = sum(int((p.scores >= threshold).sum()) for p in run.predictions)
     print(f"{len(run.predictions)} images, {boxes} boxes with score >= {threshold:.2f} from "
           f"{len(ensemble.members)} model(s){' with hflip TTA' if args.tta else ''} -> {args.out}")
-    print("  " + ", ".join(p.name for p in written[:3]) + (f", {len(written) - 3} drawings" if args.draw else ""))
+    drawings = sum("drawing" in image for image in writer.images)
+    print("  " + ", ".join(p.name for p in written) + (f", {drawings} drawings in drawn/" if args.draw else ""))
     if run.skipped:
         print(f"skipped {len(run.skipped)} unreadable file(s):", file=sys.stderr)
         for path, reason in run.skipped:

@@ -91,6 +91,18 @@ class ImagePrediction:
     category_ids: list[int] = field(default_factory=list)
     members: list["ImagePrediction"] = field(default_factory=list)  # each model alone (with_members=True)
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready and exact: float32 values survive the round trip through from_dict."""
+        return {"source": self.source, "width": self.width, "height": self.height, "boxes": self.boxes.tolist(),
+                "scores": self.scores.tolist(), "labels": self.labels.tolist(), "names": self.names,
+                "category_ids": self.category_ids, "members": [m.to_dict() for m in self.members]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ImagePrediction":
+        return cls(d["source"], d["width"], d["height"], np.asarray(d["boxes"], np.float32).reshape(-1, 4),
+                   np.asarray(d["scores"], np.float32), np.asarray(d["labels"], np.int64), list(d["names"]),
+                   list(d["category_ids"]), [cls.from_dict(m) for m in d["members"]])
+
 
 class Ensemble:
     """Checkpoints of one label map whose predictions are fused with WBF (one checkpoint: no fusion)."""
@@ -111,6 +123,10 @@ class Ensemble:
         if self.settings.weights is not None and len(self.settings.weights) != len(members):
             raise ConfigError(f"ensemble.weights has {len(self.settings.weights)} values for {len(members)} "
                               "models; give one per model or null")
+
+    def identity(self) -> dict[str, Any]:
+        """What its predictions depend on: the members' weights and the fusion settings."""
+        return {"members": [m.checksum for m in self.members], "settings": dataclasses.asdict(self.settings)}
 
     @property
     def label_map(self):

@@ -6,7 +6,7 @@ import glob
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 
 from .data.coco import CocoIndex, load_coco
@@ -14,7 +14,7 @@ from .data.images import read_image
 from .engine import coco_detections
 from .ensemble import Ensemble, ImagePrediction
 from .errors import DatasetError
-from .files import write_json
+from .files import atomic_file, write_json
 from .metrics import evaluate_detections
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
@@ -51,17 +51,26 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
 
 def run_predictions(ensemble: Ensemble, images: Sequence[Path], *, gt: CocoIndex | None = None,
                     batch_size: int = 8, tta: bool = False, progress: bool = False,
-                    with_members: bool = False,
+                    with_members: bool = False, done: Mapping[str, ImagePrediction] | None = None,
                     on_image: Callable[[ImagePrediction, int], Any] | None = None) -> PredictionRun:
     """Predict every image (all scores kept); unreadable files are skipped with their reason.
 
-    `on_image(prediction, image_id)` is called as each image finishes (OutputWriter.add writes it).
+    `done` maps files already predicted (OutputWriter.done on a resumed run) to their predictions, which
+    are used as they are. `on_image(prediction, image_id)` is called as each new image finishes
+    (OutputWriter.add writes it).
     """
+    done = done or {}
     ids = _image_ids(images, gt)
+    todo = [p for p in images if str(p) not in done]
+    stream = ensemble.iter_predict(todo, batch_size=batch_size, tta=tta, score_threshold=0.0, progress=progress,
+                                   with_members=with_members)
     predictions, kept_ids, skipped = [], [], []
-    for path, image_id, (p, error) in zip(images, ids, ensemble.iter_predict(
-            list(images), batch_size=batch_size, tta=tta, score_threshold=0.0, progress=progress,
-            with_members=with_members)):
+    for path, image_id in zip(images, ids):
+        if str(path) in done:
+            predictions.append(done[str(path)])
+            kept_ids.append(image_id)
+            continue
+        p, error = next(stream)
         if p is None:
             skipped.append((str(path), error))
             continue
@@ -97,39 +106,58 @@ class OutputWriter:
     """predict's outputs, written as images finish so an interrupted run keeps what it did.
 
     At once per image: its rows in predictions.csv (boxes >= score_threshold), its drawing with `draw`,
-    and its COCO results appended to predictions.partial.jsonl. close() writes predictions.json (every
-    box) and images.json atomically and removes the partial file.
+    and the whole prediction appended to predictions.partial.jsonl, whose first line records the `job`
+    (models, settings, images). A writer for the same job picks those images up again (`done`) instead of
+    predicting them twice; any other job starts the folder's outputs afresh. close() writes
+    predictions.json (every box) and images.json atomically and removes the partial file.
     """
 
-    def __init__(self, out: str | Path, score_threshold: float, *, draw: bool = False):
+    def __init__(self, out: str | Path, score_threshold: float, *, draw: bool = False,
+                 job: dict[str, Any] | None = None):
         self.out, self.score_threshold, self.draw = Path(out), score_threshold, draw
         self.out.mkdir(parents=True, exist_ok=True)
         self.partial = self.out / "predictions.partial.jsonl"
-        self.partial.unlink(missing_ok=True)
+        header = {"job": {**(job or {}), "score_threshold": score_threshold, "draw": draw}}
+        finished = _read_partial(self.partial, header)
+        self.done: dict[str, ImagePrediction] = {}
+        self.images: list[dict[str, Any]] = []
+        self.results: list[dict[str, Any]] = []
+        self.drawn: set[str] = set()
         self.csv_file = (self.out / "predictions.csv").open("w", newline="")
         self.csv = csv.writer(self.csv_file)
         self.csv.writerow(["file", "class", "score", "x1", "y1", "x2", "y2"])
-        self.images: list[dict[str, Any]] = []
-        self.drawn: set[str] = set()
+        with atomic_file(self.partial, "w") as f:
+            f.write(json.dumps(header) + "\n")
+            for record in finished:
+                f.write(json.dumps(record) + "\n")
+        for record in finished:
+            p = ImagePrediction.from_dict(record["prediction"])
+            self.done[p.source] = p
+            self._record(p, record["image"])
+        self.csv_file.flush()
 
     def add(self, p: ImagePrediction, image_id: int) -> None:
+        image = {"id": image_id, "file_name": p.source, "width": p.width, "height": p.height}
+        if self.draw:
+            image["drawing"] = str(draw_prediction(p, self.out / "drawn", self.score_threshold,
+                                                   self._drawing_name(p.source)).relative_to(self.out))
+        self._record(p, image)
+        self.csv_file.flush()
+        with self.partial.open("a") as f:
+            f.write(json.dumps({"image": image, "prediction": p.to_dict()}) + "\n")
+
+    def _record(self, p: ImagePrediction, image: dict[str, Any]) -> None:
         for box, score, name in zip(p.boxes.tolist(), p.scores.tolist(), p.names):
             if score >= self.score_threshold:
                 self.csv.writerow([p.source, name, f"{score:.4f}", *(f"{v:.1f}" for v in box)])
-        self.csv_file.flush()
-        with self.partial.open("a") as f:
-            f.write(json.dumps(coco_detections(image_id, p.boxes, p.scores.tolist(), p.category_ids)) + "\n")
-        record = {"id": image_id, "file_name": p.source, "width": p.width, "height": p.height}
-        if self.draw:
-            record["drawing"] = str(draw_prediction(p, self.out / "drawn", self.score_threshold,
-                                                    self._drawing_name(p.source)).relative_to(self.out))
-        self.images.append(record)
+        self.results += coco_detections(image["id"], p.boxes, p.scores.tolist(), p.category_ids)
+        if "drawing" in image:
+            self.drawn.add(Path(image["drawing"]).name)
+        self.images.append(image)
 
     def close(self) -> list[Path]:
         self.csv_file.close()
-        results = [r for line in self.partial.read_text().splitlines() for r in json.loads(line)] \
-            if self.partial.exists() else []
-        write_json(self.out / "predictions.json", results, indent=None)
+        write_json(self.out / "predictions.json", self.results, indent=None)
         write_json(self.out / "images.json", self.images, indent=1)
         self.partial.unlink(missing_ok=True)
         return [self.out / "predictions.json", self.out / "predictions.csv", self.out / "images.json"]
@@ -143,6 +171,25 @@ class OutputWriter:
             name = f"{stem}_{n}.png"
         self.drawn.add(name)
         return name
+
+
+def _read_partial(path: Path, header: dict[str, Any]) -> list[dict[str, Any]]:
+    """The finished images an interrupted run of the same job left in `path` (a torn last line is dropped)."""
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    try:
+        if not lines or json.loads(lines[0]) != json.loads(json.dumps(header)):
+            return []
+    except json.JSONDecodeError:
+        return []
+    records = []
+    for line in lines[1:]:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # the line being written when the run was killed
+            break
+    return records
 
 
 def draw_prediction(p: ImagePrediction, out_dir: Path, score_threshold: float, file_name: str | None = None,

@@ -121,9 +121,11 @@ def test_unusual_and_broken_files(rbc, rbc_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_an_interrupted_predict_keeps_the_images_it_finished(rbc, rbc_run, tmp_path):
+def test_an_interrupted_predict_keeps_the_images_it_finished_and_the_same_job_resumes(rbc, rbc_run, tmp_path):
     files = collect_images([rbc / "test"])
-    writer = OutputWriter(tmp_path / "out", 0.3)
+    ensemble = Ensemble.load(rbc_run)
+    job = {"models": ensemble.identity(), "images": [str(f) for f in files]}
+    writer = OutputWriter(tmp_path / "out", 0.3, draw=True, job=job)
 
     def add_then_stop(p, image_id):
         writer.add(p, image_id)
@@ -131,11 +133,30 @@ def test_an_interrupted_predict_keeps_the_images_it_finished(rbc, rbc_run, tmp_p
             raise KeyboardInterrupt  # Ctrl-C, or a crash, after the third image
 
     with pytest.raises(KeyboardInterrupt):
-        run_predictions(Ensemble.load(rbc_run), files, batch_size=2, on_image=add_then_stop)
+        run_predictions(ensemble, files, batch_size=1, on_image=add_then_stop)
     lines = (tmp_path / "out" / "predictions.partial.jsonl").read_text().splitlines()
-    assert len(lines) == 3 and all(r["image_id"] in (1, 2, 3) for line in lines for r in json.loads(line))
+    assert len(lines) == 4 and [json.loads(line)["image"]["id"] for line in lines[1:]] == [1, 2, 3]
     rows = (tmp_path / "out" / "predictions.csv").read_text().splitlines()
     assert {row.split(",")[0] for row in rows[1:]} <= {str(f) for f in files[:3]} and len(rows) > 1
+    with (tmp_path / "out" / "predictions.partial.jsonl").open("a") as f:
+        f.write('{"image": {"id": 4, "fi')  # torn by a kill -9 mid-write
+
+    again = OutputWriter(tmp_path / "out", 0.3, draw=True, job=job)  # the same command again
+    assert sorted(again.done) == [str(f) for f in files[:3]]
+    predicted = []
+    run = run_predictions(ensemble, files, batch_size=1, done=again.done,
+                          on_image=lambda p, i: (predicted.append(i), again.add(p, i)))
+    again.close()
+    assert predicted == list(range(4, 11))  # only the images the first run did not finish
+    whole = OutputWriter(tmp_path / "whole", 0.3, draw=True, job=job)
+    run_predictions(ensemble, files, batch_size=1, on_image=whole.add)  # batches of one: the same arithmetic
+    whole.close()
+    for name in ("predictions.json", "predictions.csv", "images.json"):
+        assert (tmp_path / "out" / name).read_text() == (tmp_path / "whole" / name).read_text(), name
+    assert len(list((tmp_path / "out" / "drawn").glob("*.png"))) == 10 and len(run.predictions) == 10
+    assert not (tmp_path / "out" / "predictions.partial.jsonl").exists()
+    other = OutputWriter(tmp_path / "whole", 0.5, job=job)  # another threshold: another job, started afresh
+    assert not other.done
 
 
 @pytest.mark.slow

@@ -61,8 +61,8 @@ def test_cli_force_in_a_users_folder_deletes_nothing(sample, tmp_path):
     exp = tmp_path / "exp1"
     shutil.copytree(sample["train"].parent, exp / "data")
     (exp / "notes.txt").write_text("notes")
-    (exp / "config.yaml").write_text(f"data:\n  train: {{annotations: data/train.json}}\n"
-                                     f"  val: {{annotations: data/val.json}}\n")
+    (exp / "config.yaml").write_text("data:\n  train: {annotations: data/train.json}\n"
+                                     "  val: {annotations: data/val.json}\n")
     before = sorted(str(p.relative_to(exp)) for p in exp.rglob("*"))
     sets = [a for s in [*TINY, "train.epochs=1"] for a in ("--set", s)]
     out = subprocess.run([sys.executable, "-m", "detector.cli", "train", "config.yaml", "--out", ".", "--force",

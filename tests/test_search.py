@@ -288,15 +288,47 @@ def test_workers_on_this_machine_are_told_apart_by_pid_and_start_time():
     assert _is_dead(alive)
 
 
+# Windows has no fcntl and macOS no /proc: the process runs with neither. psutil is allowed /proc, since it is
+# the portable library that reads each platform's own process table (sysctl on macOS, the Win32 API on Windows).
+_NO_FCNTL_NO_PROC = """
+import sys
+sys.modules["fcntl"] = None
+def _refuse_proc(event, args):
+    if event in ("open", "os.listdir", "os.scandir") and args and str(args[0]).startswith("/proc"):
+        frame = sys._getframe(1)
+        while frame is not None:
+            if "/psutil/" in frame.f_code.co_filename:
+                return
+            frame = frame.f_back
+        raise PermissionError(f"no /proc on this platform: {args[0]}")
+sys.addaudithook(_refuse_proc)
+from detector.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 @pytest.mark.slow
-def test_a_study_runs_where_fcntl_does_not_exist(sample, tmp_path):
-    """Windows has no fcntl: the study lock must not need it (filelock picks what the platform has)."""
-    script = ("import sys; sys.modules['fcntl'] = None\n"
-              "from detector.cli import main; sys.exit(main(sys.argv[1:]))")
-    cmd = study_command(sample, tmp_path, "nofcntl", "search.n_trials=1", "train.epochs=1")
-    out = subprocess.run([sys.executable, "-c", script, *cmd[3:]], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert load_study(tmp_path / "studies" / "nofcntl").trials[0].state == TrialState.COMPLETE
+@pytest.mark.filterwarnings("ignore:only soft file lock")
+def test_a_killed_study_resumes_where_fcntl_and_proc_do_not_exist(sample, tmp_path):
+    cmd = [sys.executable, "-c", _NO_FCNTL_NO_PROC,
+           *study_command(sample, tmp_path, "portable", "search.n_trials=1", "train.epochs=2")[3:]]
+    study_dir = tmp_path / "studies" / "portable"
+    csv_path = study_dir / "trial_0000" / "fold_0" / "metrics.csv"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if csv_path.exists() and len(csv_path.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # leaves the soft locks behind: their owner's pid is gone
+    proc.wait()
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "no /proc" not in resumed.stderr and "resuming" in resumed.stdout + resumed.stderr
+    trials = load_study(study_dir).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]  # the dead worker was found
+    rows = csv_path.read_text().splitlines()
+    assert [r.split(",")[1] for r in rows[1:]] == ["0", "1"]
 
 
 def test_checkpoints_of_trials_that_failed_with_an_error_are_freed(tmp_path):
