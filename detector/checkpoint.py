@@ -21,6 +21,7 @@ from . import config as config_mod
 from .data.coco import LabelMap
 from .errors import WeightsError
 from .files import atomic_file, read_json, write_json
+from .layout import RunPaths
 from .models import faster_rcnn
 from .models.backbones import IMAGENET_MEAN, IMAGENET_STD
 
@@ -134,8 +135,9 @@ class TopK:
 
     def __init__(self, run_dir: str | Path, k: int):
         self.run, self.k = Path(run_dir), k
-        self.folder = self.run / "top"
-        self.index = self.run / "top_models.json"
+        self.paths = RunPaths(run_dir)
+        self.folder = self.paths.top
+        self.index = self.paths.top_models
         self.entries: list[dict[str, Any]] = read_json(self.index) if self.index.exists() else []
         self._remove_unlisted()
 
@@ -148,7 +150,7 @@ class TopK:
         ranked = sorted(others + [candidate], key=_rank)
         if candidate not in ranked[: self.k]:
             return False
-        path = self.folder / f"fold{fold}_epoch{epoch:03d}.pt"
+        path = self.paths.top_checkpoint(fold, epoch)
         save(path)
         entry = {**candidate, "path": str(path.relative_to(self.run)),
                  "metrics": {k: v for k, v in metrics.items() if k != "per_class"}}

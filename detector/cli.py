@@ -264,12 +264,13 @@ def _split_models(inputs: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _report(args) -> int:
+    from .layout import StudyPaths
     from .report import report_run
 
     run = Path(args.run)
     if not run.is_dir():
         raise DetectorError(f"{run}: no such run, study or trial directory")
-    if (run / "study.json").exists():
+    if StudyPaths(run).meta.exists():
         from .search import report_study
 
         text, _ = report_study(run, args.format, args.storage)

@@ -1,9 +1,8 @@
 """run_cv(): k-fold cross-validation on the training split, resumable, keeping the top-k models.
 
-RUN/ holds config.yaml, env.json, folds.json (validation image ids per fold, written before training),
-fold_K/ (a fit() run directory: metrics.csv with a fold column, anchors.json, summary.json when done),
-top/ + top_models.json (the cv.top_k best checkpoints over all folds and epochs) and summary.json
-(per-fold best epoch and metrics, mean and std across finished folds), all updated as the run goes.
+Folds are made once (folds.json) before training; each fold is a fit() run in fold_K/; the cv.top_k best
+checkpoints over all folds and epochs are kept in top/; summary.json holds the finished folds' best epochs
+with mean and std, updated as the run goes (layout.py draws the whole folder).
 """
 from __future__ import annotations
 
@@ -21,10 +20,10 @@ from .config import Config
 from .data.coco import CocoIndex
 from .data.folds import make_folds, resolve_strategy
 from .files import read_json, write_json
+from .layout import RunPaths
+from .metrics import METRIC_KEYS
 from .runs import hold_run, prepare_run
 from .train import OnEpochEnd, fit, load_splits
-
-SUMMARY_KEYS = ("map", "map_50", "map_75", "precision", "recall", "f1", "score")
 
 
 @dataclass
@@ -60,12 +59,13 @@ def _run_cv(cfg: Config, run_dir: str | Path, *, force, on_epoch_end, progress, 
     if index is None:
         index, _ = load_splits(cfg)
     run = prepare_run(run_dir, cfg, force=force, log=log)
-    write_json(run / "env.json", environment())
-    folds = _folds(run, index, cfg, log)
+    paths = RunPaths(run)
+    write_json(paths.env, environment())
+    folds = _folds(paths, index, cfg, log)
     top = TopK(run, cfg.cv.top_k)
     for k, val_ids in enumerate(folds):
-        fold_dir = run / f"fold_{k}"
-        if (fold_dir / "summary.json").exists():
+        fold = paths.fold(k)
+        if fold.summary.exists():
             log(f"fold {k}: finished earlier, skipped")
             continue
         val_set = set(val_ids)
@@ -74,10 +74,10 @@ def _run_cv(cfg: Config, run_dir: str | Path, *, force, on_epoch_end, progress, 
         hook: OnEpochEnd | None = None
         if on_epoch_end is not None:
             hook = (lambda fold: lambda epoch, metrics: on_epoch_end(fold, epoch, metrics))(k)
-        fit(cfg, train_part, index.subset(val_ids), fold_dir, on_epoch_end=hook, progress=progress, log=log,
+        fit(cfg, train_part, index.subset(val_ids), fold.root, on_epoch_end=hook, progress=progress, log=log,
             extra_columns={"fold": k}, save_best=False,
             keep=(lambda fold: lambda epoch, metrics, save: top.offer(fold, epoch, metrics, save))(k))
-        (fold_dir / "last.pt").unlink(missing_ok=True)
+        fold.last.unlink(missing_ok=True)
         write_summary(run)
     return write_summary(run)
 
@@ -85,7 +85,7 @@ def _run_cv(cfg: Config, run_dir: str | Path, *, force, on_epoch_end, progress, 
 def write_summary(run: Path) -> CVResult:
     """Summarise the finished folds of a run into RUN/summary.json."""
     result = read_summary(run)
-    write_json(run / "summary.json", {"folds_finished": len(result.folds), "folds": result.folds,
+    write_json(RunPaths(run).summary, {"folds_finished": len(result.folds), "folds": result.folds,
                                       "mean": result.mean, "std": result.std, "top_models": result.top_models})
     return result
 
@@ -93,18 +93,17 @@ def write_summary(run: Path) -> CVResult:
 def read_summary(run: Path) -> CVResult:
     """The finished folds of a run, mean and std across them, and the top models (unfinished runs too)."""
     folds = []
-    for fold_dir in sorted(run.glob("fold_*"), key=lambda p: int(p.name.split("_")[1])):
-        summary = fold_dir / "summary.json"
-        if summary.exists():
-            s = read_json(summary)
-            folds.append({"fold": int(fold_dir.name.split("_")[1]), "best_epoch": s["best_epoch"],
+    paths = RunPaths(run)
+    for k, fold in paths.fold_runs():
+        if fold.summary.exists():
+            s = read_json(fold.summary)
+            folds.append({"fold": k, "best_epoch": s["best_epoch"],
                           "epochs_run": s["epochs_run"], "stopped_early": s["stopped_early"],
                           "metrics": s["best_metrics"], "anchors": s.get("anchors")})
-    values = {k: [f["metrics"].get(k, float("nan")) for f in folds] for k in SUMMARY_KEYS}
+    values = {k: [f["metrics"].get(k, float("nan")) for f in folds] for k in METRIC_KEYS}
     mean = {k: float(np.mean(v)) if v else float("nan") for k, v in values.items()}
     std = {k: float(np.std(v)) if v else float("nan") for k, v in values.items()}
-    top_path = run / "top_models.json"
-    top = read_json(top_path) if top_path.exists() else []
+    top = read_json(paths.top_models) if paths.top_models.exists() else []
     return CVResult(run, folds, mean, std, top)
 
 
@@ -132,8 +131,8 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def _folds(run: Path, index: CocoIndex, cfg: Config, log: Callable[[str], None]) -> list[list[int]]:
-    path = run / "folds.json"
+def _folds(run: RunPaths, index: CocoIndex, cfg: Config, log: Callable[[str], None]) -> list[list[int]]:
+    path = run.folds
     if path.exists():
         return read_json(path)["folds"]
     cv = cfg.cv

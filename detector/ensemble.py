@@ -24,6 +24,7 @@ from .data.transforms import build_eval_transforms
 from .engine import predict, resolve_device, resolve_precision, to_coco_results
 from .errors import ConfigError, DatasetError, WeightsError
 from .files import read_json
+from .layout import ENSEMBLE, RunPaths
 
 
 def fuse_wbf(
@@ -266,8 +267,8 @@ def _model_inputs(arrays: list[np.ndarray], size: int, flip: bool) -> tuple[tupl
 def is_models_path(item: str | Path) -> bool:
     """Whether a command-line argument names models (rather than images): see resolve_models."""
     p = Path(item)
-    return (p.suffix in (".pt", ".pth") or p.name == "top_models.json"
-            or (p.is_dir() and ((p / "ensemble.json").exists() or (p / "top_models.json").exists())))
+    return (p.suffix in (".pt", ".pth") or p.name == RunPaths(p).top_models.name
+            or (p.is_dir() and ((p / ENSEMBLE).exists() or RunPaths(p).top_models.exists())))
 
 
 def resolve_models(path: str | Path | Sequence[str | Path]) -> tuple[list[Path], EnsembleConfig | None, float | None]:
@@ -278,13 +279,13 @@ def resolve_models(path: str | Path | Sequence[str | Path]) -> tuple[list[Path],
             return resolve_models(paths[0])
         return paths, None, None
     p = Path(path)
-    if p.is_dir() and (p / "ensemble.json").exists():
-        meta = read_json(p / "ensemble.json")
-        settings = config_mod.from_dict({"ensemble": meta["ensemble"]}, str(p / "ensemble.json")).ensemble
+    if p.is_dir() and (p / ENSEMBLE).exists():
+        meta = read_json(p / ENSEMBLE)
+        settings = config_mod.from_dict({"ensemble": meta["ensemble"]}, str(p / ENSEMBLE)).ensemble
         return [p / m["file"] for m in meta["members"]], settings, meta.get("score_threshold")
-    if p.is_dir() and (p / "top_models.json").exists():
-        p = p / "top_models.json"
-    if p.name == "top_models.json" and p.is_file():
+    if p.is_dir() and RunPaths(p).top_models.exists():
+        p = RunPaths(p).top_models
+    if p.name == RunPaths(p).top_models.name and p.is_file():
         top = read_json(p)
         missing = [m["path"] for m in top if not (p.parent / m["path"]).exists()]
         if missing:

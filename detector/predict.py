@@ -15,6 +15,7 @@ from .engine import coco_detections
 from .ensemble import Ensemble, ImagePrediction
 from .errors import DatasetError
 from .files import atomic_file, write_json
+from .layout import PredictPaths
 from .metrics import evaluate_detections
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
@@ -115,15 +116,16 @@ class OutputWriter:
     def __init__(self, out: str | Path, score_threshold: float, *, draw: bool = False,
                  job: dict[str, Any] | None = None):
         self.out, self.score_threshold, self.draw = Path(out), score_threshold, draw
+        self.paths = PredictPaths(out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.partial = self.out / "predictions.partial.jsonl"
+        self.partial = self.paths.partial
         header = {"job": {**(job or {}), "score_threshold": score_threshold, "draw": draw}}
         finished = _read_partial(self.partial, header)
         self.done: dict[str, ImagePrediction] = {}
         self.images: list[dict[str, Any]] = []
         self.results: list[dict[str, Any]] = []
         self.drawn: set[str] = set()
-        self.csv_file = (self.out / "predictions.csv").open("w", newline="")
+        self.csv_file = self.paths.table.open("w", newline="")
         self.csv = csv.writer(self.csv_file)
         self.csv.writerow(["file", "class", "score", "x1", "y1", "x2", "y2"])
         with atomic_file(self.partial, "w") as f:
@@ -139,7 +141,7 @@ class OutputWriter:
     def add(self, p: ImagePrediction, image_id: int) -> None:
         image = {"id": image_id, "file_name": p.source, "width": p.width, "height": p.height}
         if self.draw:
-            image["drawing"] = str(draw_prediction(p, self.out / "drawn", self.score_threshold,
+            image["drawing"] = str(draw_prediction(p, self.paths.drawn, self.score_threshold,
                                                    self._drawing_name(p.source)).relative_to(self.out))
         self._record(p, image)
         self.csv_file.flush()
@@ -157,10 +159,10 @@ class OutputWriter:
 
     def close(self) -> list[Path]:
         self.csv_file.close()
-        write_json(self.out / "predictions.json", self.results, indent=None)
-        write_json(self.out / "images.json", self.images, indent=1)
+        write_json(self.paths.predictions, self.results, indent=None)
+        write_json(self.paths.images, self.images, indent=1)
         self.partial.unlink(missing_ok=True)
-        return [self.out / "predictions.json", self.out / "predictions.csv", self.out / "images.json"]
+        return [self.paths.predictions, self.paths.table, self.paths.images]
 
     def _drawing_name(self, source: str) -> str:
         """The file's stem, numbered when two inputs share one (a/x.png and b/x.png)."""

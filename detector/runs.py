@@ -19,14 +19,8 @@ from . import config as config_mod
 from .config import Config
 from .errors import ConfigError
 from .files import TEMP_GLOB, read_json, sweep_temp_files, write_json
+from .layout import MARKER, RUN_ENTRIES, RunPaths, StudyPaths
 
-MARKER = ".detector-run"
-DATA = "data.json"  # sha256 of the annotation files, checked on resume
-LOCK = ".detector.lock"  # held while a process works in the folder; never deleted
-# Everything detector writes in a run folder (fold_K/ folders are run folders themselves).
-RUN_ENTRIES = ("config.yaml", "env.json", "folds.json", "metrics.csv", "anchors.json", "best.pt", "last.pt",
-               "best_predictions.json", "summary.json", "top_models.json", "top", "plots", "heldout.json",
-               "data.json", MARKER)
 # Keys that may change between the runs of one folder: budget, place and speed, not what is trained.
 RESUMABLE_CHANGES = ("search.n_trials", "search.timeout", "train.device", "train.num_workers", "eval.batch_size",
                      "data.train.annotations", "data.train.images", "data.val.annotations", "data.val.images")
@@ -38,7 +32,7 @@ def hold_run(run: str | Path) -> Iterator[Path]:
     writers would interleave rows and overwrite each other's checkpoints). The OS frees it if we die."""
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
-    path = run / LOCK
+    path = RunPaths(run).lock
     created = not path.exists()
     lock = FileLock(str(path), timeout=0)
     try:
@@ -50,7 +44,7 @@ def hold_run(run: str | Path) -> Iterator[Path]:
         yield run
     finally:
         lock.release()
-        if created and not (run / MARKER).exists():  # refused before it became a run: leave no trace
+        if created and not RunPaths(run).marker.exists():  # refused before it became a run: leave no trace
             path.unlink(missing_ok=True)
 
 
@@ -75,10 +69,11 @@ def prepare_run(run: str | Path, cfg: Config, *, force: bool = False, log=print)
     swept = sweep_temp_files(run)
     if swept:
         log(f"{run}: removed {swept} temporary file(s) left by an interrupted write")
-    if not (run / MARKER).exists():
-        write_json(run / MARKER, {"created_by": "detector"})
-    config_mod.save(config_mod.resolve_paths(cfg), run / "config.yaml")
-    write_json(run / DATA, data_fingerprint(cfg))
+    paths = RunPaths(run)
+    if not paths.marker.exists():
+        write_json(paths.marker, {"created_by": "detector"})
+    config_mod.save(config_mod.resolve_paths(cfg), paths.config)
+    write_json(paths.data, data_fingerprint(cfg))
     return run
 
 
@@ -94,7 +89,8 @@ def data_fingerprint(cfg: Config) -> dict[str, str]:
 
 def _check_data(run: Path, cfg: Config, force: bool) -> None:
     """A run resumed on annotation files whose content changed would mix two datasets in one run."""
-    recorded = read_json(run / DATA) if (run / DATA).exists() else {}
+    data = RunPaths(run).data
+    recorded = read_json(data) if data.exists() else {}
     changed = [k for k, v in data_fingerprint(cfg).items() if k in recorded and recorded[k] != v]
     if changed and not force:
         raise ConfigError(f"{run}: the {' and '.join(f'data.{k}' for k in changed)} annotations changed since "
@@ -106,7 +102,7 @@ def _check_data(run: Path, cfg: Config, force: bool) -> None:
 
 def config_differences(run: Path, cfg: Config) -> dict[str, tuple[Any, Any]]:
     """Keys whose values differ between the run's saved config and `cfg`, ignoring RESUMABLE_CHANGES."""
-    saved = run / "config.yaml"
+    saved = RunPaths(run).config
     if not saved.exists():
         return {}
     differences = config_mod.diff(config_mod.load(saved), config_mod.resolve_paths(cfg))
@@ -119,10 +115,10 @@ def clear_run(run: Path, cfg: Config) -> None:
     if here == Path.cwd().resolve() or here in Path.cwd().resolve().parents:
         raise ConfigError(f"{run}: --force would clear the current directory (or one holding it); "
                           "pass a run folder of its own as --out")
-    if (run / "study.json").exists():
+    if StudyPaths(run).meta.exists():
         raise ConfigError(f"{run}: is a study folder; --force never clears a study (delete it yourself, or "
                           "use another --out)")
-    if not (run / MARKER).exists():
+    if not RunPaths(run).marker.exists():
         raise ConfigError(f"{run}: was not created by detector (no {MARKER}), so --force will not clear it; "
                           "use another --out, or delete the folder yourself")
     for path in _dataset_paths(cfg):
@@ -133,8 +129,9 @@ def clear_run(run: Path, cfg: Config) -> None:
 
 
 def _remove_entries(folder: Path) -> None:
+    folds = {f.root for _, f in RunPaths(folder).fold_runs() if f.marker.exists()}
     for child in folder.iterdir():
-        if child.is_dir() and child.name.startswith("fold_") and (child / MARKER).exists():
+        if child in folds:
             _remove_entries(child)
             _rmdir_if_empty(child)
         elif child.name in RUN_ENTRIES or child.match(TEMP_GLOB):

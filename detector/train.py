@@ -1,8 +1,9 @@
 """fit(): train one train/val split, evaluating every epoch, logging rows and keeping the best checkpoint.
 
-Everything about a run goes to its run directory as it happens: config.yaml, anchors.json, metrics.csv,
-last.pt (for resuming), best.pt and summary.json. fit() knows nothing about Optuna: it calls
-on_epoch_end(epoch, metrics), which may raise to stop the run.
+fit() owns its run folder: it locks it, checks that it may be resumed and records the config (runs.py),
+then writes everything as it happens: anchors.json, metrics.csv, last.pt (for resuming), best.pt and
+summary.json (layout.RunPaths). It knows nothing about Optuna: it calls on_epoch_end(epoch, metrics), which
+may raise to stop the run.
 """
 from __future__ import annotations
 
@@ -26,15 +27,15 @@ from .data.summary import crowding_warning
 from .data.transforms import build_eval_transforms, build_train_transforms
 from .errors import DatasetError, TrainingError
 from .files import read_json, write_json
+from .layout import RunPaths
 from .engine import Precision, predict, resolve_device, resolve_precision, to_coco_results, train_one_epoch
-from .metrics import evaluate_detections
+from .metrics import METRIC_KEYS, evaluate_detections
 from .models import faster_rcnn
 from .optim import LrSchedule, build_optimizer
 from .runs import hold_run, prepare_run
 
 LOSS_KEYS = ("loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
-CSV_COLUMNS = ("epoch", "lr", *LOSS_KEYS, "map", "map_50", "map_75", "precision", "recall", "f1", "score",
-               "image_size", "train_seconds", "eval_seconds", "checkpoint_seconds", "seconds")
+CSV_COLUMNS = ("epoch", "lr", *LOSS_KEYS, *METRIC_KEYS, "image_size", "train_seconds", "eval_seconds", "checkpoint_seconds", "seconds")
 
 OnEpochEnd = Callable[[int, dict[str, Any]], None]
 Keep = Callable[[int, dict[str, Any], Callable[[Path], Any]], Any]
@@ -130,7 +131,8 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, run: Path, *
     precision = resolve_precision(cfg.train.amp, device)
     size = cfg.data.image_size
     label_map = train_index.label_map
-    last = run / "last.pt"
+    paths = RunPaths(run)
+    last = paths.last
     resume = load_checkpoint(last) if last.exists() else None
 
     model, anchor_fit = faster_rcnn.build(
@@ -157,7 +159,7 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, run: Path, *
             log(f"warning: {warning}")
 
     state = _TrainState()
-    csv_path = run / "metrics.csv"
+    csv_path = paths.metrics
     columns = tuple(extra_columns or ()) + CSV_COLUMNS
     if resume:
         state = _restore(resume, model, optimizer, scheduler, scaler, last)
@@ -177,7 +179,7 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, run: Path, *
         metrics, results = _evaluate(model, val_loader, gt, label_map, cfg, device, precision, progress)
         eval_seconds = time.perf_counter() - start
         row = {**(extra_columns or {}), "epoch": epoch, "lr": lr, **{k: losses.get(k, 0.0) for k in LOSS_KEYS},
-               **{k: metrics[k] for k in ("map", "map_50", "map_75", "precision", "recall", "f1", "score")},
+               **{k: metrics[k] for k in METRIC_KEYS},
                "image_size": epoch_size, "train_seconds": losses["train_seconds"], "eval_seconds": eval_seconds,
                "seconds": losses["train_seconds"] + eval_seconds}
         improved = state.update(epoch, metrics)
@@ -189,9 +191,9 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, run: Path, *
                       normalization=faster_rcnn.normalization(model))
         snapshot = {"model": model.state_dict(), "epoch": epoch, "metrics": metrics, **common}
         if improved:
-            write_json(run / "best_predictions.json", results, indent=None)
+            write_json(paths.best_predictions, results, indent=None)
             if save_best:
-                save_checkpoint(run / "best.pt", snapshot)
+                save_checkpoint(paths.best, snapshot)
         if keep is not None:
             keep(epoch, metrics, lambda path: save_checkpoint(path, snapshot))
         save_checkpoint(last, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -211,7 +213,7 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, run: Path, *
             break
 
     result = FitResult(best_epoch=state.best_epoch, best_metrics=state.best_metrics,
-                       best_path=run / "best.pt" if (run / "best.pt").exists() else None,
+                       best_path=paths.best if paths.best.exists() else None,
                        epochs_run=len(state.history), stopped_early=state.stopped_early,
                        history=state.history, anchors=anchor_info)
     _write_summary(run, result)
@@ -258,7 +260,7 @@ def _restore(resume, model, optimizer, scheduler, scaler, last: Path) -> _TrainS
 
 
 def _anchor_info(resume, anchor_fit, run: Path, log) -> dict[str, Any] | None:
-    path = run / "anchors.json"
+    path = RunPaths(run).anchors
     if resume is not None:
         return read_json(path) if path.exists() else None
     if anchor_fit is None:
@@ -322,4 +324,4 @@ def _write_summary(run: Path, result: FitResult) -> None:
     summary = {"best_epoch": result.best_epoch, "best_metrics": result.best_metrics,
                "best_checkpoint": str(result.best_path) if result.best_path else None,
                "epochs_run": result.epochs_run, "stopped_early": result.stopped_early, "anchors": result.anchors}
-    write_json(run / "summary.json", summary)
+    write_json(RunPaths(run).summary, summary)
