@@ -1,20 +1,21 @@
-"""Evaluate a checkpoint, or a COCO results file from any detector, against a COCO annotation file."""
+"""Scoring predictions against ground truth: a checkpoint, an ensemble of a run's top models, or a COCO
+results file from any detector. Checkpoints and ensembles take one path: `Ensemble` predicts
+(a checkpoint is an ensemble of one), `metrics.evaluate_detections` scores."""
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import DataLoader
-
-from .checkpoint import restore_model
-from .data.coco import CocoDetection, CocoIndex, collate, load_coco
+from .config import Config
+from .data.coco import CocoIndex, load_coco
 from .data.summary import crowding_warning
-from .data.transforms import build_eval_transforms
-from .engine import predict, resolve_device, resolve_precision, to_coco_results
-from .errors import DatasetError
+from .ensemble import Ensemble
+from .errors import ConfigError, DatasetError, DetectorError
 from .metrics import evaluate_detections
+from .predict import coco_results, ground_truth_metrics, run_predictions
 
 
 def evaluate_checkpoint(
@@ -28,20 +29,51 @@ def evaluate_checkpoint(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Predict every image of `annotations` with the checkpoint and return all metrics."""
-    dev = resolve_device(device)
-    restored = restore_model(checkpoint, dev)
-    cfg = restored.config
-    index = load_coco(annotations, images_dir, label_map=restored.label_map, keep_empty=True,
+    ensemble = Ensemble.from_checkpoints([checkpoint], device=device)
+    cfg = ensemble.members[0].config
+    index = load_coco(annotations, images_dir, label_map=ensemble.label_map, keep_empty=True,
                       drop_placeholder_categories=cfg.data.drop_placeholder_categories)
-    loader = DataLoader(CocoDetection(index, build_eval_transforms(restored.image_size)), batch_size=batch_size,
-                        collate_fn=collate)
-    predictions = predict(restored.model, loader, device=dev, precision=resolve_precision(cfg.train.amp, dev),
-                          progress=progress, desc="evaluate")
-    results = to_coco_results(predictions, restored.label_map)
+    run = run_predictions(ensemble, [r.path for r in index.images], gt=index, batch_size=batch_size,
+                          progress=progress)
     threshold = cfg.eval.score_threshold if score_threshold is None else score_threshold
-    metrics = _metrics(index, results, threshold, cfg.eval.iou_threshold, cfg.score.w_map, cfg.score.w_f1)
-    warning = crowding_warning(index, cfg.model.max_detections)
-    return {**metrics, "warnings": [warning]} if warning else metrics
+    metrics = _metrics(index, coco_results(run), threshold, cfg.eval.iou_threshold, cfg.score.w_map, cfg.score.w_f1)
+    warnings = [f"{path}: not predicted, scored as missed ({reason})" for path, reason in run.skipped]
+    warnings += [w for w in [crowding_warning(index, cfg.model.max_detections)] if w]
+    return {**metrics, "warnings": warnings} if warnings else metrics
+
+
+@dataclass
+class HeldOutResult:
+    ensemble: dict[str, Any]
+    members: list[dict[str, Any]]
+
+
+def check_held_out(train_index: CocoIndex, held_out: CocoIndex) -> None:
+    """The held-out split must share no image file with the training split and must have boxes."""
+    train_files = {r.path.resolve() for r in train_index.images}
+    shared = sorted(str(r.path) for r in held_out.images if r.path.resolve() in train_files)
+    if shared:
+        raise ConfigError(f"data.val ({held_out.path}) is the study's held-out split but shares {len(shared)} "
+                          f"image files with data.train (e.g. {shared[0]}); point data.val at a split of its own")
+    if not any(len(r.boxes) for r in held_out.images):
+        raise ConfigError(f"data.val ({held_out.path}) has no boxes; the held-out split needs annotations")
+
+
+def evaluate_held_out(cfg: Config, run: Path, top_models: list[dict[str, Any]], held_out: CocoIndex,
+                      *, progress: bool = False) -> HeldOutResult:
+    """Fuse the run's top models on the held-out split; metrics of the ensemble and of each member."""
+    if not top_models:
+        raise DetectorError(f"{run}: the run kept no model (every epoch scored NaN)")
+    ensemble = Ensemble.from_checkpoints([run / m["path"] for m in top_models], cfg.ensemble, cfg.train.device)
+    predictions = run_predictions(ensemble, [r.path for r in held_out.images], gt=held_out,
+                                  batch_size=cfg.eval.batch_size, progress=progress, with_members=True)
+    rows = ground_truth_metrics(predictions, held_out, cfg.eval.score_threshold, members=len(top_models),
+                                iou_threshold=cfg.eval.iou_threshold, w_map=cfg.score.w_map, w_f1=cfg.score.w_f1)
+    metrics = [m for _, m in rows]
+    member_metrics = metrics[1:] if len(metrics) > 1 else metrics
+    members = [{"path": m["path"], "fold": m["fold"], "epoch": m["epoch"], "cv_score": m["score"], "metrics": mm}
+               for m, mm in zip(top_models, member_metrics)]
+    return HeldOutResult(metrics[0], members)
 
 
 def evaluate_results_file(

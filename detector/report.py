@@ -6,6 +6,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .files import read_json
+from .layout import RunPaths
+from .metrics import METRIC_KEYS
+from .plots import pr_figure, run_figures, save_figures
 
 
 def format_metrics(m: dict[str, Any]) -> str:
@@ -57,46 +60,14 @@ def render_table(header: Sequence[str], rows: list[list[str]], fmt: str = "table
 
 def read_metric_rows(run: Path) -> list[dict[str, Any]]:
     """Every row of every fold_K/metrics.csv (or RUN/metrics.csv for a single run), numbers parsed."""
-    paths = sorted(run.glob("fold_*/metrics.csv")) or [run / "metrics.csv"]
+    run_paths = RunPaths(run)
+    paths = [f.metrics for _, f in run_paths.fold_runs()] or [run_paths.metrics]
     rows = []
     for path in paths:
         if path.exists():
             with path.open(newline="") as f:
                 rows += [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(f)]
     return rows
-
-
-def plot_curves(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """PNG plots of losses, map_50, f1 and score vs epoch, one line per fold."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    panels = {"losses": ("loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"),
-              "map_50": ("map_50",), "f1": ("f1",), "score": ("score",)}
-    folds = sorted({r.get("fold", 0) for r in rows})
-    for name, keys in panels.items():
-        fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
-        for ax, key in zip(axes[0], keys):
-            for fold in folds:
-                pts = [(r["epoch"], r[key]) for r in rows if r.get("fold", 0) == fold and key in r]
-                if pts:
-                    ax.plot(*zip(*pts), marker="o", ms=3, label=f"fold {fold}")
-            ax.set_title(key)
-            ax.set_xlabel("epoch")
-            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-            ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=8)
-        fig.tight_layout()
-        path = out_dir / f"{name}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
-    return written
 
 
 def _number(v: str) -> Any:
@@ -113,11 +84,13 @@ def report_run(run: Path, fmt: str = "table") -> tuple[str, list[Path]]:
 
     summary = read_summary(run)
     rows = read_metric_rows(run)
-    plots = plot_curves(rows, run / "plots") if rows else []
+    figures = run_figures(rows) if rows else {}
     if summary.folds:
         best = max(summary.folds, key=lambda f: f["metrics"].get("score", float("-inf")))
-        path = plot_pr_curves(run, best["fold"], run / "plots")
-        plots += [path] if path else []
+        curves = pr_curves_of_fold(run, best["fold"])
+        if curves:
+            figures["pr_curves"] = pr_figure(curves, f"fold {best['fold']} best model, IoU 0.5")
+    plots = save_figures(figures, RunPaths(run).plots) if figures else []
     if fmt == "json":
         import json
         return json.dumps({"folds": summary.folds, "mean": summary.mean, "std": summary.std,
@@ -142,40 +115,22 @@ def report_run(run: Path, fmt: str = "table") -> tuple[str, list[Path]]:
     return "\n".join(parts), plots
 
 
-def plot_pr_curves(run: Path, fold: int, out_dir: Path) -> Path | None:
+def pr_curves_of_fold(run: Path, fold: int) -> dict[str, tuple[list[float], list[float]]] | None:
     """Per-class precision-recall curves (IoU 0.5) of a fold's best model on that fold's validation part."""
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from . import config as config_mod
     from .data.coco import load_coco
     from .metrics import pr_curves
 
-    predictions = run / f"fold_{fold}" / "best_predictions.json"
-    if not predictions.exists() or not (run / "folds.json").exists():
+    paths = RunPaths(run)
+    predictions = paths.fold(fold).best_predictions
+    if not predictions.exists() or not paths.folds.exists():
         return None
-    cfg = config_mod.load(run / "config.yaml")
+    cfg = config_mod.load(paths.config)
     index = load_coco(cfg.data.train.annotations, cfg.data.train.images_dir, check_images=False,
                       drop_placeholder_categories=cfg.data.drop_placeholder_categories)
-    val = index.subset(read_json(run / "folds.json")["folds"][fold])
-    curves = pr_curves(val.to_coco(), read_json(predictions))
+    val = index.subset(read_json(paths.folds)["folds"][fold])
     names = dict(zip(index.label_map.category_ids, index.label_map.names))
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for cid, (recall, precision) in curves.items():
-        ax.plot(recall, precision, label=names.get(cid, str(cid)))
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
-           title=f"fold {fold} best model, IoU 0.5")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "pr_curves.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return {names.get(cid, str(cid)): curve for cid, curve in pr_curves(val.to_coco(), read_json(predictions)).items()}
 
 
 def format_trials(rows: list[dict[str, Any]], fmt: str = "table") -> str:
@@ -210,7 +165,7 @@ def _param(v: Any) -> str:
 
 def format_comparison(rows: list[tuple[str, dict[str, Any]]]) -> str:
     """Metrics of an ensemble next to each member's, then per-class AP50 and F1 side by side."""
-    keys = ("map", "map_50", "map_75", "precision", "recall", "f1", "score")
+    keys = METRIC_KEYS
     overall = render_table(("model", *keys), [[name, *(f"{m[k]:.4f}" for k in keys)] for name, m in rows])
     header = ["class", *(f"{name} {k}" for name, _ in rows for k in ("AP50", "F1"))]
     per_class = [[c, *(f"{m['per_class'][c][k]:.4f}" for _, m in rows for k in ("ap50", "f1"))]

@@ -10,7 +10,8 @@ from optuna.trial import TrialState
 
 from detector import config
 from detector.errors import ConfigError
-from detector.search import Objective, PruningHook, check_held_out, load_study, run_study, suggest
+from detector.evaluate import check_held_out
+from detector.search import Objective, PruningHook, load_study, run_study, suggest
 from detector.train import load_splits
 from tests.test_train import TINY
 
@@ -273,7 +274,7 @@ def test_storage_errors_are_clear_and_change_nothing(sample, tmp_path):
 
 
 def test_workers_on_this_machine_are_told_apart_by_pid_and_start_time():
-    from detector.search import _is_dead, _worker
+    from detector.search.workers import _is_dead, _worker
 
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:

@@ -1,0 +1,74 @@
+"""Reading a study: one row per trial, and the text report with its best trial and plots."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from ..layout import StudyPaths
+from ..plots import save_figures, study_figures
+from ..report import format_trials
+from .objective import _format_params
+from .storage import load_study
+from .study import summarize
+
+
+def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """One plain dict per trial: number, state, value, params, held-out ensemble and member metrics."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        a = t.user_attrs
+        rows.append({"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+                     "ensemble": a.get("ensemble"), "members": [m["metrics"] for m in a.get("members", [])],
+                     "cv_mean": a.get("cv_mean"), "seconds": a.get("seconds"), "run_dir": a.get("run_dir"),
+                     "fail_reason": a.get("fail_reason"),
+                     "retry_of": t.system_attrs.get("failed_trial"),
+                     "intermediate": dict(t.intermediate_values),
+                     "last_step": max(t.intermediate_values) if t.intermediate_values else None})
+    return rows
+
+
+def plot_study(study: optuna.Study, rows: list[dict[str, Any]], out_dir: Path) -> tuple[list[Path], list[str]]:
+    """The study's plots as PNG in out_dir; returns the files written and, for each plot not drawn yet, why."""
+    importances, skipped = None, []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            importances = optuna.importance.get_param_importances(study)
+    except (ValueError, RuntimeError) as e:  # e.g. fewer than two finished trials, or one value everywhere
+        skipped.append(f"param_importances: {e}")
+    figures = study_figures(rows, importances)
+    if "parallel_coordinate" not in figures:
+        skipped.append("parallel_coordinate: no finished trial with searched parameters yet")
+    return save_figures(figures, out_dir), skipped
+
+
+def report_study(study_dir: str | Path, fmt: str = "table", storage: str | None = None) -> tuple[str, list[Path]]:
+    """Trials table, best trial and plots (written to STUDY/plots/) of a study, finished or not."""
+    directory = Path(study_dir)
+    paths = StudyPaths(directory)
+    study = load_study(directory, storage)
+    rows = trial_rows(study)
+    plots, skipped = plot_study(study, rows, paths.plots) if rows else ([], [])
+    if fmt in ("json", "csv"):
+        return format_trials(rows, fmt), plots
+    result = summarize(study, directory)
+    states = ", ".join(f"{n} {s.lower()}" for s, n in result.states.items()) or "no trials yet"
+    parts = [f"study {result.name} ({directory}): {states}", format_trials(rows, fmt)]
+    best = next((r for r in rows if r["number"] == result.best_trial), None)
+    if best is not None:
+        e = best["ensemble"] or {}
+        parts.append(f"\nbest trial {best['number']}: value {best['value']:.4f}; held-out ensemble map_50 "
+                     f"{e.get('map_50', float('nan')):.4f}, f1 {e.get('f1', float('nan')):.4f}, map "
+                     f"{e.get('map', float('nan')):.4f}")
+        parts.append("  params: " + _format_params(best["params"]))
+        parts += [f"  member {i}: score {m.get('score', float('nan')):.4f}  map_50 {m.get('map_50', float('nan')):.4f}"
+                  f"  f1 {m.get('f1', float('nan')):.4f}" for i, m in enumerate(best["members"])]
+        if paths.ensemble.exists():
+            parts.append(f"  models: {paths.best} (detector predict {paths.best} IMAGES --out DIR)")
+    if plots:
+        parts.append("plots: " + ", ".join(str(p) for p in plots))
+    parts += [f"not plotted yet: {s}" for s in skipped]
+    return "\n".join(parts), plots
