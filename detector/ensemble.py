@@ -21,7 +21,7 @@ from .config import EnsembleConfig
 from .data.coco import image_tensor, make_target
 from .data.images import read_image
 from .data.transforms import build_eval_transforms
-from .engine import predict, resolve_device, resolve_precision, to_coco_results
+from .engine import predict, resolve_device, resolve_precision
 from .errors import ConfigError, DatasetError, WeightsError
 from .files import read_json
 from .layout import ENSEMBLE, RunPaths
@@ -242,13 +242,6 @@ class Ensemble:
         return ImagePrediction(source, width, height, p["boxes"][keep].numpy().astype(np.float32),
                                p["scores"][keep].numpy().astype(np.float32), labels,
                                [lm.name(int(v)) for v in labels], [lm.category_id(int(v)) for v in labels])
-
-    def fuse(self, per_model: list[dict[str, Any]], width: int, height: int) -> dict[str, Any]:
-        """One image's member predictions -> the ensemble's (a single member is returned as it is)."""
-        return self._fuse(per_model, width, height, self.settings.weights)
-
-    def to_coco_results(self, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return to_coco_results(predictions, self.label_map)
 
 
 def _model_inputs(arrays: list[np.ndarray], size: int, flip: bool) -> tuple[tuple, tuple]:

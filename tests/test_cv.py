@@ -196,13 +196,19 @@ def test_report_on_finished_and_unfinished_runs(sample, tmp_path):
                              f"data.val.annotations={sample['val']}", *TINY, "train.epochs=2", "cv.folds=2"])
     run = tmp_path / "cv"
     run_cv(cfg, run, progress=False, log=lambda s: None)
+    texts = {}
     for fmt in ("table", "markdown", "csv", "json"):
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             assert main(["report", str(run), "--format", fmt]) == 0
-        text = out.getvalue()
-        assert "mean" in text and ("map_50" in text)
-    assert "per-class AP" in text or fmt == "json"
+        texts[fmt] = out.getvalue()
+    for fmt in ("table", "markdown"):
+        assert "mean+-std" in texts[fmt] and "map_50" in texts[fmt] and "per-class AP" in texts[fmt], fmt
+    assert texts["markdown"].count("| ") > 4
+    assert texts["csv"].splitlines()[0] == "fold,best_epoch,map_50,f1,precision,recall,score"
+    assert len(texts["csv"].splitlines()) == 4  # header, two folds, mean
+    report = json.loads(texts["json"])
+    assert [f["fold"] for f in report["folds"]] == [0, 1] and set(report["mean"]) >= {"map_50", "score"}
     for name in ("losses.png", "map_50.png", "f1.png", "score.png", "pr_curves.png"):
         assert (run / "plots" / name).stat().st_size > 1000
     unfinished = tmp_path / "unfinished"

@@ -7,10 +7,15 @@ from detector.data.coco import load_coco
 from detector.errors import ConfigError, WeightsError
 from detector.models.anchors import FittedAnchorGenerator, fit_anchors, generator_shapes
 from detector.models.backbones import build_backbone
-from detector.models.faster_rcnn import build, build_model
+from detector.models.faster_rcnn import build
 from detector.train import box_shapes
 
 SMALL = dict(fpn_channels=32, representation_size=64)
+
+
+def build_model(*, num_classes: int, image_size: int, **model):
+    """The model of a ModelConfig with these fields."""
+    return build(config.ModelConfig(**model), num_classes=num_classes, image_size=image_size)[0]
 
 
 def one_step(model, size=96):
@@ -103,11 +108,20 @@ def test_missing_and_wrong_weight_files(tmp_path):
 
 
 def test_offline_pretrained_error_names_both_options(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # empty cache: torchvision must try to download
+    import urllib.error
+
+    import torchvision.models._api
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError(f"no network for {url}")
+
+    # the download itself fails, as it does offline, whether or not this machine has a network
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
     with pytest.raises(WeightsError) as info:
         build_model(backbone="resnet50_fpn", num_classes=2, image_size=96, pretrained=True)
     message = str(info.value)
     assert "model.pretrained to a local weight file" in message and "cache" in message
+    assert "URLError" in message and "fasterrcnn_resnet50_fpn" in message
 
 
 def test_kmeans_anchors_on_rbc_beat_defaults_and_feed_the_head(rbc):

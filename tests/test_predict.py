@@ -169,3 +169,16 @@ def test_hflip_tta_changes_the_fusion_and_collect_images(rbc, rbc_run):
     assert [len(p.scores) for p in plain] != [len(p.scores) for p in tta] or not np.allclose(
         plain[0].scores[:5], tta[0].scores[:5])
     assert all(p.names and set(p.names) <= {"rbc", "wbc"} for p in tta)
+    # geometry: TTA of the mirrored photo passes the same two images, so its boxes mirrored back must be
+    # TTA's boxes of the photo (a flip-back that forgot to mirror, or mirrored y, would move every box)
+    from detector.data.images import read_image
+
+    one = Ensemble(ensemble.members[:1])
+    image = read_image(files[0])
+    width = image.shape[1]
+    a = one.predict([image], tta=True, score_threshold=0.3)[0]
+    b = one.predict([np.ascontiguousarray(image[:, ::-1])], tta=True, score_threshold=0.3)[0]
+    mirrored = np.stack([width - b.boxes[:, 2], b.boxes[:, 1], width - b.boxes[:, 0], b.boxes[:, 3]], axis=1)
+    assert len(a.boxes) == len(b.boxes) > 3
+    key = lambda boxes: boxes[np.lexsort((boxes[:, 1], boxes[:, 0]))]
+    np.testing.assert_allclose(key(mirrored), key(a.boxes), atol=1.0)

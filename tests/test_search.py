@@ -35,13 +35,17 @@ def study_command(sample, tmp_path, name, *extra, storage=None):
 
 
 def test_search_space_from_config():
-    trial = optuna.trial.FixedTrial({"train.lr": 3e-4, "train.batch_size": 8, "model.anchors_per_level": 4,
-                                     "eval.score_threshold": 0.4})
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
     space = {"train.lr": {"low": 1e-4, "high": 1e-3, "log": True}, "train.batch_size": [4, 8],
              "model.anchors_per_level": {"low": 2, "high": 6, "step": 2}, "eval.score_threshold": [0.3, 0.4]}
-    assert suggest(trial, space) == {"train.lr": 3e-4, "train.batch_size": 8, "model.anchors_per_level": 4,
-                                     "eval.score_threshold": 0.4}
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    suggest(trial, space)  # each spec becomes the distribution of the config key's type
+    assert trial.distributions == {"train.lr": FloatDistribution(1e-4, 1e-3, log=True),
+                                   "train.batch_size": CategoricalDistribution([4, 8]),
+                                   "model.anchors_per_level": IntDistribution(2, 6, step=2),
+                                   "eval.score_threshold": CategoricalDistribution([0.3, 0.4])}
     drawn = [suggest(study.ask(), space) for _ in range(20)]
     assert all(isinstance(d["model.anchors_per_level"], int) and d["model.anchors_per_level"] in (2, 4, 6)
                for d in drawn)

@@ -65,21 +65,23 @@ def build_backbone(
     frozen_bn: bool = True,
     fpn_channels: int = 256,
     fpn_norm: bool = False,
+    state: dict | None = None,
 ) -> nn.Module:
     """Build the backbone named `name`. `pretrained`: True (published weights), "packaged" (the weights a pip
     package installed, see weights.PACKAGED_WEIGHTS), a local file, or False. `fpn_norm` adds BatchNorm to the FPN
     convolutions (torchvision's v2 detectors do). The module has `out_channels` and the input normalisation
     its weights expect, `image_mean` and `image_std` (RGB in [0, 1]).
 
-    A local file holding a whole detector is not loaded here: build_model loads it into the full model.
+    `state`: the contents of the `pretrained` file when the caller has read it already. A local file holding a
+    whole detector is not loaded here: faster_rcnn.build loads it into the full model.
     """
     if pretrained == PACKAGED:
         pretrained = str(packaged_weights_file(name))
-    file_state = None
-    if isinstance(pretrained, str) and pretrained:
+    file_state = state
+    if file_state is None and isinstance(pretrained, str) and pretrained:
         file_state = read_state_dict(pretrained)
-        if is_detector_state(file_state):
-            file_state, pretrained = None, False
+    if file_state is not None and is_detector_state(file_state):
+        file_state, pretrained = None, False
     if name in TORCHVISION:
         return _torchvision_resnet50(pretrained, file_state, trainable_layers, frozen_bn, fpn_norm)
     return _timm_fpn(name, pretrained, file_state, trainable_layers, frozen_bn, fpn_channels, fpn_norm)
