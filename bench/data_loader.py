@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from detector import config
-from detector.data.coco import CocoDetection, collate
+from detector.data.dataset import CocoDetection, collate
 from detector.data.transforms import build_train_transforms
 from detector.engine import resolve_device, resolve_precision, train_one_epoch
 from detector.models.faster_rcnn import build

@@ -7,8 +7,6 @@ and the dotted key. Dataset and weight paths resolve against the current directo
 from __future__ import annotations
 
 import dataclasses
-import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +16,8 @@ import yaml
 
 from .errors import ConfigError
 from .files import write_text
+from .typed_yaml import apply_override, build, read_with_bases
 
-_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 PACKAGED = "packaged"  # model.pretrained: the weights a pip package installed (models/weights.py)
 
 
@@ -178,16 +176,16 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] 
     source = str(path) if path is not None else "<defaults>"
     raw: dict[str, Any] = {}
     if path is not None:
-        raw = _read_with_bases(Path(path), ())
+        raw = read_with_bases(Path(path), ())
     for item in overrides:
-        _apply_override(raw, item)
+        apply_override(raw, item)
     cfg = from_dict(raw, source)
     _check_semantics(cfg, source)
     return cfg
 
 
 def from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
-    return _build(Config, raw, "", source)
+    return build(Config, raw, "", source)
 
 
 def with_values(cfg: Config, values: dict[str, Any], source: str = "<values>") -> Config:
@@ -241,144 +239,6 @@ def resolve_paths(cfg: Config) -> Config:
     if isinstance(pretrained, str) and pretrained != PACKAGED:
         pretrained = str(Path(pretrained).expanduser().resolve())
     return dataclasses.replace(cfg, data=data, model=dataclasses.replace(cfg.model, pretrained=pretrained))
-
-
-def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
-    """A config file merged over its `base:` file (a path relative to it), recursively."""
-    raw = _read_yaml(path)
-    base = raw.pop("base", None)
-    if base is None:
-        return raw
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: base must be a path to another config file")
-    base_path = (path.parent / base).resolve()
-    if base_path in seen:
-        raise ConfigError(f"{path}: base configs form a cycle through {base_path}")
-    return _merge(_read_with_bases(base_path, seen + (base_path,)), raw)
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config ({e.strerror}); check the path") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections (data, model, train, ...)")
-    return raw
-
-
-def _apply_override(raw: dict[str, Any], item: str) -> None:
-    key, sep, text = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=0.001")
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        value = text
-    node = raw
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {item!r}: {part} is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
-    where = prefix.rstrip(".") or "top level"
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: {where} must be a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        key = prefix + str(unknown[0])
-        raise ConfigError(
-            f"{source}: unknown key '{key}'; valid keys in {where}: {', '.join(sorted(names))}"
-        )
-    values = {name: _coerce(hints[name], raw[name], prefix + name, source) for name in raw}
-    return cls(**values)
-
-
-def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key + ".", source)
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (Union, types.UnionType):
-        for arg in sorted(args, key=lambda a: a is str):  # try str last so `true` stays a bool
-            try:
-                return _coerce(arg, value, key, source)
-            except ConfigError:
-                continue
-        raise _type_error(key, value, " or ".join(_type_name(a) for a in args), source)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{source}: {key} must be one of {', '.join(map(str, args))}; got {value!r}")
-        return value
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise _type_error(key, value, "a mapping", source)
-        return {k: v for k, v in value.items() if v is not None}  # null removes an inherited entry
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise _type_error(key, value, "a list", source)
-        return [_coerce(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value)]
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise _type_error(key, value, f"a list of {len(args)} numbers", source)
-        return tuple(_coerce(a, v, f"{key}[{i}]", source) for i, (a, v) in enumerate(zip(args, value)))
-    if tp is type(None):
-        if value is not None:
-            raise _type_error(key, value, "null", source)
-        return None
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise _type_error(key, value, "true or false", source)
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _type_error(key, value, "an integer", source)
-        return value
-    if tp is float:
-        value = numeric(value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _type_error(key, value, "a number", source)
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise _type_error(key, value, "a string", source)
-        return value
-    raise TypeError(f"unsupported config type {tp} for {key}")
-
-
-def numeric(value: Any) -> Any:
-    """`value`, or the float a numeric string stands for: YAML 1.1 reads 1e-4 (no dot) as a string."""
-    return float(value) if isinstance(value, str) and _FLOAT.match(value.strip()) else value
-
-
-def _type_error(key: str, value: Any, expected: str, source: str) -> ConfigError:
-    return ConfigError(f"{source}: {key} must be {expected}; got {value!r}")
-
-
-def _type_name(tp: Any) -> str:
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 
 def _check_semantics(cfg: Config, source: str) -> None:

@@ -18,7 +18,7 @@ import torch
 from . import config as config_mod
 from .checkpoint import RestoredModel, restore_model
 from .config import EnsembleConfig
-from .data.coco import image_tensor, make_target
+from .data.dataset import image_tensor, make_target
 from .data.images import read_image
 from .data.transforms import build_eval_transforms
 from .engine import predict, resolve_device, resolve_precision

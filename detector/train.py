@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from . import config as config_mod
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config
-from .data.coco import CocoDetection, CocoIndex, collate, load_coco
+from .data.coco import CocoIndex, load_coco
+from .data.dataset import CocoDetection, collate
 from .data.summary import crowding_warning
 from .data.transforms import build_eval_transforms, build_train_transforms
 from .errors import DatasetError, TrainingError

@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 from detector import config
 from detector.checkpoint import restore_model
 from detector.cv import run_cv
-from detector.data.coco import CocoDetection, collate, load_coco
+from detector.data.coco import load_coco
+from detector.data.dataset import CocoDetection, collate
 from detector.data.transforms import build_eval_transforms
 from detector.engine import Precision, predict
 from detector.ensemble import Ensemble

@@ -7,7 +7,7 @@ import torch
 
 from detector import config
 from detector.checkpoint import load_checkpoint, restore_model, save_checkpoint
-from detector.data.coco import CocoDetection, collate
+from detector.data.dataset import CocoDetection, collate
 from detector.data.transforms import build_eval_transforms, build_train_transforms
 from detector.engine import Precision, predict, to_coco_results, train_one_epoch
 from detector.errors import NonFiniteLossError

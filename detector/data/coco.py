@@ -1,45 +1,21 @@
-"""COCO annotation files: validation, the label map, and the training dataset.
+"""COCO annotation files: loading (validated by checks.py) into a CocoIndex of image records and a label map.
 
 Boxes inside the package are xyxy pixels (float32); COCO files are xywh. The conversion happens here, once.
 """
 from __future__ import annotations
 
 import json
-import math
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
-import torch
-from torchvision.datasets import VisionDataset
 
-from ..boxes import xywh_to_xyxy
 from ..errors import DatasetError
-from .images import read_image
+from .checks import (Problem, check_box, check_categories, check_files, check_structure, format_problems,
+                     is_int)
 
-REQUIRED = {
-    "images": ("id", "file_name", "width", "height"),
-    "annotations": ("id", "image_id", "category_id", "bbox"),
-    "categories": ("id", "name"),
-}
-MAX_LISTED = 20
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One finding of the validation: where it is, what is wrong, how to fix it."""
-
-    file: str
-    field: str
-    message: str
-    fix: str
-    severity: str = "error"  # "error" or "warning"
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.field}: {self.message}; {self.fix}"
 
 
 @dataclass(frozen=True)
@@ -141,13 +117,13 @@ def load_coco(
     path = Path(annotations)
     root = Path(images_dir) if images_dir is not None else path.parent
     raw = _read_json(path)
-    problems = _check_structure(raw, path)
+    problems = check_structure(raw, path)
     fatal = [p for p in problems if p.severity == "error"]
     if fatal:
         return _finish(_empty_index(path, root, raw), fatal, raise_on_error)
     categories = raw["categories"]
     lmap = label_map or build_label_map(categories, raw["annotations"], drop_placeholder_categories)
-    problems += _check_categories(categories, lmap, path, label_map is not None)
+    problems += check_categories(categories, lmap, path, label_map is not None)
     images, more = _collect_images(raw, path, root, lmap, strict_boxes, check_images)
     problems += more
     if not keep_empty:
@@ -179,14 +155,6 @@ def _finish(index: CocoIndex, problems: list[Problem], raise_on_error: bool) -> 
     return index
 
 
-def format_problems(path: Path, errors: list[Problem]) -> str:
-    lines = [f"{path}: {len(errors)} problem(s) make this dataset unusable:"]
-    lines += [f"  - {p}" for p in errors[:MAX_LISTED]]
-    if len(errors) > MAX_LISTED:
-        lines.append(f"  ... and {len(errors) - MAX_LISTED} more (run `detector check-data {path}` for all)")
-    return "\n".join(lines)
-
-
 def _empty_index(path: Path, root: Path, raw: Any) -> CocoIndex:
     return CocoIndex(path, root, [], [], LabelMap((), ()), [], {})
 
@@ -207,77 +175,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise DatasetError(f"{path}: the top level must be a JSON object with images, annotations, categories")
     return raw
-
-
-def _check_structure(raw: dict[str, Any], path: Path) -> list[Problem]:
-    out: list[Problem] = []
-    for section, keys in REQUIRED.items():
-        records = raw.get(section)
-        if not isinstance(records, list):
-            out.append(Problem(str(path), section, "missing or not a list", f"add a '{section}' list"))
-            continue
-        for i, rec in enumerate(records):
-            if not isinstance(rec, dict):
-                out.append(Problem(str(path), f"{section}[{i}]", "is not an object", "fix the record"))
-                continue
-            missing = [k for k in keys if k not in rec]
-            if missing:
-                out.append(Problem(str(path), f"{section}[{i}]", f"missing key(s) {', '.join(missing)}",
-                                   f"every {section[:-1]} needs {', '.join(keys)}"))
-            elif not _is_int(rec["id"]):
-                out.append(Problem(str(path), f"{section}[{i}].id", f"id {rec['id']!r} is not an integer",
-                                   "use integer ids"))
-            else:
-                out += _check_types(rec, section, i, path)
-        out += _duplicates(records, section, path)
-    return out
-
-
-_INT_FIELDS = {"annotations": ("image_id", "category_id")}
-_STR_FIELDS = {"images": ("file_name",), "categories": ("name",)}
-
-
-def _check_types(rec: dict, section: str, i: int, path: Path) -> list[Problem]:
-    out = []
-    for key in _INT_FIELDS.get(section, ()):
-        if not _is_int(rec[key]):
-            out.append(Problem(str(path), f"{section}[{i}].{key}", f"{rec[key]!r} is not an integer id",
-                               f"give every {section[:-1]} an integer {key}"))
-    for key in _STR_FIELDS.get(section, ()):
-        if not isinstance(rec[key], str):
-            out.append(Problem(str(path), f"{section}[{i}].{key}", f"{rec[key]!r} is not a string",
-                               f"give every {section[:-1]} a {key} string"))
-    return out
-
-
-def _duplicates(records: Any, section: str, path: Path) -> list[Problem]:
-    if not isinstance(records, list):
-        return []
-    seen: set = set()
-    out = []
-    for i, rec in enumerate(records):
-        key = rec.get("id") if isinstance(rec, dict) else None
-        if key is None or not _is_hashable(key):
-            continue
-        if key in seen:
-            out.append(Problem(str(path), f"{section}[{i}].id", f"duplicate id {key}", "give every record a unique id"))
-        seen.add(key)
-    return out
-
-
-def _check_categories(categories: list[dict], lmap: LabelMap, path: Path, shared: bool) -> list[Problem]:
-    if not shared:
-        if lmap.num_classes == 0:
-            return [Problem(str(path), "categories", "no usable category", "add at least one category")]
-        return []
-    own = {int(c["id"]): str(c["name"]) for c in categories}
-    out = []
-    for cid, name in zip(lmap.category_ids, lmap.names):
-        if cid in own and own[cid] != name:
-            out.append(Problem(str(path), f"categories id {cid}",
-                               f"named '{own[cid]}' here but '{name}' in the training split",
-                               "use the same categories in every split"))
-    return out
 
 
 def _collect_images(raw, path, root, lmap, strict, check_images) -> tuple[list[ImageRecord], list[Problem]]:
@@ -308,7 +205,7 @@ def _collect_images(raw, path, root, lmap, strict, check_images) -> tuple[list[I
         if rec is not None:
             records.append(rec)
     if check_images:
-        problems += _check_files(records, path)
+        problems += check_files(records, path)
     return records, problems
 
 
@@ -320,13 +217,13 @@ def _image_record(im, j, anns, path, root, strict) -> tuple[ImageRecord | None, 
     if pure.is_absolute() or ".." in pure.parts or os.path.isabs(name):
         return None, [Problem(str(path), f"{where}.file_name", f"'{name}' escapes the dataset folder",
                               "use a path relative to the images folder, without '..'")]
-    if not (_is_int(im["width"]) and _is_int(im["height"]) and im["width"] > 0 and im["height"] > 0):
+    if not (is_int(im["width"]) and is_int(im["height"]) and im["width"] > 0 and im["height"] > 0):
         return None, [Problem(str(path), f"{where}.width/height", f"invalid size {im['width']}x{im['height']}",
                               "use the image's pixel size")]
     w, h = int(im["width"]), int(im["height"])
     boxes, cats, valid = [], [], []
     for ann in anns:
-        box, found = _check_box(ann, w, h, path, strict)
+        box, found = check_box(ann, w, h, path, strict)
         problems += found
         if box is None:
             continue
@@ -347,121 +244,3 @@ def _eval_annotation(ann: dict) -> dict:
     x, y, w, h = (float(v) for v in ann["bbox"])
     return {"id": ann["id"], "image_id": ann["image_id"], "category_id": ann["category_id"],
             "bbox": [x, y, w, h], "area": float(ann.get("area", w * h)), "iscrowd": int(ann.get("iscrowd", 0))}
-
-
-def _check_box(ann: dict, w: int, h: int, path: Path, strict: bool) -> tuple[list[float] | None, list[Problem]]:
-    where = f"annotations id {ann['id']}.bbox"
-    bbox = ann["bbox"]
-    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
-        return None, [Problem(str(path), where, f"{bbox!r} is not 4 numbers [x, y, width, height]", "fix the box")]
-    x, y, bw, bh = (float(v) for v in bbox)
-    if not all(math.isfinite(v) for v in (x, y, bw, bh)):
-        return None, [Problem(str(path), where, f"{bbox} has NaN or infinite coordinates", "fix or remove the box")]
-    if bw <= 0 or bh <= 0:
-        return None, [Problem(str(path), where, f"{bbox} has width or height <= 0", "fix or remove the box")]
-    x1, y1, x2, y2 = (float(v) for v in xywh_to_xyxy([x, y, bw, bh])[0])
-    cx1, cy1, cx2, cy2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(w)), min(y2, float(h))
-    if (cx1, cy1, cx2, cy2) == (x1, y1, x2, y2):
-        return [x1, y1, x2, y2], []
-    if cx2 <= cx1 or cy2 <= cy1:
-        return None, [Problem(str(path), where, f"{bbox} lies entirely outside the {w}x{h} image",
-                              "fix or remove the box")]
-    message = f"{bbox} extends outside the {w}x{h} image"
-    if strict:
-        return None, [Problem(str(path), where, message, "fix the box, or set data.strict_boxes=false to clip it")]
-    return [cx1, cy1, cx2, cy2], [Problem(str(path), where, message + " (clipped)", "fix the box to silence this",
-                                          severity="warning")]
-
-
-def _check_files(records: list[ImageRecord], path: Path) -> list[Problem]:
-    def check(rec: ImageRecord) -> Problem | None:
-        where = f"image id {rec.id} ({rec.file_name})"
-        if not rec.path.is_file():
-            return Problem(str(path), where, f"file not found at {rec.path}",
-                           "fix file_name or pass the images folder (--images-dir / data.*.images)")
-        try:
-            arr = read_image(rec.path)
-        except DatasetError as e:
-            return Problem(str(path), where, str(e), "re-export or remove this image")
-        if arr.shape[:2] != (rec.height, rec.width):
-            hint = " (EXIF rotation swaps them)" if arr.shape[:2] == (rec.width, rec.height) else ""
-            return Problem(str(path), where,
-                           f"JSON says {rec.width}x{rec.height} but the file is {arr.shape[1]}x{arr.shape[0]}{hint}",
-                           "fix width/height in the JSON (or re-export the dataset)")
-        return None
-
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        return [p for p in pool.map(check, records) if p is not None]
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _is_hashable(v: Any) -> bool:
-    return isinstance(v, (int, str, float))
-
-
-class CocoDetection(VisionDataset):
-    """(image tensor float32 CHW in [0, 1], target dict) pairs for torchvision detection models.
-
-    `transforms` is an Albumentations pipeline called as transforms(image=, bboxes=, labels=) with
-    pascal_voc boxes; boxes it removes take their labels with them. With a `seed`, the augmentation of
-    sample i in epoch e depends only on (seed, e, i): the same in any worker and after a resume.
-    """
-
-    def __init__(self, index: CocoIndex, transforms: Callable | None = None, seed: int | None = None):
-        super().__init__(root=str(index.images_dir))
-        self.index = index
-        self.pipeline = transforms
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.index.images)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        rec = self.index.images[i]
-        image = read_image(rec.path)
-        boxes, labels = rec.boxes, self.index.labels(rec)
-        if self.pipeline is not None:
-            if self.seed is not None and hasattr(self.pipeline, "set_random_seed"):
-                self.pipeline.set_random_seed(int(np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1)[0]))
-            out = self.pipeline(image=image, bboxes=boxes, labels=labels)
-            image = out["image"]
-            boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
-            labels = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
-        return image_tensor(image), make_target(rec.id, boxes, labels, (rec.height, rec.width))
-
-
-def image_tensor(image: np.ndarray) -> torch.Tensor:
-    """An (H, W, 3) uint8 RGB array -> the (3, H, W) float tensor in [0, 1] the model takes."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-
-
-def make_target(image_id: int, boxes: np.ndarray, labels: np.ndarray,
-                orig_size: tuple[int, int]) -> dict[str, torch.Tensor]:
-    """A torchvision detection target; `orig_size` is the (height, width) of the file, for mapping back."""
-    b = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
-    keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
-    b = b[keep]
-    return {
-        "boxes": b,
-        "labels": torch.as_tensor(labels, dtype=torch.int64).reshape(-1)[keep],
-        "image_id": torch.tensor(image_id, dtype=torch.int64),
-        "area": (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]),
-        "iscrowd": torch.zeros(len(b), dtype=torch.int64),
-        "orig_size": torch.tensor(orig_size, dtype=torch.int64),
-    }
-
-
-def collate(batch: list) -> tuple[tuple, tuple]:
-    images, targets = zip(*batch)
-    return images, targets

@@ -8,6 +8,7 @@ import optuna
 from .. import config as config_mod
 from ..config import Config
 from ..errors import ConfigError
+from ..typed_yaml import numeric
 
 
 def suggest(trial: optuna.trial.BaseTrial, space: dict[str, Any]) -> dict[str, Any]:
@@ -60,8 +61,8 @@ def _suggest_one(trial: optuna.trial.BaseTrial, key: str, spec: Any) -> Any:
         return trial.suggest_categorical(key, spec)
     if not isinstance(spec, dict) or not {"low", "high"} <= spec.keys() or set(spec) - {"low", "high", "log", "step"}:
         raise ConfigError(f"{where}: give a list of choices or {{low, high}} with optional log and step; got {spec!r}")
-    low, high = config_mod.numeric(spec["low"]), config_mod.numeric(spec["high"])
-    log, step = bool(spec.get("log", False)), config_mod.numeric(spec.get("step"))
+    low, high = numeric(spec["low"]), numeric(spec["high"])
+    log, step = bool(spec.get("log", False)), numeric(spec.get("step"))
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low > high:
         raise ConfigError(f"{where}: low and high must be numbers with low <= high; got {low!r}, {high!r}")
     if log and step is not None:

@@ -1,0 +1,72 @@
+"""The training and evaluation dataset: a CocoIndex as (image tensor, target) pairs for torchvision models."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torchvision.datasets import VisionDataset
+
+from .coco import CocoIndex
+from .images import read_image
+
+
+class CocoDetection(VisionDataset):
+    """(image tensor float32 CHW in [0, 1], target dict) pairs for torchvision detection models.
+
+    `transforms` is an Albumentations pipeline called as transforms(image=, bboxes=, labels=) with
+    pascal_voc boxes; boxes it removes take their labels with them. With a `seed`, the augmentation of
+    sample i in epoch e depends only on (seed, e, i): the same in any worker and after a resume.
+    """
+
+    def __init__(self, index: CocoIndex, transforms: Callable | None = None, seed: int | None = None):
+        super().__init__(root=str(index.images_dir))
+        self.index = index
+        self.pipeline = transforms
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.index.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        rec = self.index.images[i]
+        image = read_image(rec.path)
+        boxes, labels = rec.boxes, self.index.labels(rec)
+        if self.pipeline is not None:
+            if self.seed is not None and hasattr(self.pipeline, "set_random_seed"):
+                self.pipeline.set_random_seed(int(np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1)[0]))
+            out = self.pipeline(image=image, bboxes=boxes, labels=labels)
+            image = out["image"]
+            boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
+            labels = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
+        return image_tensor(image), make_target(rec.id, boxes, labels, (rec.height, rec.width))
+
+
+def image_tensor(image: np.ndarray) -> torch.Tensor:
+    """An (H, W, 3) uint8 RGB array -> the (3, H, W) float tensor in [0, 1] the model takes."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+
+
+def make_target(image_id: int, boxes: np.ndarray, labels: np.ndarray,
+                orig_size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """A torchvision detection target; `orig_size` is the (height, width) of the file, for mapping back."""
+    b = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    b = b[keep]
+    return {
+        "boxes": b,
+        "labels": torch.as_tensor(labels, dtype=torch.int64).reshape(-1)[keep],
+        "image_id": torch.tensor(image_id, dtype=torch.int64),
+        "area": (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]),
+        "iscrowd": torch.zeros(len(b), dtype=torch.int64),
+        "orig_size": torch.tensor(orig_size, dtype=torch.int64),
+    }
+
+
+def collate(batch: list) -> tuple[tuple, tuple]:
+    images, targets = zip(*batch)
+    return images, targets
