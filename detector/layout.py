@@ -41,33 +41,43 @@ from pathlib import Path
 MARKER = ".detector-run"
 LOCK = ".detector.lock"
 CONFIG = "config.yaml"
+ENSEMBLE = "ensemble.json"  # in a study's best/ folder: members, WBF settings, threshold, label map
+
+# attribute -> name below the folder. RUN_FILES except the lock is everything detector writes in a run
+# folder, so it is what --force may delete (fold_K/ folders are run folders of their own).
+RUN_FILES = {
+    "marker": MARKER, "lock": LOCK, "config": CONFIG, "data": "data.json", "env": "env.json",
+    "folds": "folds.json", "metrics": "metrics.csv", "anchors": "anchors.json", "last": "last.pt",
+    "best": "best.pt", "best_predictions": "best_predictions.json", "summary": "summary.json", "top": "top",
+    "top_models": "top_models.json", "heldout": "heldout.json", "plots": "plots",
+}
+RUN_ENTRIES = tuple(name for attr, name in RUN_FILES.items() if attr != "lock")
+STUDY_FILES = {"meta": "study.json", "config": CONFIG, "database": "study.db", "lock": ".lock", "best": "best",
+               "ensemble": f"best/{ENSEMBLE}", "plots": "plots"}
+PREDICT_FILES = {"predictions": "predictions.json", "table": "predictions.csv", "images": "images.json",
+                 "partial": "predictions.partial.jsonl", "drawn": "drawn"}
 
 
 @dataclass(frozen=True)
-class RunPaths:
-    """The files of one run folder (train run, cv run or one fold of it)."""
-
+class _Folder:
     root: Path
 
     def __init__(self, root: str | Path):
         object.__setattr__(self, "root", Path(root))
 
-    marker = property(lambda self: self.root / MARKER)
-    lock = property(lambda self: self.root / LOCK)
-    config = property(lambda self: self.root / CONFIG)
-    data = property(lambda self: self.root / "data.json")
-    env = property(lambda self: self.root / "env.json")
-    folds = property(lambda self: self.root / "folds.json")
-    metrics = property(lambda self: self.root / "metrics.csv")
-    anchors = property(lambda self: self.root / "anchors.json")
-    last = property(lambda self: self.root / "last.pt")
-    best = property(lambda self: self.root / "best.pt")
-    best_predictions = property(lambda self: self.root / "best_predictions.json")
-    summary = property(lambda self: self.root / "summary.json")
-    top = property(lambda self: self.root / "top")
-    top_models = property(lambda self: self.root / "top_models.json")
-    heldout = property(lambda self: self.root / "heldout.json")
-    plots = property(lambda self: self.root / "plots")
+
+def _files(names: dict[str, str]):
+    """Class decorator: a read-only Path attribute root / NAME for each (attribute, NAME) of `names`."""
+    def add(cls: type) -> type:
+        for attr, name in names.items():
+            setattr(cls, attr, property(lambda self, name=name: self.root / name))
+        return cls
+    return add
+
+
+@_files(RUN_FILES)
+class RunPaths(_Folder):
+    """The files of one run folder (train run, cv run or one fold of it): an attribute per RUN_FILES entry."""
 
     def fold(self, k: int) -> "RunPaths":
         return RunPaths(self.root / f"fold_{k}")
@@ -85,34 +95,12 @@ class RunPaths:
         return [*self.top.glob("*.pt"), *(f.last for _, f in self.fold_runs() if f.last.exists())]
 
 
-# Everything detector writes in a run folder: what --force may delete (fold_K/ folders are run folders).
-RUN_ENTRIES = tuple(getattr(RunPaths("."), name).name for name in (
-    "marker", "config", "data", "env", "folds", "metrics", "anchors", "last", "best", "best_predictions",
-    "summary", "top", "top_models", "heldout", "plots"))
-
-
-@dataclass(frozen=True)
-class StudyPaths:
-    """The files of one study folder."""
-
-    root: Path
-
-    def __init__(self, root: str | Path):
-        object.__setattr__(self, "root", Path(root))
-
-    meta = property(lambda self: self.root / "study.json")
-    config = property(lambda self: self.root / CONFIG)
-    database = property(lambda self: self.root / "study.db")
-    lock = property(lambda self: self.root / ".lock")
-    best = property(lambda self: self.root / "best")
-    ensemble = property(lambda self: self.root / "best" / ENSEMBLE)
-    plots = property(lambda self: self.root / "plots")
+@_files(STUDY_FILES)
+class StudyPaths(_Folder):
+    """The files of one study folder: an attribute per STUDY_FILES entry."""
 
     def trial(self, run_dir: str) -> RunPaths:
         return RunPaths(self.root / run_dir)
-
-
-ENSEMBLE = "ensemble.json"  # in a study's best/ folder: members, WBF settings, threshold, label map
 
 
 def trial_folder(number: int) -> str:
@@ -124,17 +112,6 @@ def member_file(i: int) -> str:
     return f"model_{i}.pt"
 
 
-@dataclass(frozen=True)
-class PredictPaths:
-    """The files of a `detector predict --out` folder."""
-
-    root: Path
-
-    def __init__(self, root: str | Path):
-        object.__setattr__(self, "root", Path(root))
-
-    predictions = property(lambda self: self.root / "predictions.json")
-    table = property(lambda self: self.root / "predictions.csv")
-    images = property(lambda self: self.root / "images.json")
-    partial = property(lambda self: self.root / "predictions.partial.jsonl")
-    drawn = property(lambda self: self.root / "drawn")
+@_files(PREDICT_FILES)
+class PredictPaths(_Folder):
+    """The files of a `detector predict --out` folder: an attribute per PREDICT_FILES entry."""
