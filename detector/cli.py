@@ -220,15 +220,17 @@ def _predict(args) -> int:
     models, images = _split_models(args.inputs)
     overrides = {k: v for k, v in (("iou_thr", args.iou_thr), ("skip_box_thr", args.skip_box_thr),
                                    ("conf_type", args.conf_type)) if v is not None}
+    if args.score_threshold is not None:
+        overrides["score_threshold"] = args.score_threshold
     ensemble = Ensemble.load(models if len(models) > 1 else models[0], device=args.device, overrides=overrides)
-    threshold = ensemble.score_threshold if args.score_threshold is None else args.score_threshold
+    thresholds = ensemble.thresholds
     gt = load_ground_truth(args.gt, ensemble, args.images_dir) if args.gt else None
     if not images and gt is None:
         raise DetectorError("no images given: predict MODELS IMAGES... (files, folders or globs)")
     paths = collect_images(images) if images else [r.path for r in gt.images]
     job = {"models": ensemble.identity(), "tta": args.tta, "gt": str(args.gt) if args.gt else None,
            "images": hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()}
-    writer = OutputWriter(args.out, threshold, draw=args.draw, job=job)
+    writer = OutputWriter(args.out, thresholds, draw=args.draw, job=job)
     if writer.done:
         print(f"resuming: {len(writer.done)} of {len(paths)} images were predicted by an interrupted run "
               f"in {args.out}")
@@ -236,8 +238,9 @@ def _predict(args) -> int:
                           progress=_progress(args), with_members=gt is not None, done=writer.done,
                           on_image=writer.add)
     written = writer.close()
-    boxes = sum(int((p.scores >= threshold).sum()) for p in run.predictions)
-    print(f"{len(run.predictions)} images, {boxes} boxes with score >= {threshold:.2f} from "
+    boxes = sum(s >= thresholds.of(c) for p in run.predictions for s, c in zip(p.scores.tolist(), p.category_ids))
+    per_class = f" ({len(thresholds.per_class)} class(es) with thresholds of their own)" if thresholds.per_class else ""
+    print(f"{len(run.predictions)} images, {boxes} boxes with score >= {thresholds.default:.2f}{per_class} from "
           f"{len(ensemble.members)} model(s){' with hflip TTA' if args.tta else ''} -> {args.out}")
     drawings = sum("drawing" in image for image in writer.images)
     print("  " + ", ".join(p.name for p in written) + (f", {drawings} drawings in drawn/" if args.draw else ""))
@@ -246,7 +249,9 @@ def _predict(args) -> int:
         for path, reason in run.skipped:
             print(f"  {reason}", file=sys.stderr)
     if gt is not None:
-        print(format_comparison(ground_truth_metrics(run, gt, threshold, len(ensemble.members))))
+        cfg = ensemble.members[0].config
+        print(format_comparison(ground_truth_metrics(run, gt, thresholds, len(ensemble.members),
+                                                     iou_threshold=cfg.eval.iou_threshold, score=cfg.score)))
     return 0
 
 

@@ -46,8 +46,9 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    train: SplitConfig = field(default_factory=SplitConfig)
-    val: SplitConfig = field(default_factory=SplitConfig)
+    train: SplitConfig = field(default_factory=SplitConfig)  # trials train on it, by k-fold
+    val: SplitConfig = field(default_factory=SplitConfig)  # selects the best trial and tunes its post-processing
+    test: SplitConfig = field(default_factory=SplitConfig)  # optional: the best trial is scored on it once
     image_size: int = 512
     keep_empty: bool = True
     drop_placeholder_categories: bool = True
@@ -70,6 +71,10 @@ class ModelConfig:
     rpn_proposals_train: int = 2000  # proposals kept per image (pre- and post-NMS) while training
     rpn_proposals_test: int = 1000
     box_samples_per_image: int = 512  # RoIs sampled per image for the box head loss
+    box_loss: Literal["ce", "focal"] = "ce"  # the box classifier's loss: cross-entropy, or focal (softmax)
+    focal_alpha: float = 0.6  # focal: weight of object classes (background: 1 - alpha); the seed recipe's 0.6
+    focal_gamma: float = 2.0  # focal: how much well-classified RoIs are down-weighted (0 = weighted CE)
+    class_weights: Union[None, str, list[float]] = None  # null, auto (inverse frequency per fold), or one per class
 
 
 @dataclass
@@ -110,8 +115,21 @@ class EvalConfig:
 
 @dataclass
 class ScoreConfig:
+    """score = w_map * mAP@0.5 + w_f1 * F_beta at the operating point (metrics.py)."""
+
     w_map: float = 0.5
     w_f1: float = 0.5
+    beta: float = 1.0  # F_beta in place of F1: 2 weighs recall 4x precision
+
+
+@dataclass
+class TuneConfig:
+    """Post-processing chosen from a trial's stored predictions on data.val, without running a model again."""
+
+    threshold: bool = True  # the score threshold that maximises the score (global, and per class below)
+    wbf: bool = True  # WBF iou_thr, skip_box_thr, conf_type and member weights
+    min_class_boxes: int = 30  # a class gets a threshold of its own only with this many boxes in data.val
+    min_gain: float = 0.005  # other WBF settings replace ensemble.* only when they score this much more
 
 
 @dataclass
@@ -125,8 +143,7 @@ class CVConfig:
 
 
 def _default_space() -> dict[str, Any]:
-    return {"train.lr": {"low": 1e-4, "high": 1e-3, "log": True}, "train.batch_size": [4, 8],
-            "eval.score_threshold": [0.3, 0.4, 0.5]}
+    return {"train.lr": {"low": 1e-4, "high": 1e-3, "log": True}, "train.batch_size": [4, 8]}
 
 
 @dataclass
@@ -166,6 +183,7 @@ class Config:
     cv: CVConfig = field(default_factory=CVConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -271,6 +289,14 @@ def _check_semantics(cfg: Config, source: str) -> None:
          "ensemble.weights needs one weight per model (cv.top_k of them), or null for equal weights"),
         (cfg.train.progressive.start_size == 0 or cfg.train.progressive.start_size >= 32,
          "train.progressive.start_size must be 0 (off) or at least 32"),
+        (cfg.score.beta > 0, "score.beta must be positive (1 = F1, 2 = recall-first)"),
+        (0.0 <= cfg.model.focal_alpha <= 1.0, "model.focal_alpha must lie in [0, 1]"),
+        (cfg.model.focal_gamma >= 0, "model.focal_gamma must be 0 or more"),
+        (not isinstance(cfg.model.class_weights, str) or cfg.model.class_weights == "auto",
+         "model.class_weights must be null, auto or a list with one positive weight per class"),
+        (not isinstance(cfg.model.class_weights, list) or all(w > 0 for w in cfg.model.class_weights),
+         "model.class_weights must be null, auto or a list with one positive weight per class"),
+        (cfg.tune.min_class_boxes >= 1, "tune.min_class_boxes must be at least 1"),
     ]
     for ok, message in checks:
         if not ok:

@@ -25,6 +25,7 @@ from .engine import predict, resolve_device, resolve_precision
 from .errors import ConfigError, DatasetError, WeightsError
 from .files import read_json
 from .layout import ENSEMBLE, RunPaths
+from .metrics import Thresholds
 
 
 def fuse_wbf(
@@ -109,8 +110,8 @@ class Ensemble:
     """Checkpoints of one label map whose predictions are fused with WBF (one checkpoint: no fusion)."""
 
     def __init__(self, members: list[RestoredModel], settings: EnsembleConfig | None = None,
-                 device: torch.device | None = None, score_threshold: float | None = None):
-        """Settings and score threshold default to those the first member was trained with."""
+                 device: torch.device | None = None, thresholds: Thresholds | None = None):
+        """Settings and thresholds default to those the first member was trained with."""
         if not members:
             raise ConfigError("an ensemble needs at least one checkpoint")
         names = [m.label_map.to_dict() for m in members]
@@ -120,7 +121,7 @@ class Ensemble:
         self.members = members
         self.settings = settings or cfg.ensemble
         self.device = device or torch.device("cpu")
-        self.score_threshold = cfg.eval.score_threshold if score_threshold is None else score_threshold
+        self.thresholds = thresholds or Thresholds(cfg.eval.score_threshold, {})
         if self.settings.weights is not None and len(self.settings.weights) != len(members):
             raise ConfigError(f"ensemble.weights has {len(self.settings.weights)} values for {len(members)} "
                               "models; give one per model or null")
@@ -135,26 +136,29 @@ class Ensemble:
 
     @classmethod
     def from_checkpoints(cls, paths: Sequence[str | Path], settings: EnsembleConfig | None = None,
-                         device: str = "auto", score_threshold: float | None = None) -> "Ensemble":
+                         device: str = "auto", thresholds: Thresholds | None = None) -> "Ensemble":
         dev = resolve_device(device)
-        return cls([restore_model(p, dev) for p in paths], settings, dev, score_threshold)
+        return cls([restore_model(p, dev) for p in paths], settings, dev, thresholds)
 
     @classmethod
     def load(cls, path: str | Path | Sequence[str | Path], device: str = "auto",
              overrides: dict[str, Any] | None = None) -> "Ensemble":
         """A study's `best/` folder, a run's `top_models.json` (or its folder), one checkpoint, or a list.
 
-        `overrides` replaces ensemble settings (iou_thr, skip_box_thr, conf_type, weights, score_threshold).
+        The settings and thresholds are those the folder records (a study's tuned operating point), else the
+        members' config. `overrides` replaces ensemble settings (iou_thr, skip_box_thr, conf_type, weights)
+        and score_threshold (which then applies to every class).
         """
-        paths, settings, threshold = resolve_models(path)
+        paths, settings, thresholds = resolve_models(path)
         extra = {k: v for k, v in (overrides or {}).items() if v is not None}
-        threshold = extra.pop("score_threshold", threshold)
-        ensemble = cls.from_checkpoints(paths, settings, device, threshold)
+        if "score_threshold" in extra:
+            thresholds = Thresholds(float(extra.pop("score_threshold")), {})
+        ensemble = cls.from_checkpoints(paths, settings, device, thresholds)
         if not extra:
             return ensemble
         merged = {**dataclasses.asdict(ensemble.settings), **extra}
         settings = config_mod.from_dict({"ensemble": merged}, "ensemble overrides").ensemble
-        return cls(ensemble.members, settings, ensemble.device, ensemble.score_threshold)
+        return cls(ensemble.members, settings, ensemble.device, ensemble.thresholds)
 
     def predict(self, images: Sequence[str | Path | np.ndarray], *, batch_size: int = 8, tta: bool = False,
                 score_threshold: float | None = 0.0, progress: bool = False) -> list[ImagePrediction]:
@@ -264,8 +268,10 @@ def is_models_path(item: str | Path) -> bool:
             or (p.is_dir() and ((p / ENSEMBLE).exists() or RunPaths(p).top_models.exists())))
 
 
-def resolve_models(path: str | Path | Sequence[str | Path]) -> tuple[list[Path], EnsembleConfig | None, float | None]:
-    """Checkpoint paths, and the ensemble settings and score threshold a study's best/ records (else None)."""
+def resolve_models(path: str | Path | Sequence[str | Path],
+                   ) -> tuple[list[Path], EnsembleConfig | None, Thresholds | None]:
+    """Checkpoint paths, and the ensemble settings and thresholds a study's best/ or a run's summary records
+    (else None)."""
     if not isinstance(path, (str, Path)):
         paths = [Path(p) for p in path]
         if len(paths) == 1:
@@ -275,7 +281,7 @@ def resolve_models(path: str | Path | Sequence[str | Path]) -> tuple[list[Path],
     if p.is_dir() and (p / ENSEMBLE).exists():
         meta = read_json(p / ENSEMBLE)
         settings = config_mod.from_dict({"ensemble": meta["ensemble"]}, str(p / ENSEMBLE)).ensemble
-        return [p / m["file"] for m in meta["members"]], settings, meta.get("score_threshold")
+        return [p / m["file"] for m in meta["members"]], settings, read_thresholds(meta)
     if p.is_dir() and RunPaths(p).top_models.exists():
         p = RunPaths(p).top_models
     if p.name == RunPaths(p).top_models.name and p.is_file():
@@ -284,7 +290,17 @@ def resolve_models(path: str | Path | Sequence[str | Path]) -> tuple[list[Path],
         if missing:
             raise WeightsError(f"{p}: listed checkpoints are gone ({', '.join(missing)}); a study keeps only its "
                                "best trial's models (search.keep_models: best): use studies/NAME/best")
-        return [p.parent / m["path"] for m in top], None, None  # the run's settings come with its checkpoints
+        summary = RunPaths(p.parent).summary
+        point = read_json(summary).get("operating_point") if summary.exists() else None
+        return [p.parent / m["path"] for m in top], None, read_thresholds(point) if point else None
     if p.is_file():
         return [p], None, None
     raise WeightsError(f"{p}: not a checkpoint, a study's best/ folder or a run's top_models.json")
+
+
+def read_thresholds(meta: dict[str, Any]) -> Thresholds | None:
+    """The thresholds an ensemble.json or an operating point records ({"score_threshold", "class_thresholds"})."""
+    if meta.get("score_threshold") is None:
+        return None
+    per_class = {int(k): float(v) for k, v in (meta.get("class_thresholds") or {}).items()}
+    return Thresholds(float(meta["score_threshold"]), per_class)

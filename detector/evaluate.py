@@ -3,19 +3,21 @@ results file from any detector. Checkpoints and ensembles take one path: `Ensemb
 (a checkpoint is an ensemble of one), `metrics.evaluate_detections` scores."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import Config
+from .config import Config, ScoreConfig
 from .data.coco import CocoIndex, load_coco
 from .data.summary import crowding_warning
 from .ensemble import Ensemble
 from .errors import ConfigError, DatasetError, DetectorError
 from .metrics import evaluate_detections
-from .predict import coco_results, ground_truth_metrics, run_predictions
+from .operating_point import OperatingPoint, tune
+from .predict import PredictionRun, coco_results, run_predictions
 
 
 def evaluate_checkpoint(
@@ -36,7 +38,7 @@ def evaluate_checkpoint(
     run = run_predictions(ensemble, [r.path for r in index.images], gt=index, batch_size=batch_size,
                           progress=progress)
     threshold = cfg.eval.score_threshold if score_threshold is None else score_threshold
-    metrics = _metrics(index, coco_results(run), threshold, cfg.eval.iou_threshold, cfg.score.w_map, cfg.score.w_f1)
+    metrics = _metrics(index, coco_results(run), threshold, cfg.eval.iou_threshold, cfg.score)
     warnings = [f"{path}: not predicted, scored as missed ({reason})" for path, reason in run.skipped]
     warnings += [w for w in [crowding_warning(index, cfg.model.max_detections)] if w]
     return {**metrics, "warnings": warnings} if warnings else metrics
@@ -44,8 +46,14 @@ def evaluate_checkpoint(
 
 @dataclass
 class HeldOutResult:
-    ensemble: dict[str, Any]
-    members: list[dict[str, Any]]
+    ensemble: dict[str, Any]  # metrics at the operating point
+    members: list[dict[str, Any]]  # each member alone, at its own tuned threshold
+    operating_point: OperatingPoint
+    predictions: PredictionRun  # every member's raw predictions (scores from 0), kept for later tuning
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ensemble": self.ensemble, "members": self.members,
+                "operating_point": self.operating_point.to_dict()}
 
 
 def check_held_out(train_index: CocoIndex, held_out: CocoIndex) -> None:
@@ -61,19 +69,23 @@ def check_held_out(train_index: CocoIndex, held_out: CocoIndex) -> None:
 
 def evaluate_held_out(cfg: Config, run: Path, top_models: list[dict[str, Any]], held_out: CocoIndex,
                       *, progress: bool = False) -> HeldOutResult:
-    """Fuse the run's top models on the held-out split; metrics of the ensemble and of each member."""
+    """Predict the held-out split with each of the run's top models once, then choose the ensemble's operating
+    point (WBF settings and thresholds, operating_point.tune) from those stored predictions; metrics of the
+    ensemble there and of each member alone."""
     if not top_models:
         raise DetectorError(f"{run}: the run kept no model (every epoch scored NaN)")
     ensemble = Ensemble.from_checkpoints([run / m["path"] for m in top_models], cfg.ensemble, cfg.train.device)
     predictions = run_predictions(ensemble, [r.path for r in held_out.images], gt=held_out,
                                   batch_size=cfg.eval.batch_size, progress=progress, with_members=True)
-    rows = ground_truth_metrics(predictions, held_out, cfg.eval.score_threshold, members=len(top_models),
-                                iou_threshold=cfg.eval.iou_threshold, w_map=cfg.score.w_map, w_f1=cfg.score.w_f1)
-    metrics = [m for _, m in rows]
-    member_metrics = metrics[1:] if len(metrics) > 1 else metrics
-    members = [{"path": m["path"], "fold": m["fold"], "epoch": m["epoch"], "cv_score": m["score"], "metrics": mm}
-               for m, mm in zip(top_models, member_metrics)]
-    return HeldOutResult(metrics[0], members)
+    gt = held_out.subset(predictions.image_ids).to_coco()
+    point = tune(gt, predictions.predictions, predictions.image_ids, ensemble.label_map, cfg)
+    single = dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune, wbf=False))
+    members = []
+    for i, m in enumerate(top_models):
+        alone = tune(gt, predictions.member(i).predictions, predictions.image_ids, ensemble.label_map, single)
+        members.append({"path": m["path"], "fold": m["fold"], "epoch": m["epoch"], "cv_score": m["score"],
+                        "metrics": alone.metrics, "score_threshold": alone.thresholds.default})
+    return HeldOutResult(point.metrics, members, point, predictions)
 
 
 def evaluate_results_file(
@@ -82,13 +94,12 @@ def evaluate_results_file(
     *,
     score_threshold: float = 0.5,
     iou_threshold: float = 0.5,
-    w_map: float = 0.5,
-    w_f1: float = 0.5,
+    score: ScoreConfig | None = None,
 ) -> dict[str, Any]:
     """Metrics of a COCO results file ([{image_id, category_id, bbox: [x, y, w, h], score}])."""
     index = load_coco(annotations, check_images=False)
     results = read_results(results_path, index)
-    return _metrics(index, results, score_threshold, iou_threshold, w_map, w_f1)
+    return _metrics(index, results, score_threshold, iou_threshold, score or ScoreConfig())
 
 
 def read_results(path: str | Path, index: CocoIndex) -> list[dict[str, Any]]:
@@ -123,9 +134,10 @@ def read_results(path: str | Path, index: CocoIndex) -> list[dict[str, Any]]:
     return results
 
 
-def _metrics(index: CocoIndex, results, score_threshold, iou_threshold, w_map, w_f1) -> dict[str, Any]:
+def _metrics(index: CocoIndex, results, score_threshold: float, iou_threshold: float,
+             score: ScoreConfig) -> dict[str, Any]:
     metrics = evaluate_detections(index.to_coco(), results, score_threshold=score_threshold,
-                                  iou_threshold=iou_threshold, w_map=w_map, w_f1=w_f1)
+                                  iou_threshold=iou_threshold, score=score)
     metrics.update(images=len(index.images), predictions=len(results), score_threshold=score_threshold,
                    iou_threshold=iou_threshold)
     return metrics

@@ -1,8 +1,17 @@
-"""Detection metrics on COCO dicts: COCO mAP (faster-coco-eval), F1 at a score threshold, the composite score.
+"""Detection metrics on COCO dicts: COCO mAP (faster-coco-eval), precision/recall/F at a score threshold, and
+the score that ranks models.
 
 Inputs are a COCO ground-truth dict (xywh pixels) and a COCO results list
 ([{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]). mAP uses every prediction;
-precision/recall/F1 use only predictions scoring at least `score_threshold`.
+precision/recall/F use only predictions scoring at least the threshold (per class where `class_thresholds`
+names one).
+
+The score (the one formula; config `score`):
+
+    score = w_map * mAP@0.5 + w_f1 * F_beta,   F_beta = (1 + beta^2) * P * R / (beta^2 * P + R)
+
+with P and R the precision and recall at the operating point (IoU >= eval.iou_threshold). beta = 1 is F1;
+beta = 2 counts recall four times as much as precision (recall-first), beta = 0.5 the reverse.
 """
 from __future__ import annotations
 
@@ -10,11 +19,13 @@ import contextlib
 import copy
 import io
 from collections import defaultdict
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import numpy as np
 
 from .boxes import box_iou, xywh_to_xyxy
+from .config import ScoreConfig
 
 METRIC_KEYS = ("map", "map_50", "map_75", "precision", "recall", "f1", "score")
 
@@ -25,29 +36,58 @@ def evaluate_detections(
     *,
     score_threshold: float = 0.5,
     iou_threshold: float = 0.5,
-    w_map: float = 0.5,
-    w_f1: float = 0.5,
+    score: ScoreConfig | None = None,
+    class_thresholds: Mapping[int, float] | None = None,
 ) -> dict[str, Any]:
-    """All metrics a user reads: map, map_50, map_75, precision, recall, f1, score and per_class."""
-    coco = coco_map(gt, results)
-    counts = match_counts(gt, results, score_threshold=score_threshold, iou_threshold=iou_threshold)
-    total = _prf(*(sum(c[i] for c in counts.values()) for i in range(3)))
+    """All metrics a user reads: map, map_50, map_75, precision, recall, f1, f_beta, score and per_class
+    (ap, ap50, precision, recall, f1, num_gt per class name). `class_thresholds` (category id -> threshold)
+    replaces `score_threshold` for the classes it names."""
+    score = score or ScoreConfig()
+    return metrics_from(coco_map(gt, results), match(gt, results, iou_threshold), gt, score,
+                        Thresholds(score_threshold, dict(class_thresholds or {})))
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The operating point: a score threshold, and per class (category id) ones that replace it."""
+
+    default: float
+    per_class: dict[int, float]
+
+    def of(self, category_id: int) -> float:
+        return self.per_class.get(category_id, self.default)
+
+
+def metrics_from(coco: dict[str, Any], matched: "Matches", gt: dict[str, Any], score: ScoreConfig,
+                 thresholds: Thresholds) -> dict[str, Any]:
+    """The metrics dict of evaluate_detections from its parts (mAP, matches), so a caller that tries many
+    thresholds on one set of predictions computes mAP and the matching once."""
+    counts = matched.counts(thresholds)
+    total = [sum(c[i] for c in counts.values()) for i in range(3)]
+    p, r, f1 = _prf(*total)
     names = {c["id"]: c["name"] for c in gt["categories"]}
     per_class = {}
     for cid, name in names.items():
-        p, r, f = _prf(*counts.get(cid, (0, 0, 0)))
+        tp, fp, fn = counts.get(cid, (0, 0, 0))
+        cp, cr, cf = _prf(tp, fp, fn)
         per_class[name] = {"category_id": cid, **coco["per_class"].get(cid, {"ap": 0.0, "ap50": 0.0}),
-                           "precision": p, "recall": r, "f1": f, "num_gt": counts.get(cid, (0, 0, 0))[0] +
-                           counts.get(cid, (0, 0, 0))[2]}
+                           "precision": cp, "recall": cr, "f1": cf, "num_gt": tp + fn,
+                           "score_threshold": thresholds.of(cid)}
     out = {"map": coco["map"], "map_50": coco["map_50"], "map_75": coco["map_75"],
-           "precision": total[0], "recall": total[1], "f1": total[2]}
-    out["score"] = composite_score(out["map_50"], out["f1"], w_map, w_f1)
+           "precision": p, "recall": r, "f1": f1, "f_beta": f_beta(p, r, score.beta)}
+    out["score"] = composite_score(out["map_50"], out["f_beta"], score)
     out["per_class"] = per_class
     return out
 
 
-def composite_score(map_50: float, f1: float, w_map: float = 0.5, w_f1: float = 0.5) -> float:
-    return w_map * map_50 + w_f1 * f1
+def composite_score(map_50: float, f_beta_value: float, score: ScoreConfig) -> float:
+    """score = w_map * mAP@0.5 + w_f1 * F_beta (the module docstring has the whole formula)."""
+    return score.w_map * map_50 + score.w_f1 * f_beta_value
+
+
+def f_beta(precision: float, recall: float, beta: float = 1.0) -> float:
+    b2 = beta * beta
+    return (1 + b2) * precision * recall / (b2 * precision + recall) if precision + recall else 0.0
 
 
 def coco_map(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -92,59 +132,87 @@ def _coco_eval(gt: dict[str, Any], results: list[dict[str, Any]]):
     return ev
 
 
-def match_counts(
-    gt: dict[str, Any], results: list[dict[str, Any]], *, score_threshold: float, iou_threshold: float
-) -> dict[int, tuple[int, int, int]]:
-    """Per category (tp, fp, fn) from greedy one-to-one matching, class-aware, highest score first.
+@dataclass(frozen=True)
+class Matches:
+    """Greedy one-to-one matching of predictions to ground truth, class-aware, highest score first, done once
+    at score 0: since a prediction's match depends only on higher-scored ones, the matches above any
+    threshold are the ones above it here. Per category id: the scores of matched (tp) and unmatched (fp)
+    predictions, and the number of non-crowd ground-truth boxes."""
 
-    Predictions below `score_threshold` are ignored. A prediction that matches no free box but overlaps a
-    crowd box by `iou_threshold` counts neither way; crowd boxes are never missed.
-    """
+    tp_scores: dict[int, np.ndarray]
+    fp_scores: dict[int, np.ndarray]
+    num_gt: dict[int, int]
+
+    def counts(self, thresholds: Thresholds) -> dict[int, tuple[int, int, int]]:
+        """Per category (tp, fp, fn) at the thresholds."""
+        out = {}
+        for cid in self.num_gt.keys() | self.tp_scores.keys() | self.fp_scores.keys():
+            t = thresholds.of(cid)
+            tp = int((self.tp_scores.get(cid, _NONE) >= t).sum())
+            fp = int((self.fp_scores.get(cid, _NONE) >= t).sum())
+            out[cid] = (tp, fp, self.num_gt.get(cid, 0) - tp)
+        return out
+
+
+_NONE = np.zeros(0, np.float64)
+
+
+def match(gt: dict[str, Any], results: list[dict[str, Any]], iou_threshold: float) -> Matches:
+    """A prediction that matches no free box but overlaps a crowd box by `iou_threshold` counts neither way;
+    crowd boxes are never missed."""
     gts: dict[tuple[int, int], list[dict]] = defaultdict(list)
     for a in gt.get("annotations", []):
         gts[(a["image_id"], a["category_id"])].append(a)
     preds: dict[tuple[int, int], list[dict]] = defaultdict(list)
     for r in results:
-        if r["score"] >= score_threshold:
-            preds[(r["image_id"], r["category_id"])].append(r)
-    counts: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])
+        preds[(r["image_id"], r["category_id"])].append(r)
+    tp: dict[int, list[float]] = defaultdict(list)
+    fp: dict[int, list[float]] = defaultdict(list)
+    num_gt: dict[int, int] = defaultdict(int)
     for key in gts.keys() | preds.keys():
-        tp, fp, fn = _match_one(gts.get(key, []), preds.get(key, []), iou_threshold)
-        c = counts[key[1]]
-        c[0] += tp
-        c[1] += fp
-        c[2] += fn
-    return {cid: tuple(c) for cid, c in counts.items()}
+        hits, misses, n_gt = _match_one(gts.get(key, []), preds.get(key, []), iou_threshold)
+        tp[key[1]] += hits
+        fp[key[1]] += misses
+        num_gt[key[1]] += n_gt
+    return Matches({c: np.asarray(v, np.float64) for c, v in tp.items()},
+                   {c: np.asarray(v, np.float64) for c, v in fp.items()}, dict(num_gt))
 
 
-def _match_one(gt_anns: list[dict], preds: list[dict], iou_threshold: float) -> tuple[int, int, int]:
+def match_counts(gt: dict[str, Any], results: list[dict[str, Any]], *, score_threshold: float,
+                 iou_threshold: float) -> dict[int, tuple[int, int, int]]:
+    """Per category (tp, fp, fn) of the predictions scoring at least `score_threshold`."""
+    return match(gt, results, iou_threshold).counts(Thresholds(score_threshold, {}))
+
+
+def _match_one(gt_anns: list[dict], preds: list[dict], iou_threshold: float) -> tuple[list[float], list[float], int]:
+    """(scores of matched predictions, scores of unmatched ones, non-crowd ground-truth boxes)."""
     crowd = np.array([bool(a.get("iscrowd", 0)) for a in gt_anns], dtype=bool)
     n_gt = int((~crowd).sum())
     if not preds:
-        return 0, 0, n_gt
+        return [], [], n_gt
     order = np.argsort([-p["score"] for p in preds], kind="stable")
-    pboxes = xywh_to_xyxy([preds[i]["bbox"] for i in order])
+    scores = [float(preds[i]["score"]) for i in order]
     if not gt_anns:
-        return 0, len(preds), 0
+        return [], scores, 0
+    pboxes = xywh_to_xyxy([preds[i]["bbox"] for i in order])
     gboxes = xywh_to_xyxy([a["bbox"] for a in gt_anns])
     iou = box_iou(pboxes, gboxes)
     free = ~crowd
-    tp = fp = 0
-    for row in iou:
+    hits, misses = [], []
+    for row, s in zip(iou, scores):
         candidates = np.where(free & (row >= iou_threshold))[0]
         if len(candidates):
             free[candidates[np.argmax(row[candidates])]] = False
-            tp += 1
+            hits.append(s)
         elif not np.any(crowd & (row >= iou_threshold)):
-            fp += 1
-    return tp, fp, n_gt - tp
+            misses.append(s)
+    return hits, misses, n_gt
 
 
 def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return precision, recall, f1
+    return precision, recall, f_beta(precision, recall)
 
 
 def _mean_valid(values: np.ndarray) -> float:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 
+from .config import ScoreConfig
 from .data.coco import CocoIndex, load_coco
 from .data.images import read_image
 from .engine import coco_detections
@@ -16,7 +17,7 @@ from .ensemble import Ensemble, ImagePrediction
 from .errors import DatasetError
 from .files import atomic_file, write_json
 from .layout import PredictPaths
-from .metrics import evaluate_detections
+from .metrics import Thresholds, evaluate_detections
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
@@ -106,20 +107,22 @@ def coco_results(run: PredictionRun) -> list[dict[str, Any]]:
 class OutputWriter:
     """predict's outputs, written as images finish so an interrupted run keeps what it did.
 
-    At once per image: its rows in predictions.csv (boxes >= score_threshold), its drawing with `draw`,
+    At once per image: its rows in predictions.csv (boxes at or above the thresholds), its drawing with `draw`,
     and the whole prediction appended to predictions.partial.jsonl, whose first line records the `job`
     (models, settings, images). A writer for the same job picks those images up again (`done`) instead of
     predicting them twice; any other job starts the folder's outputs afresh. close() writes
     predictions.json (every box) and images.json atomically and removes the partial file.
     """
 
-    def __init__(self, out: str | Path, score_threshold: float, *, draw: bool = False,
+    def __init__(self, out: str | Path, thresholds: Thresholds, *, draw: bool = False,
                  job: dict[str, Any] | None = None):
-        self.out, self.score_threshold, self.draw = Path(out), score_threshold, draw
+        self.out, self.thresholds, self.draw = Path(out), thresholds, draw
         self.paths = PredictPaths(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.partial = self.paths.partial
-        header = {"job": {**(job or {}), "score_threshold": score_threshold, "draw": draw}}
+        header = {"job": {**(job or {}), "score_threshold": thresholds.default,
+                          "class_thresholds": {str(k): v for k, v in sorted(thresholds.per_class.items())},
+                          "draw": draw}}
         finished = _read_partial(self.partial, header)
         self.done: dict[str, ImagePrediction] = {}
         self.images: list[dict[str, Any]] = []
@@ -141,7 +144,7 @@ class OutputWriter:
     def add(self, p: ImagePrediction, image_id: int) -> None:
         image = {"id": image_id, "file_name": p.source, "width": p.width, "height": p.height}
         if self.draw:
-            image["drawing"] = str(draw_prediction(p, self.paths.drawn, self.score_threshold,
+            image["drawing"] = str(draw_prediction(p, self.paths.drawn, self.thresholds,
                                                    self._drawing_name(p.source)).relative_to(self.out))
         self._record(p, image)
         self.csv_file.flush()
@@ -149,8 +152,8 @@ class OutputWriter:
             f.write(json.dumps({"image": image, "prediction": p.to_dict()}) + "\n")
 
     def _record(self, p: ImagePrediction, image: dict[str, Any]) -> None:
-        for box, score, name in zip(p.boxes.tolist(), p.scores.tolist(), p.names):
-            if score >= self.score_threshold:
+        for box, score, name, cid in zip(p.boxes.tolist(), p.scores.tolist(), p.names, p.category_ids):
+            if score >= self.thresholds.of(cid):
                 self.csv.writerow([p.source, name, f"{score:.4f}", *(f"{v:.1f}" for v in box)])
         self.results += coco_detections(image["id"], p.boxes, p.scores.tolist(), p.category_ids)
         if "drawing" in image:
@@ -194,7 +197,7 @@ def _read_partial(path: Path, header: dict[str, Any]) -> list[dict[str, Any]]:
     return records
 
 
-def draw_prediction(p: ImagePrediction, out_dir: Path, score_threshold: float, file_name: str | None = None,
+def draw_prediction(p: ImagePrediction, out_dir: Path, thresholds: Thresholds, file_name: str | None = None,
                     ) -> Path:
     from PIL import Image, ImageDraw
 
@@ -202,8 +205,9 @@ def draw_prediction(p: ImagePrediction, out_dir: Path, score_threshold: float, f
     canvas = ImageDraw.Draw(image)
     colors = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c"]
     width = max(1, round(max(p.width, p.height) / 400))
-    for box, score, label, name in zip(p.boxes.tolist(), p.scores.tolist(), p.labels.tolist(), p.names):
-        if score < score_threshold:
+    for box, score, label, name, cid in zip(p.boxes.tolist(), p.scores.tolist(), p.labels.tolist(), p.names,
+                                            p.category_ids):
+        if score < thresholds.of(cid):
             continue
         color = colors[(label - 1) % len(colors)]
         canvas.rectangle(box, outline=color, width=width)
@@ -214,16 +218,15 @@ def draw_prediction(p: ImagePrediction, out_dir: Path, score_threshold: float, f
     return path
 
 
-def ground_truth_metrics(run: PredictionRun, gt: CocoIndex, score_threshold: float, members: int = 0,
-                         **options: float) -> list[tuple[str, dict[str, Any]]]:
-    """[(name, metrics)] of the ensemble and, next to it, of each of its `members` alone.
-
-    `options` go to evaluate_detections (iou_threshold, w_map, w_f1).
-    """
+def ground_truth_metrics(run: PredictionRun, gt: CocoIndex, thresholds: Thresholds, members: int = 0, *,
+                         iou_threshold: float = 0.5, score: ScoreConfig | None = None,
+                         ) -> list[tuple[str, dict[str, Any]]]:
+    """[(name, metrics)] of the ensemble and, next to it, of each of its `members` alone, at `thresholds`."""
     coco = gt.subset(run.image_ids).to_coco()
     runs = [("ensemble", run)] + [(f"member {i}", run.member(i)) for i in range(members if members > 1 else 0)]
-    return [(name, evaluate_detections(coco, coco_results(r), score_threshold=score_threshold, **options))
-            for name, r in runs]
+    return [(name, evaluate_detections(coco, coco_results(r), score_threshold=thresholds.default,
+                                       class_thresholds=thresholds.per_class, iou_threshold=iou_threshold,
+                                       score=score)) for name, r in runs]
 
 
 def load_ground_truth(path: str | Path, ensemble: Ensemble, images_dir: str | Path | None = None) -> CocoIndex:

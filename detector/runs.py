@@ -23,7 +23,8 @@ from .layout import MARKER, RUN_ENTRIES, RunPaths, StudyPaths
 
 # Keys that may change between the runs of one folder: budget, place and speed, not what is trained.
 RESUMABLE_CHANGES = ("search.n_trials", "search.timeout", "train.device", "train.num_workers", "eval.batch_size",
-                     "data.train.annotations", "data.train.images", "data.val.annotations", "data.val.images")
+                     "data.train.annotations", "data.train.images", "data.val.annotations", "data.val.images",
+                     "data.test.annotations", "data.test.images")
 
 
 @contextlib.contextmanager

@@ -297,7 +297,7 @@ def _evaluate(model, loader, gt, label_map, cfg: Config, device, precision: Prec
     predictions = predict(model, loader, device=device, precision=precision, progress=progress, desc="validate")
     results = to_coco_results(predictions, label_map)
     metrics = evaluate_detections(gt, results, score_threshold=cfg.eval.score_threshold,
-                                  iou_threshold=cfg.eval.iou_threshold, w_map=cfg.score.w_map, w_f1=cfg.score.w_f1)
+                                  iou_threshold=cfg.eval.iou_threshold, score=cfg.score)
     return metrics, results
 
 

@@ -16,6 +16,7 @@ from detector.data.coco import load_coco
 from detector.data.dataset import CocoDetection, collate
 from detector.data.transforms import build_eval_transforms
 from detector.engine import Precision, predict
+from detector.metrics import Thresholds
 from detector.ensemble import Ensemble
 from detector.predict import OutputWriter, collect_images, ground_truth_metrics, load_ground_truth, run_predictions
 from tests.test_train import TINY
@@ -48,10 +49,10 @@ def test_predict_with_ground_truth_round_trips_through_evaluate(rbc, rbc_run, tm
     assert done.returncode == 0, done.stderr
     assert "ensemble" in done.stdout and "member 2" in done.stdout and "wbc" in done.stdout
     ensemble = Ensemble.load(rbc_run / "top_models.json")
-    assert len(ensemble.members) == 3 and ensemble.score_threshold == 0.3
+    assert len(ensemble.members) == 3 and ensemble.thresholds.default == 0.3
     gt = load_ground_truth(gt_path, ensemble)
     run = run_predictions(ensemble, [r.path for r in gt.images], gt=gt, with_members=True)
-    rows = dict(ground_truth_metrics(run, gt, 0.3, members=3))
+    rows = dict(ground_truth_metrics(run, gt, Thresholds(0.3, {}), members=3))
     evaluated = cli("evaluate", "--predictions", str(out / "predictions.json"), str(gt_path), "--score-threshold",
                     "0.3", "--json")
     assert evaluated.returncode == 0, evaluated.stderr
@@ -126,7 +127,7 @@ def test_an_interrupted_predict_keeps_the_images_it_finished_and_the_same_job_re
     files = collect_images([rbc / "test"])
     ensemble = Ensemble.load(rbc_run)
     job = {"models": ensemble.identity(), "images": [str(f) for f in files]}
-    writer = OutputWriter(tmp_path / "out", 0.3, draw=True, job=job)
+    writer = OutputWriter(tmp_path / "out", Thresholds(0.3, {}), draw=True, job=job)
 
     def add_then_stop(p, image_id):
         writer.add(p, image_id)
@@ -142,21 +143,21 @@ def test_an_interrupted_predict_keeps_the_images_it_finished_and_the_same_job_re
     with (tmp_path / "out" / "predictions.partial.jsonl").open("a") as f:
         f.write('{"image": {"id": 4, "fi')  # torn by a kill -9 mid-write
 
-    again = OutputWriter(tmp_path / "out", 0.3, draw=True, job=job)  # the same command again
+    again = OutputWriter(tmp_path / "out", Thresholds(0.3, {}), draw=True, job=job)  # the same command again
     assert sorted(again.done) == [str(f) for f in files[:3]]
     predicted = []
     run = run_predictions(ensemble, files, batch_size=1, done=again.done,
                           on_image=lambda p, i: (predicted.append(i), again.add(p, i)))
     again.close()
     assert predicted == list(range(4, 11))  # only the images the first run did not finish
-    whole = OutputWriter(tmp_path / "whole", 0.3, draw=True, job=job)
+    whole = OutputWriter(tmp_path / "whole", Thresholds(0.3, {}), draw=True, job=job)
     run_predictions(ensemble, files, batch_size=1, on_image=whole.add)  # batches of one: the same arithmetic
     whole.close()
     for name in ("predictions.json", "predictions.csv", "images.json"):
         assert (tmp_path / "out" / name).read_text() == (tmp_path / "whole" / name).read_text(), name
     assert len(list((tmp_path / "out" / "drawn").glob("*.png"))) == 10 and len(run.predictions) == 10
     assert not (tmp_path / "out" / "predictions.partial.jsonl").exists()
-    other = OutputWriter(tmp_path / "whole", 0.5, job=job)  # another threshold: another job, started afresh
+    other = OutputWriter(tmp_path / "whole", Thresholds(0.5, {}), job=job)  # another threshold: another job, started afresh
     assert not other.done
 
 

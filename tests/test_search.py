@@ -108,21 +108,36 @@ def test_a_pruned_trial_stops_at_its_first_epoch_and_frees_its_checkpoints(sampl
 @pytest.mark.slow
 def test_objective_with_a_fixed_trial_scores_the_ensemble_on_held_out_data(sample, tmp_path):
     cfg = study_cfg(sample)
-    trial = optuna.trial.FixedTrial({"train.lr": 1e-3, "train.batch_size": 4, "eval.score_threshold": 0.3},
-                                    number=7)
+    trial = optuna.trial.FixedTrial({"train.lr": 1e-3, "train.batch_size": 8}, number=7)
     value = Objective(cfg, tmp_path, log=lambda s: None)(trial)
     run = tmp_path / "trial_0007"
-    assert config.load(run / "config.yaml").eval.score_threshold == 0.3
+    assert config.load(run / "config.yaml").train.batch_size == 8  # the drawn value, not TINY's 4
     heldout = json.loads((run / "heldout.json").read_text())
     assert value == pytest.approx(heldout["ensemble"]["score"])
     e = heldout["ensemble"]
-    assert e["score"] == pytest.approx(0.5 * e["map_50"] + 0.5 * e["f1"])
+    assert e["score"] == pytest.approx(0.5 * e["map_50"] + 0.5 * e["f1"])  # score.beta 1: F_beta is F1
     assert len(heldout["members"]) == 3
     assert trial.user_attrs["ensemble"]["score"] == pytest.approx(value)
     assert [m["metrics"]["score"] for m in trial.user_attrs["members"]] == pytest.approx(
         [m["metrics"]["score"] for m in heldout["members"]])
     top = json.loads((run / "top_models.json").read_text())
     assert [m["path"] for m in heldout["members"]] == [m["path"] for m in top]
+    # the operating point chosen from the stored predictions is what the live ensemble then does
+    point = heldout["operating_point"]
+    assert point["score"] == pytest.approx(value) and point["score"] >= point["configured_score"]
+    stored = json.loads((run / "heldout_predictions.json").read_text())
+    _, val = load_splits(cfg)
+    assert len(stored) == len(val.images) and all(len(p["members"]) == 3 for p in stored)
+    from detector.ensemble import Ensemble, read_thresholds
+    from detector.metrics import Thresholds
+    from detector.predict import ground_truth_metrics, run_predictions
+
+    settings = config.from_dict({"ensemble": point["ensemble"]}).ensemble
+    live = Ensemble.from_checkpoints([run / m["path"] for m in top], settings, thresholds=read_thresholds(point))
+    predictions = run_predictions(live, [r.path for r in val.images], gt=val)
+    [(_, metrics)] = ground_truth_metrics(predictions, val, live.thresholds, score=cfg.score)
+    assert metrics["score"] == pytest.approx(point["score"], abs=1e-4)
+    assert isinstance(live.thresholds, Thresholds)
 
 
 @pytest.mark.slow

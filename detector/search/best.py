@@ -61,11 +61,13 @@ def _write_best(best: optuna.trial.FrozenTrial, paths: RunPaths, target: Path) -
                         "cv_score": m["score"], "heldout": heldout.get(m["path"], {}).get("metrics")})
     shutil.copy2(paths.config, tmp / CONFIG)
     label_map = load_checkpoint(tmp / member_file(0))["label_map"]
+    point = best.user_attrs.get("operating_point") or {
+        "ensemble": cfg.to_dict()["ensemble"], "score_threshold": cfg.eval.score_threshold, "class_thresholds": {}}
     write_json(tmp / ENSEMBLE, {
         "trial": best.number, "value": best.value, "params": best.params, "run": run.name,
-        "metrics": best.user_attrs.get("ensemble"), "members": members, "ensemble": cfg.to_dict()["ensemble"],
-        "score_threshold": cfg.eval.score_threshold, "iou_threshold": cfg.eval.iou_threshold,
-        "label_map": label_map})
+        "metrics": best.user_attrs.get("ensemble"), "members": members, "ensemble": point["ensemble"],
+        "score_threshold": point["score_threshold"], "class_thresholds": point["class_thresholds"],
+        "iou_threshold": cfg.eval.iou_threshold, "operating_point": point, "label_map": label_map})
     old = target.with_name(".best.old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():

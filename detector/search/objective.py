@@ -51,10 +51,18 @@ class Objective:
         started = time.perf_counter()
         result = evaluate_held_out(trial_cfg, run, cv.top_models, self.held_out)
         trial.set_user_attr("heldout_seconds", round(time.perf_counter() - started, 3))
-        write_json(RunPaths(run).heldout, {"ensemble": result.ensemble, "members": result.members})
+        paths = RunPaths(run)
+        write_json(paths.heldout_predictions, [{"image_id": i, **p.to_dict()} for p, i in
+                                               zip(result.predictions.predictions, result.predictions.image_ids)],
+                   indent=None)
+        write_json(paths.heldout, result.to_dict())
+        point = result.operating_point
+        self.log(f"trial {trial.number}: operating point from {point.evaluations} settings in {point.seconds:.1f}s: "
+                 f"{_describe(point)}; score {point.score:.4f} (configured {point.configured_score:.4f})")
         trial.set_user_attr("ensemble", _plain_metrics(result.ensemble))
+        trial.set_user_attr("operating_point", point.to_dict())
         trial.set_user_attr("members", [{**m, "metrics": _plain_metrics(m["metrics"])} for m in result.members])
-        return float(result.ensemble["score"])
+        return float(point.score)
 
 
 class PruningHook:
@@ -87,6 +95,13 @@ class PruningHook:
 
 def _plain_metrics(m: dict[str, Any]) -> dict[str, float]:
     return {k: float(m[k]) for k in METRIC_KEYS if k in m}
+
+
+def _describe(point) -> str:
+    e = point.ensemble
+    per_class = f" (+{len(point.thresholds.per_class)} per class)" if point.thresholds.per_class else ""
+    return (f"threshold {point.thresholds.default:.3f}{per_class}, WBF {e.conf_type} iou {e.iou_thr} skip "
+            f"{e.skip_box_thr} weights {e.weights or 'equal'}")
 
 
 def _format_params(params: dict[str, Any]) -> str:
