@@ -215,7 +215,7 @@ def _study(args) -> int:
 def _predict(args) -> int:
     from .ensemble import Ensemble
     from .predict import OutputWriter, collect_images, ground_truth_metrics, load_ground_truth, run_predictions
-    from .report import format_comparison
+    from .report import format_comparison, format_per_class
 
     models, images = _split_models(args.inputs)
     overrides = {k: v for k, v in (("iou_thr", args.iou_thr), ("skip_box_thr", args.skip_box_thr),
@@ -250,8 +250,10 @@ def _predict(args) -> int:
             print(f"  {reason}", file=sys.stderr)
     if gt is not None:
         cfg = ensemble.members[0].config
-        print(format_comparison(ground_truth_metrics(run, gt, thresholds, len(ensemble.members),
-                                                     iou_threshold=cfg.eval.iou_threshold, score=cfg.score)))
+        rows = ground_truth_metrics(run, gt, thresholds, len(ensemble.members), iou_threshold=cfg.eval.iou_threshold,
+                                    score=cfg.score)
+        print(format_comparison(rows))
+        print("\nensemble per class at its operating point:\n" + format_per_class(rows[0][1]))
     return 0
 
 

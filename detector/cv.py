@@ -21,7 +21,8 @@ from .data.coco import CocoIndex
 from .data.folds import make_folds, resolve_strategy
 from .files import read_json, write_json
 from .layout import RunPaths
-from .metrics import METRIC_KEYS
+from .metrics import METRIC_KEYS, coco_map, match
+from .thresholds import tune_thresholds
 from .runs import hold_run, prepare_run
 from .train import OnEpochEnd, fit, load_splits
 
@@ -79,7 +80,32 @@ def _run_cv(cfg: Config, run_dir: str | Path, *, force, on_epoch_end, progress, 
             keep=(lambda fold: lambda epoch, metrics, save: top.offer(fold, epoch, metrics, save))(k))
         fold.last.unlink(missing_ok=True)
         write_summary(run)
+    point = out_of_fold_operating_point(paths, index, folds, cfg)
+    if point is not None:
+        write_json(paths.operating_point, point)
+        log(f"operating point from out-of-fold predictions: threshold {point['score_threshold']:.3f}, score "
+            f"{point['score']:.4f}")
     return write_summary(run)
+
+
+def out_of_fold_operating_point(run: RunPaths, index: CocoIndex, folds: list[list[int]], cfg: Config,
+                                ) -> dict[str, Any] | None:
+    """Thresholds for the run's models used alone, chosen on out-of-fold predictions: every training image
+    as predicted by the best epoch of the fold that did not train on it (None until every fold is done)."""
+    results, ids = [], []
+    for k, val_ids in enumerate(folds):
+        predictions = run.fold(k).best_predictions
+        if not predictions.exists():
+            return None
+        results += read_json(predictions)
+        ids += val_ids
+    gt = index.subset(ids).to_coco()
+    thresholds, metrics = tune_thresholds(gt, match(gt, results, cfg.eval.iou_threshold), coco_map(gt, results),
+                                          cfg.score, cfg.tune.min_class_boxes)
+    return {"score_threshold": thresholds.default,
+            "class_thresholds": {str(k): v for k, v in sorted(thresholds.per_class.items())},
+            "score": metrics["score"], "images": len(ids), "metrics": metrics,
+            "source": "out-of-fold predictions: each fold's best epoch on the images it did not train on"}
 
 
 def write_summary(run: Path) -> CVResult:

@@ -290,9 +290,8 @@ def resolve_models(path: str | Path | Sequence[str | Path],
         if missing:
             raise WeightsError(f"{p}: listed checkpoints are gone ({', '.join(missing)}); a study keeps only its "
                                "best trial's models (search.keep_models: best): use studies/NAME/best")
-        summary = RunPaths(p.parent).summary
-        point = read_json(summary).get("operating_point") if summary.exists() else None
-        return [p.parent / m["path"] for m in top], None, read_thresholds(point) if point else None
+        point = RunPaths(p.parent).operating_point
+        return [p.parent / m["path"] for m in top], None, read_thresholds(read_json(point)) if point.exists() else None
     if p.is_file():
         return [p], None, None
     raise WeightsError(f"{p}: not a checkpoint, a study's best/ folder or a run's top_models.json")

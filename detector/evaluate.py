@@ -17,7 +17,7 @@ from .ensemble import Ensemble
 from .errors import ConfigError, DatasetError, DetectorError
 from .metrics import evaluate_detections
 from .operating_point import OperatingPoint, tune
-from .predict import PredictionRun, coco_results, run_predictions
+from .predict import PredictionRun, coco_results, ground_truth_metrics, run_predictions
 
 
 def evaluate_checkpoint(
@@ -56,15 +56,29 @@ class HeldOutResult:
                 "operating_point": self.operating_point.to_dict()}
 
 
-def check_held_out(train_index: CocoIndex, held_out: CocoIndex) -> None:
-    """The held-out split must share no image file with the training split and must have boxes."""
-    train_files = {r.path.resolve() for r in train_index.images}
-    shared = sorted(str(r.path) for r in held_out.images if r.path.resolve() in train_files)
-    if shared:
-        raise ConfigError(f"data.val ({held_out.path}) is the study's held-out split but shares {len(shared)} "
-                          f"image files with data.train (e.g. {shared[0]}); point data.val at a split of its own")
-    if not any(len(r.boxes) for r in held_out.images):
-        raise ConfigError(f"data.val ({held_out.path}) has no boxes; the held-out split needs annotations")
+def check_held_out(train_index: CocoIndex, held_out: CocoIndex, test: CocoIndex | None = None) -> None:
+    """The held-out split (and the test split) must share no image file with the splits before them, and
+    must have boxes."""
+    splits = [("data.train", train_index), ("data.val", held_out)] + ([("data.test", test)] if test else [])
+    for i, (name, split) in enumerate(splits[1:], start=1):
+        for earlier, other in splits[:i]:
+            files = {r.path.resolve() for r in other.images}
+            shared = sorted(str(r.path) for r in split.images if r.path.resolve() in files)
+            if shared:
+                raise ConfigError(f"{name} ({split.path}) shares {len(shared)} image files with {earlier} (e.g. "
+                                  f"{shared[0]}); each of data.train, data.val and data.test needs images of its own")
+        if not any(len(r.boxes) for r in split.images):
+            raise ConfigError(f"{name} ({split.path}) has no boxes; a split that scores models needs annotations")
+
+
+def evaluate_on_test(models: Path, test: CocoIndex, cfg: Config) -> dict[str, Any]:
+    """The ensemble in `models` (a study's best/), at its operating point, scored once on the test split."""
+    ensemble = Ensemble.load(models, device=cfg.train.device)
+    run = run_predictions(ensemble, [r.path for r in test.images], gt=test, batch_size=cfg.eval.batch_size)
+    [(_, metrics)] = ground_truth_metrics(run, test, ensemble.thresholds, iou_threshold=cfg.eval.iou_threshold,
+                                          score=cfg.score)
+    boxes = sum(len(r.boxes) for r in test.images if r.id in set(run.image_ids))
+    return {"annotations": str(test.path), "images": len(run.image_ids), "boxes": boxes, "metrics": metrics}
 
 
 def evaluate_held_out(cfg: Config, run: Path, top_models: list[dict[str, Any]], held_out: CocoIndex,
@@ -85,7 +99,8 @@ def evaluate_held_out(cfg: Config, run: Path, top_models: list[dict[str, Any]], 
         alone = tune(gt, predictions.member(i).predictions, predictions.image_ids, ensemble.label_map, single)
         members.append({"path": m["path"], "fold": m["fold"], "epoch": m["epoch"], "cv_score": m["score"],
                         "metrics": alone.metrics, "score_threshold": alone.thresholds.default})
-    return HeldOutResult(point.metrics, members, point, predictions)
+    metrics = {**point.metrics, "annotations": str(held_out.path), "images": len(predictions.image_ids)}
+    return HeldOutResult(metrics, members, point, predictions)
 
 
 def evaluate_results_file(

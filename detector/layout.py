@@ -54,7 +54,7 @@ RUN_FILES = {
 }
 RUN_ENTRIES = tuple(name for attr, name in RUN_FILES.items() if attr != "lock")
 STUDY_FILES = {"meta": "study.json", "config": CONFIG, "database": "study.db", "lock": ".lock", "best": "best",
-               "ensemble": f"best/{ENSEMBLE}", "plots": "plots"}
+               "ensemble": f"best/{ENSEMBLE}", "test": "best/test.json", "plots": "plots"}
 PREDICT_FILES = {"predictions": "predictions.json", "table": "predictions.csv", "images": "images.json",
                  "partial": "predictions.partial.jsonl", "drawn": "drawn"}
 

@@ -104,6 +104,12 @@ def report_run(run: Path, fmt: str = "table") -> tuple[str, list[Path]]:
         parts.append(f"\nper-class AP of the best fold model (fold {best['fold']}, epoch {best['best_epoch']}):")
         parts += [f"  {name:<20} AP {c['ap']:.4f}  AP50 {c['ap50']:.4f}  F1 {c['f1']:.4f}"
                   for name, c in best["metrics"].get("per_class", {}).items()]
+        point = RunPaths(run).operating_point
+        if point.exists():
+            p = read_json(point)
+            parts.append(f"\noperating point for these models alone (out-of-fold, {p['images']} images): threshold "
+                         f"{p['score_threshold']:.3f}, score {p['score']:.4f}")
+            parts.append(format_per_class(p["metrics"]))
         anchors = [f for f in summary.folds if f.get("anchors")]
         for f in anchors:
             a = f["anchors"]
@@ -161,6 +167,18 @@ def _num(v: Any, digits: int = 4) -> str:
 
 def _param(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def format_per_class(m: dict[str, Any]) -> str:
+    """Per class at the operating point: boxes, threshold, precision, recall, F1 and AP50 (the table the
+    seed recipe printed with scikit-learn's classification_report)."""
+    header = ("class", "boxes", "threshold", "precision", "recall", "f1", "ap50")
+    rows = [[name, str(c["num_gt"]), f"{c.get('score_threshold', m.get('score_threshold', float('nan'))):.3f}",
+             f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", f"{c['ap50']:.4f}"]
+            for name, c in m["per_class"].items()]
+    rows.append(["all", str(sum(c["num_gt"] for c in m["per_class"].values())), "", f"{m['precision']:.4f}",
+                 f"{m['recall']:.4f}", f"{m['f1']:.4f}", f"{m['map_50']:.4f}"])
+    return render_table(header, rows)
 
 
 def format_comparison(rows: list[tuple[str, dict[str, Any]]]) -> str:

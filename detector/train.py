@@ -66,6 +66,18 @@ def load_splits(cfg: Config) -> tuple[CocoIndex, CocoIndex]:
     return train, val
 
 
+def load_test(cfg: Config, label_map) -> CocoIndex | None:
+    """The optional data.test split (None when the config names none), on the training split's label map."""
+    d = cfg.data
+    if not d.test.annotations:
+        return None
+    test = load_coco(d.test.annotations, d.test.images_dir, label_map=label_map, keep_empty=True,
+                     drop_placeholder_categories=d.drop_placeholder_categories, strict_boxes=d.strict_boxes)
+    if not any(len(r.boxes) for r in test.images):
+        raise DatasetError(f"{test.path}: data.test has no boxes; a test split needs annotations")
+    return test
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -80,6 +92,12 @@ def box_shapes(index: CocoIndex, image_size: int) -> np.ndarray:
             scale = image_size / max(rec.width, rec.height)
             shapes.append((rec.boxes[:, 2:] - rec.boxes[:, :2]) * scale)
     return np.concatenate(shapes) if shapes else np.zeros((0, 2), np.float32)
+
+
+def class_counts(index: CocoIndex) -> list[int]:
+    """Training boxes per class, in label order."""
+    labels = np.concatenate([index.labels(r) for r in index.images] or [np.zeros(0, np.int64)])
+    return np.bincount(labels, minlength=index.label_map.num_classes + 1)[1:].tolist()
 
 
 def balanced_weights(index: CocoIndex) -> np.ndarray:
@@ -138,7 +156,8 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, run: Path, *
 
     model, anchor_fit = faster_rcnn.build(
         cfg.model, num_classes=label_map.num_classes, image_size=size, seed=cfg.train.seed,
-        anchor_shapes=resume["anchors"] if resume else None, box_shapes=box_shapes(train_index, size))
+        anchor_shapes=resume["anchors"] if resume else None, box_shapes=box_shapes(train_index, size),
+        class_counts=class_counts(train_index))
     anchors = resume["anchors"] if resume else (anchor_fit.shapes if anchor_fit else None)
     anchor_info = _anchor_info(resume, anchor_fit, run, log)
     model.to(device)

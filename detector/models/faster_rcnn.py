@@ -22,6 +22,7 @@ from ..config import PACKAGED, ModelConfig
 from ..errors import ConfigError
 from .anchors import AnchorFit, FittedAnchorGenerator, default_generator, fit_anchors
 from .backbones import build_backbone, num_levels
+from .losses import classifier_loss, use_classifier_loss
 from .weights import fetch, is_detector_state, load_matching, read_state_dict
 
 
@@ -39,6 +40,7 @@ def build(
     image_size: int,
     anchor_shapes: Sequence[Sequence[tuple[float, float]]] | None = None,
     box_shapes: np.ndarray | None = None,
+    class_counts: Sequence[int] | None = None,
     seed: int = 0,
 ) -> tuple[FasterRCNN, AnchorFit | None]:
     """The model a config describes, for `num_classes` foreground classes (labels 1..num_classes, 0 =
@@ -46,7 +48,7 @@ def build(
 
     `anchor_shapes`: per FPN level, (w, h) anchors in input pixels; None keeps torchvision's default
     generator, or with `anchors: kmeans` fits them to `box_shapes` ((N, 2) training box w, h in input pixels)
-    and returns the fit too.
+    and returns the fit too. `class_counts` (training boxes per class) sets `class_weights: auto`.
     """
     if num_classes < 1:
         raise ConfigError("the dataset needs at least one category to train a detector")
@@ -69,6 +71,8 @@ def build(
         raise ConfigError(f"anchors have {len(anchor_shapes)} levels but backbone {cfg.backbone} has {levels}")
     generator = FittedAnchorGenerator(anchor_shapes) if anchor_shapes is not None else default_generator(levels)
     model = assemble(body, generator, cfg, num_classes=num_classes, image_size=image_size)
+    if cfg.box_loss != "ce" or cfg.class_weights is not None:
+        use_classifier_loss(model.roi_heads, classifier_loss(cfg, class_counts, num_classes))
     if detector_state is not None:
         load_matching(model, detector_state, str(cfg.pretrained))
     elif _uses_coco_detector(cfg):

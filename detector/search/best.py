@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
 
 from .. import config as config_mod
 from ..checkpoint import load_checkpoint
+from ..config import Config
+from ..data.coco import CocoIndex
+from ..evaluate import evaluate_on_test
 from ..files import read_json, write_json
 from ..layout import CONFIG, ENSEMBLE, RunPaths, StudyPaths, member_file, trial_folder
 from .objective import free_checkpoints
@@ -74,6 +78,23 @@ def _write_best(best: optuna.trial.FrozenTrial, paths: RunPaths, target: Path) -
         os.replace(target, old)
     os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def score_best_on_test(directory: Path, test: CocoIndex, cfg: Config, log: Callable[[str], None]) -> dict | None:
+    """Score STUDY/best once on the test split (again only when best/ holds another trial): best/test.json.
+    The study never selects or tunes on it."""
+    paths = StudyPaths(directory)
+    if not paths.ensemble.exists():
+        return None
+    trial = read_json(paths.ensemble)["trial"]
+    if paths.test.exists() and read_json(paths.test).get("trial") == trial:
+        return read_json(paths.test)
+    result = {"trial": trial, **evaluate_on_test(paths.best, test, cfg)}
+    write_json(paths.test, result)
+    m = result["metrics"]
+    log(f"test split ({result['images']} images, {result['boxes']} boxes), best trial {trial}: score "
+        f"{m['score']:.4f}, map_50 {m['map_50']:.4f}, recall {m['recall']:.4f}, precision {m['precision']:.4f}")
+    return result
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

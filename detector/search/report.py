@@ -9,7 +9,8 @@ import optuna
 
 from ..layout import StudyPaths
 from ..plots import save_figures, study_figures
-from ..report import format_trials
+from ..files import read_json
+from ..report import format_per_class, format_trials
 from .objective import _format_params
 from .storage import load_study
 from .study import summarize
@@ -45,6 +46,37 @@ def plot_study(study: optuna.Study, rows: list[dict[str, Any]], out_dir: Path) -
     return save_figures(figures, out_dir), skipped
 
 
+def _scores_of_best(paths: StudyPaths, best: dict[str, Any]) -> list[str]:
+    """The best trial's operating point, its selection score on data.val and its test score on data.test."""
+    meta = read_json(paths.ensemble)
+    point = meta.get("operating_point") or {}
+    lines = []
+    if point:
+        e, per_class = point["ensemble"], point.get("class_thresholds") or {}
+        lines.append(f"\noperating point (chosen on data.val from stored predictions): threshold "
+                     f"{point['score_threshold']:.3f}" + (f", per class {per_class}" if per_class else "") +
+                     f"; WBF {e['conf_type']}, iou_thr {e['iou_thr']}, skip_box_thr {e['skip_box_thr']}, weights "
+                     f"{e['weights'] or 'equal'}; score {point['score']:.4f} vs {point['configured_score']:.4f} "
+                     "with the configured settings")
+    heldout = paths.trial(best["run_dir"]).heldout
+    val = read_json(heldout)["ensemble"] if heldout.exists() else {}
+    lines.append(f"selection score on data.val ({val.get('annotations', '?')}, {val.get('images', '?')} images): "
+                 f"{best['value']:.4f}; it chose this trial and its operating point, so it is optimistic")
+    if val.get("per_class"):
+        lines.append(format_per_class(val))
+    if paths.test.exists():
+        test = read_json(paths.test)
+        m = test["metrics"]
+        lines.append(f"test score on data.test ({test['annotations']}, {test['images']} images, {test['boxes']} "
+                     f"boxes; never used to select or tune): {m['score']:.4f}  map_50 {m['map_50']:.4f}  map "
+                     f"{m['map']:.4f}")
+        lines.append(format_per_class(m))
+    else:
+        lines.append("no data.test: the selection score above is the only score; set data.test to an untouched "
+                     "split for an unbiased one")
+    return lines
+
+
 def report_study(study_dir: str | Path, fmt: str = "table", storage: str | None = None) -> tuple[str, list[Path]]:
     """Trials table, best trial and plots (written to STUDY/plots/) of a study, finished or not."""
     directory = Path(study_dir)
@@ -68,6 +100,7 @@ def report_study(study_dir: str | Path, fmt: str = "table", storage: str | None 
                   f"  f1 {m.get('f1', float('nan')):.4f}" for i, m in enumerate(best["members"])]
         if paths.ensemble.exists():
             parts.append(f"  models: {paths.best} (detector predict {paths.best} IMAGES --out DIR)")
+            parts += _scores_of_best(paths, best)
     if plots:
         parts.append("plots: " + ", ".join(str(p) for p in plots))
     parts += [f"not plotted yet: {s}" for s in skipped]

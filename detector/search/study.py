@@ -14,7 +14,9 @@ from ..config import Config
 from ..errors import ConfigError
 from ..layout import StudyPaths
 from ..runs import RESUMABLE_CHANGES
-from .best import best_trial, sync_best
+from ..evaluate import check_held_out
+from ..train import load_test
+from .best import best_trial, score_best_on_test, sync_best
 from .objective import Objective
 from .space import check_space
 from .storage import open_study, record_storage, storage_url
@@ -41,6 +43,8 @@ def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None,
     check_space(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our log lines say what optuna's INFO lines would
     objective = Objective(cfg, directory, progress=progress, log=log)  # validates the data first
+    test = load_test(cfg, objective.train_index.label_map)
+    check_held_out(objective.train_index, objective.held_out, test)  # read only here, and at the end
     directory.mkdir(parents=True, exist_ok=True)
     url = storage_url(directory, storage)
     lock = StudyLock(url, directory, directory.name)
@@ -67,6 +71,9 @@ def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None,
                   objective, cfg.search, log)
         with lock.held():
             sync_best(study, directory, cfg.search.keep_models)
+    if test is not None:
+        with lock.held():
+            score_best_on_test(directory, test, cfg, log)
     return summarize(study, directory)
 
 

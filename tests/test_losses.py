@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from detector import config
+from detector.errors import ConfigError
+from detector.models.faster_rcnn import build
+from detector.models.losses import BoxClassifierLoss, class_weights
+from tests.test_models import SMALL, one_step
+
+
+def test_focal_with_gamma_0_and_alpha_half_is_cross_entropy_and_gamma_spares_easy_rois():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(64, 3) * 3, torch.randint(0, 3, (64,))
+    ce = F.cross_entropy(logits, labels)
+    torch.testing.assert_close(BoxClassifierLoss("focal", alpha=0.5, gamma=0.0)(logits, labels), ce)
+    weights = [2.0, 0.5]
+    torch.testing.assert_close(BoxClassifierLoss("ce", class_weights=weights)(logits, labels),
+                               F.cross_entropy(logits, labels, weight=torch.tensor([1.0, *weights])))
+    torch.testing.assert_close(BoxClassifierLoss("focal", alpha=0.5, gamma=0.0, class_weights=weights)(logits, labels),
+                               F.cross_entropy(logits, labels, weight=torch.tensor([1.0, *weights])))
+    easy = torch.tensor([[8.0, 0.0, 0.0]])  # background, confidently right
+    hard = torch.tensor([[0.0, 0.0, 0.0]])
+    background = torch.tensor([0])
+    focal = BoxClassifierLoss("focal", alpha=0.5, gamma=2.0)
+    ratio_focal = focal(easy, background) / focal(hard, background)
+    ratio_ce = F.cross_entropy(easy, background) / F.cross_entropy(hard, background)
+    assert ratio_focal < ratio_ce / 1000  # (1 - p)^2 nearly silences the easy RoI
+
+
+def test_auto_class_weights_are_inverse_frequency_with_mean_one():
+    cfg = config.ModelConfig(class_weights="auto")
+    w = class_weights(cfg, [210, 10], 2)
+    assert np.mean(w) == pytest.approx(1.0) and w[1] / w[0] == pytest.approx(21.0)
+    assert class_weights(config.ModelConfig(class_weights=[1.0, 3.0]), None, 2) == [1.0, 3.0]
+    with pytest.raises(ConfigError, match="2 values for 3 classes"):
+        class_weights(config.ModelConfig(class_weights=[1.0, 3.0]), None, 3)
+    assert class_weights(config.ModelConfig(), [5, 5], 2) is None
+
+
+def test_a_focal_model_trains_and_keeps_its_state_dict_keys():
+    plain = build(config.ModelConfig(backbone="resnet18", **SMALL), num_classes=2, image_size=96)[0]
+    focal, _ = build(config.ModelConfig(backbone="resnet18", box_loss="focal", class_weights="auto", **SMALL),
+                     num_classes=2, image_size=96, class_counts=[30, 3])
+    assert list(focal.state_dict()) == list(plain.state_dict())  # checkpoints load either way
+    torch.testing.assert_close(focal.roi_heads.classifier_loss.weight, torch.tensor([1.0, 2 / 11, 20 / 11]))
+    assert set(one_step(focal)) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
