@@ -49,7 +49,9 @@ def test_predict_with_ground_truth_round_trips_through_evaluate(rbc, rbc_run, tm
     assert done.returncode == 0, done.stderr
     assert "ensemble" in done.stdout and "member 2" in done.stdout and "wbc" in done.stdout
     ensemble = Ensemble.load(rbc_run / "top_models.json")
-    assert len(ensemble.members) == 3 and ensemble.thresholds.default == 0.3
+    point = json.loads((rbc_run / "operating_point.json").read_text())  # out-of-fold, not eval.score_threshold
+    assert len(ensemble.members) == 3 and ensemble.thresholds.default == point["score_threshold"] != 0.3
+    assert point["images"] == 48 and "wbc" in point["metrics"]["per_class"]
     gt = load_ground_truth(gt_path, ensemble)
     run = run_predictions(ensemble, [r.path for r in gt.images], gt=gt, with_members=True)
     rows = dict(ground_truth_metrics(run, gt, Thresholds(0.3, {}), members=3))

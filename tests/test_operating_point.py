@@ -1,0 +1,108 @@
+import dataclasses
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from detector import config
+from detector.config import ScoreConfig
+from detector.data.sample import SampleSpec, write_sample_dataset
+from detector.metrics import coco_map, evaluate_detections, match
+from detector.thresholds import tune_thresholds
+from tests.test_search import study_cfg
+
+
+def _hand_made(seed: int):
+    """Two classes on 12 images: boxes near the truth with random scores, strays, and misses."""
+    rng = np.random.default_rng(seed)
+    images, annotations, results = [], [], []
+    for i in range(1, 13):
+        images.append({"id": i, "file_name": f"{i}.png", "width": 200, "height": 200})
+        for k in range(int(rng.integers(1, 6))):
+            cid = 1 if rng.random() < 0.7 else 2
+            x, y = float(rng.integers(0, 150)), float(rng.integers(0, 150))
+            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": cid,
+                                "bbox": [x, y, 40.0, 40.0], "area": 1600.0, "iscrowd": 0})
+            if rng.random() < 0.8:  # found, a little off, with a score
+                results.append({"image_id": i, "category_id": cid, "bbox": [x + rng.normal(0, 3), y, 40.0, 40.0],
+                                "score": round(float(rng.random()), 3)})
+        for _ in range(int(rng.integers(0, 4))):  # strays
+            results.append({"image_id": i, "category_id": int(rng.integers(1, 3)),
+                            "bbox": [float(rng.integers(0, 150)), float(rng.integers(0, 150)), 30.0, 30.0],
+                            "score": round(float(rng.random()) * 0.8, 3)})
+    gt = {"images": images, "annotations": annotations,
+          "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    return gt, results
+
+
+@pytest.mark.parametrize("seed,beta", [(0, 1.0), (1, 1.0), (2, 2.0), (3, 0.5)])
+def test_the_tuned_threshold_equals_a_brute_force_sweep(seed, beta):
+    gt, results = _hand_made(seed)
+    score = ScoreConfig(beta=beta)
+    thresholds, metrics = tune_thresholds(gt, match(gt, results, 0.5), coco_map(gt, results), score,
+                                          min_class_boxes=10**6)  # global only
+    swept = {t: evaluate_detections(gt, results, score_threshold=t, score=score)["score"]
+             for t in sorted({r["score"] for r in results})}
+    best = max(swept.values())
+    assert metrics["score"] == pytest.approx(best)
+    assert thresholds.default == max(t for t, s in swept.items() if s == pytest.approx(best))  # ties: fewer boxes
+    assert thresholds.per_class == {}
+
+
+def test_per_class_thresholds_need_enough_boxes_and_must_raise_the_score():
+    gt, results = _hand_made(4)
+    matched, coco = match(gt, results, 0.5), coco_map(gt, results)
+    global_only, base = tune_thresholds(gt, matched, coco, ScoreConfig(), min_class_boxes=10**6)
+    chosen, metrics = tune_thresholds(gt, matched, coco, ScoreConfig(), min_class_boxes=1)
+    assert metrics["score"] >= base["score"]
+    if chosen.per_class:  # kept only because they scored more
+        assert metrics["score"] > base["score"]
+        again = evaluate_detections(gt, results, score_threshold=chosen.default, class_thresholds=chosen.per_class)
+        assert again["score"] == pytest.approx(metrics["score"])
+    few = {c["category_id"] for c in gt["annotations"]}
+    counts = {c: sum(a["category_id"] == c for a in gt["annotations"]) for c in few}
+    limited, _ = tune_thresholds(gt, matched, coco, ScoreConfig(), min_class_boxes=max(counts.values()))
+    assert set(limited.per_class) <= {c for c, n in counts.items() if n >= max(counts.values())}
+
+
+@pytest.mark.slow
+def test_a_study_tunes_on_val_never_reads_test_and_scores_test_once(sample, tmp_path):
+    from detector.search import Objective, report_study, run_study
+
+    test = write_sample_dataset(tmp_path / "test_split", SampleSpec(images=6, seed=5))["annotations"]
+    test_images = {str(p.resolve()) for p in (tmp_path / "test_split" / "images").iterdir()}
+    watched = {str(test.resolve()), *test_images}
+    reads: list[str] = []
+    inside = {"objective": False}
+
+    def hook(event, args):
+        if inside["objective"] and event == "open" and args and str(args[0]) in watched:
+            reads.append(str(args[0]))
+
+    sys.addaudithook(hook)  # cannot be removed: it only records while the flag is set
+    original = Objective.__call__
+
+    def watched_call(self, trial):
+        inside["objective"] = True
+        try:
+            return original(self, trial)
+        finally:
+            inside["objective"] = False
+
+    cfg = study_cfg(sample, "search.n_trials=1", "train.epochs=1", f"data.test.annotations={test}")
+    Objective.__call__ = watched_call
+    try:
+        result = run_study(cfg, tmp_path / "study", log=lambda s: None)
+    finally:
+        Objective.__call__ = original
+    assert result.best_trial == 0 and reads == []  # selection and tuning never opened data.test
+    scored = json.loads((tmp_path / "study" / "best" / "test.json").read_text())
+    assert scored["trial"] == 0 and scored["images"] == 6 and 0.0 <= scored["metrics"]["score"] <= 1.0
+    meta = json.loads((tmp_path / "study" / "best" / "ensemble.json").read_text())
+    assert meta["score_threshold"] == meta["operating_point"]["score_threshold"]
+    text, _ = report_study(tmp_path / "study")
+    assert "selection score on data.val" in text and "test score on data.test" in text and "6 images" in text
+    shared = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, test=cfg.data.val))
+    with pytest.raises(config.ConfigError, match="data.test .* shares .* image files with data.val"):
+        run_study(shared, tmp_path / "study2", log=lambda s: None)
