@@ -65,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--quiet", action="store_true", help="no progress bars")
     st.set_defaults(func=_study)
 
+    x = sub.add_parser("export", help="a checkpoint (or each model of a study's best/) as TorchScript or ONNX")
+    x.add_argument("model", help="a .pt checkpoint, or a study's best/ folder")
+    x.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    x.add_argument("--out", required=True, help="the file to write (a folder for a best/ folder)")
+    x.set_defaults(func=_export)
+
     pr = sub.add_parser("predict", help="ensemble inference with a study's best models, a run's top models or "
                         "checkpoints")
     pr.add_argument("inputs", nargs="+", metavar="MODELS IMAGES",
@@ -254,6 +260,14 @@ def _predict(args) -> int:
                                     score=cfg.score)
         print(format_comparison(rows))
         print("\nensemble per class at its operating point:\n" + format_per_class(rows[0][1]))
+    return 0
+
+
+def _export(args) -> int:
+    from .export import export_models
+
+    for path in export_models(args.model, args.format, args.out):
+        print(f"wrote {path}")
     return 0
 
 

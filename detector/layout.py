@@ -16,7 +16,9 @@ A run folder (`detector train --out RUN`, and each `fold_K/` of a `cv` run)::
       best_predictions.json  the best epoch's validation predictions (COCO results)
       summary.json           best epoch and metrics; in a cv run: per fold, mean and std
       top/ top_models.json   the cv.top_k best checkpoints over all folds and epochs
-      heldout.json           a study trial's ensemble and members on the held-out split
+      operating_point.json   a cv run's thresholds, chosen on its out-of-fold predictions
+      heldout.json           a study trial's operating point, ensemble and members on the held-out split
+      heldout_predictions.json  each member's raw predictions on the held-out split (for tuning)
       plots/                 written by `detector report`
       fold_K/                a run folder of its own
 
@@ -27,7 +29,7 @@ A study folder (`detector study --name NAME`, default studies/NAME)::
       config.yaml            the study's config
       study.db               the default SQLite storage
       trial_NNNN/            one cv run folder per trial
-      best/                  ensemble.json, config.yaml and model_I.pt of the best trial
+      best/                  ensemble.json, config.yaml and model_I.pt of the best trial; test.json
       plots/                 written by `detector report`
 
 A predict output folder (`detector predict ... --out OUT`): predictions.json, predictions.csv, images.json,

@@ -186,3 +186,55 @@ def test_hflip_tta_changes_the_fusion_and_collect_images(rbc, rbc_run):
     assert len(a.boxes) == len(b.boxes) > 3
     key = lambda boxes: boxes[np.lexsort((boxes[:, 1], boxes[:, 0]))]
     np.testing.assert_allclose(key(mirrored), key(a.boxes), atol=1.0)
+
+
+@pytest.mark.slow
+def test_exported_models_match_the_eager_model_on_real_images(rbc, rbc_run, tmp_path):
+    import shutil
+    import warnings
+
+    import onnxruntime
+
+    from detector.data.images import read_image
+    from detector.export import deployed, export_models, read_labels
+
+    top = json.loads((rbc_run / "top_models.json").read_text())
+    checkpoint = rbc_run / top[0]["path"]
+    eager = deployed(restore_model(checkpoint))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.script's deprecation, the exporter's tracer warnings
+        [ts] = export_models(checkpoint, "torchscript", tmp_path / "model.pt")
+        [ox] = export_models(checkpoint, "onnx", tmp_path / "model.onnx")
+    scripted = torch.jit.load(str(ts))
+    session = onnxruntime.InferenceSession(str(ox), providers=["CPUExecutionProvider"])
+    photo = read_image(sorted((rbc / "test").glob("*.jpg"))[0])
+    images = [photo, np.ascontiguousarray(photo[:300, :250]), np.ascontiguousarray(photo[::2, :])]  # any size
+    ensemble = Ensemble.from_checkpoints([checkpoint])
+    for image in images:
+        with torch.no_grad():
+            boxes, scores, labels = eager(torch.from_numpy(image))
+            s_boxes, s_scores, s_labels = scripted(torch.from_numpy(image))
+        o_boxes, o_scores, o_labels = session.run(None, {"image": image})
+        assert len(boxes) > 10
+        np.testing.assert_allclose(s_boxes.numpy(), boxes.numpy(), atol=1e-3)
+        np.testing.assert_allclose(o_boxes, boxes.numpy(), atol=1e-3)
+        np.testing.assert_allclose(o_scores, scores.numpy(), atol=1e-4)
+        assert (o_labels == labels.numpy()).all() and (s_labels == labels).all()
+        # the same detector as `detector predict`'s: its confident boxes, up to the resize's interpolation
+        [ours] = ensemble.predict([image], score_threshold=0.5)
+        keep = scores.numpy() >= 0.5
+        assert abs(int(keep.sum()) - len(ours.boxes)) <= max(2, len(ours.boxes) // 10)
+    assert read_labels(ox)["labels"]["2"]["name"] == "wbc"
+    best = tmp_path / "best"  # a study's best/ folder: every member, with the ensemble's settings beside them
+    best.mkdir()
+    for i, m in enumerate(top[:2]):
+        shutil.copy(rbc_run / m["path"], best / f"model_{i}.pt")
+    (best / "ensemble.json").write_text(json.dumps({
+        "members": [{"file": "model_0.pt"}, {"file": "model_1.pt"}], "ensemble": {"iou_thr": 0.6},
+        "score_threshold": 0.4, "class_thresholds": {"2": 0.2}, "label_map": {}}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        written = export_models(best, "onnx", tmp_path / "deploy")
+    assert [p.name for p in written] == ["model_0.onnx", "model_1.onnx", "ensemble.json"]
+    meta = json.loads((tmp_path / "deploy" / "ensemble.json").read_text())
+    assert meta["class_thresholds"] == {"2": 0.2} and meta["members"] == ["model_0.onnx", "model_1.onnx"]

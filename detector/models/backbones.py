@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Dict
 
 import torch
 from torch import nn
@@ -49,12 +50,13 @@ class TimmFPN(nn.Module):
                                          norm_layer=nn.BatchNorm2d if fpn_norm else None)
         self.out_channels = fpn_channels
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:  # typing names: TorchScript reads them
         feats = self.body(x)
-        feats = [feats[i] for i in self.keep]
-        if self.channels_last:
-            feats = [f.permute(0, 3, 1, 2).contiguous() for f in feats]
-        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
+        maps: Dict[str, torch.Tensor] = OrderedDict()
+        for n, i in enumerate(self.keep):
+            f = feats[i]
+            maps[str(n)] = f.permute(0, 3, 1, 2).contiguous() if self.channels_last else f
+        return self.fpn(maps)
 
 
 def build_backbone(

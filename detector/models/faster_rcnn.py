@@ -2,7 +2,7 @@
 assemble(): the same from parts already built."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -29,7 +29,8 @@ from .weights import fetch, is_detector_state, load_matching, read_state_dict
 class PreResizedTransform(GeneralizedRCNNTransform):
     """Normalise and batch only: the data pipeline has already resized images to the model's input size."""
 
-    def resize(self, image: torch.Tensor, target: dict | None = None):
+    def resize(self, image: torch.Tensor, target: Optional[Dict[str, torch.Tensor]] = None,
+               ) -> Tuple[torch.Tensor, Optional[Dict[str, torch.Tensor]]]:  # typing names: TorchScript reads them
         return image, target
 
 

@@ -1,0 +1,142 @@
+"""`detector export`: a checkpoint as a self-contained TorchScript or ONNX model.
+
+The exported model takes one image of any size, as an (H, W, 3) uint8 RGB tensor (what PIL, cv2 with a
+BGR->RGB swap, or a camera gives), and returns boxes (N, 4) xyxy in that image's pixels, scores (N,) and
+labels (N,) int64 in 1..K (`labels.json` beside the file maps them to class names and dataset ids). Inside:
+the resize of the longest side to the checkpoint's image size, the backbone's normalisation, the fitted
+anchors, the detector, and the mapping of boxes back to the input's pixels. For a study's best/ every member
+is exported, with the WBF settings and thresholds written beside them (`ensemble.json`).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torch.onnx import operators
+from torchvision.models.detection.roi_heads import RoIHeads
+
+from .checkpoint import RestoredModel, restore_model
+from .errors import ConfigError, DetectorError, WeightsError
+from .files import read_json, write_json
+from .layout import ENSEMBLE
+
+FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
+
+
+class DeployedDetector(nn.Module):
+    """An (H, W, 3) uint8 RGB image in, (boxes, scores, labels) in its pixels out."""
+
+    def __init__(self, model: nn.Module, image_size: int):
+        super().__init__()
+        self.model = model.eval()
+        self.image_size = image_size
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = image.permute(2, 0, 1).to(torch.float32) / 255.0
+        size = _size(x)
+        scale = float(self.image_size) / torch.max(size).to(torch.float32)
+        new = torch.clamp(torch.round(size.to(torch.float32) * scale), min=1.0).to(torch.int64)
+        if torch.jit.is_scripting():
+            x = F.interpolate(x[None], size=[int(new[0]), int(new[1])], mode="bilinear", align_corners=False)[0]
+        else:
+            x = _resize(x, new)
+        ratio = (size.to(torch.float32) / new.to(torch.float32)).flip(0).repeat(2)  # (w, h, w, h)
+        out = self.detect(x)
+        return out["boxes"] * ratio, out["scores"], out["labels"]
+
+    def detect(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """GeneralizedRCNN.forward's inference steps, called one by one: its forward returns another type
+        when scripted."""
+        m = self.model
+        images, _ = m.transform([x])
+        features = m.backbone(images.tensors)
+        proposals, _ = m.rpn(images, features)
+        detections, _ = m.roi_heads(features, proposals, images.image_sizes)
+        return detections[0]
+
+
+def _size(x: torch.Tensor) -> torch.Tensor:
+    """(height, width) of a (C, H, W) tensor, symbolic while the ONNX exporter traces."""
+    if torchvision._is_tracing():
+        return operators.shape_as_tensor(x)[-2:]
+    return torch.tensor(x.shape[-2:])
+
+
+def _resize(x: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """Bilinear resize to `new` (height, width): sizes stay symbolic while the ONNX exporter traces."""
+    size = [new[0], new[1]] if torchvision._is_tracing() else [int(new[0]), int(new[1])]
+    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def deployed(restored: RestoredModel) -> DeployedDetector:
+    model = restored.model.cpu().float().eval()
+    if type(model.roi_heads) is not RoIHeads:  # a training-loss subclass: inference is RoIHeads' own
+        model.roi_heads.__class__ = RoIHeads
+    return DeployedDetector(model, restored.image_size)
+
+
+def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, *, sample: torch.Tensor | None = None,
+                      ) -> Path:
+    """Write `checkpoint` as `fmt` (torchscript or onnx) to `out`, with labels.json beside it."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    restored = restore_model(checkpoint, "cpu")
+    module = deployed(restored)
+    with torch.no_grad():
+        if fmt == "torchscript":
+            torch.jit.save(torch.jit.script(module), str(out))
+        else:
+            _export_onnx(module, out, sample)
+    write_json(labels_file(out), {"labels": _labels(restored), "image_size": restored.image_size,
+                                  "input": "uint8 RGB image, shape (height, width, 3)",
+                                  "outputs": ["boxes (N, 4) xyxy pixels", "scores (N,)", "labels (N,) 1..K"]})
+    return out
+
+
+def export_models(models: str | Path, fmt: str, out: str | Path) -> list[Path]:
+    """A checkpoint -> `out`; a study's best/ folder -> `out`/model_I.EXT for each member, with the
+    ensemble's WBF settings and thresholds (ensemble.json) beside them."""
+    models, out = Path(models), Path(out)
+    if models.is_dir() and (models / ENSEMBLE).exists():
+        meta = read_json(models / ENSEMBLE)
+        written = [export_checkpoint(models / m["file"], fmt, out / (Path(m["file"]).stem + FORMATS[fmt]))
+                   for m in meta["members"]]
+        write_json(out / ENSEMBLE, {k: meta[k] for k in ("ensemble", "score_threshold", "class_thresholds",
+                                                          "label_map") if k in meta}
+                   | {"members": [p.name for p in written]})
+        return [*written, out / ENSEMBLE]
+    if models.is_file():
+        return [export_checkpoint(models, fmt, out)]
+    raise WeightsError(f"{models}: not a checkpoint or a study's best/ folder")
+
+
+def labels_file(model_file: Path) -> Path:
+    return model_file.with_name(model_file.stem + ".labels.json")
+
+
+def _labels(restored: RestoredModel) -> dict[str, Any]:
+    lm = restored.label_map
+    return {str(i + 1): {"name": n, "category_id": c} for i, (n, c) in enumerate(zip(lm.names, lm.category_ids))}
+
+
+def _export_onnx(module: DeployedDetector, out: Path, sample: torch.Tensor | None) -> None:
+    try:
+        import onnx  # noqa: F401  (the exporter needs it)
+    except ImportError:
+        raise DetectorError("ONNX export needs the onnx package: pip install -e \".[export]\"") from None
+    image = sample if sample is not None else torch.randint(0, 256, (module.image_size, module.image_size, 3),
+                                                            dtype=torch.uint8)
+    torch.onnx.export(module, (image,), str(out), input_names=["image"], output_names=["boxes", "scores", "labels"],
+                      dynamic_axes={"image": {0: "height", 1: "width"}, "boxes": {0: "n"}, "scores": {0: "n"},
+                                    "labels": {0: "n"}}, opset_version=17, dynamo=False)
+
+
+def read_labels(model_file: str | Path) -> dict[str, Any]:
+    return json.loads(labels_file(Path(model_file)).read_text())
