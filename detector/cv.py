@@ -23,7 +23,9 @@ from .files import read_json, write_json
 from .layout import RunPaths
 from .metrics import METRIC_KEYS, coco_map, match
 from .thresholds import tune_thresholds
-from .runs import hold_run, prepare_run
+from . import distributed
+from .engine import resolve_device
+from .runs import owned_run
 from .train import OnEpochEnd, fit, load_splits
 
 
@@ -51,19 +53,20 @@ def run_cv(
     `on_epoch_end(fold, epoch, metrics)` is called after every epoch and may raise to stop the run. The
     run folder is locked against a second process for the whole run.
     """
-    with hold_run(run_dir):
-        return _run_cv(cfg, run_dir, force=force, on_epoch_end=on_epoch_end, progress=progress, log=log,
-                       index=index)
+    w = distributed.start(resolve_device(cfg.train.device))
+    with owned_run(run_dir, cfg, force=force, log=log) as run:
+        return _run_cv(cfg, run, w, on_epoch_end=on_epoch_end, progress=progress,
+                       log=distributed.main_only(w, log), index=index)
 
 
-def _run_cv(cfg: Config, run_dir: str | Path, *, force, on_epoch_end, progress, log, index) -> CVResult:
+def _run_cv(cfg: Config, run: Path, w: distributed.World, *, on_epoch_end, progress, log, index) -> CVResult:
     if index is None:
         index, _ = load_splits(cfg)
-    run = prepare_run(run_dir, cfg, force=force, log=log)
     paths = RunPaths(run)
-    write_json(paths.env, environment())
-    folds = _folds(paths, index, cfg, log)
-    top = TopK(run, cfg.cv.top_k)
+    if w.main:
+        write_json(paths.env, environment())
+    folds = distributed.broadcast(w, _folds(paths, index, cfg, log) if w.main else None)
+    top = TopK(run, cfg.cv.top_k) if w.main else None
     for k, val_ids in enumerate(folds):
         fold = paths.fold(k)
         if fold.summary.exists():
@@ -78,8 +81,12 @@ def _run_cv(cfg: Config, run_dir: str | Path, *, force, on_epoch_end, progress, 
         fit(cfg, train_part, index.subset(val_ids), fold.root, on_epoch_end=hook, progress=progress, log=log,
             extra_columns={"fold": k}, save_best=False,
             keep=(lambda fold: lambda epoch, metrics, save: top.offer(fold, epoch, metrics, save))(k))
-        fold.last.unlink(missing_ok=True)
-        write_summary(run)
+        if w.main:
+            fold.last.unlink(missing_ok=True)
+            write_summary(run)
+        distributed.barrier(w)
+    if not w.main:
+        return read_summary(run)
     point = out_of_fold_operating_point(paths, index, folds, cfg)
     if point is not None:
         write_json(paths.operating_point, point)

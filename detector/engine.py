@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -66,10 +66,12 @@ def train_one_epoch(
     epoch: int,
     grad_clip: float = 0.0,
     progress: bool = False,
+    any_rank_failed: Callable[[bool], bool] | None = None,
 ) -> dict[str, float]:
     """Train for one pass over `loader`, stepping the scheduler per batch. Returns mean losses and timing.
 
-    Raises NonFiniteLossError (epoch, batch, loss components) when the loss is NaN or infinite.
+    Raises NonFiniteLossError (epoch, batch, loss components) when the loss is NaN or infinite; with several
+    processes, `any_rank_failed(this_one_failed)` makes all of them raise together.
     """
     model.train()
     sums: dict[str, float] = {}
@@ -83,7 +85,8 @@ def train_one_epoch(
             losses = model(images, targets)
         loss = sum(losses.values())
         values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
-        if not math.isfinite(sum(values.values())):
+        failed = not math.isfinite(sum(values.values()))
+        if any_rank_failed(failed) if any_rank_failed is not None else failed:
             raise NonFiniteLossError(epoch, batch, values)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

@@ -10,6 +10,7 @@ is exported, with the WBF settings and thresholds written beside them (`ensemble
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Dict
 
@@ -89,7 +90,8 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, *, samp
     out.parent.mkdir(parents=True, exist_ok=True)
     restored = restore_model(checkpoint, "cpu")
     module = deployed(restored)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notice and the ONNX tracer's shape warnings
         if fmt == "torchscript":
             torch.jit.save(torch.jit.script(module), str(out))
         else:

@@ -17,7 +17,8 @@ from filelock import FileLock, Timeout
 
 from . import config as config_mod
 from .config import Config
-from .errors import ConfigError
+from . import distributed
+from .errors import ConfigError, DetectorError
 from .files import TEMP_GLOB, read_json, sweep_temp_files, write_json
 from .layout import MARKER, RUN_ENTRIES, RunPaths, StudyPaths
 
@@ -47,6 +48,25 @@ def hold_run(run: str | Path) -> Iterator[Path]:
         lock.release()
         if created and not RunPaths(run).marker.exists():  # refused before it became a run: leave no trace
             path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def owned_run(run: str | Path, cfg: Config, *, force: bool = False, log=print) -> Iterator[Path]:
+    """hold_run + prepare_run for the block. Under torchrun only rank 0 owns the folder; the other ranks
+    wait for its answer and raise the same error when it refuses."""
+    w = distributed.world()
+    with contextlib.ExitStack() as held:
+        error = None
+        if w.main:
+            try:
+                held.enter_context(hold_run(run))
+                prepare_run(run, cfg, force=force, log=log)
+            except DetectorError as e:
+                error = e
+        error = distributed.broadcast(w, error)
+        if error is not None:
+            raise error
+        yield Path(run)
 
 
 def prepare_run(run: str | Path, cfg: Config, *, force: bool = False, log=print) -> Path:

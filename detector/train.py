@@ -33,7 +33,8 @@ from .engine import Precision, predict, resolve_device, resolve_precision, to_co
 from .metrics import METRIC_KEYS, evaluate_detections
 from .models import faster_rcnn
 from .optim import LrSchedule, build_optimizer
-from .runs import hold_run, prepare_run
+from . import distributed
+from .runs import owned_run
 
 LOSS_KEYS = ("loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 CSV_COLUMNS = ("epoch", "lr", *LOSS_KEYS, *METRIC_KEYS, "image_size", "train_seconds", "eval_seconds", "checkpoint_seconds", "seconds")
@@ -132,21 +133,24 @@ def fit(
 ) -> FitResult:
     """Train on `train_index`, evaluate `val_index` every epoch; resume from run_dir/last.pt if present.
 
-    The run folder is locked against a second process (runs.hold_run), then checked and recorded
-    (runs.prepare_run): a run of another config is refused, or cleared with `force`. `keep(epoch, metrics,
+    The run folder is locked against a second process, then checked and recorded (runs.owned_run): a run of
+    another config is refused, or cleared with `force`. Under torchrun every rank calls fit; rank 0 alone
+    writes (distributed.py). `keep(epoch, metrics,
     save)` is offered every epoch's model (save(path) writes its checkpoint); `save_best=False` leaves
     best.pt out (k-fold runs keep their top models through `keep`).
     """
-    with hold_run(run_dir):
-        return _fit(cfg, train_index, val_index, prepare_run(run_dir, cfg, force=force, log=log),
-                    on_epoch_end=on_epoch_end, progress=progress, log=log, extra_columns=extra_columns, keep=keep,
+    w = distributed.start(resolve_device(cfg.train.device))
+    with owned_run(run_dir, cfg, force=force, log=log) as run:
+        return _fit(cfg, train_index, val_index, run, w, on_epoch_end=on_epoch_end, progress=progress and w.main,
+                    log=distributed.main_only(w, log), extra_columns=extra_columns, keep=keep if w.main else None,
                     save_best=save_best)
 
 
-def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, run: Path, *, on_epoch_end, progress, log,
-         extra_columns, keep, save_best) -> FitResult:
+
+def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, run: Path, w: distributed.World, *,
+         on_epoch_end, progress, log, extra_columns, keep, save_best) -> FitResult:
     seed_everything(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
+    device = distributed.device_of(w, resolve_device(cfg.train.device))
     precision = resolve_precision(cfg.train.amp, device)
     size = cfg.data.image_size
     label_map = train_index.label_map
@@ -159,14 +163,20 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, run: Path, *
         anchor_shapes=resume["anchors"] if resume else None, box_shapes=box_shapes(train_index, size),
         class_counts=class_counts(train_index))
     anchors = resume["anchors"] if resume else (anchor_fit.shapes if anchor_fit else None)
-    anchor_info = _anchor_info(resume, anchor_fit, run, log)
+    anchor_info = _anchor_info(resume, anchor_fit, run, log, write=w.main)
     model.to(device)
+    trained = model
+    if w.active:
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
 
     train_ds = CocoDetection(train_index, build_train_transforms(cfg.data.augment, size), seed=cfg.train.seed)
-    val_loader = _loader(CocoDetection(val_index, build_eval_transforms(size)), cfg.eval.batch_size,
+    val_shard = val_index.subset(r.id for r in val_index.images[w.rank::w.size]) if w.active else val_index
+    val_loader = _loader(CocoDetection(val_shard, build_eval_transforms(size)), cfg.eval.batch_size,
                          cfg.train.num_workers)
     sample_weights = balanced_weights(train_index) if cfg.train.balanced_sampler else None
-    steps_per_epoch = math.ceil(len(train_ds) / cfg.train.batch_size)
+    batch_size = distributed.local_batch(w, cfg.train.batch_size)
+    steps_per_epoch = math.ceil(math.ceil(len(train_ds) / w.size) / batch_size)
     optimizer = build_optimizer(cfg.train, model)
     schedule = LrSchedule(cfg.train.scheduler, steps_per_epoch * cfg.train.epochs,
                           round(steps_per_epoch * cfg.train.warmup_epochs))
@@ -182,21 +192,24 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, run: Path, *
     csv_path = paths.metrics
     columns = tuple(extra_columns or ()) + CSV_COLUMNS
     if resume:
-        state = _restore(resume, model, optimizer, scheduler, scaler, last)
+        state = _restore(resume, model, optimizer, scheduler, scaler, last, w)
         log(f"{run}: stopped early after epoch {resume['epoch']}; nothing left to train" if state.stopped_early
             else f"resuming {run} after epoch {resume['epoch']}")
-    _rewrite_rows(csv_path, state.history, columns)  # the log holds exactly the epochs the checkpoint has
+    if w.main:
+        _rewrite_rows(csv_path, state.history, columns)  # the log holds exactly the epochs the checkpoint has
 
     for epoch in range(cfg.train.epochs if state.stopped_early else state.next_epoch, cfg.train.epochs):
         epoch_size = image_size_at(cfg, epoch)
         train_ds.pipeline = build_train_transforms(cfg.data.augment, epoch_size)
         train_ds.set_epoch(epoch)
-        loader = _train_loader(train_ds, cfg, epoch, sample_weights)
+        loader = _train_loader(train_ds, cfg, epoch, sample_weights, w)
         lr = optimizer.param_groups[0]["lr"]
-        losses = train_one_epoch(model, loader, optimizer, scheduler, scaler, device=device, precision=precision,
-                                 epoch=epoch, grad_clip=cfg.train.grad_clip, progress=progress)
+        losses = train_one_epoch(trained, loader, optimizer, scheduler, scaler, device=device, precision=precision,
+                                 epoch=epoch, grad_clip=cfg.train.grad_clip, progress=progress,
+                                 any_rank_failed=lambda failed: distributed.any_true(w, failed))
+        losses.update(distributed.mean(w, {k: losses[k] for k in LOSS_KEYS if k in losses}))
         start = time.perf_counter()
-        metrics, results = _evaluate(model, val_loader, gt, label_map, cfg, device, precision, progress)
+        metrics, results = _evaluate(model, val_loader, gt, label_map, cfg, device, precision, progress, w)
         eval_seconds = time.perf_counter() - start
         row = {**(extra_columns or {}), "epoch": epoch, "lr": lr, **{k: losses.get(k, 0.0) for k in LOSS_KEYS},
                **{k: metrics[k] for k in METRIC_KEYS},
@@ -210,20 +223,23 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, run: Path, *
                       anchors=_plain_anchors(anchors), image_size=size,
                       normalization=faster_rcnn.normalization(model))
         snapshot = {"model": model.state_dict(), "epoch": epoch, "metrics": metrics, **common}
-        if improved:
-            write_json(paths.best_predictions, results, indent=None)
-            if save_best:
-                save_checkpoint(paths.best, snapshot)
-        if keep is not None:
-            keep(epoch, metrics, lambda path: save_checkpoint(path, snapshot))
-        save_checkpoint(last, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                               "rng": rng_state(), "epoch": epoch, "metrics": metrics,
-                               "train_state": state.to_dict(), **common})
+        rngs = distributed.gather(w, rng_state())  # each rank's, so a resumed rank draws what it would have
+        if w.main:
+            if improved:
+                write_json(paths.best_predictions, results, indent=None)
+                if save_best:
+                    save_checkpoint(paths.best, snapshot)
+            if keep is not None:
+                keep(epoch, metrics, lambda path: save_checkpoint(path, snapshot))
+            save_checkpoint(last, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                   "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                   "rng": rngs[0], "rng_ranks": rngs if w.active else [], "epoch": epoch,
+                                   "metrics": metrics, "train_state": state.to_dict(), **common})
         row["checkpoint_seconds"] = time.perf_counter() - start
         row["seconds"] += row["checkpoint_seconds"]
         state.history[-1].update(row)
-        _append_row(csv_path, row, columns)
+        if w.main:
+            _append_row(csv_path, row, columns)
         log(f"epoch {epoch}: loss {losses['loss']:.4f}  map_50 {metrics['map_50']:.4f}  f1 {metrics['f1']:.4f}  "
             f"score {metrics['score']:.4f}  ({row['seconds']:.1f}s)")
         if on_epoch_end is not None:
@@ -236,7 +252,9 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, run: Path, *
                        best_path=paths.best if paths.best.exists() else None,
                        epochs_run=len(state.history), stopped_early=state.stopped_early,
                        history=state.history, anchors=anchor_info)
-    _write_summary(run, result)
+    if w.main:
+        _write_summary(run, result)
+    distributed.barrier(w)  # the next fold or command reads what rank 0 wrote
     return result
 
 
@@ -265,7 +283,7 @@ class _TrainState:
                 "best_metrics": self.best_metrics, "stopped_early": self.stopped_early, "history": self.history}
 
 
-def _restore(resume, model, optimizer, scheduler, scaler, last: Path) -> _TrainState:
+def _restore(resume, model, optimizer, scheduler, scaler, last: Path, w: distributed.World) -> _TrainState:
     model.load_state_dict(resume["model"])
     try:
         optimizer.load_state_dict(resume["optimizer"])
@@ -275,18 +293,20 @@ def _restore(resume, model, optimizer, scheduler, scaler, last: Path) -> _TrainS
                             "use another output folder") from None
     scheduler.load_state_dict(resume["scheduler"])
     scaler.load_state_dict(resume["scaler"])
-    set_rng_state(resume["rng"])
+    ranks = resume.get("rng_ranks") or []
+    set_rng_state(ranks[w.rank] if len(ranks) == w.size else resume["rng"])
     return _TrainState(**resume["train_state"])
 
 
-def _anchor_info(resume, anchor_fit, run: Path, log) -> dict[str, Any] | None:
+def _anchor_info(resume, anchor_fit, run: Path, log, write: bool = True) -> dict[str, Any] | None:
     path = RunPaths(run).anchors
     if resume is not None:
         return read_json(path) if path.exists() else None
     if anchor_fit is None:
         return None
     info = anchor_fit.to_dict()
-    write_json(path, info)
+    if write:
+        write_json(path, info)
     f, d = anchor_fit.fitted, anchor_fit.default
     log(f"anchors (k-means on {anchor_fit.num_boxes} boxes): mean IoU {f.mean_iou:.3f} vs default "
         f"{d.mean_iou:.3f}; best possible recall {f.bpr:.3f} vs {d.bpr:.3f}")
@@ -302,9 +322,17 @@ def _loader(dataset, batch_size: int, num_workers: int, **kwargs) -> DataLoader:
                       pin_memory=torch.cuda.is_available(), **kwargs)
 
 
-def _train_loader(dataset: CocoDetection, cfg: Config, epoch: int, weights: np.ndarray | None) -> DataLoader:
-    """A loader whose order depends only on (seed, epoch), so a resumed run sees the same batches."""
+def _train_loader(dataset: CocoDetection, cfg: Config, epoch: int, weights: np.ndarray | None,
+                  w: distributed.World) -> DataLoader:
+    """A loader whose order depends only on (seed, epoch), so a resumed run sees the same batches. Under
+    torchrun each rank takes its share of that same global order (distributed.ShardSampler)."""
     generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
+    if w.active:  # the orders WeightedRandomSampler and a shuffling loader would draw from this generator
+        order = (torch.multinomial(torch.as_tensor(weights, dtype=torch.double), len(weights), True,
+                                   generator=generator) if weights is not None
+                 else torch.randperm(len(dataset), generator=generator)).tolist()
+        return _loader(dataset, distributed.local_batch(w, cfg.train.batch_size), cfg.train.num_workers,
+                       sampler=distributed.ShardSampler(order, w))
     if weights is not None:
         sampler = WeightedRandomSampler(weights.tolist(), num_samples=len(weights), replacement=True,
                                         generator=generator)
@@ -312,9 +340,12 @@ def _train_loader(dataset: CocoDetection, cfg: Config, epoch: int, weights: np.n
     return _loader(dataset, cfg.train.batch_size, cfg.train.num_workers, shuffle=True, generator=generator)
 
 
-def _evaluate(model, loader, gt, label_map, cfg: Config, device, precision: Precision, progress):
+def _evaluate(model, loader, gt, label_map, cfg: Config, device, precision: Precision, progress,
+              w: distributed.World):
     predictions = predict(model, loader, device=device, precision=precision, progress=progress, desc="validate")
     results = to_coco_results(predictions, label_map)
+    if w.active:  # each rank predicted its shard of the validation images
+        results = sorted((r for part in distributed.gather(w, results) for r in part), key=lambda r: r["image_id"])
     metrics = evaluate_detections(gt, results, score_threshold=cfg.eval.score_threshold,
                                   iou_threshold=cfg.eval.iou_threshold, score=cfg.score)
     return metrics, results

@@ -1,0 +1,133 @@
+"""Several processes on one run under torchrun (DistributedDataParallel): one GPU each, or gloo on CPU.
+
+`torchrun --nproc_per_node N -m detector.cli train|cv ...` starts N processes that share one run: each
+trains on its share of every global batch (train.batch_size is the global batch, split evenly), DDP
+averages the gradients, validation is predicted in shards and gathered, and only rank 0 writes files or
+logs. Without torchrun (WORLD_SIZE unset or 1) every function here is a no-op for one process.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.size > 1
+
+
+def world() -> World:
+    """This process's place, from the variables torchrun sets."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    return World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def start(device: torch.device) -> World:
+    """Join torchrun's process group (nccl on CUDA, gloo on CPU) once; returns this process's World."""
+    w = world()
+    if w.active and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return w
+
+
+def device_of(w: World, device: torch.device) -> torch.device:
+    """Each process's own GPU (LOCAL_RANK) when training on CUDA."""
+    return torch.device("cuda", w.local_rank) if w.active and device.type == "cuda" else device
+
+
+def local_batch(w: World, batch_size: int) -> int:
+    if batch_size % w.size:
+        raise ConfigError(f"train.batch_size {batch_size} is the global batch and must split evenly over "
+                          f"{w.size} processes; use a multiple of {w.size}")
+    return batch_size // w.size
+
+
+def broadcast(w: World, value: T) -> T:
+    """Rank 0's value, on every rank."""
+    if not w.active:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(w: World, value: T) -> list[T]:
+    """Every rank's value, in rank order, on every rank."""
+    if not w.active:
+        return [value]
+    out: list[Any] = [None] * w.size
+    dist.all_gather_object(out, value)
+    return out
+
+
+def mean(w: World, values: dict[str, float]) -> dict[str, float]:
+    """The mean over ranks of each value (the same keys on every rank)."""
+    if not w.active:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return dict(zip(keys, (t / w.size).tolist()))
+
+
+def any_true(w: World, flag: bool) -> bool:
+    if not w.active:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+def main_only(w: World, log: Callable[[str], None]) -> Callable[[str], None]:
+    """`log` on rank 0, nothing elsewhere: one process speaks for the run."""
+    return log if w.main else _silent
+
+
+def _silent(message: str) -> None:
+    return None
+
+
+def barrier(w: World) -> None:
+    if w.active:
+        dist.barrier()
+
+
+class ShardSampler(Sampler[int]):
+    """Rank r's share (positions r, r + N, ...) of a global order that depends only on (seed, epoch): the
+    same images in the same global batches as one process would see, padded by repeating the start so that
+    every rank takes the same number of steps."""
+
+    def __init__(self, order: list[int], w: World):
+        self.order, self.w = order, w
+
+    def _padded(self) -> list[int]:
+        order = list(self.order)
+        pad = -len(order) % self.w.size
+        return order + order[:pad]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._padded()[self.w.rank::self.w.size])
+
+    def __len__(self) -> int:
+        return len(self._padded()) // self.w.size
