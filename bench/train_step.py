@@ -18,7 +18,8 @@ from detector.data.transforms import build_train_transforms
 from detector.engine import resolve_device, resolve_precision, train_one_epoch
 from detector.models.faster_rcnn import build
 from detector.optim import LrSchedule
-from detector.train import box_shapes, load_splits
+from detector.data.sampling import box_shapes
+from detector.train import load_splits
 
 
 def plain_loop(model, batches, optimizer, device) -> None:

@@ -98,6 +98,7 @@ class TrainConfig:
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     grad_clip: float = 10.0  # max gradient norm; 0 = off
     progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (model.frozen_bn false)
     balanced_sampler: bool = False
     patience: int = 0  # epochs without a better score before stopping; 0 = off
     min_epochs: int = 1

@@ -17,16 +17,16 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from . import config as config_mod
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config
 from .data.coco import CocoIndex, load_coco
-from .data.dataset import CocoDetection, collate
+from .data.dataset import CocoDetection
+from .data.sampling import balanced_weights, box_shapes, class_counts, loader, train_loader
 from .data.summary import crowding_warning
 from .data.transforms import build_eval_transforms, build_train_transforms
-from .errors import DatasetError, TrainingError
+from .errors import ConfigError, DatasetError, TrainingError
 from .files import read_json, write_json
 from .layout import RunPaths
 from .engine import Precision, predict, resolve_device, resolve_precision, to_coco_results, train_one_epoch
@@ -85,33 +85,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def box_shapes(index: CocoIndex, image_size: int) -> np.ndarray:
-    """(N, 2) widths and heights of the training boxes in the resized input space the model sees."""
-    shapes = []
-    for rec in index.images:
-        if len(rec.boxes):
-            scale = image_size / max(rec.width, rec.height)
-            shapes.append((rec.boxes[:, 2:] - rec.boxes[:, :2]) * scale)
-    return np.concatenate(shapes) if shapes else np.zeros((0, 2), np.float32)
-
-
-def class_counts(index: CocoIndex) -> list[int]:
-    """Training boxes per class, in label order."""
-    labels = np.concatenate([index.labels(r) for r in index.images] or [np.zeros(0, np.int64)])
-    return np.bincount(labels, minlength=index.label_map.num_classes + 1)[1:].tolist()
-
-
-def balanced_weights(index: CocoIndex) -> np.ndarray:
-    """Per-image sampling weight: the largest inverse class frequency among its classes (per fold)."""
-    counts: dict[int, int] = {}
-    for rec in index.images:
-        for cid in set(rec.category_ids.tolist()):
-            counts[cid] = counts.get(cid, 0) + 1
-    floor = 1.0 / max(len(index.images), 1)
-    return np.array([max((1.0 / counts[c] for c in set(rec.category_ids.tolist())), default=floor)
-                     for rec in index.images], dtype=np.float64)
-
-
 def image_size_at(cfg: Config, epoch: int) -> int:
     p = cfg.train.progressive
     return p.start_size if p.start_size and epoch < p.epochs else cfg.data.image_size
@@ -167,12 +140,17 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, run: Path, w
     model.to(device)
     trained = model
     if w.active:
+        if cfg.train.sync_bn:
+            if device.type != "cuda":
+                raise ConfigError("train.sync_bn needs CUDA GPUs (PyTorch's SyncBatchNorm); on CPU leave it false: "
+                                  "each process then keeps BatchNorm statistics of its own share of the batch")
+            trained = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         trained = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            trained, device_ids=[device.index] if device.type == "cuda" else None)
 
     train_ds = CocoDetection(train_index, build_train_transforms(cfg.data.augment, size), seed=cfg.train.seed)
     val_shard = val_index.subset(r.id for r in val_index.images[w.rank::w.size]) if w.active else val_index
-    val_loader = _loader(CocoDetection(val_shard, build_eval_transforms(size)), cfg.eval.batch_size,
+    val_loader = loader(CocoDetection(val_shard, build_eval_transforms(size)), cfg.eval.batch_size,
                          cfg.train.num_workers)
     sample_weights = balanced_weights(train_index) if cfg.train.balanced_sampler else None
     batch_size = distributed.local_batch(w, cfg.train.batch_size)
@@ -202,9 +180,9 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, run: Path, w
         epoch_size = image_size_at(cfg, epoch)
         train_ds.pipeline = build_train_transforms(cfg.data.augment, epoch_size)
         train_ds.set_epoch(epoch)
-        loader = _train_loader(train_ds, cfg, epoch, sample_weights, w)
+        batches = train_loader(train_ds, cfg, epoch, sample_weights, w)
         lr = optimizer.param_groups[0]["lr"]
-        losses = train_one_epoch(trained, loader, optimizer, scheduler, scaler, device=device, precision=precision,
+        losses = train_one_epoch(trained, batches, optimizer, scheduler, scaler, device=device, precision=precision,
                                  epoch=epoch, grad_clip=cfg.train.grad_clip, progress=progress,
                                  any_rank_failed=lambda failed: distributed.any_true(w, failed))
         losses.update(distributed.mean(w, {k: losses[k] for k in LOSS_KEYS if k in losses}))
@@ -315,29 +293,6 @@ def _anchor_info(resume, anchor_fit, run: Path, log, write: bool = True) -> dict
 
 def _plain_anchors(anchors) -> list | None:
     return None if anchors is None else [[[float(w), float(h)] for w, h in level] for level in anchors]
-
-
-def _loader(dataset, batch_size: int, num_workers: int, **kwargs) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
-                      pin_memory=torch.cuda.is_available(), **kwargs)
-
-
-def _train_loader(dataset: CocoDetection, cfg: Config, epoch: int, weights: np.ndarray | None,
-                  w: distributed.World) -> DataLoader:
-    """A loader whose order depends only on (seed, epoch), so a resumed run sees the same batches. Under
-    torchrun each rank takes its share of that same global order (distributed.ShardSampler)."""
-    generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
-    if w.active:  # the orders WeightedRandomSampler and a shuffling loader would draw from this generator
-        order = (torch.multinomial(torch.as_tensor(weights, dtype=torch.double), len(weights), True,
-                                   generator=generator) if weights is not None
-                 else torch.randperm(len(dataset), generator=generator)).tolist()
-        return _loader(dataset, distributed.local_batch(w, cfg.train.batch_size), cfg.train.num_workers,
-                       sampler=distributed.ShardSampler(order, w))
-    if weights is not None:
-        sampler = WeightedRandomSampler(weights.tolist(), num_samples=len(weights), replacement=True,
-                                        generator=generator)
-        return _loader(dataset, cfg.train.batch_size, cfg.train.num_workers, sampler=sampler)
-    return _loader(dataset, cfg.train.batch_size, cfg.train.num_workers, shuffle=True, generator=generator)
 
 
 def _evaluate(model, loader, gt, label_map, cfg: Config, device, precision: Precision, progress,

@@ -8,7 +8,7 @@ from detector.errors import ConfigError, WeightsError
 from detector.models.anchors import FittedAnchorGenerator, fit_anchors, generator_shapes
 from detector.models.backbones import build_backbone
 from detector.models.faster_rcnn import build
-from detector.train import box_shapes
+from detector.data.sampling import box_shapes
 
 SMALL = dict(fpn_channels=32, representation_size=64)
 

@@ -13,7 +13,8 @@ from detector.engine import Precision, predict, to_coco_results, train_one_epoch
 from detector.errors import NonFiniteLossError
 from detector.evaluate import evaluate_checkpoint
 from detector.optim import LrSchedule, build_optimizer
-from detector.train import _TrainState, balanced_weights, fit, image_size_at, load_splits
+from detector.data.sampling import balanced_weights
+from detector.train import _TrainState, fit, image_size_at, load_splits
 from tests.helpers import pycocotools_stats
 
 TINY = [

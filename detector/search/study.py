@@ -10,6 +10,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .. import config as config_mod
+from .. import distributed
 from ..config import Config
 from ..errors import ConfigError
 from ..layout import StudyPaths
@@ -40,6 +41,9 @@ def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None,
     are retried. `storage` is an Optuna RDB URL; default: SQLite in the study folder.
     """
     directory = Path(study_dir)
+    if distributed.world().active:
+        raise ConfigError("detector study does not run under torchrun yet: start one study worker per GPU on "
+                          "one shared --storage instead (README: many workers); train and cv run under torchrun")
     check_space(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our log lines say what optuna's INFO lines would
     objective = Objective(cfg, directory, progress=progress, log=log)  # validates the data first

@@ -1,0 +1,62 @@
+"""What a training split feeds the model with: box statistics of the split (for anchors, class weights and
+the balanced sampler) and the loaders, whose order depends only on (seed, epoch)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from .. import distributed
+from ..config import Config
+from .coco import CocoIndex
+from .dataset import CocoDetection, collate
+
+
+def box_shapes(index: CocoIndex, image_size: int) -> np.ndarray:
+    """(N, 2) widths and heights of the training boxes in the resized input space the model sees."""
+    shapes = []
+    for rec in index.images:
+        if len(rec.boxes):
+            scale = image_size / max(rec.width, rec.height)
+            shapes.append((rec.boxes[:, 2:] - rec.boxes[:, :2]) * scale)
+    return np.concatenate(shapes) if shapes else np.zeros((0, 2), np.float32)
+
+
+def class_counts(index: CocoIndex) -> list[int]:
+    """Training boxes per class, in label order."""
+    labels = np.concatenate([index.labels(r) for r in index.images] or [np.zeros(0, np.int64)])
+    return np.bincount(labels, minlength=index.label_map.num_classes + 1)[1:].tolist()
+
+
+def balanced_weights(index: CocoIndex) -> np.ndarray:
+    """Per-image sampling weight: the largest inverse class frequency among its classes (per fold)."""
+    counts: dict[int, int] = {}
+    for rec in index.images:
+        for cid in set(rec.category_ids.tolist()):
+            counts[cid] = counts.get(cid, 0) + 1
+    floor = 1.0 / max(len(index.images), 1)
+    return np.array([max((1.0 / counts[c] for c in set(rec.category_ids.tolist())), default=floor)
+                     for rec in index.images], dtype=np.float64)
+
+
+def loader(dataset, batch_size: int, num_workers: int, **kwargs) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
+                      pin_memory=torch.cuda.is_available(), **kwargs)
+
+
+def train_loader(dataset: CocoDetection, cfg: Config, epoch: int, weights: np.ndarray | None,
+                 w: distributed.World) -> DataLoader:
+    """A loader whose order depends only on (seed, epoch), so a resumed run sees the same batches. Under
+    torchrun each rank takes its share of that same global order (distributed.ShardSampler)."""
+    generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
+    if w.active:  # the orders WeightedRandomSampler and a shuffling loader would draw from this generator
+        order = (torch.multinomial(torch.as_tensor(weights, dtype=torch.double), len(weights), True,
+                                   generator=generator) if weights is not None
+                 else torch.randperm(len(dataset), generator=generator)).tolist()
+        return loader(dataset, distributed.local_batch(w, cfg.train.batch_size), cfg.train.num_workers,
+                      sampler=distributed.ShardSampler(order, w))
+    if weights is not None:
+        sampler = WeightedRandomSampler(weights.tolist(), num_samples=len(weights), replacement=True,
+                                        generator=generator)
+        return loader(dataset, cfg.train.batch_size, cfg.train.num_workers, sampler=sampler)
+    return loader(dataset, cfg.train.batch_size, cfg.train.num_workers, shuffle=True, generator=generator)
