@@ -155,9 +155,10 @@ class SearchConfig:
     timeout: float = 0.0  # seconds after which a worker starts no new trial; 0 = none
     sampler: Literal["tpe", "random"] = "tpe"
     seed: int = 0
-    pruner: Literal["median", "hyperband", "none"] = "median"
+    pruner: Literal["median", "hyperband", "threshold", "none"] = "median"
     startup_trials: int = 2  # median pruner: finished trials before pruning starts
-    warmup_epochs: int = 1  # median pruner: epochs of the first fold never pruned
+    warmup_epochs: int = 1  # median and threshold pruners: epochs of the first fold never pruned
+    prune_below: float = 0.0  # threshold pruner: stop a trial whose fold-mean score is below this
     heartbeat_seconds: int = 20
     grace_seconds: int = 60  # a RUNNING trial without a heartbeat for this long is failed and retried
     max_retries: int = 2

@@ -74,3 +74,31 @@ def test_a_killed_two_process_cv_run_resumes_and_loses_at_most_the_epoch_in_prog
     for k in (0, 1):
         assert [r["epoch"] for r in rows(tmp_path / "cv" / f"fold_{k}" / "metrics.csv")] == ["0", "1"]
     assert again.stdout.count("fold 1/2") == 1  # printed by rank 0 only
+
+
+@pytest.mark.slow
+def test_a_two_process_study_trial_completes_and_a_pruned_one_stops_on_both_ranks(sample, tmp_path):
+    from optuna.trial import TrialState
+
+    from detector.search import load_study
+
+    def study(name, *extra):
+        cmd = command(tmp_path, 2, "study", tmp_path / "unused", sample, "train.epochs=2", "cv.folds=2",
+                      "search.n_trials=1", *extra)
+        cmd = cmd[:cmd.index("--out")] + ["--name", name, "--studies-dir", str(tmp_path / "studies"), "--quiet"]
+        return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+
+    done = study("kept", "search.pruner=none")
+    assert done.returncode == 0, done.stderr[-3000:]
+    [trial] = load_study(tmp_path / "studies" / "kept").trials
+    assert trial.state == TrialState.COMPLETE and trial.params  # the parameters rank 0 drew, on both ranks
+    assert (tmp_path / "studies" / "kept" / "best" / "ensemble.json").exists()
+    assert done.stdout.count("trial 0 finished") == 1  # rank 0 alone reports
+    # every fold-mean score is below 1: the threshold pruner stops the trial after its first epoch, and rank 1
+    # stops with it (a rank left behind would hang the run until the timeout)
+    pruned = study("pruned", "search.pruner=threshold", "search.prune_below=1.0", "search.warmup_epochs=0")
+    assert pruned.returncode == 0, pruned.stderr[-3000:]
+    [trial] = load_study(tmp_path / "studies" / "pruned").trials
+    assert trial.state == TrialState.PRUNED and max(trial.intermediate_values) == 0
+    rows_written = rows(tmp_path / "studies" / "pruned" / "trial_0000" / "fold_0" / "metrics.csv")
+    assert [r["epoch"] for r in rows_written] == ["0"]

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import optuna
 
 from .. import config as config_mod
+from .. import distributed
 from ..config import Config
 from ..cv import run_cv
 from ..data.coco import CocoIndex
@@ -45,17 +46,19 @@ class Objective:
             cv = run_cv(trial_cfg, run, on_epoch_end=hook, index=self.train_index, progress=self.progress,
                         log=lambda s: self.log(f"trial {trial.number}: {s}"))
         except optuna.TrialPruned:
-            free_checkpoints(run)
+            if distributed.world().main:
+                free_checkpoints(run)
             raise
         trial.set_user_attr("cv_mean", {k: cv.mean[k] for k in METRIC_KEYS})
         started = time.perf_counter()
         result = evaluate_held_out(trial_cfg, run, cv.top_models, self.held_out)
         trial.set_user_attr("heldout_seconds", round(time.perf_counter() - started, 3))
         paths = RunPaths(run)
-        write_json(paths.heldout_predictions, [{"image_id": i, **p.to_dict()} for p, i in
-                                               zip(result.predictions.predictions, result.predictions.image_ids)],
-                   indent=None)
-        write_json(paths.heldout, result.to_dict())
+        if distributed.world().main:
+            write_json(paths.heldout_predictions, [{"image_id": i, **p.to_dict()} for p, i in
+                                                   zip(result.predictions.predictions, result.predictions.image_ids)],
+                       indent=None)
+            write_json(paths.heldout, result.to_dict())
         point = result.operating_point
         self.log(f"trial {trial.number}: operating point from {point.evaluations} settings in {point.seconds:.1f}s: "
                  f"{_describe(point)}; score {point.score:.4f} (configured {point.configured_score:.4f})")

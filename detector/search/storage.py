@@ -108,4 +108,6 @@ def _pruner(search: SearchConfig) -> optuna.pruners.BasePruner:
         return optuna.pruners.NopPruner()
     if search.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1)
+    if search.pruner == "threshold":
+        return optuna.pruners.ThresholdPruner(lower=search.prune_below, n_warmup_steps=search.warmup_epochs)
     return optuna.pruners.MedianPruner(n_startup_trials=search.startup_trials, n_warmup_steps=search.warmup_epochs)

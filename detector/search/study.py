@@ -12,12 +12,14 @@ from optuna.trial import TrialState
 from .. import config as config_mod
 from .. import distributed
 from ..config import Config
+from ..engine import resolve_device
 from ..errors import ConfigError
 from ..layout import StudyPaths
 from ..runs import RESUMABLE_CHANGES
 from ..evaluate import check_held_out
 from ..train import load_test
 from .best import best_trial, score_best_on_test, sync_best
+from . import ranks
 from .objective import Objective
 from .space import check_space
 from .storage import open_study, record_storage, storage_url
@@ -41,14 +43,26 @@ def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None,
     are retried. `storage` is an Optuna RDB URL; default: SQLite in the study folder.
     """
     directory = Path(study_dir)
-    if distributed.world().active:
-        raise ConfigError("detector study does not run under torchrun yet: start one study worker per GPU on "
-                          "one shared --storage instead (README: many workers); train and cv run under torchrun")
+    w = distributed.start(resolve_device(cfg.train.device))
     check_space(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our log lines say what optuna's INFO lines would
-    objective = Objective(cfg, directory, progress=progress, log=log)  # validates the data first
+    log = distributed.main_only(w, log)
+    objective = Objective(cfg, directory, progress=progress and w.main, log=log)  # validates the data first
     test = load_test(cfg, objective.train_index.label_map)
     check_held_out(objective.train_index, objective.held_out, test)  # read only here, and at the end
+    if not w.main:  # under torchrun: the trials rank 0 runs, run together
+        ranks.follow(objective, w)
+        return StudyResult(directory, directory.name, {}, None, None)
+    try:
+        result = _lead(cfg, directory, storage, ranks.shared(objective, w), test, log)
+    except BaseException as e:
+        ranks.stop(w, f"{type(e).__name__}: {e}")
+        raise
+    ranks.stop(w)
+    return result
+
+
+def _lead(cfg: Config, directory: Path, storage: str | None, objective: Callable, test, log) -> StudyResult:
     directory.mkdir(parents=True, exist_ok=True)
     url = storage_url(directory, storage)
     lock = StudyLock(url, directory, directory.name)

@@ -1,0 +1,49 @@
+"""A study worker on several processes (torchrun): rank 0 claims trials, keeps the heartbeat and records
+results; every rank runs each trial's objective together, with the parameters rank 0 drew and its pruning
+decisions (optuna-integration's TorchDistributedTrial broadcasts both)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import optuna
+
+from .. import distributed
+from ..errors import DetectorError
+
+TRIAL, STOP = "trial", "stop"
+
+
+def shared(objective: Callable, w: distributed.World) -> Callable[[optuna.Trial], float]:
+    """The objective as rank 0 calls it: the other ranks are told to join, then run it with it."""
+    if not w.active:
+        return objective
+
+    def run(trial: optuna.Trial) -> float:
+        from optuna_integration import TorchDistributedTrial
+
+        distributed.broadcast(w, (TRIAL, None))
+        return objective(TorchDistributedTrial(trial))
+
+    return run
+
+
+def stop(w: distributed.World, error: str | None = None) -> None:
+    """Rank 0 is done (or failed with `error`): the other ranks return (or raise it)."""
+    if w.active:
+        distributed.broadcast(w, (STOP, error))
+
+
+def follow(objective: Callable, w: distributed.World) -> None:
+    """Ranks other than 0: run every trial rank 0 announces, until it stops."""
+    from optuna_integration import TorchDistributedTrial
+
+    while True:
+        command, error = distributed.broadcast(w, None)
+        if command == STOP:
+            if error is not None:
+                raise DetectorError(f"rank 0 stopped: {error}")
+            return
+        try:
+            objective(TorchDistributedTrial(None))
+        except (optuna.TrialPruned, DetectorError):
+            pass  # rank 0 records how the trial ended
