@@ -98,6 +98,8 @@ class TrainConfig:
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     grad_clip: float = 10.0  # max gradient norm; 0 = off
     progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
+    ema: bool = False  # evaluate, keep and predict with an exponential moving average of the weights (timm)
+    ema_decay: float = 0.999  # its decay, reached after a warm-up (timm's ModelEmaV3 use_warmup)
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (model.frozen_bn false)
     balanced_sampler: bool = False
     patience: int = 0  # epochs without a better score before stopping; 0 = off
@@ -291,6 +293,7 @@ def _check_semantics(cfg: Config, source: str) -> None:
          "ensemble.weights needs one weight per model (cv.top_k of them), or null for equal weights"),
         (cfg.train.progressive.start_size == 0 or cfg.train.progressive.start_size >= 32,
          "train.progressive.start_size must be 0 (off) or at least 32"),
+        (0.0 < cfg.train.ema_decay < 1.0, "train.ema_decay must lie in (0, 1), e.g. 0.999"),
         (cfg.score.beta > 0, "score.beta must be positive (1 = F1, 2 = recall-first)"),
         (0.0 <= cfg.model.focal_alpha <= 1.0, "model.focal_alpha must lie in [0, 1]"),
         (cfg.model.focal_gamma >= 0, "model.focal_gamma must be 0 or more"),

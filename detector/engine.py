@@ -67,11 +67,13 @@ def train_one_epoch(
     grad_clip: float = 0.0,
     progress: bool = False,
     any_rank_failed: Callable[[bool], bool] | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Train for one pass over `loader`, stepping the scheduler per batch. Returns mean losses and timing.
 
     Raises NonFiniteLossError (epoch, batch, loss components) when the loss is NaN or infinite; with several
-    processes, `any_rank_failed(this_one_failed)` makes all of them raise together.
+    processes, `any_rank_failed(this_one_failed)` makes all of them raise together. `after_step()` runs
+    after every optimizer and scheduler step (an EMA update).
     """
     model.train()
     sums: dict[str, float] = {}
@@ -96,6 +98,8 @@ def train_one_epoch(
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if after_step is not None:
+            after_step()
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + v
         batches += 1

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from timm.utils import ModelEmaV3
 
 from . import config as config_mod
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -138,6 +139,8 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, run: Path, w
     anchors = resume["anchors"] if resume else (anchor_fit.shapes if anchor_fit else None)
     anchor_info = _anchor_info(resume, anchor_fit, run, log, write=w.main)
     model.to(device)
+    ema = ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=True) if cfg.train.ema else None
+    evaluated = ema.module if ema is not None else model  # what is validated, kept and predicted with
     trained = model
     if w.active:
         if cfg.train.sync_bn:
@@ -171,6 +174,8 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, run: Path, w
     columns = tuple(extra_columns or ()) + CSV_COLUMNS
     if resume:
         state = _restore(resume, model, optimizer, scheduler, scaler, last, w)
+        if ema is not None:
+            ema.module.load_state_dict(resume.get("ema") or resume["model"])
         log(f"{run}: stopped early after epoch {resume['epoch']}; nothing left to train" if state.stopped_early
             else f"resuming {run} after epoch {resume['epoch']}")
     if w.main:
@@ -184,10 +189,11 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, run: Path, w
         lr = optimizer.param_groups[0]["lr"]
         losses = train_one_epoch(trained, batches, optimizer, scheduler, scaler, device=device, precision=precision,
                                  epoch=epoch, grad_clip=cfg.train.grad_clip, progress=progress,
-                                 any_rank_failed=lambda failed: distributed.any_true(w, failed))
+                                 any_rank_failed=lambda failed: distributed.any_true(w, failed),
+                                 after_step=None if ema is None else lambda: ema.update(model, step=scheduler.last_epoch))
         losses.update(distributed.mean(w, {k: losses[k] for k in LOSS_KEYS if k in losses}))
         start = time.perf_counter()
-        metrics, results = _evaluate(model, val_loader, gt, label_map, cfg, device, precision, progress, w)
+        metrics, results = _evaluate(evaluated, val_loader, gt, label_map, cfg, device, precision, progress, w)
         eval_seconds = time.perf_counter() - start
         row = {**(extra_columns or {}), "epoch": epoch, "lr": lr, **{k: losses.get(k, 0.0) for k in LOSS_KEYS},
                **{k: metrics[k] for k in METRIC_KEYS},
@@ -200,7 +206,7 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, run: Path, w
         common = dict(config=config_mod.resolve_paths(cfg).to_dict(), label_map=label_map.to_dict(),
                       anchors=_plain_anchors(anchors), image_size=size,
                       normalization=faster_rcnn.normalization(model))
-        snapshot = {"model": model.state_dict(), "epoch": epoch, "metrics": metrics, **common}
+        snapshot = {"model": evaluated.state_dict(), "epoch": epoch, "metrics": metrics, **common}
         rngs = distributed.gather(w, rng_state())  # each rank's, so a resumed rank draws what it would have
         if w.main:
             if improved:
@@ -212,7 +218,8 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, run: Path, w
             save_checkpoint(last, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                                    "rng": rngs[0], "rng_ranks": rngs if w.active else [], "epoch": epoch,
-                                   "metrics": metrics, "train_state": state.to_dict(), **common})
+                                   "metrics": metrics, "train_state": state.to_dict(),
+                                   "ema": ema.module.state_dict() if ema is not None else None, **common})
         row["checkpoint_seconds"] = time.perf_counter() - start
         row["seconds"] += row["checkpoint_seconds"]
         state.history[-1].update(row)

@@ -203,3 +203,28 @@ def _empty_config(tmp_path):
     path = tmp_path / "empty.yaml"
     path.write_text("{}\n")
     return path
+
+
+@pytest.mark.slow
+def test_ema_weights_are_evaluated_and_kept_and_a_resume_is_exact(sample, tmp_path):
+    cfg = tiny_cfg(sample, "train.epochs=2", "train.ema=true", "train.ema_decay=0.99")
+    train_index, val_index = load_splits(cfg)
+    quiet = dict(progress=False, log=lambda s: None)
+    full = fit(cfg, train_index, val_index, tmp_path / "full", **quiet)
+
+    def crash(epoch, metrics):
+        raise Stop()
+
+    with pytest.raises(Stop):
+        fit(cfg, train_index, val_index, tmp_path / "resumed", on_epoch_end=crash, **quiet)
+    resumed = fit(cfg, train_index, val_index, tmp_path / "resumed", **quiet)
+    for a, b in zip(full.history, resumed.history):
+        assert a["map"] == pytest.approx(b["map"], rel=1e-6, abs=1e-9) and a["loss"] == pytest.approx(b["loss"])
+    last = load_checkpoint(tmp_path / "full" / "last.pt")
+    best = load_checkpoint(tmp_path / "full" / "best.pt")["model"]
+    name = "roi_heads.box_predictor.cls_score.weight"
+    assert not torch.equal(last["model"][name], last["ema"][name])  # the average is not the raw weights
+    if full.best_epoch == 1:
+        assert torch.equal(best[name], last["ema"][name])  # kept and predicted: the averaged weights
+    resumed_last = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert torch.equal(resumed_last["ema"][name], last["ema"][name])
