@@ -98,6 +98,7 @@ class TrainConfig:
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     grad_clip: float = 10.0  # max gradient norm; 0 = off
     progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
+    tensorboard: bool = False  # TensorBoard event files in RUN/tensorboard (pip install -e ".[tensorboard]")
     ema: bool = False  # evaluate, keep and predict with an exponential moving average of the weights (timm)
     ema_decay: float = 0.999  # its decay, reached after a warm-up (timm's ModelEmaV3 use_warmup)
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (model.frozen_bn false)

@@ -1,11 +1,11 @@
 """Reading run logs and turning them into tables and plots a person reads."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any, Sequence
 
 from .files import read_json
+from .metric_log import read_metric_rows
 from .layout import RunPaths
 from .metrics import METRIC_KEYS
 from .plots import pr_figure, run_figures, save_figures
@@ -56,26 +56,6 @@ def render_table(header: Sequence[str], rows: list[list[str]], fmt: str = "table
         return "\n".join([line(header), "| " + " | ".join("-" * w for w in widths) + " |", *map(line, rows)])
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths)).rstrip()
     return "\n".join([line(header), *map(line, rows)])
-
-
-def read_metric_rows(run: Path) -> list[dict[str, Any]]:
-    """Every row of every fold_K/metrics.csv (or RUN/metrics.csv for a single run), numbers parsed."""
-    run_paths = RunPaths(run)
-    paths = [f.metrics for _, f in run_paths.fold_runs()] or [run_paths.metrics]
-    rows = []
-    for path in paths:
-        if path.exists():
-            with path.open(newline="") as f:
-                rows += [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(f)]
-    return rows
-
-
-def _number(v: str) -> Any:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return v
-    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
 
 
 def report_run(run: Path, fmt: str = "table") -> tuple[str, list[Path]]:

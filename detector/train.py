@@ -7,7 +7,6 @@ may raise to stop the run.
 """
 from __future__ import annotations
 
-import csv
 import math
 import random
 import time
@@ -24,6 +23,7 @@ from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_sta
 from .config import Config
 from .data.coco import CocoIndex, load_coco
 from .data.dataset import CocoDetection
+from .data.images import read_image
 from .data.sampling import balanced_weights, box_shapes, class_counts, loader, train_loader
 from .data.summary import crowding_warning
 from .data.transforms import build_eval_transforms, build_train_transforms
@@ -31,6 +31,7 @@ from .errors import ConfigError, DatasetError, TrainingError
 from .files import read_json, write_json
 from .layout import RunPaths
 from .engine import Precision, predict, resolve_device, resolve_precision, to_coco_results, train_one_epoch
+from .metric_log import append_row, rewrite_rows
 from .metrics import METRIC_KEYS, evaluate_detections
 from .models import faster_rcnn
 from .optim import LrSchedule, build_optimizer
@@ -169,6 +170,7 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, run: Path, w
         if warning:
             log(f"warning: {warning}")
 
+    board = _board(cfg, paths, val_index) if w.main else None
     state = _TrainState()
     csv_path = paths.metrics
     columns = tuple(extra_columns or ()) + CSV_COLUMNS
@@ -179,7 +181,7 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, run: Path, w
         log(f"{run}: stopped early after epoch {resume['epoch']}; nothing left to train" if state.stopped_early
             else f"resuming {run} after epoch {resume['epoch']}")
     if w.main:
-        _rewrite_rows(csv_path, state.history, columns)  # the log holds exactly the epochs the checkpoint has
+        rewrite_rows(csv_path, state.history, columns)  # the log holds exactly the epochs the checkpoint has
 
     for epoch in range(cfg.train.epochs if state.stopped_early else state.next_epoch, cfg.train.epochs):
         epoch_size = image_size_at(cfg, epoch)
@@ -224,7 +226,10 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, run: Path, w
         row["seconds"] += row["checkpoint_seconds"]
         state.history[-1].update(row)
         if w.main:
-            _append_row(csv_path, row, columns)
+            append_row(csv_path, row, columns)
+        if board is not None:
+            board[0].epoch(epoch, row, improved, gt, results, dict(zip(label_map.category_ids, label_map.names)),
+                           board[1], cfg.eval.score_threshold)
         log(f"epoch {epoch}: loss {losses['loss']:.4f}  map_50 {metrics['map_50']:.4f}  f1 {metrics['f1']:.4f}  "
             f"score {metrics['score']:.4f}  ({row['seconds']:.1f}s)")
         if on_epoch_end is not None:
@@ -237,6 +242,8 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, run: Path, w
                        best_path=paths.best if paths.best.exists() else None,
                        epochs_run=len(state.history), stopped_early=state.stopped_early,
                        history=state.history, anchors=anchor_info)
+    if board is not None:
+        board[0].close()
     if w.main:
         _write_summary(run, result)
     distributed.barrier(w)  # the next fold or command reads what rank 0 wrote
@@ -266,6 +273,16 @@ class _TrainState:
     def to_dict(self) -> dict[str, Any]:
         return {"next_epoch": self.next_epoch, "best_epoch": self.best_epoch, "best_score": self.best_score,
                 "best_metrics": self.best_metrics, "stopped_early": self.stopped_early, "history": self.history}
+
+
+def _board(cfg: Config, paths: RunPaths, val_index: CocoIndex):
+    """The run's TensorBoard writer and the validation images it draws, when train.tensorboard is on."""
+    if not cfg.train.tensorboard:
+        return None
+    from .tensorboard import DRAWN_IMAGES, RunBoard
+
+    images = [(torch.from_numpy(read_image(r.path)).permute(2, 0, 1), r.id) for r in val_index.images[:DRAWN_IMAGES]]
+    return RunBoard(paths.tensorboard), images
 
 
 def _restore(resume, model, optimizer, scheduler, scaler, last: Path, w: distributed.World) -> _TrainState:
@@ -311,26 +328,6 @@ def _evaluate(model, loader, gt, label_map, cfg: Config, device, precision: Prec
     metrics = evaluate_detections(gt, results, score_threshold=cfg.eval.score_threshold,
                                   iou_threshold=cfg.eval.iou_threshold, score=cfg.score)
     return metrics, results
-
-
-def _append_row(path: Path, row: dict[str, Any], columns: tuple[str, ...]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow({k: _fmt(row.get(k)) for k in columns})
-
-
-def _rewrite_rows(path: Path, history: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
-    """On resume: the log holds exactly the epochs the checkpoint has (a kill may have cut it either way)."""
-    path.unlink(missing_ok=True)
-    for row in history:
-        _append_row(path, row, columns)
-
-
-def _fmt(value: Any) -> Any:
-    return f"{value:.6g}" if isinstance(value, float) else value
 
 
 def _write_summary(run: Path, result: FitResult) -> None:

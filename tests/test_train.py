@@ -228,3 +228,31 @@ def test_ema_weights_are_evaluated_and_kept_and_a_resume_is_exact(sample, tmp_pa
         assert torch.equal(best[name], last["ema"][name])  # kept and predicted: the averaged weights
     resumed_last = load_checkpoint(tmp_path / "resumed" / "last.pt")
     assert torch.equal(resumed_last["ema"][name], last["ema"][name])
+
+
+@pytest.mark.slow
+def test_tensorboard_event_files_of_each_fold_hold_losses_metrics_curves_and_drawn_images(sample, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from detector.cv import run_cv
+
+    cfg = tiny_cfg(sample, "train.epochs=2", "cv.folds=2", "train.tensorboard=true")
+    run_cv(cfg, tmp_path / "cv", progress=False, log=lambda s: None)
+    for k in (0, 1):
+        events = EventAccumulator(str(tmp_path / "cv" / f"fold_{k}" / "tensorboard"),
+                                  size_guidance={"images": 0, "scalars": 0})
+        events.Reload()
+        tags = events.Tags()
+        assert {"loss/loss", "train/lr", "val/map_50", "val/score"} <= set(tags["scalars"])
+        assert [e.step for e in events.Scalars("val/map_50")] == [0, 1]
+        metrics = rows_of(tmp_path / "cv" / f"fold_{k}" / "metrics.csv")
+        assert [e.value for e in events.Scalars("val/map_50")] == pytest.approx([float(r["map_50"]) for r in metrics],
+                                                                             rel=1e-4, abs=1e-6)
+        assert "val/pr_curves" in tags["images"] and "val/image_0" in tags["images"]
+
+
+def rows_of(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

@@ -19,7 +19,7 @@ from ..evaluate import check_held_out, evaluate_held_out
 from ..files import write_json
 from ..layout import RunPaths, trial_folder
 from ..metrics import METRIC_KEYS
-from ..report import read_metric_rows
+from ..metric_log import read_metric_rows
 from ..train import load_splits
 from .space import suggest
 

@@ -1,0 +1,49 @@
+"""metrics.csv, the per-epoch log of a run: one row per epoch, written as the run goes and rewritten from the
+checkpoint's history on resume, and read back with numbers parsed."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from .layout import RunPaths
+
+
+def append_row(path: Path, row: dict[str, Any], columns: tuple[str, ...]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow({k: _fmt(row.get(k)) for k in columns})
+
+
+def rewrite_rows(path: Path, history: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+    """On resume: the log holds exactly the epochs the checkpoint has (a kill may have cut it either way)."""
+    path.unlink(missing_ok=True)
+    for row in history:
+        append_row(path, row, columns)
+
+
+def read_metric_rows(run: Path) -> list[dict[str, Any]]:
+    """Every row of every fold_K/metrics.csv (or RUN/metrics.csv for a single run), numbers parsed."""
+    run_paths = RunPaths(run)
+    paths = [f.metrics for _, f in run_paths.fold_runs()] or [run_paths.metrics]
+    rows = []
+    for path in paths:
+        if path.exists():
+            with path.open(newline="") as f:
+                rows += [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    return rows
+
+
+def _number(v: str) -> Any:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return v
+    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+
+
+def _fmt(value: Any) -> Any:
+    return f"{value:.6g}" if isinstance(value, float) else value
