@@ -103,6 +103,39 @@ def test_a_study_tunes_on_val_never_reads_test_and_scores_test_once(sample, tmp_
     assert meta["score_threshold"] == meta["operating_point"]["score_threshold"]
     text, _ = report_study(tmp_path / "study")
     assert "selection score on data.val" in text and "test score on data.test" in text and "6 images" in text
+    dashboard_serves(tmp_path / "study" / "study.db", "study")
     shared = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, test=cfg.data.val))
     with pytest.raises(config.ConfigError, match="data.test .* shares .* image files with data.val"):
         run_study(shared, tmp_path / "study2", log=lambda s: None)
+
+
+def dashboard_serves(database, name):
+    """optuna-dashboard on localhost reads the study and its trials back through its HTTP API."""
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-c", "from optuna_dashboard._cli import main; main()",
+                               f"sqlite:///{database}", "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, studies = time.time() + 60, None
+        while studies is None and time.time() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
+                    studies = json.loads(r.read())["study_summaries"]
+            except OSError:
+                time.sleep(0.5)
+        [summary] = [s for s in studies if s["study_name"] == name]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}", timeout=10) as r:
+            study = json.loads(r.read())
+        [trial] = study["trials"]
+        assert trial["state"] == "Complete" and {p["name"] for p in trial["params"]} == {"train.lr", "train.batch_size"}
+        assert "operating_point" in {a["key"] for a in trial["user_attrs"]}
+    finally:
+        server.kill()
+        server.wait()
