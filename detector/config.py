@@ -42,6 +42,9 @@ class AugmentConfig:
     color: float = 0.5
     blur: float = 0.0
     min_visibility: float = 0.3
+    # A whole Albumentations pipeline in its own serialized form (A.to_dict), or a YAML/JSON file holding one:
+    # it replaces the keys above. detector adds the resize and sets the box parameters.
+    pipeline: Union[None, str, dict[str, Any]] = None
 
 
 @dataclass
@@ -213,24 +216,41 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
 
 def with_values(cfg: Config, values: dict[str, Any], source: str = "<values>") -> Config:
     """A copy of `cfg` with dotted keys set (`{"train.lr": 0.001}`), type-checked like a config file."""
-    raw = cfg.to_dict()
+    raw = resolve_paths(cfg).to_dict() if _inside_pipeline(values) else cfg.to_dict()
     for key, value in values.items():
-        node = raw
+        node: Any = raw
         *parents, last = key.split(".")
         for part in parents:
-            if not isinstance(node.get(part), dict):
+            node = _child(node, part)
+            if not isinstance(node, (dict, list)):
                 raise ConfigError(f"{source}: unknown key '{key}'")
-            node = node[part]
-        if last not in node:
+        if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+            node[int(last)] = value
+        elif isinstance(node, dict) and last in node:
+            node[last] = value
+        else:
             raise ConfigError(f"{source}: unknown key '{key}'")
-        node[last] = value
     out = from_dict(raw, source)
     _check_semantics(out, source)
     return out
 
 
+def _child(node: Any, part: str) -> Any:
+    """A mapping's entry or, inside an Albumentations pipeline, a list's item (`transforms.2`)."""
+    if isinstance(node, list):
+        return node[int(part)] if part.isdigit() and int(part) < len(node) else None
+    return node.get(part) if isinstance(node, dict) else None
+
+
+def _inside_pipeline(values: dict[str, Any]) -> bool:
+    return any(k.startswith("data.augment.pipeline.") for k in values)
+
+
 def field_type(key: str) -> Any:
-    """The declared type of a dotted config key (`train.lr` -> float); ConfigError if there is none."""
+    """The declared type of a dotted config key (`train.lr` -> float); ConfigError if there is none. Keys
+    inside data.augment.pipeline (e.g. data.augment.pipeline.transform.transforms.1.p) have type Any."""
+    if key.startswith("data.augment.pipeline."):
+        return Any
     cls: Any = Config
     for part in key.split("."):
         hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
@@ -257,11 +277,29 @@ def resolve_paths(cfg: Config) -> Config:
         ann = str(Path(split.annotations).resolve()) if split.annotations else ""
         return SplitConfig(annotations=ann, images=images)
 
-    data = dataclasses.replace(cfg.data, train=absolute(cfg.data.train), val=absolute(cfg.data.val))
+    data = dataclasses.replace(cfg.data, train=absolute(cfg.data.train), val=absolute(cfg.data.val),
+                               test=absolute(cfg.data.test),
+                               augment=dataclasses.replace(cfg.data.augment,
+                                                           pipeline=inline_pipeline(cfg.data.augment.pipeline)))
     pretrained = cfg.model.pretrained
     if isinstance(pretrained, str) and pretrained != PACKAGED:
         pretrained = str(Path(pretrained).expanduser().resolve())
     return dataclasses.replace(cfg, data=data, model=dataclasses.replace(cfg.model, pretrained=pretrained))
+
+
+def inline_pipeline(pipeline: Any) -> Any:
+    """data.augment.pipeline as the dict it names, so the saved config holds what the run trained with."""
+    if not isinstance(pipeline, str):
+        return pipeline
+    path = Path(pipeline).expanduser()
+    try:
+        value = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"data.augment.pipeline: cannot read {path} ({e}); give a YAML/JSON file written by "
+                          "albumentations.save or A.to_dict") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"data.augment.pipeline: {path} does not hold an Albumentations pipeline (a mapping)")
+    return value
 
 
 def _check_semantics(cfg: Config, source: str) -> None:

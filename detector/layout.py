@@ -53,6 +53,7 @@ RUN_FILES = {
     "best": "best.pt", "best_predictions": "best_predictions.json", "summary": "summary.json", "top": "top",
     "top_models": "top_models.json", "heldout": "heldout.json", "heldout_predictions": "heldout_predictions.json",
     "operating_point": "operating_point.json", "plots": "plots", "tensorboard": "tensorboard",
+    "augment": "augment.json",
 }
 RUN_ENTRIES = tuple(name for attr, name in RUN_FILES.items() if attr != "lock")
 STUDY_FILES = {"meta": "study.json", "config": CONFIG, "database": "study.db", "lock": ".lock", "best": "best",

@@ -26,7 +26,7 @@ from .data.dataset import CocoDetection
 from .data.images import read_image
 from .data.sampling import balanced_weights, box_shapes, class_counts, loader, train_loader
 from .data.summary import crowding_warning
-from .data.transforms import build_eval_transforms, build_train_transforms
+from .data.transforms import build_eval_transforms, build_train_transforms, pipeline_dict
 from .errors import ConfigError, DatasetError, TrainingError
 from .files import read_json, write_json
 from .layout import RunPaths
@@ -153,6 +153,8 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, run: Path, w
             trained, device_ids=[device.index] if device.type == "cuda" else None)
 
     train_ds = CocoDetection(train_index, build_train_transforms(cfg.data.augment, size), seed=cfg.train.seed)
+    if w.main:  # what the run trains with, in Albumentations' own form
+        write_json(paths.augment, pipeline_dict(train_ds.pipeline))
     val_shard = val_index.subset(r.id for r in val_index.images[w.rank::w.size]) if w.active else val_index
     val_loader = loader(CocoDetection(val_shard, build_eval_transforms(size)), cfg.eval.batch_size,
                          cfg.train.num_workers)

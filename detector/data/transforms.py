@@ -5,10 +5,14 @@ original pixels by the per-axis ratio of original to resized size. Boxes are pas
 """
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import albumentations as A
 import cv2
 
-from ..config import AugmentConfig
+from ..config import AugmentConfig, inline_pipeline
+from ..errors import ConfigError
 
 
 def _bbox_params(min_visibility: float = 0.0) -> A.BboxParams:
@@ -23,6 +27,38 @@ def build_eval_transforms(size: int) -> A.Compose:
 
 
 def build_train_transforms(aug: AugmentConfig, size: int) -> A.Compose:
+    """The training pipeline: `aug.pipeline` (Albumentations' own serialized form) or the short-form keys,
+    then the resize; the box parameters are always detector's, so no pipeline can change the box format."""
+    steps = user_transforms(aug.pipeline) if aug.pipeline is not None else _short_form(aug)
+    steps.append(A.LongestMaxSize(max_size=size, interpolation=cv2.INTER_LINEAR))
+    return A.Compose(steps, bbox_params=_bbox_params(aug.min_visibility))
+
+
+def user_transforms(spec: dict[str, Any] | str) -> list[A.BasicTransform]:
+    """The transforms of a pipeline in Albumentations' serialized form ({"transform": {"__class_fullname__":
+    "Compose", "transforms": [...]}}, as A.to_dict writes it), or of the YAML/JSON file holding one."""
+    d = inline_pipeline(spec)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            built = A.from_dict(d if "transform" in d else {"transform": d})
+        except KeyError as e:
+            raise ConfigError(f"data.augment.pipeline: {e} is not an Albumentations transform; use the class "
+                              "names Albumentations serializes (e.g. HorizontalFlip, CLAHE, CoarseDropout)") from None
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"data.augment.pipeline: {e}") from None
+    invalid = [str(w.message) for w in caught if "not valid" in str(w.message)]
+    if invalid:
+        raise ConfigError(f"data.augment.pipeline: {invalid[0]}; fix the argument name")
+    return list(built.transforms) if isinstance(built, A.BaseCompose) else [built]
+
+
+def pipeline_dict(pipeline: A.Compose) -> dict[str, Any]:
+    """What a run trained with, in Albumentations' own form (written to RUN/augment.json)."""
+    return A.to_dict(pipeline)
+
+
+def _short_form(aug: AugmentConfig) -> list[A.BasicTransform]:
     steps: list[A.BasicTransform] = []
     if aug.hflip > 0:
         steps.append(A.HorizontalFlip(p=aug.hflip))
@@ -40,5 +76,4 @@ def build_train_transforms(aug: AugmentConfig, size: int) -> A.Compose:
         ], p=aug.color))
     if aug.blur > 0:
         steps.append(A.GaussianBlur(blur_limit=(3, 5), p=aug.blur))
-    steps.append(A.LongestMaxSize(max_size=size, interpolation=cv2.INTER_LINEAR))
-    return A.Compose(steps, bbox_params=_bbox_params(aug.min_visibility))
+    return steps

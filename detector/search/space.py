@@ -69,8 +69,8 @@ def _suggest_one(trial: optuna.trial.BaseTrial, key: str, spec: Any) -> Any:
         raise ConfigError(f"{where}: log and step cannot be combined")
     if log and low <= 0:
         raise ConfigError(f"{where}: a log range needs low > 0")
-    if tp is int:
+    if tp is int or (tp is Any and all(isinstance(v, int) for v in (low, high, step or 1))):
         return trial.suggest_int(key, int(low), int(high), step=int(step or 1), log=log)
-    if tp is float:
+    if tp is float or tp is Any:  # Any: a number inside an Albumentations pipeline
         return trial.suggest_float(key, float(low), float(high), step=step, log=log)
     raise ConfigError(f"{where}: {key} is not a number; search it with a list of choices")

@@ -1,0 +1,70 @@
+import json
+
+import albumentations as A
+import pytest
+import yaml
+
+from detector import config
+from detector.data.transforms import build_train_transforms
+from detector.errors import ConfigError
+from detector.search import check_space
+from detector.train import fit, load_splits
+from tests.test_train import TINY, Stop
+
+PIPELINE = A.to_dict(A.Compose([A.HorizontalFlip(p=0.5), A.CLAHE(p=0.3), A.CoarseDropout(p=0.2)]))
+
+
+def test_a_pipeline_in_albumentations_form_is_built_with_detectors_resize_and_box_parameters(tmp_path):
+    aug = config.load(None, [f"data.augment.pipeline={json.dumps(PIPELINE)}"]).data.augment
+    pipeline = build_train_transforms(aug, 256)
+    assert [type(t).__name__ for t in pipeline.transforms] == ["HorizontalFlip", "CLAHE", "CoarseDropout",
+                                                               "LongestMaxSize"]
+    assert pipeline.processors["bboxes"].params.format == "pascal_voc"  # never the user's
+    file = tmp_path / "aug.yaml"
+    A.save(A.Compose([A.VerticalFlip(p=0.7)]), str(file), data_format="yaml")
+    cfg = config.load(None, [f"data.augment.pipeline={file}"])
+    saved = config.resolve_paths(cfg).data.augment.pipeline  # the file's content goes into the run's config
+    assert saved["transform"]["transforms"][0]["__class_fullname__"] == "VerticalFlip"
+    for bad, message in [({"transform": {"__class_fullname__": "Compose", "transforms": [
+                              {"__class_fullname__": "NoSuchFlip", "p": 1.0}]}}, "'NoSuchFlip' is not an Albumentations"),
+                         ({"transform": {"__class_fullname__": "Compose", "transforms": [
+                              {"__class_fullname__": "HorizontalFlip", "probability": 1.0}]}}, "probability")]:
+        broken = config.load(None, [f"data.augment.pipeline={json.dumps(bad)}"]).data.augment
+        with pytest.raises(ConfigError, match=message):
+            build_train_transforms(broken, 256)
+    with pytest.raises(ConfigError, match="cannot read"):
+        config.resolve_paths(config.load(None, [f"data.augment.pipeline={tmp_path / 'missing.yaml'}"]))
+
+
+def test_a_probability_inside_the_pipeline_is_a_search_key(sample):
+    key = "data.augment.pipeline.transform.transforms.1.p"
+    cfg = config.load(None, [f"data.train.annotations={sample['train']}", f"data.augment.pipeline={json.dumps(PIPELINE)}",
+                             "search.space={" + key + ": {low: 0.1, high: 0.9}}"])
+    check_space(cfg)
+    drawn = config.with_values(cfg, {key: 0.8})
+    assert drawn.data.augment.pipeline["transform"]["transforms"][1]["p"] == 0.8
+    typo = config.with_values(cfg, {"search.space": {"data.augment.pipeline.transform.transforms.7.p": [0.1]}})
+    with pytest.raises(ConfigError, match="transforms.7.p"):
+        check_space(typo)
+
+
+@pytest.mark.slow
+def test_a_run_trains_with_a_user_pipeline_records_it_and_resumes_exactly(sample, tmp_path):
+    cfg = config.load(None, [f"data.train.annotations={sample['train']}", f"data.val.annotations={sample['val']}",
+                             *TINY, "train.epochs=2", f"data.augment.pipeline={json.dumps(PIPELINE)}"])
+    train_index, val_index = load_splits(cfg)
+    quiet = dict(progress=False, log=lambda s: None)
+    full = fit(cfg, train_index, val_index, tmp_path / "full", **quiet)
+    recorded = json.loads((tmp_path / "full" / "augment.json").read_text())
+    assert [t["__class_fullname__"] for t in recorded["transform"]["transforms"]] == [
+        "HorizontalFlip", "CLAHE", "CoarseDropout", "LongestMaxSize"]
+    saved = yaml.safe_load((tmp_path / "full" / "config.yaml").read_text())
+    assert saved["data"]["augment"]["pipeline"]["transform"]["transforms"][1]["__class_fullname__"] == "CLAHE"
+
+    def crash(epoch, metrics):
+        raise Stop()
+
+    with pytest.raises(Stop):
+        fit(cfg, train_index, val_index, tmp_path / "resumed", on_epoch_end=crash, **quiet)
+    resumed = fit(cfg, train_index, val_index, tmp_path / "resumed", **quiet)
+    assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in full.history], rel=1e-6)
