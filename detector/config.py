@@ -16,6 +16,7 @@ import yaml
 
 from .errors import ConfigError
 from .files import write_text
+from .config_checks import check_ranges
 from .typed_yaml import apply_override, build, read_with_bases
 
 PACKAGED = "packaged"  # model.pretrained: the weights a pip package installed (models/weights.py)
@@ -206,7 +207,7 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] 
     for item in overrides:
         apply_override(raw, item)
     cfg = from_dict(raw, source)
-    _check_semantics(cfg, source)
+    check_ranges(cfg, source)
     return cfg
 
 
@@ -231,7 +232,7 @@ def with_values(cfg: Config, values: dict[str, Any], source: str = "<values>") -
         else:
             raise ConfigError(f"{source}: unknown key '{key}'")
     out = from_dict(raw, source)
-    _check_semantics(out, source)
+    check_ranges(out, source)
     return out
 
 
@@ -300,51 +301,6 @@ def inline_pipeline(pipeline: Any) -> Any:
     if not isinstance(value, dict):
         raise ConfigError(f"data.augment.pipeline: {path} does not hold an Albumentations pipeline (a mapping)")
     return value
-
-
-def _check_semantics(cfg: Config, source: str) -> None:
-    checks = [
-        (cfg.data.image_size >= 32, "data.image_size must be at least 32"),
-        (cfg.train.epochs >= 1, "train.epochs must be at least 1"),
-        (cfg.train.batch_size >= 1, "train.batch_size must be at least 1"),
-        (cfg.train.lr > 0, "train.lr must be positive"),
-        (cfg.train.backbone_lr_mult > 0, "train.backbone_lr_mult must be positive (freeze layers with "
-                                         "model.trainable_layers)"),
-        (0.0 <= cfg.eval.score_threshold <= 1.0, "eval.score_threshold must lie in [0, 1]"),
-        (0.0 < cfg.eval.iou_threshold <= 1.0, "eval.iou_threshold must lie in (0, 1]"),
-        (cfg.model.anchors_per_level >= 1, "model.anchors_per_level must be at least 1"),
-        (cfg.cv.folds >= 2, "cv.folds must be at least 2"),
-        (cfg.cv.top_k >= 1, "cv.top_k must be at least 1"),
-        (0 < cfg.data.augment.scale[0] <= cfg.data.augment.scale[1],
-         "data.augment.scale must be [low, high] with 0 < low <= high"),
-        (cfg.train.num_workers >= 0, "train.num_workers must be 0 (load in the main process) or more"),
-        (cfg.eval.batch_size >= 1, "eval.batch_size must be at least 1"),
-        (cfg.model.max_detections >= 1, "model.max_detections must be at least 1"),
-        (0.0 <= cfg.ensemble.skip_box_thr <= 1.0, "ensemble.skip_box_thr must lie in [0, 1]"),
-        (cfg.ensemble.weights is None or all(w >= 0 for w in cfg.ensemble.weights) and sum(cfg.ensemble.weights) > 0,
-         "ensemble.weights must be non-negative with a positive sum"),
-        (cfg.search.n_trials >= 1, "search.n_trials must be at least 1"),
-        (cfg.search.heartbeat_seconds >= 1, "search.heartbeat_seconds must be at least 1"),
-        (cfg.search.grace_seconds > cfg.search.heartbeat_seconds,
-         "search.grace_seconds must be longer than search.heartbeat_seconds"),
-        (0.0 < cfg.ensemble.iou_thr <= 1.0, "ensemble.iou_thr must lie in (0, 1]"),
-        (cfg.ensemble.weights is None or len(cfg.ensemble.weights) == cfg.cv.top_k,
-         "ensemble.weights needs one weight per model (cv.top_k of them), or null for equal weights"),
-        (cfg.train.progressive.start_size == 0 or cfg.train.progressive.start_size >= 32,
-         "train.progressive.start_size must be 0 (off) or at least 32"),
-        (0.0 < cfg.train.ema_decay < 1.0, "train.ema_decay must lie in (0, 1), e.g. 0.999"),
-        (cfg.score.beta > 0, "score.beta must be positive (1 = F1, 2 = recall-first)"),
-        (0.0 <= cfg.model.focal_alpha <= 1.0, "model.focal_alpha must lie in [0, 1]"),
-        (cfg.model.focal_gamma >= 0, "model.focal_gamma must be 0 or more"),
-        (not isinstance(cfg.model.class_weights, str) or cfg.model.class_weights == "auto",
-         "model.class_weights must be null, auto or a list with one positive weight per class"),
-        (not isinstance(cfg.model.class_weights, list) or all(w > 0 for w in cfg.model.class_weights),
-         "model.class_weights must be null, auto or a list with one positive weight per class"),
-        (cfg.tune.min_class_boxes >= 1, "tune.min_class_boxes must be at least 1"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(f"{source}: {message}")
 
 
 def _plain(value: Any) -> Any:
