@@ -168,7 +168,9 @@ def test_study_end_to_end_with_a_killed_trial_resumed(sample, tmp_path):
     meta = json.loads((study_dir / "best" / "ensemble.json").read_text())
     assert meta["trial"] == best.number and meta["value"] == pytest.approx(best.value)
     assert len(meta["members"]) == 3 and all((study_dir / "best" / m["file"]).exists() for m in meta["members"])
-    assert meta["ensemble"]["iou_thr"] == 0.55 and meta["label_map"]["names"] == ["circle", "rectangle", "triangle"]
+    point = best.user_attrs["operating_point"]  # the settings tuned on the trial's stored val predictions
+    assert meta["ensemble"] == point["ensemble"] and meta["score_threshold"] == point["score_threshold"]
+    assert meta["label_map"]["names"] == ["circle", "rectangle", "triangle"]
     other = "trial_0002" if best.user_attrs["run_dir"] == "trial_0000" else "trial_0000"
     assert not list((study_dir / other / "top").glob("*.pt"))  # keep_models: best
     # the finished study is not run again; the report reads it
