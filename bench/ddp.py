@@ -51,7 +51,8 @@ def main() -> None:
         two = train(2, Path(tmp) / "two", args)
     print(f"{args.images} training images x {args.epochs} epoch(s), {os.cpu_count()} cores")
     print(f"1 process:   {one:6.2f} images/s")
-    print(f"2 processes: {two:6.2f} images/s  (x{two / one:.2f}; the same cores, so this is the DDP cost on CPU)")
+    print(f"2 processes: {two:6.2f} images/s  (x{two / one:.2f}; both on the same cores: data parallelism vs one "
+          "process's threads, not what two GPUs give)")
 
 
 if __name__ == "__main__":
