@@ -10,11 +10,9 @@ epoch. Epoch e's numbers come from an `--epochs`-long schedule.
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
-from detector import config
-from detector.train import fit, load_splits
+from variants import print_epochs, train_variants
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,20 +23,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
-    histories = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, ema in (("raw", "false"), ("ema", "true")):
-            cfg = config.load(args.config, [f"train.epochs={args.epochs}", "train.patience=0", *args.overrides,
-                                            f"train.ema={ema}"])
-            train_index, val_index = load_splits(cfg)
-            histories[name] = fit(cfg, train_index, val_index, Path(tmp) / name, progress=False,
-                                  log=lambda s: None).history
-            print(f"{name}: done", flush=True)
-    print(f"\n{'epoch':>5}  {'raw map_50':>10} {'ema map_50':>10}  {'raw f1':>7} {'ema f1':>7}  {'raw score':>9} "
-          f"{'ema score':>9}")
-    for raw, ema in zip(histories["raw"], histories["ema"]):
-        print(f"{raw['epoch'] + 1:>5}  {raw['map_50']:>10.4f} {ema['map_50']:>10.4f}  {raw['f1']:>7.4f} "
-              f"{ema['f1']:>7.4f}  {raw['score']:>9.4f} {ema['score']:>9.4f}")
+    histories = train_variants(args.config, args.epochs, args.overrides,
+                               {"raw": ["train.ema=false"], "ema": ["train.ema=true"]})
+    print_epochs(histories, ("map_50", "f1", "score"))
 
 
 if __name__ == "__main__":
