@@ -9,7 +9,6 @@ is exported, with the WBF settings and thresholds written beside them (`ensemble
 """
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any, Dict
@@ -141,4 +140,4 @@ def _export_onnx(module: DeployedDetector, out: Path, sample: torch.Tensor | Non
 
 
 def read_labels(model_file: str | Path) -> dict[str, Any]:
-    return json.loads(labels_file(Path(model_file)).read_text())
+    return read_json(labels_file(Path(model_file)))

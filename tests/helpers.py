@@ -2,6 +2,7 @@
 import contextlib
 import copy
 import io
+import time
 
 
 def pycocotools_stats(gt, results):
@@ -17,3 +18,10 @@ def pycocotools_stats(gt, results):
         ev.accumulate()
         ev.summarize()
     return ev
+
+
+def wait_until(ready, process, timeout: float = 300) -> None:
+    """Poll `ready()` every 50 ms until it holds, `process` (a Popen) ends, or `timeout` seconds pass."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None and not ready():
+        time.sleep(0.05)

@@ -8,6 +8,7 @@ from detector.cv import read_summary, run_cv
 from detector.data.coco import load_coco
 from detector.data.folds import group_key, make_folds, resolve_strategy
 from detector.errors import ConfigError
+from tests.helpers import wait_until
 from tests.test_train import TINY
 
 
@@ -154,18 +155,14 @@ def _cv_command(sample, tmp_path, out):
 def test_killed_run_resumes_to_the_same_result(sample, tmp_path):
     import signal
     import subprocess
-    import time
 
     full = subprocess.run(_cv_command(sample, tmp_path, tmp_path / "full"), capture_output=True, text=True)
     assert full.returncode == 0, full.stderr
     run = tmp_path / "killed"
     proc = subprocess.Popen(_cv_command(sample, tmp_path, run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     csv_path = run / "fold_0" / "metrics.csv"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if csv_path.exists() and len(csv_path.read_text().splitlines()) >= 2 and (run / "fold_0" / "last.pt").exists():
-            break
-        time.sleep(0.05)
+    wait_until(lambda: csv_path.exists() and len(csv_path.read_text().splitlines()) >= 2
+               and (run / "fold_0" / "last.pt").exists(), proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run / "fold_0" / "summary.json").exists()  # killed mid-fold

@@ -4,11 +4,11 @@ import csv
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
 from detector.checkpoint import load_checkpoint
+from tests.helpers import wait_until
 from tests.test_train import TINY
 
 
@@ -58,11 +58,7 @@ def test_a_killed_two_process_cv_run_resumes_and_loses_at_most_the_epoch_in_prog
     cmd = command(tmp_path, 2, "cv", tmp_path / "cv", sample, "train.epochs=2", "cv.folds=2")
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     log = tmp_path / "cv" / "fold_0" / "metrics.csv"
-    deadline = time.time() + 300
-    while time.time() < deadline and first.poll() is None:
-        if log.exists() and len(log.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.05)
+    wait_until(lambda: log.exists() and len(log.read_text().splitlines()) >= 2, first)
     import psutil
 
     for process in [psutil.Process(first.pid), *psutil.Process(first.pid).children(recursive=True)]:

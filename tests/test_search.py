@@ -13,6 +13,7 @@ from detector.errors import ConfigError
 from detector.evaluate import check_held_out
 from detector.search import Objective, PruningHook, load_study, run_study, suggest
 from detector.train import load_splits
+from tests.helpers import wait_until
 from tests.test_train import TINY
 
 
@@ -146,11 +147,7 @@ def test_study_end_to_end_with_a_killed_trial_resumed(sample, tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     study_dir = tmp_path / "studies" / "demo"
     csv_path = study_dir / "trial_0000" / "fold_0" / "metrics.csv"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if csv_path.exists() and len(csv_path.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.05)
+    wait_until(lambda: csv_path.exists() and len(csv_path.read_text().splitlines()) >= 2, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert load_study(study_dir).trials[0].state == TrialState.RUNNING  # left behind by the kill
@@ -337,11 +334,7 @@ def test_a_killed_study_resumes_where_fcntl_and_proc_do_not_exist(sample, tmp_pa
     study_dir = tmp_path / "studies" / "portable"
     csv_path = study_dir / "trial_0000" / "fold_0" / "metrics.csv"
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if csv_path.exists() and len(csv_path.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.05)
+    wait_until(lambda: csv_path.exists() and len(csv_path.read_text().splitlines()) >= 2, proc)
     proc.send_signal(signal.SIGKILL)  # leaves the soft locks behind: their owner's pid is gone
     proc.wait()
     resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
