@@ -40,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+        from .distributed import finish
+
+        finish()
 
 
 def _terminate(signum, frame) -> None:

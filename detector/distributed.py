@@ -51,6 +51,12 @@ def start(device: torch.device) -> World:
     return w
 
 
+def finish() -> None:
+    """Leave the process group before the interpreter exits (a gloo group left open can abort the exit)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def device_of(w: World, device: torch.device) -> torch.device:
     """Each process's own GPU (LOCAL_RANK) when training on CUDA."""
     return torch.device("cuda", w.local_rank) if w.active and device.type == "cuda" else device
