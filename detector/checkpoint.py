@@ -126,11 +126,12 @@ def restore_model(path: str | Path, device: str | torch.device = "cpu") -> Resto
 
 
 class TopK:
-    """The k best checkpoints by score across folds and epochs, listed in `top_models.json`.
+    """The k best checkpoints of each fold by score, listed in `top_models.json`.
 
-    A better model replaces the worst; files that fall out are deleted at once. Ranking: higher score
-    first, then lower fold, then lower epoch; a NaN score never enters. Offering a (fold, epoch) again
-    (a resumed epoch) replaces its entry.
+    Scores are ranked within a fold only: two folds' scores are measured on different images, so they are
+    not compared. A better model replaces the fold's worst; files that fall out are deleted at once.
+    Ranking: higher score first, then lower epoch; a NaN score never enters. Offering a (fold, epoch) again
+    (a resumed epoch) replaces its entry. The list is in fold order.
     """
 
     def __init__(self, run_dir: str | Path, k: int):
@@ -147,14 +148,15 @@ class TopK:
             return False
         candidate = {"fold": fold, "epoch": epoch, "score": score}
         others = [e for e in self.entries if (e["fold"], e["epoch"]) != (fold, epoch)]
-        ranked = sorted(others + [candidate], key=_rank)
-        if candidate not in ranked[: self.k]:
+        mine = sorted([e for e in others if e["fold"] == fold] + [candidate], key=_rank)
+        if candidate not in mine[: self.k]:
             return False
         path = self.paths.top_checkpoint(fold, epoch)
         save(path)
         entry = {**candidate, "path": str(path.relative_to(self.run)),
                  "metrics": {k: v for k, v in metrics.items() if k != "per_class"}}
-        self.entries = sorted(others + [entry], key=_rank)[: self.k]
+        kept = sorted([e for e in others if e["fold"] == fold] + [entry], key=_rank)[: self.k]
+        self.entries = sorted([e for e in others if e["fold"] != fold] + kept, key=_order)
         write_json(self.index, self.entries)
         self._remove_unlisted()
         return True
@@ -166,5 +168,9 @@ class TopK:
                 f.unlink()
 
 
-def _rank(entry: dict[str, Any]) -> tuple[float, int, int]:
-    return (-entry["score"], entry["fold"], entry["epoch"])
+def _rank(entry: dict[str, Any]) -> tuple[float, int]:
+    return (-entry["score"], entry["epoch"])
+
+
+def _order(entry: dict[str, Any]) -> tuple[int, float, int]:
+    return (entry["fold"], *_rank(entry))

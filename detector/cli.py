@@ -184,13 +184,19 @@ def _train(args) -> int:
 def _cv(args) -> int:
     from . import config
     from .cv import run_cv
-    from .report import format_cv
+    from .report import format_cv, format_published
 
     cfg = config.load(args.config, args.overrides)
     run = _run_dir(args)
     print(f"run directory: {run}")
     result = run_cv(cfg, run, force=args.force, progress=_progress(args))
     print(format_cv(result.folds, result.mean, result.std))
+    if cfg.refit.strategy != "folds":
+        from .evaluate import tune_run
+        from .train import load_splits
+
+        held_out = tune_run(cfg, run, load_splits(cfg)[1])
+        print(format_published(held_out))
     return 0
 
 

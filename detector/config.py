@@ -69,7 +69,7 @@ class ModelConfig:
     fpn_channels: int = 256
     representation_size: int = 1024
     heads: Literal["v1", "v2"] = "v1"  # v2: BatchNorm in the FPN, 2-conv RPN head, 4-conv + FC box head
-    anchors: Literal["default", "kmeans"] = "default"
+    anchors: Literal["default", "kmeans", "auto"] = "default"  # auto: k-means only where it fits better than default
     anchors_per_level: int = 3
     max_detections: int = 100
     rpn_proposals_train: int = 2000  # proposals kept per image (pre- and post-NMS) while training
@@ -147,7 +147,19 @@ class CVConfig:
     strategy: Literal["auto", "kfold", "stratified", "group"] = "auto"
     group_by: str = "roboflow"  # for strategy group: roboflow, regex:PATTERN or field:NAME
     seed: int = 0
-    top_k: int = 3  # checkpoints kept across all folds and epochs, by score
+    top_k: int = 1  # refit.strategy folds: the best epochs kept per fold (ranked on that fold's own images)
+
+
+@dataclass
+class RefitConfig:
+    """The models a cv run or a study publishes. The folds estimate a config's score and choose its epochs;
+    the published members are trained again on all of data.train (seeds, trials), or are the folds' own
+    best models (folds: each trained on (k-1)/k of the data)."""
+
+    strategy: Literal["seeds", "trials", "folds"] = "seeds"  # seeds: the best config with `members` seeds;
+    # trials: the configs of the `members` best trials (a cv run has one config: seeds)
+    members: int = 3
+    epochs: int = 0  # 0: the epochs the folds chose (their mean best epoch, rounded); else this many
 
 
 def _default_space() -> dict[str, Any]:
@@ -193,6 +205,7 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    refit: RefitConfig = field(default_factory=RefitConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))

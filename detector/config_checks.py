@@ -9,6 +9,11 @@ if TYPE_CHECKING:
     from .config import Config
 
 
+def published_members(cfg: Config) -> int:
+    """How many models a cv run or a study publishes (and WBF fuses)."""
+    return cfg.cv.folds * cfg.cv.top_k if cfg.refit.strategy == "folds" else cfg.refit.members
+
+
 def check_ranges(cfg: Config, source: str) -> None:
     """Values of the right type that would crash a run or do nothing: one ConfigError naming the key."""
     checks = [
@@ -36,8 +41,11 @@ def check_ranges(cfg: Config, source: str) -> None:
         (cfg.search.grace_seconds > cfg.search.heartbeat_seconds,
          "search.grace_seconds must be longer than search.heartbeat_seconds"),
         (0.0 < cfg.ensemble.iou_thr <= 1.0, "ensemble.iou_thr must lie in (0, 1]"),
-        (cfg.ensemble.weights is None or len(cfg.ensemble.weights) == cfg.cv.top_k,
-         "ensemble.weights needs one weight per model (cv.top_k of them), or null for equal weights"),
+        (cfg.ensemble.weights is None or len(cfg.ensemble.weights) == published_members(cfg),
+         f"ensemble.weights needs one weight per published model ({published_members(cfg)}: refit.members, or "
+         "cv.folds x cv.top_k with refit.strategy folds), or null for equal weights"),
+        (cfg.refit.members >= 1, "refit.members must be at least 1"),
+        (cfg.refit.epochs >= 0, "refit.epochs must be 0 (the epochs the folds chose) or more"),
         (cfg.train.progressive.start_size == 0 or cfg.train.progressive.start_size >= 32,
          "train.progressive.start_size must be 0 (off) or at least 32"),
         (0.0 < cfg.train.ema_decay < 1.0, "train.ema_decay must lie in (0, 1), e.g. 0.999"),

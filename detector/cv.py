@@ -1,8 +1,10 @@
-"""run_cv(): k-fold cross-validation on the training split, resumable, keeping the top-k models.
+"""run_cv(): k-fold cross-validation on the training split, resumable, then the models it publishes.
 
-Folds are made once (folds.json) before training; each fold is a fit() run in fold_K/; the cv.top_k best
-checkpoints over all folds and epochs are kept in top/; summary.json holds the finished folds' best epochs
-with mean and std, updated as the run goes (layout.py draws the whole folder).
+Folds are made once (folds.json) before training; each fold is a fit() run in fold_K/; summary.json holds
+the finished folds' best epochs with mean and std, updated as the run goes (layout.py draws the whole
+folder). The folds estimate the config's score and choose its epochs; the published models (top_models.json)
+are then refit on all of data.train (refit.py), or with refit.strategy folds are the cv.top_k best epochs of
+each fold (kept in top/ as the folds train, ranked within their fold).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from .metrics import METRIC_KEYS, coco_map, match
 from .thresholds import tune_thresholds
 from . import distributed
 from .engine import resolve_device
+from .refit import fold_epochs, refit as refit_members, seed_members
 from .runs import owned_run
 from .train import OnEpochEnd, fit, load_splits
 
@@ -47,26 +50,32 @@ def run_cv(
     progress: bool = True,
     log: Callable[[str], None] = print,
     index: CocoIndex | None = None,
+    val_index: CocoIndex | None = None,
+    refit: bool = True,
 ) -> CVResult:
-    """Train every fold of the config's training split (skipping finished ones) and return the summary.
+    """Train every fold of the config's training split (skipping finished ones), then (with `refit` and a
+    refit.strategy other than folds) the published members on all of it, and return the summary.
 
     `on_epoch_end(fold, epoch, metrics)` is called after every epoch and may raise to stop the run. The
-    run folder is locked against a second process for the whole run.
+    run folder is locked against a second process for the whole run. A study's trials pass refit=False: the
+    study refits its best trial's config only.
     """
     w = distributed.start(resolve_device(cfg.train.device))
     with owned_run(run_dir, cfg, force=force, log=log) as run:
         return _run_cv(cfg, run, w, on_epoch_end=on_epoch_end, progress=progress,
-                       log=distributed.main_only(w, log), index=index)
+                       log=distributed.main_only(w, log), index=index, val_index=val_index, refit=refit)
 
 
-def _run_cv(cfg: Config, run: Path, w: distributed.World, *, on_epoch_end, progress, log, index) -> CVResult:
-    if index is None:
-        index, _ = load_splits(cfg)
+def _run_cv(cfg: Config, run: Path, w: distributed.World, *, on_epoch_end, progress, log, index, val_index,
+            refit) -> CVResult:
+    if index is None or (refit and val_index is None):
+        index, val_index = load_splits(cfg)
     paths = RunPaths(run)
     if w.main:
         write_json(paths.env, environment())
     folds = distributed.broadcast(w, _folds(paths, index, cfg, log) if w.main else None)
-    top = TopK(run, cfg.cv.top_k) if w.main else None
+    fold_models = cfg.refit.strategy == "folds"
+    top = TopK(run, cfg.cv.top_k) if w.main and fold_models else None
     for k, val_ids in enumerate(folds):
         fold = paths.fold(k)
         if fold.summary.exists():
@@ -80,19 +89,36 @@ def _run_cv(cfg: Config, run: Path, w: distributed.World, *, on_epoch_end, progr
             hook = (lambda fold: lambda epoch, metrics: on_epoch_end(fold, epoch, metrics))(k)
         fit(cfg, train_part, index.subset(val_ids), fold.root, on_epoch_end=hook, progress=progress, log=log,
             extra_columns={"fold": k}, save_best=False,
-            keep=(lambda fold: lambda epoch, metrics, save: top.offer(fold, epoch, metrics, save))(k))
+            keep=None if top is None else (lambda fold: lambda epoch, metrics, save: top.offer(fold, epoch, metrics,
+                                                                                             save))(k))
         if w.main:
             fold.last.unlink(missing_ok=True)
             write_summary(run)
         distributed.barrier(w)
+    if refit and not fold_models:
+        _refit(cfg, paths, index, val_index, w, progress=progress, log=log)
     if not w.main:
         return read_summary(run)
-    point = out_of_fold_operating_point(paths, index, folds, cfg)
+    point = out_of_fold_operating_point(paths, index, folds, cfg) if fold_models else None
     if point is not None:
         write_json(paths.operating_point, point)
         log(f"operating point from out-of-fold predictions: threshold {point['score_threshold']:.3f}, score "
             f"{point['score']:.4f}")
     return write_summary(run)
+
+
+def _refit(cfg: Config, paths: RunPaths, index: CocoIndex, val_index: CocoIndex, w: distributed.World, *,
+           progress, log) -> None:
+    """The run's published members: its config with refit.members seeds, trained on all of `index` for the
+    epochs the folds chose; top_models.json lists them."""
+    epochs = fold_epochs(read_summary(paths.root).folds, cfg.refit.epochs)
+    log(f"refit: {cfg.refit.members} member(s) on all {len(index.images)} training images, {epochs} epochs "
+        "(the folds' mean best epoch)" if not cfg.refit.epochs else f"refit: {epochs} epochs (refit.epochs)")
+    entries = refit_members(seed_members(cfg, epochs, cfg.refit.members), index, val_index, paths.refit,
+                            progress=progress, log=log)
+    if w.main:
+        prefix = paths.refit.relative_to(paths.root)
+        write_json(paths.top_models, [{**e, "path": str(prefix / e["path"])} for e in entries])
 
 
 def out_of_fold_operating_point(run: RunPaths, index: CocoIndex, folds: list[list[int]], cfg: Config,
@@ -120,6 +146,7 @@ def write_summary(run: Path) -> CVResult:
     result = read_summary(run)
     write_json(RunPaths(run).summary, {"folds_finished": len(result.folds), "folds": result.folds,
                                       "mean": result.mean, "std": result.std, "top_models": result.top_models})
+
     return result
 
 

@@ -290,8 +290,11 @@ def resolve_models(path: str | Path | Sequence[str | Path],
         if missing:
             raise WeightsError(f"{p}: listed checkpoints are gone ({', '.join(missing)}); a study keeps only its "
                                "best trial's models (search.keep_models: best): use studies/NAME/best")
-        point = RunPaths(p.parent).operating_point
-        return [p.parent / m["path"] for m in top], None, read_thresholds(read_json(point)) if point.exists() else None
+        path = RunPaths(p.parent).operating_point
+        point = read_json(path) if path.exists() else {}
+        settings = (config_mod.from_dict({"ensemble": point["ensemble"]}, str(path)).ensemble
+                    if point.get("ensemble") else None)
+        return [p.parent / m["path"] for m in top], settings, read_thresholds(point) if point else None
     if p.is_file():
         return [p], None, None
     raise WeightsError(f"{p}: not a checkpoint, a study's best/ folder or a run's top_models.json")

@@ -15,6 +15,8 @@ from .data.coco import CocoIndex, load_coco
 from .data.summary import crowding_warning
 from .ensemble import Ensemble
 from .errors import ConfigError, DatasetError, DetectorError
+from .files import read_json, write_json
+from .layout import RunPaths
 from .metrics import evaluate_detections
 from .operating_point import OperatingPoint, tune
 from .predict import PredictionRun, coco_results, ground_truth_metrics, run_predictions
@@ -97,10 +99,32 @@ def evaluate_held_out(cfg: Config, run: Path, top_models: list[dict[str, Any]], 
     members = []
     for i, m in enumerate(top_models):
         alone = tune(gt, predictions.member(i).predictions, predictions.image_ids, ensemble.label_map, single)
-        members.append({"path": m["path"], "fold": m["fold"], "epoch": m["epoch"], "cv_score": m["score"],
-                        "metrics": alone.metrics, "score_threshold": alone.thresholds.default})
+        members.append({"path": m["path"], "member": m.get("member"), "source": m.get("source"), "fold": m["fold"],
+                        "epoch": m["epoch"], "cv_score": m["score"], "metrics": alone.metrics,
+                        "score_threshold": alone.thresholds.default})
     metrics = {**point.metrics, "annotations": str(held_out.path), "images": len(predictions.image_ids)}
     return HeldOutResult(metrics, members, point, predictions)
+
+
+def write_held_out(paths: RunPaths, result: HeldOutResult) -> None:
+    """heldout.json (operating point, ensemble and members on data.val) and every member's raw predictions
+    there (heldout_predictions.json, for tuning again without a model)."""
+    run = result.predictions
+    write_json(paths.heldout_predictions, [{"image_id": i, **p.to_dict()} for p, i in
+                                           zip(run.predictions, run.image_ids)], indent=None)
+    write_json(paths.heldout, result.to_dict())
+
+
+def tune_run(cfg: Config, run: Path, held_out: CocoIndex) -> HeldOutResult:
+    """A cv run's published members (top_models.json) predict data.val once; the ensemble's operating point
+    is chosen there and written to operating_point.json, which `detector predict RUN` uses."""
+    paths = RunPaths(run)
+    result = evaluate_held_out(cfg, run, read_json(paths.top_models), held_out)
+    write_held_out(paths, result)
+    write_json(paths.operating_point, {**result.operating_point.to_dict(), "images": result.ensemble["images"],
+                                       "metrics": result.operating_point.metrics,
+                                       "source": f"data.val ({held_out.path}): the published members' predictions"})
+    return result
 
 
 def evaluate_results_file(

@@ -15,7 +15,10 @@ A run folder (`detector train --out RUN`, and each `fold_K/` of a `cv` run)::
       best.pt                best epoch's model (train runs)
       best_predictions.json  the best epoch's validation predictions (COCO results)
       summary.json           best epoch and metrics; in a cv run: per fold, mean and std
-      top/ top_models.json   the cv.top_k best checkpoints over all folds and epochs
+      top/ top_models.json   the published models: refit/*/model.pt, or (refit.strategy folds) the cv.top_k
+                             best checkpoints of each fold in top/
+      refit/NAME/            a run folder per published member, trained on all of data.train (cv runs)
+      model.pt               a refit member's model: its last epoch
       operating_point.json   a cv run's thresholds, chosen on its out-of-fold predictions
       heldout.json           a study trial's operating point, ensemble and members on the held-out split
       heldout_predictions.json  each member's raw predictions on the held-out split (for tuning)
@@ -29,7 +32,9 @@ A study folder (`detector study --name NAME`, default studies/NAME)::
       config.yaml            the study's config
       study.db               the default SQLite storage
       trial_NNNN/            one cv run folder per trial
-      best/                  ensemble.json, config.yaml and model_I.pt of the best trial; test.json
+      refit/NAME/            a run folder per published member, trained on all of data.train
+      best/                  the published ensemble: ensemble.json, config.yaml, model_I.pt, heldout.json (its
+                             members and ensemble on data.val), heldout_predictions.json; test.json
       plots/                 written by `detector report`
 
 A predict output folder (`detector predict ... --out OUT`): predictions.json, predictions.csv, images.json,
@@ -53,11 +58,13 @@ RUN_FILES = {
     "best": "best.pt", "best_predictions": "best_predictions.json", "summary": "summary.json", "top": "top",
     "top_models": "top_models.json", "heldout": "heldout.json", "heldout_predictions": "heldout_predictions.json",
     "operating_point": "operating_point.json", "plots": "plots", "tensorboard": "tensorboard",
-    "augment": "augment.json",
+    "augment": "augment.json", "refit": "refit", "model": "model.pt",
 }
 RUN_ENTRIES = tuple(name for attr, name in RUN_FILES.items() if attr != "lock")
 STUDY_FILES = {"meta": "study.json", "config": CONFIG, "database": "study.db", "lock": ".lock", "best": "best",
-               "ensemble": f"best/{ENSEMBLE}", "test": "best/test.json", "plots": "plots"}
+               "refit": "refit", "publish_lock": ".publish.lock",
+               "ensemble": f"best/{ENSEMBLE}", "test": "best/test.json", "heldout": "best/heldout.json",
+               "plots": "plots"}
 PREDICT_FILES = {"predictions": "predictions.json", "table": "predictions.csv", "images": "images.json",
                  "partial": "predictions.partial.jsonl", "drawn": "drawn"}
 
@@ -97,6 +104,9 @@ class RunPaths(_Folder):
     def checkpoints(self) -> list[Path]:
         """Every model file of the run: the top models and the folds' resume files."""
         return [*self.top.glob("*.pt"), *(f.last for _, f in self.fold_runs() if f.last.exists())]
+
+    def refit_runs(self) -> list["RunPaths"]:
+        return sorted((RunPaths(p) for p in self.refit.glob("*") if p.is_dir()), key=lambda r: r.root.name)
 
 
 @_files(STUDY_FILES)

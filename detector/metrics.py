@@ -12,6 +12,11 @@ The score (the one formula; config `score`):
 
 with P and R the precision and recall at the operating point (IoU >= eval.iou_threshold). beta = 1 is F1;
 beta = 2 counts recall four times as much as precision (recall-first), beta = 0.5 the reverse.
+
+While training and selecting (every epoch, every fold, every trial) the operating point is the threshold that
+maximises F_beta on the split being scored (`score_threshold=None`), so epochs and trials are compared as
+models, not by how well one fixed threshold happens to suit them; the chosen threshold is the `threshold`
+metric. Published models get their own operating point tuned on data.val (operating_point.py).
 """
 from __future__ import annotations
 
@@ -27,23 +32,27 @@ import numpy as np
 from .boxes import box_iou, xywh_to_xyxy
 from .config import ScoreConfig
 
-METRIC_KEYS = ("map", "map_50", "map_75", "precision", "recall", "f1", "score")
+METRIC_KEYS = ("map", "map_50", "map_75", "precision", "recall", "f1", "score", "threshold")
 
 
 def evaluate_detections(
     gt: dict[str, Any],
     results: list[dict[str, Any]],
     *,
-    score_threshold: float = 0.5,
+    score_threshold: float | None = 0.5,
     iou_threshold: float = 0.5,
     score: ScoreConfig | None = None,
     class_thresholds: Mapping[int, float] | None = None,
 ) -> dict[str, Any]:
-    """All metrics a user reads: map, map_50, map_75, precision, recall, f1, f_beta, score and per_class
-    (ap, ap50, precision, recall, f1, num_gt per class name). `class_thresholds` (category id -> threshold)
-    replaces `score_threshold` for the classes it names."""
+    """All metrics a user reads: map, map_50, map_75, precision, recall, f1, f_beta, score, threshold and
+    per_class (ap, ap50, precision, recall, f1, num_gt per class name). `class_thresholds` (category id ->
+    threshold) replaces `score_threshold` for the classes it names; `score_threshold=None` is the threshold
+    that maximises F_beta over all classes on these predictions (selection, see the module docstring)."""
     score = score or ScoreConfig()
-    return metrics_from(coco_map(gt, results), match(gt, results, iou_threshold), gt, score,
+    matched = match(gt, results, iou_threshold)
+    if score_threshold is None:
+        score_threshold = matched.best_threshold(score.beta)
+    return metrics_from(coco_map(gt, results), matched, gt, score,
                         Thresholds(score_threshold, dict(class_thresholds or {})))
 
 
@@ -74,7 +83,7 @@ def metrics_from(coco: dict[str, Any], matched: "Matches", gt: dict[str, Any], s
                            "precision": cp, "recall": cr, "f1": cf, "num_gt": tp + fn,
                            "score_threshold": thresholds.of(cid)}
     out = {"map": coco["map"], "map_50": coco["map_50"], "map_75": coco["map_75"],
-           "precision": p, "recall": r, "f1": f1, "f_beta": f_beta(p, r, score.beta)}
+           "precision": p, "recall": r, "f1": f1, "f_beta": f_beta(p, r, score.beta), "threshold": thresholds.default}
     out["score"] = composite_score(out["map_50"], out["f_beta"], score)
     out["per_class"] = per_class
     return out
@@ -153,8 +162,33 @@ class Matches:
             out[cid] = (tp, fp, self.num_gt.get(cid, 0) - tp)
         return out
 
+    def best_threshold(self, beta: float) -> float:
+        """The one threshold for every class that maximises F_beta over all of them."""
+        tp = np.concatenate([*self.tp_scores.values(), _NONE])
+        fp = np.concatenate([*self.fp_scores.values(), _NONE])
+        return best_threshold(tp, fp, sum(self.num_gt.values()), beta)[0]
+
 
 _NONE = np.zeros(0, np.float64)
+
+
+def best_threshold(tp_scores: np.ndarray, fp_scores: np.ndarray, num_gt: int, beta: float) -> tuple[float, float]:
+    """(threshold, F_beta) maximising F_beta over thresholds at the distinct predicted scores; ties go to the
+    higher threshold (fewer boxes). Without predictions: (1.0, 0.0)."""
+    scores = np.concatenate([tp_scores, fp_scores])
+    if not len(scores) or num_gt == 0:
+        return 1.0, 0.0
+    hit = np.concatenate([np.ones(len(tp_scores)), np.zeros(len(fp_scores))])
+    order = np.argsort(-scores, kind="stable")
+    scores, hit = scores[order], hit[order]
+    tp, kept = np.cumsum(hit), np.arange(1, len(scores) + 1)
+    last = np.r_[scores[1:] != scores[:-1], True]  # a threshold keeps every box of its score
+    tp, kept, candidates = tp[last], kept[last], scores[last]
+    precision, recall = tp / kept, tp / num_gt
+    b2 = beta * beta
+    values = np.where(tp > 0, (1 + b2) * precision * recall / np.maximum(b2 * precision + recall, 1e-12), 0.0)
+    i = int(np.flatnonzero(values == values.max())[0])  # candidates descend: the first is the highest
+    return float(candidates[i]), float(values[i])
 
 
 def match(gt: dict[str, Any], results: list[dict[str, Any]], iou_threshold: float) -> Matches:

@@ -27,6 +27,29 @@ def format_metrics(m: dict[str, Any]) -> str:
 
 
 FOLD_COLUMNS = ("map_50", "f1", "precision", "recall", "score")
+PUBLISHED_COLUMNS = ("map", "map_50", "map_75", "precision", "recall", "f1", "score", "threshold")
+
+
+def format_published(heldout: dict[str, Any], fold_mean: dict[str, float] | None = None, fmt: str = "table") -> str:
+    """The published models on data.val (a run's or study's heldout.json): each member alone at its own tuned
+    threshold and their fused ensemble at its operating point, below the folds' estimate (each fold's best
+    epoch on its own validation images: other images, so a guide rather than a comparison)."""
+    rows = []
+    if fold_mean:
+        rows.append(["fold estimate (mean)", *(_cell(fold_mean.get(k)) for k in PUBLISHED_COLUMNS)])
+    for m in heldout["members"]:
+        metrics = {**m["metrics"], "threshold": m.get("score_threshold")}
+        rows.append([f"member {m.get('member') or m['path']}", *(_cell(metrics.get(k)) for k in PUBLISHED_COLUMNS)])
+    e = heldout["ensemble"]
+    rows.append([f"ensemble of {len(heldout['members'])}",
+                 *(_cell({**e, "threshold": heldout["operating_point"]["score_threshold"]}.get(k))
+                   for k in PUBLISHED_COLUMNS)])
+    title = f"published models on data.val ({e.get('annotations', '?')}, {e.get('images', '?')} images):\n"
+    return (title if fmt == "table" else "") + render_table(("model", *PUBLISHED_COLUMNS), rows, fmt)
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
 
 
 def format_cv(folds: list[dict[str, Any]], mean: dict[str, float], std: dict[str, float],
@@ -120,24 +143,26 @@ def pr_curves_of_fold(run: Path, fold: int) -> dict[str, tuple[list[float], list
 
 
 def format_trials(rows: list[dict[str, Any]], fmt: str = "table") -> str:
-    """The trials of a study (search.trial_rows) as table, markdown, csv or json, best trial last."""
+    """The trials of a study (search.trial_rows) as table, markdown, csv or json: value, map_50, map and f1
+    are fold means (every trial on the same folds), best_epochs each fold's best epoch."""
     if fmt == "json":
         import json
         return json.dumps(rows, indent=2)
     keys = sorted({k for r in rows for k in r["params"]})
     short = {k: k.rsplit(".", 1)[-1] for k in keys}
-    header = ("trial", "state", "value", "map_50", "f1", "members", "cv_score", "seconds",
+    header = ("trial", "state", "value", "map_50", "map", "f1", "best_epochs", "seconds",
               *(short[k] for k in keys), "note")
     table = []
     for r in rows:
-        ens, cv = r["ensemble"] or {}, r["cv_mean"] or {}
+        cv = r["cv_mean"] or {}
         note = r["fail_reason"] or (f"retry of {r['retry_of']}" if r["retry_of"] is not None else "")
         if r["state"] == "PRUNED" and r["last_step"] is not None:
             note = f"pruned at step {r['last_step']}"
-        table.append([str(r["number"]), r["state"].lower(), _num(r["value"]), _num(ens.get("map_50")),
-                      _num(ens.get("f1")), "/".join(_num(m.get("score")) for m in r["members"]),
-                      _num(cv.get("score")), _num(r["seconds"], 0),
-                      *(_param(r["params"].get(k)) for k in keys), note])
+        if r.get("start"):
+            note = ("the config's own values; " + note).rstrip("; ")
+        table.append([str(r["number"]), r["state"].lower(), _num(r["value"]), _num(cv.get("map_50")),
+                      _num(cv.get("map")), _num(cv.get("f1")), "/".join(str(e) for e in r.get("best_epochs") or []),
+                      _num(r["seconds"], 0), *(_param(r["params"].get(k)) for k in keys), note])
     return render_table(header, table, fmt)
 
 

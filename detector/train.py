@@ -137,7 +137,7 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, run: Path, w
         cfg.model, num_classes=label_map.num_classes, image_size=size, seed=cfg.train.seed,
         anchor_shapes=resume["anchors"] if resume else None, box_shapes=box_shapes(train_index, size),
         class_counts=class_counts(train_index))
-    anchors = resume["anchors"] if resume else (anchor_fit.shapes if anchor_fit else None)
+    anchors = resume["anchors"] if resume else (anchor_fit.shapes if anchor_fit and anchor_fit.used else None)
     anchor_info = _anchor_info(resume, anchor_fit, run, log, write=w.main)
     model.to(device)
     ema = ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=True) if cfg.train.ema else None
@@ -313,7 +313,8 @@ def _anchor_info(resume, anchor_fit, run: Path, log, write: bool = True) -> dict
         write_json(path, info)
     f, d = anchor_fit.fitted, anchor_fit.default
     log(f"anchors (k-means on {anchor_fit.num_boxes} boxes): mean IoU {f.mean_iou:.3f} vs default "
-        f"{d.mean_iou:.3f}; best possible recall {f.bpr:.3f} vs {d.bpr:.3f}")
+        f"{d.mean_iou:.3f}; best possible recall {f.bpr:.3f} vs {d.bpr:.3f}"
+        + ("" if anchor_fit.used else "; torchvision's defaults kept (model.anchors auto)"))
     return info
 
 
@@ -327,7 +328,7 @@ def _evaluate(model, loader, gt, label_map, cfg: Config, device, precision: Prec
     results = to_coco_results(predictions, label_map)
     if w.active:  # each rank predicted its shard of the validation images
         results = sorted((r for part in distributed.gather(w, results) for r in part), key=lambda r: r["image_id"])
-    metrics = evaluate_detections(gt, results, score_threshold=cfg.eval.score_threshold,
+    metrics = evaluate_detections(gt, results, score_threshold=None,  # selection: at this split's best threshold
                                   iou_threshold=cfg.eval.iou_threshold, score=cfg.score)
     return metrics, results
 

@@ -347,7 +347,7 @@ def test_a_killed_study_resumes_where_fcntl_and_proc_do_not_exist(sample, tmp_pa
 
 
 def test_checkpoints_of_trials_that_failed_with_an_error_are_freed(tmp_path):
-    from detector.search import sync_best
+    from detector.search.best import free_other_trials
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", direction="maximize")
     for number, (state, attrs) in enumerate([(TrialState.FAIL, {"fail_reason": "ValueError: boom"}),
@@ -361,7 +361,7 @@ def test_checkpoints_of_trials_that_failed_with_an_error_are_freed(tmp_path):
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         study.tell(trial, 0.5 if state == TrialState.COMPLETE else None, state=state)
-    sync_best(study, tmp_path, "best")
+    free_other_trials(study, tmp_path, "best")
     assert not (tmp_path / "trial_0000" / "top" / "fold0_epoch000.pt").exists()
     assert (tmp_path / "trial_0001" / "top" / "fold0_epoch000.pt").exists()
     assert (tmp_path / "trial_0002" / "top" / "fold0_epoch000.pt").exists()

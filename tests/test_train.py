@@ -57,7 +57,9 @@ def test_fit_writes_the_run_and_checkpoint_round_trip(sample, tmp_path):
     save_checkpoint(tmp_path / "legacy.pt", state)
     assert restore_model(tmp_path / "legacy.pt").model.transform.image_mean == pytest.approx([0.485, 0.456, 0.406])
     # the restored model reproduces the predictions it was scored on during training
-    again = evaluate_checkpoint(run / "best.pt", sample["val"], progress=False)
+    # (training scores each epoch at its best threshold, recorded as `threshold`)
+    again = evaluate_checkpoint(run / "best.pt", sample["val"], score_threshold=result.best_metrics["threshold"],
+                                progress=False)
     for key in ("map", "map_50", "precision", "recall", "f1", "score"):
         assert again[key] == pytest.approx(result.best_metrics[key], abs=1e-9), key
 

@@ -34,12 +34,18 @@ class AnchorFit:
     fitted: Fitness
     default: Fitness
     num_boxes: int
+    used: bool = True  # False: model.anchors auto kept torchvision's defaults, which fit these boxes as well
+
+    @property
+    def beats_default(self) -> bool:
+        """The fitted anchors cover at least as many boxes (best possible recall) and fit them closer."""
+        return self.fitted.bpr >= self.default.bpr and self.fitted.mean_iou > self.default.mean_iou
 
     def to_dict(self) -> dict:
         return {
             "shapes": [[list(s) for s in level] for level in self.shapes],
             "fitness": self.fitted.to_dict(), "default_fitness": self.default.to_dict(),
-            "num_boxes": self.num_boxes,
+            "num_boxes": self.num_boxes, "used": self.used,
         }
 
 

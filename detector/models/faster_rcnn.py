@@ -2,6 +2,7 @@
 assemble(): the same from parts already built."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -62,11 +63,14 @@ def build(
                           trainable_layers=cfg.trainable_layers, frozen_bn=cfg.frozen_bn,
                           fpn_channels=cfg.fpn_channels, fpn_norm=cfg.heads == "v2")
     fit = None
-    if anchor_shapes is None and cfg.anchors == "kmeans":
+    if anchor_shapes is None and cfg.anchors != "default":
         if box_shapes is None or len(box_shapes) == 0:
-            raise ConfigError("model.anchors=kmeans needs training boxes to fit; the training split has none")
+            raise ConfigError(f"model.anchors={cfg.anchors} needs training boxes to fit; the training split has none")
         fit = fit_anchors(box_shapes, num_levels=num_levels(body), per_level=cfg.anchors_per_level, seed=seed)
-        anchor_shapes = fit.shapes
+        if cfg.anchors == "auto" and not fit.beats_default:
+            fit = dataclasses.replace(fit, used=False)
+        else:
+            anchor_shapes = fit.shapes
     levels = num_levels(body)
     if anchor_shapes is not None and len(anchor_shapes) != levels:
         raise ConfigError(f"anchors have {len(anchor_shapes)} levels but backbone {cfg.backbone} has {levels}")

@@ -1,11 +1,15 @@
-"""Publishing STUDY/best: the best trial's models, config and ensemble settings, replaced atomically; other
-finished trials' models are freed (search.keep_models: best)."""
+"""Publishing STUDY/best once the trials are done: the trials are ranked by their fold-mean score (the same
+folds for every trial), the members are refit on all of data.train (refit.strategy: the best config with
+several seeds, or the best trials' configs; `folds` keeps the best trial's fold models instead), they
+predict data.val once, the ensemble's operating point is tuned there, and best/ is replaced atomically.
+Other finished trials' models are freed as the study goes (search.keep_models: best)."""
 from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -13,65 +17,118 @@ from optuna.trial import TrialState
 from .. import config as config_mod
 from ..checkpoint import load_checkpoint
 from ..config import Config
+from ..cv import read_summary
 from ..data.coco import CocoIndex
-from ..evaluate import evaluate_on_test
+from ..evaluate import HeldOutResult, evaluate_held_out, evaluate_on_test, write_held_out
 from ..files import read_json, write_json
 from ..layout import CONFIG, ENSEMBLE, RunPaths, StudyPaths, member_file, trial_folder
+from ..refit import Member, fold_epochs, member, seed_members
 from .objective import free_checkpoints
 
 
-def best_trial(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
+def ranked_trials(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """Complete trials, best fold-mean score first (the earlier trial first among equals)."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    return max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+    return sorted(complete, key=lambda t: (-t.value, t.number))
 
 
-def sync_best(study: optuna.Study, directory: Path, keep_models: str = "best") -> Path | None:
-    """Make STUDY/best hold the best trial's models and ensemble settings; free other trials' models."""
+def best_trial(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
+    ranked = ranked_trials(trials)
+    return ranked[0] if ranked else None
+
+
+def free_other_trials(study: optuna.Study, directory: Path, keep_models: str = "best") -> None:
+    """With keep_models best, finished trials other than the best one lose their model files."""
     trials = study.get_trials(deepcopy=False)
     best = best_trial(trials)
-    if best is None:
-        return None
-    study_paths = StudyPaths(directory)
-    meta = study_paths.ensemble
-    current = read_json(meta).get("trial") if meta.exists() else None
-    run = study_paths.trial(best.user_attrs.get("run_dir", trial_folder(best.number)))
-    if current != best.number and run.top_models.exists():
-        _write_best(best, run, study_paths.best)
-    if keep_models == "best":
-        for t in trials:
-            finished = t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-                t.state == TrialState.FAIL and "fail_reason" in t.user_attrs)  # failed with an error: no retry
-            if finished and t.number != best.number and "run_dir" in t.user_attrs:
-                if t.user_attrs["run_dir"] != best.user_attrs.get("run_dir"):
-                    free_checkpoints(study_paths.trial(t.user_attrs["run_dir"]).root)
-    return study_paths.best
-
-
-def _write_best(best: optuna.trial.FrozenTrial, paths: RunPaths, target: Path) -> None:
-    run = paths.root
-    top = read_json(paths.top_models)
-    if not all((run / m["path"]).exists() for m in top):
+    if keep_models != "best" or best is None:
         return
-    cfg = config_mod.load(paths.config)
+    for t in trials:
+        finished = t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+            t.state == TrialState.FAIL and "fail_reason" in t.user_attrs)  # failed with an error: no retry
+        if finished and "run_dir" in t.user_attrs and t.user_attrs["run_dir"] != best.user_attrs.get("run_dir"):
+            free_checkpoints(StudyPaths(directory).trial(t.user_attrs["run_dir"]).root)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What best/ will hold: members to refit below `root` (or, for refit.strategy folds, the best trial's
+    fold models, `entries` relative to root), planned from the ranked trials."""
+
+    trial: int
+    root: Path
+    members: list[Member]
+    entries: list[dict[str, Any]]
+
+
+def plan(study: optuna.Study, directory: Path, cfg: Config) -> Plan | None:
+    ranked = ranked_trials(study.get_trials(deepcopy=False))
+    if not ranked:
+        return None
+    paths = StudyPaths(directory)
+    runs = [paths.trial(t.user_attrs.get("run_dir", trial_folder(t.number))) for t in ranked]
+    if cfg.refit.strategy == "folds":
+        return Plan(ranked[0].number, runs[0].root, [], read_json(runs[0].top_models))
+    if cfg.refit.strategy == "seeds":
+        trial_cfg, epochs = _trial_recipe(runs[0], cfg)
+        members = seed_members(trial_cfg, epochs, cfg.refit.members, prefix=f"{runs[0].root.name}_")
+    else:
+        members = []
+        for t, run in list(zip(ranked, runs))[: cfg.refit.members]:
+            trial_cfg, epochs = _trial_recipe(run, cfg)
+            members.append(member(trial_cfg, epochs, trial_cfg.train.seed, run.root.name, f"trial {t.number}"))
+    return Plan(ranked[0].number, paths.refit, members, [])
+
+
+def _trial_recipe(run: RunPaths, cfg: Config) -> tuple[Config, int]:
+    """A trial's config (its parameters applied) and the epochs its folds chose."""
+    return config_mod.load(run.config), fold_epochs(read_summary(run.root).folds, cfg.refit.epochs)
+
+
+def publish(plan_: Plan, entries: list[dict[str, Any]], study: optuna.Study, directory: Path, cfg: Config,
+            held_out: CocoIndex, log: Callable[[str], None]) -> Path:
+    """Tune the members' ensemble on data.val and make STUDY/best hold it (unchanged if it already does)."""
+    paths = StudyPaths(directory)
+    sources = [str(plan_.root / e["path"]) for e in entries]
+    if paths.ensemble.exists() and [m.get("path") for m in read_json(paths.ensemble)["members"]] == sources:
+        return paths.best
+    best = study.get_trials(deepcopy=False)[plan_.trial]
+    member_cfg = config_mod.load(paths.trial(best.user_attrs.get("run_dir", trial_folder(best.number))).config)
+    result = evaluate_held_out(member_cfg, plan_.root, entries, held_out)
+    point = result.operating_point
+    log(f"published ensemble of {len(entries)} on data.val: operating point from {point.evaluations} settings in "
+        f"{point.seconds:.1f}s: threshold {point.thresholds.default:.3f}, score {point.score:.4f} (configured "
+        f"{point.configured_score:.4f}); members alone: "
+        + ", ".join(f"{m['metrics']['score']:.4f}" for m in result.members))
+    _write_best(best, plan_, entries, result, cfg, paths)
+    return paths.best
+
+
+def _write_best(best: optuna.trial.FrozenTrial, plan_: Plan, entries: list[dict[str, Any]], result: HeldOutResult,
+                cfg: Config, paths: StudyPaths) -> None:
+    target = paths.best
     tmp = target.with_name(".best.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     members = []
-    heldout = {m["path"]: m for m in best.user_attrs.get("members", [])}
-    for i, m in enumerate(top):
+    for i, (e, alone) in enumerate(zip(entries, result.members)):
         name = member_file(i)
-        _link_or_copy(run / m["path"], tmp / name)
-        members.append({"file": name, "source": f"{run.name}/{m['path']}", "fold": m["fold"], "epoch": m["epoch"],
-                        "cv_score": m["score"], "heldout": heldout.get(m["path"], {}).get("metrics")})
-    shutil.copy2(paths.config, tmp / CONFIG)
+        _link_or_copy(plan_.root / e["path"], tmp / name)
+        members.append({"file": name, "path": str(plan_.root / e["path"]), "source": e.get("source") or
+                        f"{plan_.root.name}/{e['path']}", "fold": e["fold"], "epoch": e["epoch"],
+                        "heldout": alone["metrics"], "score_threshold": alone["score_threshold"]})
+    run = paths.trial(best.user_attrs.get("run_dir", trial_folder(best.number)))
+    shutil.copy2(run.config, tmp / CONFIG)
     label_map = load_checkpoint(tmp / member_file(0))["label_map"]
-    point = best.user_attrs.get("operating_point") or {
-        "ensemble": cfg.to_dict()["ensemble"], "score_threshold": cfg.eval.score_threshold, "class_thresholds": {}}
+    point = result.operating_point.to_dict()
     write_json(tmp / ENSEMBLE, {
-        "trial": best.number, "value": best.value, "params": best.params, "run": run.name,
-        "metrics": best.user_attrs.get("ensemble"), "members": members, "ensemble": point["ensemble"],
+        "trial": best.number, "value": best.value, "params": best.params, "run": run.root.name,
+        "fold_estimate": best.user_attrs.get("cv_mean"), "refit": {**cfg.to_dict()["refit"], "epochs_trained":
+                                                                   [e["epoch"] + 1 for e in entries]},
+        "metrics": result.ensemble, "members": members, "ensemble": point["ensemble"],
         "score_threshold": point["score_threshold"], "class_thresholds": point["class_thresholds"],
         "iou_threshold": cfg.eval.iou_threshold, "operating_point": point, "label_map": label_map})
+    write_held_out(RunPaths(tmp), result)
     old = target.with_name(".best.old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
@@ -81,19 +138,21 @@ def _write_best(best: optuna.trial.FrozenTrial, paths: RunPaths, target: Path) -
 
 
 def score_best_on_test(directory: Path, test: CocoIndex, cfg: Config, log: Callable[[str], None]) -> dict | None:
-    """Score STUDY/best once on the test split (again only when best/ holds another trial): best/test.json.
+    """Score STUDY/best once on the test split (again only when best/ holds other models): best/test.json.
     The study never selects or tunes on it."""
     paths = StudyPaths(directory)
     if not paths.ensemble.exists():
         return None
-    trial = read_json(paths.ensemble)["trial"]
-    if paths.test.exists() and read_json(paths.test).get("trial") == trial:
+    meta = read_json(paths.ensemble)
+    published = [m.get("path") for m in meta["members"]]
+    if paths.test.exists() and read_json(paths.test).get("members") == published:
         return read_json(paths.test)
-    result = {"trial": trial, **evaluate_on_test(paths.best, test, cfg)}
+    result = {"trial": meta["trial"], "members": published, **evaluate_on_test(paths.best, test, cfg)}
     write_json(paths.test, result)
     m = result["metrics"]
-    log(f"test split ({result['images']} images, {result['boxes']} boxes), best trial {trial}: score "
-        f"{m['score']:.4f}, map_50 {m['map_50']:.4f}, recall {m['recall']:.4f}, precision {m['precision']:.4f}")
+    log(f"test split ({result['images']} images, {result['boxes']} boxes), published ensemble: score "
+        f"{m['score']:.4f}, map_50 {m['map_50']:.4f}, map {m['map']:.4f}, recall {m['recall']:.4f}, precision "
+        f"{m['precision']:.4f}")
     return result
 
 

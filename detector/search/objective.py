@@ -1,9 +1,12 @@
-"""The objective: one trial is a k-fold run (pruned on its fold-mean score) scored by the WBF ensemble of its
-top models on the held-out split."""
+"""The objective: one trial is a k-fold run of the trial's config, pruned and scored on its fold-mean score.
+
+Every trial uses the same folds (cv.seed), so the fold-mean scores of two trials are measured on the same
+images and can be ranked. The trial publishes nothing: after the study, its best config is refit on all of
+data.train (search/best.py), and data.val tunes the published ensemble.
+"""
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -15,8 +18,7 @@ from .. import distributed
 from ..config import Config
 from ..cv import run_cv
 from ..data.coco import CocoIndex
-from ..evaluate import check_held_out, evaluate_held_out
-from ..files import write_json
+from ..evaluate import check_held_out
 from ..layout import RunPaths, trial_folder
 from ..metrics import METRIC_KEYS
 from ..metric_log import read_metric_rows
@@ -25,7 +27,7 @@ from .space import suggest
 
 
 class Objective:
-    """One trial: suggest -> k-fold run (pruned on the fold-mean score) -> WBF ensemble on held-out data."""
+    """One trial: suggest -> k-fold run (pruned on the fold-mean score) -> its fold-mean score."""
 
     def __init__(self, cfg: Config, study_dir: str | Path, *, train_index: CocoIndex | None = None,
                  held_out: CocoIndex | None = None, progress: bool = False, log: Callable[[str], None] = print):
@@ -43,29 +45,16 @@ class Objective:
         self.log(f"trial {trial.number}: {_format_params(params)} -> {run}")
         hook = PruningHook(trial, run, trial_cfg.train.epochs)
         try:
-            cv = run_cv(trial_cfg, run, on_epoch_end=hook, index=self.train_index, progress=self.progress,
-                        log=lambda s: self.log(f"trial {trial.number}: {s}"))
+            cv = run_cv(trial_cfg, run, on_epoch_end=hook, index=self.train_index, refit=False,
+                        progress=self.progress, log=lambda s: self.log(f"trial {trial.number}: {s}"))
         except optuna.TrialPruned:
             if distributed.world().main:
                 free_checkpoints(run)
             raise
         trial.set_user_attr("cv_mean", {k: cv.mean[k] for k in METRIC_KEYS})
-        started = time.perf_counter()
-        result = evaluate_held_out(trial_cfg, run, cv.top_models, self.held_out)
-        trial.set_user_attr("heldout_seconds", round(time.perf_counter() - started, 3))
-        paths = RunPaths(run)
-        if distributed.world().main:
-            write_json(paths.heldout_predictions, [{"image_id": i, **p.to_dict()} for p, i in
-                                                   zip(result.predictions.predictions, result.predictions.image_ids)],
-                       indent=None)
-            write_json(paths.heldout, result.to_dict())
-        point = result.operating_point
-        self.log(f"trial {trial.number}: operating point from {point.evaluations} settings in {point.seconds:.1f}s: "
-                 f"{_describe(point)}; score {point.score:.4f} (configured {point.configured_score:.4f})")
-        trial.set_user_attr("ensemble", _plain_metrics(result.ensemble))
-        trial.set_user_attr("operating_point", point.to_dict())
-        trial.set_user_attr("members", [{**m, "metrics": _plain_metrics(m["metrics"])} for m in result.members])
-        return float(point.score)
+        trial.set_user_attr("cv_std", {k: cv.std[k] for k in METRIC_KEYS})
+        trial.set_user_attr("best_epochs", [f["best_epoch"] for f in cv.folds])
+        return float(cv.mean["score"])
 
 
 class PruningHook:
@@ -94,17 +83,6 @@ class PruningHook:
             self.trial.report(value, fold * self.epochs + epoch)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at fold {fold}, epoch {epoch}: fold-mean score {value:.4f}")
-
-
-def _plain_metrics(m: dict[str, Any]) -> dict[str, float]:
-    return {k: float(m[k]) for k in METRIC_KEYS if k in m}
-
-
-def _describe(point) -> str:
-    e = point.ensemble
-    per_class = f" (+{len(point.thresholds.per_class)} per class)" if point.thresholds.per_class else ""
-    return (f"threshold {point.thresholds.default:.3f}{per_class}, WBF {e.conf_type} iou {e.iou_thr} skip "
-            f"{e.skip_box_thr} weights {e.weights or 'equal'}")
 
 
 def _format_params(params: dict[str, Any]) -> str:

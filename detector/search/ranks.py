@@ -3,14 +3,15 @@ results; every rank runs each trial's objective together, with the parameters ra
 decisions (optuna-integration's TorchDistributedTrial broadcasts both)."""
 from __future__ import annotations
 
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 import optuna
 
 from .. import distributed
 from ..errors import DetectorError
 
-TRIAL, STOP = "trial", "stop"
+TRIAL, REFIT, STOP = "trial", "refit", "stop"
 
 
 def shared(objective: Callable, w: distributed.World) -> Callable[[optuna.Trial], float]:
@@ -33,16 +34,28 @@ def stop(w: distributed.World, error: str | None = None) -> None:
         distributed.broadcast(w, (STOP, error))
 
 
-def follow(objective: Callable, w: distributed.World) -> None:
-    """Ranks other than 0: run every trial rank 0 announces, until it stops."""
+def announce_refit(w: distributed.World, members: list, root: Path) -> None:
+    """Rank 0 is about to refit `members` below `root`: the other ranks train them with it."""
+    if w.active:
+        distributed.broadcast(w, (REFIT, ([m.to_dict() for m in members], str(root))))
+
+
+def follow(objective: Callable, w: distributed.World, refit: Callable[[list, Path], Any]) -> None:
+    """Ranks other than 0: run every trial and refit rank 0 announces, until it stops."""
     from optuna_integration import TorchDistributedTrial
 
+    from ..refit import Member
+
     while True:
-        command, error = distributed.broadcast(w, None)
+        command, payload = distributed.broadcast(w, None)
         if command == STOP:
-            if error is not None:
-                raise DetectorError(f"rank 0 stopped: {error}")
+            if payload is not None:
+                raise DetectorError(f"rank 0 stopped: {payload}")
             return
+        if command == REFIT:
+            members, root = payload
+            refit([Member.from_dict(m) for m in members], Path(root))
+            continue
         try:
             objective(TorchDistributedTrial(None))
         except (optuna.TrialPruned, DetectorError):

@@ -10,20 +10,21 @@ import optuna
 from ..layout import StudyPaths
 from ..plots import save_figures, study_figures
 from ..files import read_json
-from ..report import format_per_class, format_trials
+from ..report import format_per_class, format_published, format_trials
 from .objective import _format_params
 from .storage import load_study
 from .study import summarize
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """One plain dict per trial: number, state, value, params, held-out ensemble and member metrics."""
+    """One plain dict per trial: number, state, value (its fold-mean score), params, fold means and stds, the
+    folds' best epochs."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs
         rows.append({"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-                     "ensemble": a.get("ensemble"), "members": [m["metrics"] for m in a.get("members", [])],
-                     "cv_mean": a.get("cv_mean"), "seconds": a.get("seconds"), "run_dir": a.get("run_dir"),
+                     "start": bool(a.get("start")), "cv_mean": a.get("cv_mean"), "cv_std": a.get("cv_std"),
+                     "best_epochs": a.get("best_epochs"), "seconds": a.get("seconds"), "run_dir": a.get("run_dir"),
                      "fail_reason": a.get("fail_reason"),
                      "retry_of": t.system_attrs.get("failed_trial"),
                      "intermediate": dict(t.intermediate_values),
@@ -46,22 +47,24 @@ def plot_study(study: optuna.Study, rows: list[dict[str, Any]], out_dir: Path) -
     return save_figures(figures, out_dir), skipped
 
 
-def _scores_of_best(paths: StudyPaths, best: dict[str, Any]) -> list[str]:
-    """The best trial's operating point, its selection score on data.val and its test score on data.test."""
+def _published(paths: StudyPaths, best: dict[str, Any]) -> list[str]:
+    """best/: how its members were made, their and the ensemble's scores on data.val beside the fold estimate,
+    the operating point, and the test score on data.test."""
     meta = read_json(paths.ensemble)
+    refit = meta.get("refit") or {}
+    lines = [f"  models: {paths.best} (detector predict {paths.best} IMAGES --out DIR); refit.strategy "
+             f"{refit.get('strategy', '?')}: " + "; ".join(m["source"] for m in meta["members"])]
+    if paths.heldout.exists():
+        lines.append(format_published(read_json(paths.heldout), best.get("cv_mean")))
     point = meta.get("operating_point") or {}
-    lines = []
     if point:
         e, per_class = point["ensemble"], point.get("class_thresholds") or {}
-        lines.append(f"\noperating point (chosen on data.val from stored predictions): threshold "
+        lines.append(f"operating point (chosen on data.val from stored predictions): threshold "
                      f"{point['score_threshold']:.3f}" + (f", per class {per_class}" if per_class else "") +
                      f"; WBF {e['conf_type']}, iou_thr {e['iou_thr']}, skip_box_thr {e['skip_box_thr']}, weights "
                      f"{e['weights'] or 'equal'}; score {point['score']:.4f} vs {point['configured_score']:.4f} "
-                     "with the configured settings")
-    heldout = paths.trial(best["run_dir"]).heldout
-    val = read_json(heldout)["ensemble"] if heldout.exists() else {}
-    lines.append(f"selection score on data.val ({val.get('annotations', '?')}, {val.get('images', '?')} images): "
-                 f"{best['value']:.4f}; it chose this trial and its operating point, so it is optimistic")
+                     "with the configured settings (optimistic: chosen on these images)")
+    val = meta.get("metrics") or {}
     if val.get("per_class"):
         lines.append(format_per_class(val))
     if paths.test.exists():
@@ -72,8 +75,8 @@ def _scores_of_best(paths: StudyPaths, best: dict[str, Any]) -> list[str]:
                      f"{m['map']:.4f}")
         lines.append(format_per_class(m))
     else:
-        lines.append("no data.test: the selection score above is the only score; set data.test to an untouched "
-                     "split for an unbiased one")
+        lines.append("no data.test: the scores above are the only ones; set data.test to an untouched split for "
+                     "an unbiased one")
     return lines
 
 
@@ -91,16 +94,11 @@ def report_study(study_dir: str | Path, fmt: str = "table", storage: str | None 
     parts = [f"study {result.name} ({directory}): {states}", format_trials(rows, fmt)]
     best = next((r for r in rows if r["number"] == result.best_trial), None)
     if best is not None:
-        e = best["ensemble"] or {}
-        parts.append(f"\nbest trial {best['number']}: value {best['value']:.4f}; held-out ensemble map_50 "
-                     f"{e.get('map_50', float('nan')):.4f}, f1 {e.get('f1', float('nan')):.4f}, map "
-                     f"{e.get('map', float('nan')):.4f}")
+        parts.append(f"\nbest trial {best['number']}: fold-mean score {best['value']:.4f} (the trials are ranked "
+                     "by it: the same folds for every trial)")
         parts.append("  params: " + _format_params(best["params"]))
-        parts += [f"  member {i}: score {m.get('score', float('nan')):.4f}  map_50 {m.get('map_50', float('nan')):.4f}"
-                  f"  f1 {m.get('f1', float('nan')):.4f}" for i, m in enumerate(best["members"])]
         if paths.ensemble.exists():
-            parts.append(f"  models: {paths.best} (detector predict {paths.best} IMAGES --out DIR)")
-            parts += _scores_of_best(paths, best)
+            parts += _published(paths, best)
     if plots:
         parts.append("plots: " + ", ".join(str(p) for p in plots))
     parts += [f"not plotted yet: {s}" for s in skipped]

@@ -29,6 +29,33 @@ def check_space(cfg: Config) -> None:
                 raise ConfigError(f"search.space.{key}: the value {value!r} does not fit ({e})") from None
 
 
+def starting_params(cfg: Config) -> dict[str, Any]:
+    """The config's own value of every searched key the space can draw (trial 0 of a study runs them, so the
+    report shows the starting recipe beside what the search found). A value outside its range is left out:
+    the sampler draws that key."""
+    raw = config_mod.resolve_paths(cfg).to_dict()
+    out = {}
+    for key, spec in cfg.search.space.items():
+        node: Any = raw
+        for part in key.split("."):
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                node = node.get(part) if isinstance(node, dict) else None
+        if _drawable(node, spec):
+            out[key] = node
+    return out
+
+
+def _drawable(value: Any, spec: Any) -> bool:
+    if isinstance(spec, list):
+        return any(value == v and type(value) is type(v) for v in spec)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not isinstance(spec, dict):
+        return False
+    low, high = numeric(spec.get("low")), numeric(spec.get("high"))
+    return isinstance(low, (int, float)) and isinstance(high, (int, float)) and low <= value <= high
+
+
 class _SpaceProbe:
     """Stands in for a trial: records the values a search spec can draw at its ends."""
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 import optuna
+from filelock import FileLock, Timeout
 from optuna.trial import TrialState
 
 from .. import config as config_mod
@@ -18,10 +19,11 @@ from ..layout import StudyPaths
 from ..runs import RESUMABLE_CHANGES
 from ..evaluate import check_held_out
 from ..train import load_test
-from .best import best_trial, score_best_on_test, sync_best
+from ..refit import Member, refit
+from .best import best_trial, free_other_trials, plan, publish, score_best_on_test
 from . import ranks
 from .objective import Objective
-from .space import check_space
+from .space import check_space, starting_params
 from .storage import open_study, record_storage, storage_url
 from .workers import StudyLock, claim, run_trial
 
@@ -50,11 +52,16 @@ def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None,
     objective = Objective(cfg, directory, progress=progress and w.main, log=log)  # validates the data first
     test = load_test(cfg, objective.train_index.label_map)
     check_held_out(objective.train_index, objective.held_out, test)  # read only here, and at the end
-    if not w.main:  # under torchrun: the trials rank 0 runs, run together
-        ranks.follow(objective, w)
+    def refit_members(members: list[Member], root: Path) -> list[dict]:
+        return refit(members, objective.train_index, objective.held_out, root, progress=progress and w.main, log=log)
+
+    if not w.main:  # under torchrun: the trials and refits rank 0 runs, run together
+        ranks.follow(objective, w, refit_members)
         return StudyResult(directory, directory.name, {}, None, None)
     try:
-        result = _lead(cfg, directory, storage, ranks.shared(objective, w), test, log)
+        result = _lead(cfg, directory, storage, ranks.shared(objective, w), test, log,
+                       publish_best=lambda study: _publish(study, directory, cfg, objective.held_out, w,
+                                                           refit_members, log))
     except BaseException as e:
         ranks.stop(w, f"{type(e).__name__}: {e}")
         raise
@@ -62,7 +69,8 @@ def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None,
     return result
 
 
-def _lead(cfg: Config, directory: Path, storage: str | None, objective: Callable, test, log) -> StudyResult:
+def _lead(cfg: Config, directory: Path, storage: str | None, objective: Callable, test, log,
+          publish_best: Callable[[optuna.Study], Path | None]) -> StudyResult:
     directory.mkdir(parents=True, exist_ok=True)
     url = storage_url(directory, storage)
     lock = StudyLock(url, directory, directory.name)
@@ -70,7 +78,8 @@ def _lead(cfg: Config, directory: Path, storage: str | None, objective: Callable
         study, rdb = open_study(directory, url, cfg.search)
         _check_config(study, cfg, directory)
         record_storage(directory, url)
-        sync_best(study, directory, cfg.search.keep_models)  # in case a worker died while updating best/
+        if not study.get_trials(deepcopy=False):  # trial 0: the config's own values, beside what the search finds
+            study.enqueue_trial(starting_params(cfg), user_attrs={"start": True})
     config_mod.save(config_mod.resolve_paths(cfg), StudyPaths(directory).config)
     study_id = rdb.get_study_id_from_name(study.study_name)
     started = time.monotonic()
@@ -88,11 +97,34 @@ def _lead(cfg: Config, directory: Path, storage: str | None, objective: Callable
         run_trial(study, rdb, rdb.get_trial_id_from_study_id_trial_number(study_id, trial.number), trial,
                   objective, cfg.search, log)
         with lock.held():
-            sync_best(study, directory, cfg.search.keep_models)
-    if test is not None:
+            free_other_trials(study, directory, cfg.search.keep_models)
+    if publish_best(study) is not None and test is not None:
         with lock.held():
             score_best_on_test(directory, test, cfg, log)
     return summarize(study, directory)
+
+
+def _publish(study: optuna.Study, directory: Path, cfg: Config, held_out, w: distributed.World,
+             refit_members: Callable[[list[Member], Path], list[dict]], log) -> Path | None:
+    """Refit and publish best/ (search/best.py); one worker at a time, the others leave it to that one."""
+    lock = FileLock(str(StudyPaths(directory).publish_lock), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        log("another worker is publishing best/; this one stops here")
+        return None
+    try:
+        planned = plan(study, directory, cfg)
+        if planned is None:
+            log("no trial completed, so nothing is published")
+            return None
+        entries = planned.entries
+        if planned.members:
+            ranks.announce_refit(w, planned.members, planned.root)
+            entries = refit_members(planned.members, planned.root)
+        return publish(planned, entries, study, directory, cfg, held_out, log)
+    finally:
+        lock.release()
 
 
 def summarize(study: optuna.Study, directory: Path) -> StudyResult:

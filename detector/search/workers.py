@@ -118,9 +118,9 @@ def run_trial(study, rdb, trial_id: int, trial: optuna.Trial, objective: Objecti
             log(f"trial {trial.number} failed: {reason}")
             return
     _tell(study, trial, log, values=value, seconds=time.monotonic() - started)
-    ens = trial.user_attrs.get("ensemble", {})
-    log(f"trial {trial.number} finished: value {value:.4f} (held-out ensemble map_50 {ens.get('map_50', 0):.4f}, "
-        f"f1 {ens.get('f1', 0):.4f})")
+    cv = trial.user_attrs.get("cv_mean", {})
+    log(f"trial {trial.number} finished: fold-mean score {value:.4f} (map_50 {cv.get('map_50', 0):.4f}, "
+        f"f1 {cv.get('f1', 0):.4f} at its best threshold)")
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, log, seconds: float, **kwargs) -> None:

@@ -1,0 +1,87 @@
+"""Refitting: the models a cv run or a study publishes, trained on all of data.train.
+
+The folds only estimate a config's score and choose its epochs (`fold_epochs`); each published member is
+then a `fit` of one config on the whole training split for that many epochs, its last epoch kept
+(`RUN/refit/NAME/model.pt`). data.val is evaluated every epoch for the log only, never to pick an epoch:
+it tunes the published ensemble's operating point afterwards. A member folder resumes like any run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from . import config as config_mod
+from .config import Config
+from .data.coco import CocoIndex
+from .files import read_json
+from .layout import RunPaths
+from .metric_log import read_metric_rows
+from .metrics import METRIC_KEYS
+from .train import fit
+
+
+@dataclass(frozen=True)
+class Member:
+    """One model to refit: its folder name below the refit root, its config (epochs and seed set) and where
+    the config came from."""
+
+    name: str
+    config: Config
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "config": self.config.to_dict(), "source": self.source}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Member":
+        return cls(d["name"], config_mod.from_dict(d["config"], f"refit member {d['name']}"), d["source"])
+
+
+def fold_epochs(folds: Sequence[dict[str, Any]], configured: int = 0) -> int:
+    """The epochs a refit trains: `configured` if set, else the folds' mean best epoch (1-based), rounded."""
+    if configured:
+        return configured
+    chosen = [f["best_epoch"] + 1 for f in folds if f.get("best_epoch", -1) >= 0]
+    if not chosen:
+        raise ValueError("no fold finished with a best epoch, so there is nothing to refit from")
+    return max(1, int(sum(chosen) / len(chosen) + 0.5))
+
+
+def seed_members(cfg: Config, epochs: int, count: int, prefix: str = "") -> list[Member]:
+    """`count` members of one config, seeds train.seed, train.seed + 1, ..."""
+    return [member(cfg, epochs, cfg.train.seed + i, f"{prefix}seed_{cfg.train.seed + i}",
+                   f"{prefix.rstrip('_') or 'config'}, seed {cfg.train.seed + i}") for i in range(count)]
+
+
+def member(cfg: Config, epochs: int, seed: int, name: str, source: str) -> Member:
+    values = {"train.epochs": epochs, "train.patience": 0, "train.min_epochs": 1, "train.seed": seed}
+    return Member(name, config_mod.with_values(cfg, values, source=f"refit {name}"), source)
+
+
+def refit(members: Sequence[Member], train_index: CocoIndex, val_index: CocoIndex, root: str | Path, *,
+          progress: bool = False, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Train each member on `train_index` in root/NAME (a finished one is not trained again) and return
+    their entries, in order: path (relative to root), member name, source, epoch and the last epoch's
+    validation metrics (for the log: they chose nothing)."""
+    root = Path(root)
+    entries = []
+    for m in members:
+        paths = RunPaths(root / m.name)
+        if not (paths.model.exists() and paths.summary.exists()):
+            log(f"refit {m.name} ({m.source}): {len(train_index.images)} images, {m.config.train.epochs} epochs")
+            last_epoch = m.config.train.epochs - 1
+            fit(m.config, train_index, val_index, paths.root, progress=progress, log=log, save_best=False,
+                keep=lambda epoch, metrics, save: save(paths.model) if epoch == last_epoch else None)
+            paths.last.unlink(missing_ok=True)
+        summary = read_json(paths.summary)
+        metrics = _last_metrics(paths)
+        entries.append({"path": str(paths.model.relative_to(root)), "member": m.name, "source": m.source,
+                        "fold": None, "epoch": summary["epochs_run"] - 1, "score": metrics.get("score"),
+                        "metrics": metrics})
+    return entries
+
+
+def _last_metrics(paths: RunPaths) -> dict[str, Any]:
+    rows = read_metric_rows(paths.root)
+    return {k: rows[-1][k] for k in METRIC_KEYS if k in rows[-1]} if rows else {}
