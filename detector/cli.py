@@ -125,6 +125,16 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=_check_data)
 
+    i = sub.add_parser("init", help="write a starting config for your COCO data, each choice with its reason")
+    i.add_argument("annotations", help="the training split's COCO file (a Roboflow export's valid/ and test/ "
+                   "beside it are found)")
+    i.add_argument("--out", required=True, help="the config file to write, e.g. my.yaml")
+    i.add_argument("--val", help="the validation split's COCO file (default: found beside, else carved off)")
+    i.add_argument("--test", help="a test split's COCO file, scored once at the end of a study")
+    i.add_argument("--images-dir", help="folder the training file's file_name entries are relative to")
+    i.add_argument("--force", action="store_true", help="overwrite an existing config")
+    i.set_defaults(func=_init)
+
     s = sub.add_parser("sample-data", help="write the built-in synthetic COCO dataset")
     s.add_argument("out", help="output folder, e.g. data/sample")
     s.add_argument("--images", type=int, default=None, help="number of images (default 600)")
@@ -196,7 +206,7 @@ def _cv(args) -> int:
         from .train import load_splits
 
         held_out = tune_run(cfg, run, load_splits(cfg)[1])
-        print(format_published(held_out))
+        print(format_published(held_out.to_dict(), result.mean))
     return 0
 
 
@@ -344,6 +354,20 @@ def _check_data(args) -> int:
     summary = summarize(index)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0 if summary["usable"] else 1
+
+
+def _init(args) -> int:
+    from .starter import plan_config, write
+
+    out = Path(args.out)
+    starter = plan_config(Path(args.annotations), out, Path(args.val) if args.val else None,
+                          Path(args.test) if args.test else None, Path(args.images_dir) if args.images_dir else None)
+    written = write(starter, out, Path(args.annotations), force=args.force)
+    print("\n".join(starter.header))
+    print("\n".join(f"{k}: {starter.values[k]}  ({why})" for k, why in starter.reasons.items()))
+    print(f"wrote {', '.join(map(str, written))}\nnext: detector train {out} --out runs/{out.stem}   or   "
+          f"detector study {out} --name {out.stem}")
+    return 0
 
 
 def _sample_data(args) -> int:

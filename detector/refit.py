@@ -78,7 +78,7 @@ def refit(members: Sequence[Member], train_index: CocoIndex, val_index: CocoInde
         metrics = _last_metrics(paths)
         entries.append({"path": str(paths.model.relative_to(root)), "member": m.name, "source": m.source,
                         "fold": None, "epoch": summary["epochs_run"] - 1, "score": metrics.get("score"),
-                        "metrics": metrics})
+                        "train_images": summary.get("train_images"), "metrics": metrics})
     return entries
 
 

@@ -54,6 +54,7 @@ class FitResult:
     stopped_early: bool
     history: list[dict[str, Any]] = field(default_factory=list)
     anchors: dict[str, Any] | None = None
+    train_images: int = 0
 
 
 def load_splits(cfg: Config) -> tuple[CocoIndex, CocoIndex]:
@@ -243,7 +244,7 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, run: Path, w
     result = FitResult(best_epoch=state.best_epoch, best_metrics=state.best_metrics,
                        best_path=paths.best if paths.best.exists() else None,
                        epochs_run=len(state.history), stopped_early=state.stopped_early,
-                       history=state.history, anchors=anchor_info)
+                       history=state.history, anchors=anchor_info, train_images=len(train_index.images))
     if board is not None:
         board[0].close()
     if w.main:
@@ -336,5 +337,6 @@ def _evaluate(model, loader, gt, label_map, cfg: Config, device, precision: Prec
 def _write_summary(run: Path, result: FitResult) -> None:
     summary = {"best_epoch": result.best_epoch, "best_metrics": result.best_metrics,
                "best_checkpoint": str(result.best_path) if result.best_path else None,
-               "epochs_run": result.epochs_run, "stopped_early": result.stopped_early, "anchors": result.anchors}
+               "epochs_run": result.epochs_run, "stopped_early": result.stopped_early, "anchors": result.anchors,
+               "train_images": result.train_images}
     write_json(RunPaths(run).summary, summary)

@@ -88,26 +88,30 @@ def test_group_by_regex_and_field_and_errors(sample):
         make_folds(index, n_folds=2, strategy="group", group_by="regex:sample_")
 
 
-def test_top_k_keeps_exactly_the_k_best(tmp_path):
+def test_top_k_keeps_exactly_the_k_best_of_each_fold(tmp_path):
     top = TopK(tmp_path, k=3)
+    write = lambda p: (p.parent.mkdir(exist_ok=True), p.write_text("x"))
     scores = [0.2, 0.5, float("nan"), 0.1, 0.7, 0.5, 0.3, 0.9]
     for epoch, s in enumerate(scores):
-        top.offer(0, epoch, {"score": s}, lambda p: (p.parent.mkdir(exist_ok=True), p.write_text("x")))
+        top.offer(0, epoch, {"score": s}, write)
         assert len(list((tmp_path / "top").glob("*.pt"))) <= 3
+    for epoch, s in enumerate([0.05, 0.01]):  # another fold's images: never ranked against fold 0's scores
+        top.offer(1, epoch, {"score": s}, write)
     listed = json.loads((tmp_path / "top_models.json").read_text())
-    assert [(e["epoch"], e["score"]) for e in listed] == [(7, 0.9), (4, 0.7), (1, 0.5)]  # tie: earlier epoch
+    assert [(e["fold"], e["epoch"], e["score"]) for e in listed] == [
+        (0, 7, 0.9), (0, 4, 0.7), (0, 1, 0.5), (1, 0, 0.05), (1, 1, 0.01)]  # tie: earlier epoch
     assert sorted(p.name for p in (tmp_path / "top").glob("*.pt")) == [
-        "fold0_epoch001.pt", "fold0_epoch004.pt", "fold0_epoch007.pt"]
+        "fold0_epoch001.pt", "fold0_epoch004.pt", "fold0_epoch007.pt", "fold1_epoch000.pt", "fold1_epoch001.pt"]
     (tmp_path / "top" / "fold0_epoch002.pt").write_text("orphan of a killed run")
     again = TopK(tmp_path, k=3)
-    assert len(list((tmp_path / "top").glob("*.pt"))) == 3 and again.entries == listed
+    assert len(list((tmp_path / "top").glob("*.pt"))) == 5 and again.entries == listed
 
 
 @pytest.mark.slow
 def test_two_fold_run_end_to_end(sample, tmp_path):
     cfg = config.load(None, [f"data.train.annotations={sample['annotations']}",
                              f"data.val.annotations={sample['val']}", *TINY, "train.epochs=2",
-                             "cv.folds=2", "cv.top_k=3"])
+                             "cv.folds=2", "cv.top_k=2", "refit.strategy=folds"])
     run = tmp_path / "cv"
     result = run_cv(cfg, run, progress=False, log=lambda s: None)
     for name in ("config.yaml", "env.json", "folds.json", "summary.json", "top_models.json"):
@@ -119,11 +123,11 @@ def test_two_fold_run_end_to_end(sample, tmp_path):
         assert rows[0].startswith("fold,epoch,lr") and [r.split(",")[0] for r in rows[1:]] == [str(k)] * 2
         assert (run / f"fold_{k}" / "anchors.json").exists()
         assert not (run / f"fold_{k}" / "last.pt").exists() and not (run / f"fold_{k}" / "best.pt").exists()
-    top = json.loads((run / "top_models.json").read_text())
-    assert len(top) == 3 and len(list((run / "top").glob("*.pt"))) == 3
-    assert [e["score"] for e in top] == sorted((e["score"] for e in top), reverse=True)
+    top = json.loads((run / "top_models.json").read_text())  # refit.strategy folds: the folds' own models
+    assert len(top) == 4 and len(list((run / "top").glob("*.pt"))) == 4
+    assert [e["fold"] for e in top] == [0, 0, 1, 1] and top[0]["score"] >= top[1]["score"]
     best_per_fold = {f["fold"]: f["metrics"]["score"] for f in result.folds}
-    assert top[0]["score"] == pytest.approx(max(best_per_fold.values()))
+    assert [top[0]["score"], top[2]["score"]] == pytest.approx([best_per_fold[0], best_per_fold[1]])
     assert result.mean["score"] == pytest.approx(sum(best_per_fold.values()) / 2)
     assert read_summary(run).mean == result.mean
     # re-running skips both finished folds; another config is refused with the differing key
@@ -146,7 +150,7 @@ def _cv_command(sample, tmp_path, out):
     empty = tmp_path / "empty.yaml"
     empty.write_text("{}\n")
     sets = [f"data.train.annotations={sample['annotations']}", f"data.val.annotations={sample['val']}", *TINY,
-            "train.epochs=3", "cv.folds=2", "cv.top_k=2"]
+            "train.epochs=3", "cv.folds=2", "cv.top_k=2", "refit.strategy=folds"]
     return [sys.executable, "-m", "detector.cli", "cv", str(empty), "--out", str(out), "--quiet",
             *[a for s in sets for a in ("--set", s)]]
 
@@ -176,7 +180,7 @@ def test_killed_run_resumes_to_the_same_result(sample, tmp_path):
         for key in ("map", "map_50", "f1", "score"):
             assert fa["metrics"][key] == pytest.approx(fb["metrics"][key], abs=1e-9), key
     assert [(e["fold"], e["epoch"]) for e in a.top_models] == [(e["fold"], e["epoch"]) for e in b.top_models]
-    assert len(list((run / "top").glob("*.pt"))) == 2
+    assert len(list((run / "top").glob("*.pt"))) == 4
     rows = (run / "fold_0" / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[1] for r in rows[1:]] == ["0", "1", "2"]
 
@@ -190,7 +194,8 @@ def test_report_on_finished_and_unfinished_runs(sample, tmp_path):
     from detector.cli import main
 
     cfg = config.load(None, [f"data.train.annotations={sample['annotations']}",
-                             f"data.val.annotations={sample['val']}", *TINY, "train.epochs=2", "cv.folds=2"])
+                             f"data.val.annotations={sample['val']}", *TINY, "train.epochs=2", "cv.folds=2",
+                             "refit.strategy=folds"])
     run = tmp_path / "cv"
     run_cv(cfg, run, progress=False, log=lambda s: None)
     texts = {}
@@ -217,3 +222,40 @@ def test_report_on_finished_and_unfinished_runs(sample, tmp_path):
     lines = out.getvalue().splitlines()
     assert lines[0] == "fold,best_epoch,map_50,f1,precision,recall,score" and lines[1].startswith("0,")
     assert lines[2].startswith("mean+-std")
+
+
+@pytest.mark.slow
+def test_a_cv_run_publishes_members_refit_on_all_of_its_training_data(sample, tmp_path):
+    import subprocess
+    import sys
+
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("{}\n")
+    run = tmp_path / "cv"
+    sets = [f"data.train.annotations={sample['annotations']}", f"data.val.annotations={sample['val']}", *TINY,
+            "train.epochs=3", "cv.folds=2", "refit.members=2"]
+    done = subprocess.run([sys.executable, "-m", "detector.cli", "cv", str(empty), "--out", str(run), "--quiet",
+                           *[a for s in sets for a in ("--set", s)]], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    summary = read_summary(run)
+    epochs = round(sum(f["best_epoch"] + 1 for f in summary.folds) / 2 + 1e-9)
+    top = json.loads((run / "top_models.json").read_text())
+    assert [e["path"] for e in top] == ["refit/seed_0/model.pt", "refit/seed_1/model.pt"]
+    images = len(json.loads(sample["annotations"].read_text())["images"])
+    for seed, e in enumerate(top):
+        member = run / "refit" / f"seed_{seed}"
+        assert e["train_images"] == images > max(len(f) for f in json.loads((run / "folds.json").read_text())["folds"])
+        assert config.load(member / "config.yaml").train.seed == seed and e["epoch"] == epochs - 1
+        assert len((member / "metrics.csv").read_text().splitlines()) == 1 + epochs
+        assert not (member / "last.pt").exists()
+    assert not list(run.glob("fold_*/*.pt")) and not (run / "top").exists()  # the folds keep no model
+    point = json.loads((run / "operating_point.json").read_text())  # tuned on data.val for the members' ensemble
+    heldout = json.loads((run / "heldout.json").read_text())
+    assert point["score_threshold"] == heldout["operating_point"]["score_threshold"]
+    assert "ensemble of 2" in done.stdout and "fold estimate" in done.stdout
+    assert heldout["ensemble"]["map_50"] > 0.3  # the members learned
+    from detector.ensemble import Ensemble
+
+    ensemble = Ensemble.load(run)
+    assert len(ensemble.members) == 2 and ensemble.thresholds.default == point["score_threshold"]
+    assert ensemble.settings.iou_thr == point["ensemble"]["iou_thr"]

@@ -143,3 +143,19 @@ def test_kmeans_anchors_on_rbc_beat_defaults_and_feed_the_head(rbc):
                                np.sort([round(w / 2) * 2 * round(h / 2) * 2 for lvl in model_fit.shapes
                                         for w, h in lvl]), rtol=0.05)
     one_step(model, size=128)
+
+
+def test_anchors_auto_keeps_the_defaults_where_k_means_fits_no_better():
+    import numpy as np
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    cfg = config.load(None, ["model.backbone=resnet18", "model.anchors=auto", "model.fpn_channels=16",
+                             "model.representation_size=32"])
+    sizes = np.array([32, 64, 128, 256, 512], np.float32)  # square boxes of exactly the default sizes
+    squares = np.repeat(np.stack([sizes, sizes], 1), 20, axis=0)
+    model, fit = build(cfg.model, num_classes=2, image_size=512, box_shapes=squares)
+    assert fit is not None and not fit.used and not fit.beats_default
+    assert type(model.rpn.anchor_generator) is AnchorGenerator  # torchvision's own
+    cells = np.random.default_rng(0).uniform(20, 28, size=(200, 2)).astype(np.float32)  # small, tight cells
+    model, fit = build(cfg.model, num_classes=2, image_size=512, box_shapes=cells)
+    assert fit.used and fit.beats_default and isinstance(model.rpn.anchor_generator, FittedAnchorGenerator)

@@ -50,6 +50,18 @@ def test_the_tuned_threshold_equals_a_brute_force_sweep(seed, beta):
     assert thresholds.per_class == {}
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_selection_scores_at_the_best_threshold_whatever_the_configured_one(seed):
+    gt, results = _hand_made(seed)
+    selected = evaluate_detections(gt, results, score_threshold=None)
+    swept = {t: evaluate_detections(gt, results, score_threshold=t)
+             for t in sorted({r["score"] for r in results})}
+    assert selected["score"] == pytest.approx(max(m["score"] for m in swept.values()))
+    assert selected["f1"] == pytest.approx(swept[selected["threshold"]]["f1"])
+    fixed = evaluate_detections(gt, results, score_threshold=0.3)
+    assert fixed["threshold"] == 0.3 and fixed["score"] <= selected["score"]
+
+
 def test_per_class_thresholds_need_enough_boxes_and_must_raise_the_score():
     gt, results = _hand_made(4)
     matched, coco = match(gt, results, 0.5), coco_map(gt, results)
@@ -102,7 +114,7 @@ def test_a_study_tunes_on_val_never_reads_test_and_scores_test_once(sample, tmp_
     meta = json.loads((tmp_path / "study" / "best" / "ensemble.json").read_text())
     assert meta["score_threshold"] == meta["operating_point"]["score_threshold"]
     text, _ = report_study(tmp_path / "study")
-    assert "selection score on data.val" in text and "test score on data.test" in text and "6 images" in text
+    assert "published models on data.val" in text and "test score on data.test" in text and "6 images" in text
     dashboard_serves(tmp_path / "study" / "study.db", "study")
     shared = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, test=cfg.data.val))
     with pytest.raises(config.ConfigError, match="data.test .* shares .* image files with data.val"):
@@ -135,7 +147,7 @@ def dashboard_serves(database, name):
             study = json.loads(r.read())
         [trial] = study["trials"]
         assert trial["state"] == "Complete" and {p["name"] for p in trial["params"]} == {"train.lr", "train.batch_size"}
-        assert "operating_point" in {a["key"] for a in trial["user_attrs"]}
+        assert "cv_mean" in {a["key"] for a in trial["user_attrs"]}
     finally:
         server.kill()
         server.wait()

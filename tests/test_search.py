@@ -88,6 +88,16 @@ def test_pruning_hook_reports_the_running_fold_mean_and_prunes(tmp_path):
         hook(0, 0, {"score": 0.1})
 
 
+def test_trial_0_runs_the_configs_own_values():
+    from detector.search.space import starting_params
+
+    space = "search.space={train.lr: {low: 1.0e-4, high: 1.0e-2, log: true}, train.batch_size: [2, 4], " \
+            "model.box_loss: [ce, focal], train.epochs: [5, 6], data.augment.hflip: [0.0, 0.25]}"
+    cfg = config.load(None, ["train.lr=0.003", "train.batch_size=4", "train.epochs=7", space])
+    # train.epochs 7 and hflip 0.5 are not choices the space has: the sampler draws them
+    assert starting_params(cfg) == {"train.lr": 0.003, "train.batch_size": 4, "model.box_loss": "ce"}
+
+
 def test_a_pruned_trial_stops_at_its_first_epoch_and_frees_its_checkpoints(sample, tmp_path):
     cfg = study_cfg(sample)
     study = optuna.create_study(direction="maximize",
@@ -107,43 +117,26 @@ def test_a_pruned_trial_stops_at_its_first_epoch_and_frees_its_checkpoints(sampl
 
 
 @pytest.mark.slow
-def test_objective_with_a_fixed_trial_scores_the_ensemble_on_held_out_data(sample, tmp_path):
+def test_objective_with_a_fixed_trial_scores_its_fold_mean_and_keeps_no_model(sample, tmp_path):
     cfg = study_cfg(sample)
     trial = optuna.trial.FixedTrial({"train.lr": 1e-3, "train.batch_size": 8}, number=7)
     value = Objective(cfg, tmp_path, log=lambda s: None)(trial)
     run = tmp_path / "trial_0007"
     assert config.load(run / "config.yaml").train.batch_size == 8  # the drawn value, not TINY's 4
-    heldout = json.loads((run / "heldout.json").read_text())
-    assert value == pytest.approx(heldout["ensemble"]["score"])
-    e = heldout["ensemble"]
-    assert e["score"] == pytest.approx(0.5 * e["map_50"] + 0.5 * e["f1"])  # score.beta 1: F_beta is F1
-    assert len(heldout["members"]) == 3
-    assert trial.user_attrs["ensemble"]["score"] == pytest.approx(value)
-    assert [m["metrics"]["score"] for m in trial.user_attrs["members"]] == pytest.approx(
-        [m["metrics"]["score"] for m in heldout["members"]])
-    top = json.loads((run / "top_models.json").read_text())
-    assert [m["path"] for m in heldout["members"]] == [m["path"] for m in top]
-    # the operating point chosen from the stored predictions is what the live ensemble then does
-    point = heldout["operating_point"]
-    assert point["score"] == pytest.approx(value) and point["score"] >= point["configured_score"]
-    stored = json.loads((run / "heldout_predictions.json").read_text())
-    _, val = load_splits(cfg)
-    assert len(stored) == len(val.images) and all(len(p["members"]) == 3 for p in stored)
-    from detector.ensemble import Ensemble, read_thresholds
-    from detector.metrics import Thresholds
-    from detector.predict import ground_truth_metrics, run_predictions
-
-    settings = config.from_dict({"ensemble": point["ensemble"]}).ensemble
-    live = Ensemble.from_checkpoints([run / m["path"] for m in top], settings, thresholds=read_thresholds(point))
-    predictions = run_predictions(live, [r.path for r in val.images], gt=val)
-    [(_, metrics)] = ground_truth_metrics(predictions, val, live.thresholds, score=cfg.score)
-    assert metrics["score"] == pytest.approx(point["score"], abs=1e-4)
-    assert isinstance(live.thresholds, Thresholds)
+    summary = json.loads((run / "summary.json").read_text())
+    scores = [f["metrics"]["score"] for f in summary["folds"]]
+    assert len(scores) == 2 and value == pytest.approx(sum(scores) / 2)  # the same folds for every trial
+    for f in summary["folds"]:  # each fold's score: mAP@0.5 and F1 at that fold's own best threshold
+        m = f["metrics"]
+        assert m["score"] == pytest.approx(0.5 * m["map_50"] + 0.5 * m["f1"]) and 0 < m["threshold"] <= 1
+    assert trial.user_attrs["cv_mean"]["score"] == pytest.approx(value)
+    assert trial.user_attrs["best_epochs"] == [f["best_epoch"] for f in summary["folds"]]
+    assert not list(run.rglob("*.pt")) and not (run / "refit").exists()  # the study refits; a trial keeps nothing
 
 
 @pytest.mark.slow
 def test_study_end_to_end_with_a_killed_trial_resumed(sample, tmp_path):
-    cmd = study_command(sample, tmp_path, "demo", "search.n_trials=2")
+    cmd = study_command(sample, tmp_path, "demo", "search.n_trials=2", "refit.members=2")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     study_dir = tmp_path / "studies" / "demo"
     csv_path = study_dir / "trial_0000" / "fold_0" / "metrics.csv"
@@ -156,6 +149,7 @@ def test_study_end_to_end_with_a_killed_trial_resumed(sample, tmp_path):
     assert "resuming" in resumed.stdout + resumed.stderr  # the retry continued fold 0 from its last.pt
     trials = load_study(study_dir).trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert trials[0].params == {"train.lr": 1e-3} and trials[0].user_attrs["start"]  # the config's own values
     retry = trials[1]
     assert retry.system_attrs["failed_trial"] == 0 and retry.params == trials[0].params
     assert retry.user_attrs["run_dir"] == "trial_0000" and trials[2].user_attrs["run_dir"] == "trial_0002"
@@ -164,12 +158,23 @@ def test_study_end_to_end_with_a_killed_trial_resumed(sample, tmp_path):
     best = max(trials[1:], key=lambda t: (t.value, -t.number))
     meta = json.loads((study_dir / "best" / "ensemble.json").read_text())
     assert meta["trial"] == best.number and meta["value"] == pytest.approx(best.value)
-    assert len(meta["members"]) == 3 and all((study_dir / "best" / m["file"]).exists() for m in meta["members"])
-    point = best.user_attrs["operating_point"]  # the settings tuned on the trial's stored val predictions
-    assert meta["ensemble"] == point["ensemble"] and meta["score_threshold"] == point["score_threshold"]
+    assert meta["fold_estimate"]["score"] == pytest.approx(best.value)
+    # published: the best config refit on all of data.train with 2 seeds, for the epochs its folds chose
+    run_dir = best.user_attrs["run_dir"]
+    assert [m["source"] for m in meta["members"]] == [f"{run_dir}, seed 0", f"{run_dir}, seed 1"]
+    assert all((study_dir / "best" / m["file"]).exists() for m in meta["members"])
+    train_images = len(json.loads(sample["train"].read_text())["images"])
+    for seed in (0, 1):
+        member = study_dir / "refit" / f"{run_dir}_seed_{seed}"
+        assert config.load(member / "config.yaml").train.seed == seed
+        assert json.loads((member / "summary.json").read_text())["train_images"] == train_images
+    epochs = round(sum(f + 1 for f in best.user_attrs["best_epochs"]) / 2 + 1e-9)
+    assert meta["refit"]["epochs_trained"] == [epochs, epochs]
+    heldout = json.loads((study_dir / "best" / "heldout.json").read_text())  # tuned on the members' val boxes
+    assert heldout["operating_point"]["ensemble"] == meta["ensemble"]
+    assert heldout["operating_point"]["score_threshold"] == meta["score_threshold"]
     assert meta["label_map"]["names"] == ["circle", "rectangle", "triangle"]
-    other = "trial_0002" if best.user_attrs["run_dir"] == "trial_0000" else "trial_0000"
-    assert not list((study_dir / other / "top").glob("*.pt"))  # keep_models: best
+    assert not list(study_dir.glob("trial_*/**/*.pt"))  # trials keep no model
     # the finished study is not run again; the report reads it
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 0 and len(load_study(study_dir).trials) == 3

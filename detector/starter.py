@@ -1,0 +1,233 @@
+"""`detector init`: a starting config for a user's own COCO data, each data-dependent choice with its reason.
+
+The recipe is the generic fine-tuning one (recipes/finetune.yaml); from the data come the split paths (a
+Roboflow export's valid/ and test/ folders are found beside train/; without a validation split one is
+carved from the training file, copies of one photo kept together), the image size (from the images' and
+boxes' sizes), the anchors (k-means where they fit the boxes better than torchvision's defaults), the epochs
+(from the number of training images) and the folds; what `check-data` found heads the file.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from . import config as config_mod
+from .data.coco import CocoIndex, load_coco
+from .data.folds import make_folds
+from .data.sampling import box_shapes
+from .data.summary import summarize
+from .errors import DatasetError
+from .files import write_json, write_text
+from .typed_yaml import read_with_bases
+
+RECIPE = Path(__file__).parent / "recipes" / "finetune.yaml"
+SECTIONS = ("data", "model", "train", "eval", "cv", "search", "refit")
+IMAGE_PRESENTATIONS = 2400  # training images x epochs the starting recipe aims at
+SPLIT_NAMES = {"val": ("valid", "val", "validation"), "test": ("test",)}
+
+
+@dataclass
+class Starter:
+    """The config `init` writes: values by dotted key, the reason of each data-dependent one, header lines,
+    and the split files it carved (path -> COCO dict) when the data had no validation split."""
+
+    values: dict[str, Any]
+    reasons: dict[str, str] = field(default_factory=dict)
+    header: list[str] = field(default_factory=list)
+    carved: dict[Path, dict[str, Any]] = field(default_factory=dict)
+
+    def choose(self, key: str, value: Any, reason: str) -> None:
+        self.values[key], self.reasons[key] = value, reason
+
+
+def find_split(train: Path, kind: str) -> Path | None:
+    """A Roboflow export's valid/ or test/ annotation file beside train/ (same file name), if there is one."""
+    for name in SPLIT_NAMES[kind]:
+        candidate = train.parent.parent / name / train.name
+        if candidate != train and candidate.is_file():
+            return candidate
+    return None
+
+
+def plan_config(train_path: Path, out: Path, val_path: Path | None = None, test_path: Path | None = None,
+                images_dir: Path | None = None) -> Starter:
+    """The starting config for the data at `train_path` (validated: a file that cannot train is an error);
+    `images_dir`: the folder its file_name entries are relative to, when not the file's own."""
+    train = _usable(load_coco(train_path, images_dir, raise_on_error=False))
+    recipe = config_mod.load(RECIPE)
+    values = _flatten(read_with_bases(RECIPE, ()))  # the recipe's own keys; the rest are the library defaults
+    starter = Starter(values, header=_findings(train))
+    val_path = val_path or find_split(train_path, "val")
+    test_path = test_path or find_split(train_path, "test")
+    if val_path is None:
+        train_path, val_path = _carve(train, out, starter)
+    for kind, path in (("train", train_path), ("val", val_path), ("test", test_path)):
+        starter.values[f"data.{kind}.annotations"] = _shown(path) if path else ""
+        carved_or_moved = path in starter.carved or (kind == "train" and images_dir is not None)
+        starter.values[f"data.{kind}.images"] = _shown(train.images_dir) if carved_or_moved else None
+    if val_path not in starter.carved:
+        _usable(load_coco(val_path, label_map=train.label_map, raise_on_error=False))
+    _choose_size_and_anchors(train, recipe, starter)
+    _choose_epochs_and_folds(train, starter)
+    return starter
+
+
+def _usable(index: CocoIndex) -> CocoIndex:
+    summary = summarize(index)
+    if not summary["usable"] or not summary["boxes"]:
+        errors = summary["errors"]
+        problems = "; ".join(errors[:2]) + (f"; and {len(errors) - 2} more" if len(errors) > 2 else "") \
+            if errors else "it holds no boxes"
+        raise DatasetError(f"{index.path}: cannot train on it ({problems}); `detector check-data {index.path}` "
+                           "lists every problem with its fix")
+    return index
+
+
+def _findings(index: CocoIndex) -> list[str]:
+    s = summarize(index)
+    lines = [f"check-data {s['annotations']}: {s['images']} images ({s['images_without_boxes']} without boxes), "
+             f"{s['boxes']} boxes: " + ", ".join(f"{k} {v}" for k, v in s["boxes_per_class"].items())]
+    lines += [f"warning: {w}" for w in s["warnings"][:5]]
+    rare = [k for k, v in s["boxes_per_class"].items() if v < 20]
+    if rare:
+        lines.append(f"few boxes of {', '.join(rare)} (< 20): expect a noisy AP for them; label more if you can")
+    return lines
+
+
+def _carve(train: CocoIndex, out: Path, starter: Starter) -> tuple[Path, Path]:
+    """No validation split: a fifth of the training images (grouped by source photo) become one."""
+    val_ids = set(make_folds(train, n_folds=5, strategy="auto", seed=0)[0])
+    raw = train.to_coco()
+    parts = {}
+    for kind, keep in (("train", lambda i: i not in val_ids), ("val", lambda i: i in val_ids)):
+        images = [im for im in raw["images"] if keep(im["id"])]
+        ids = {im["id"] for im in images}
+        parts[kind] = out.with_name(f"{out.stem}.{kind}.json")
+        starter.carved[parts[kind]] = {**raw, "images": images,
+                                       "annotations": [a for a in raw["annotations"] if a["image_id"] in ids]}
+    starter.header.append(f"no validation split was found beside {train.path}: {len(val_ids)} of its "
+                          f"{len(train.images)} images (copies of one photo together) were split off into "
+                          f"{parts['val'].name}, the rest into {parts['train'].name}")
+    return parts["train"], parts["val"]
+
+
+def _choose_size_and_anchors(train: CocoIndex, recipe: config_mod.Config, starter: Starter) -> None:
+    from .models.anchors import fit_anchors
+    from .models.backbones import build_backbone, num_levels
+
+    longest = float(np.median([max(r.width, r.height) for r in train.images]))
+    size = int(min(max(_round32(longest), 320), 640))
+    small = float(np.median(np.sqrt(box_shapes(train, size).prod(1))))
+    reason = (f"the images' median longest side is {longest:.0f} px; capped at 640 for speed" if longest > 640 else
+              f"the images' median longest side is {longest:.0f} px")
+    if small < 16 and longest > size:
+        size = int(min(_round32(longest), 1024))
+        reason += f"; raised to {size} because the median box would be {small:.0f} px wide at 640"
+    starter.choose("data.image_size", size, reason + f" (median box {np.median(np.sqrt(box_shapes(train, size).prod(1))):.0f} px at this size)")
+    body = build_backbone(recipe.model.backbone, pretrained=False, trainable_layers=recipe.model.trainable_layers,
+                          frozen_bn=recipe.model.frozen_bn, fpn_channels=recipe.model.fpn_channels)
+    fit = fit_anchors(box_shapes(train, size), num_levels=num_levels(body), per_level=recipe.model.anchors_per_level)
+    f, d = fit.fitted, fit.default
+    numbers = (f"k-means anchors: mean IoU {f.mean_iou:.3f}, best possible recall {f.bpr:.3f}; torchvision's "
+               f"defaults: {d.mean_iou:.3f}, {d.bpr:.3f}")
+    starter.choose("model.anchors", "kmeans" if fit.beats_default else "default",
+                   (f"{numbers}: fitted per fold" if fit.beats_default else f"{numbers}: the defaults fit as well"))
+
+
+def _choose_epochs_and_folds(train: CocoIndex, starter: Starter) -> None:
+    n = len(train.images)
+    epochs = int(min(max(math.ceil(IMAGE_PRESENTATIONS / n), 6), 24))
+    starter.choose("train.epochs", epochs, f"{n} training images: about {IMAGE_PRESENTATIONS} image presentations "
+                                           "(images x epochs), 6 to 24 epochs")
+    folds = 3 if n >= 60 else 2
+    starter.choose("cv.folds", folds, f"{n} training images: {folds} folds of {n // folds} validation images "
+                                      "each estimate a config's score; the published models train on all of them")
+
+
+def render(starter: Starter, source: Path) -> str:
+    """The YAML text: header comments, then each section's keys, a reason comment above the chosen ones."""
+    lines = [f"# Written by `detector init {source}`: the generic fine-tuning recipe (recipes/finetune.yaml)",
+             "# with the choices below made from your data. Paths are relative to the folder init ran in (or absolute).",
+             *(f"# {h}" for h in starter.header),
+             "# Objects with no up or down (aerial, microscopy)? Add data.augment vflip: 0.5 and rotate90: 0.5.",
+             "# Next: detector train THIS.yaml --out runs/mine   or   detector study THIS.yaml --name mine", ""]
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in starter.values.items():
+        section, rest = key.split(".", 1)
+        nested.setdefault(section, {})[rest] = value
+    for section in SECTIONS:
+        lines.append(f"{section}:")
+        lines += _render_section(nested.get(section, {}), section, starter.reasons)
+    return "\n".join(lines) + "\n"
+
+
+def _render_section(values: dict[str, Any], section: str, reasons: dict[str, str]) -> list[str]:
+    lines, groups = [], {}
+    for key, value in values.items():
+        head, _, tail = key.partition(".")
+        if tail:
+            groups.setdefault(head, {})[tail] = value
+            continue
+        if f"{section}.{key}" in reasons:
+            lines.append(f"  # {reasons[f'{section}.{key}']}")
+        lines.append(f"  {key}: {_scalar(value)}")
+    for head, sub in groups.items():
+        lines.append(f"  {head}: {_flow(sub)}")
+    return lines
+
+
+def write(starter: Starter, out: Path, source: Path, force: bool = False) -> list[Path]:
+    """Write the config (and any carved split files); an existing file is kept unless `force`."""
+    targets = [out, *starter.carved]
+    existing = [p for p in targets if p.exists()]
+    if existing and not force:
+        raise DatasetError(f"{existing[0]}: exists; choose another --out or pass --force to overwrite it")
+    for path, coco in starter.carved.items():
+        write_json(path, coco, indent=None)
+    write_text(out, render(starter, source))
+    config_mod.load(out)  # what init writes loads: a bug here must not reach the user's first run
+    return targets
+
+
+def _flow(d: dict[str, Any]) -> str:
+    nested: dict[str, Any] = {}
+    for key, value in d.items():
+        node = nested
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return yaml.safe_dump(nested, default_flow_style=True, sort_keys=False, width=10_000).strip()
+
+
+def _scalar(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000).removesuffix("...\n").strip()
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v and not (prefix == "search." and k == "space"):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the current directory when it lies below it, else absolute."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return os.fspath(path)
+
+
+def _round32(value: float) -> int:
+    return int(math.ceil(value / 32) * 32)
