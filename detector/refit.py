@@ -71,7 +71,8 @@ def refit(members: Sequence[Member], train_index: CocoIndex, val_index: CocoInde
         if not (paths.model.exists() and paths.summary.exists()):
             log(f"refit {m.name} ({m.source}): {len(train_index.images)} images, {m.config.train.epochs} epochs")
             last_epoch = m.config.train.epochs - 1
-            fit(m.config, train_index, val_index, paths.root, progress=progress, log=log, save_best=False,
+            fit(m.config, train_index, val_index, paths.root, progress=progress, save_best=False,
+                log=lambda s, name=m.name: log(f"refit {name}: {s}"),
                 keep=lambda epoch, metrics, save: save(paths.model) if epoch == last_epoch else None)
             paths.last.unlink(missing_ok=True)
         summary = read_json(paths.summary)
