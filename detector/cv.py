@@ -146,7 +146,6 @@ def write_summary(run: Path) -> CVResult:
     result = read_summary(run)
     write_json(RunPaths(run).summary, {"folds_finished": len(result.folds), "folds": result.folds,
                                       "mean": result.mean, "std": result.std, "top_models": result.top_models})
-
     return result
 
 

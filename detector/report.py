@@ -107,10 +107,13 @@ def report_run(run: Path, fmt: str = "table") -> tuple[str, list[Path]]:
         parts.append(f"\nper-class AP of the best fold model (fold {best['fold']}, epoch {best['best_epoch']}):")
         parts += [f"  {name:<20} AP {c['ap']:.4f}  AP50 {c['ap50']:.4f}  F1 {c['f1']:.4f}"
                   for name, c in best["metrics"].get("per_class", {}).items()]
-        point = RunPaths(run).operating_point
-        if point.exists():
-            p = read_json(point)
-            parts.append(f"\noperating point for these models alone (out-of-fold, {p['images']} images): threshold "
+        paths = RunPaths(run)
+        if paths.heldout.exists():  # refit members, tuned on data.val
+            parts.append("\n" + format_published(read_json(paths.heldout), summary.mean, fmt))
+        if paths.operating_point.exists():
+            p = read_json(paths.operating_point)
+            where = "data.val" if paths.heldout.exists() else "out-of-fold"
+            parts.append(f"\noperating point of the published models ({where}, {p['images']} images): threshold "
                          f"{p['score_threshold']:.3f}, score {p['score']:.4f}")
             parts.append(format_per_class(p["metrics"]))
         anchors = [f for f in summary.folds if f.get("anchors")]

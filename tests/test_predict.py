@@ -24,12 +24,13 @@ from tests.test_train import TINY
 
 @pytest.fixture(scope="module")
 def rbc_run(rbc, tmp_path_factory):
-    """Three checkpoints from a brief 2-fold run on part of the RBC training split."""
+    """Three checkpoints from a brief 3-fold run on part of the RBC training split: the folds' own best models
+    (refit.strategy folds), with thresholds chosen on their out-of-fold predictions."""
     train = rbc / "train" / "_annotations.coco.json"
     cfg = config.load(None, [f"data.train.annotations={train}",
                              f"data.val.annotations={rbc / 'valid' / '_annotations.coco.json'}", *TINY,
-                             "data.image_size=192", "train.epochs=2", "cv.folds=2", "cv.top_k=3",
-                             "eval.score_threshold=0.3"])
+                             "data.image_size=192", "train.epochs=2", "cv.folds=3", "cv.top_k=1",
+                             "refit.strategy=folds", "eval.score_threshold=0.3"])
     index = load_coco(train)
     run = tmp_path_factory.mktemp("rbc_run")
     run_cv(cfg, run, index=index.subset(r.id for r in index.images[:48]), progress=False, log=lambda s: None)

@@ -52,6 +52,7 @@ def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None,
     objective = Objective(cfg, directory, progress=progress and w.main, log=log)  # validates the data first
     test = load_test(cfg, objective.train_index.label_map)
     check_held_out(objective.train_index, objective.held_out, test)  # read only here, and at the end
+
     def refit_members(members: list[Member], root: Path) -> list[dict]:
         return refit(members, objective.train_index, objective.held_out, root, progress=progress and w.main, log=log)
 
