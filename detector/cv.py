@@ -68,13 +68,15 @@ def run_cv(
 
 def _run_cv(cfg: Config, run: Path, w: distributed.World, *, on_epoch_end, progress, log, index, val_index,
             refit) -> CVResult:
-    if index is None or (refit and val_index is None):
-        index, val_index = load_splits(cfg)
+    fold_models = cfg.refit.strategy == "folds"
+    if index is None or (refit and not fold_models and val_index is None):
+        train_index, loaded_val = load_splits(cfg)
+        index = train_index if index is None else index
+        val_index = loaded_val if val_index is None else val_index
     paths = RunPaths(run)
     if w.main:
         write_json(paths.env, environment())
     folds = distributed.broadcast(w, _folds(paths, index, cfg, log) if w.main else None)
-    fold_models = cfg.refit.strategy == "folds"
     top = TopK(run, cfg.cv.top_k) if w.main and fold_models else None
     for k, val_ids in enumerate(folds):
         fold = paths.fold(k)

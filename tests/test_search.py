@@ -149,7 +149,8 @@ def test_study_end_to_end_with_a_killed_trial_resumed(sample, tmp_path):
     assert "resuming" in resumed.stdout + resumed.stderr  # the retry continued fold 0 from its last.pt
     trials = load_study(study_dir).trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
-    assert trials[0].params == {"train.lr": 1e-3} and trials[0].user_attrs["start"]  # the config's own values
+    assert trials[0].params == {"train.lr": 1e-3, "train.batch_size": 4}  # the config's own values
+    assert trials[0].user_attrs["start"]
     retry = trials[1]
     assert retry.system_attrs["failed_trial"] == 0 and retry.params == trials[0].params
     assert retry.user_attrs["run_dir"] == "trial_0000" and trials[2].user_attrs["run_dir"] == "trial_0002"

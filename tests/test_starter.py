@@ -59,7 +59,7 @@ def test_init_refuses_data_it_cannot_train_on(tmp_path):
 
 @pytest.mark.slow
 def test_the_config_init_writes_trains_a_new_dataset_without_edits(tmp_path):
-    data = write_sample_dataset(tmp_path / "shapes", SampleSpec(images=120, seed=3))
+    data = write_sample_dataset(tmp_path / "shapes", SampleSpec(images=80, seed=3))
     out = tmp_path / "shapes.yaml"
     run = lambda *a: subprocess.run([sys.executable, "-m", "detector.cli", *a], capture_output=True, text=True,
                                     cwd=tmp_path)
