@@ -371,3 +371,30 @@ def test_checkpoints_of_trials_that_failed_with_an_error_are_freed(tmp_path):
     assert not (tmp_path / "trial_0000" / "top" / "fold0_epoch000.pt").exists()
     assert (tmp_path / "trial_0001" / "top" / "fold0_epoch000.pt").exists()
     assert (tmp_path / "trial_0002" / "top" / "fold0_epoch000.pt").exists()
+
+
+def test_refit_plans_follow_the_strategy_and_the_ranked_trials(tmp_path):
+    from detector.files import write_json
+    from detector.search.best import plan
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", direction="maximize")
+    for number, (lr, value, best_epochs) in enumerate([(1e-3, 0.5, [1, 2]), (2e-3, 0.7, [3, 3]), (3e-3, 0.6, [0, 1])]):
+        run = tmp_path / f"trial_{number:04d}"
+        run.mkdir()
+        config.save(config.load(None, [f"train.lr={lr}", "train.epochs=4"]), run / "config.yaml")
+        for k, e in enumerate(best_epochs):
+            write_json(run / f"fold_{k}" / "summary.json", {"best_epoch": e, "epochs_run": 4, "stopped_early": False,
+                                                            "best_metrics": {"score": value}})
+        trial = study.ask()
+        trial.set_user_attr("run_dir", run.name)
+        study.tell(trial, value)
+    seeds = plan(study, tmp_path, config.load(None, ["refit.members=2"]))
+    assert seeds.trial == 1 and [m.name for m in seeds.members] == ["trial_0001_seed_0", "trial_0001_seed_1"]
+    assert all(m.config.train.lr == 2e-3 and m.config.train.epochs == 4 for m in seeds.members)  # folds chose 4
+    trials = plan(study, tmp_path, config.load(None, ["refit.strategy=trials", "refit.members=2"]))
+    assert [(m.name, m.config.train.lr, m.config.train.epochs) for m in trials.members] == [
+        ("trial_0001", 2e-3, 4), ("trial_0002", 3e-3, 2)]  # by value; each trial's own folds choose its epochs
+    write_json(tmp_path / "trial_0001" / "top_models.json", [{"path": "top/fold0_epoch003.pt", "fold": 0}])
+    folds = plan(study, tmp_path, config.load(None, ["refit.strategy=folds"]))
+    assert folds.members == [] and folds.entries[0]["path"] == "top/fold0_epoch003.pt"
+    assert folds.root == tmp_path / "trial_0001"
