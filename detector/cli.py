@@ -195,18 +195,18 @@ def _cv(args) -> int:
     from . import config
     from .cv import run_cv
     from .report import format_cv, format_published
+    from .train import load_splits
 
     cfg = config.load(args.config, args.overrides)
     run = _run_dir(args)
     print(f"run directory: {run}")
-    result = run_cv(cfg, run, force=args.force, progress=_progress(args))
+    train_index, val_index = load_splits(cfg)
+    result = run_cv(cfg, run, force=args.force, progress=_progress(args), index=train_index, val_index=val_index)
     print(format_cv(result.folds, result.mean, result.std))
     if cfg.refit.strategy != "folds":
         from .evaluate import tune_run
-        from .train import load_splits
 
-        held_out = tune_run(cfg, run, load_splits(cfg)[1])
-        print(format_published(held_out.to_dict(), result.mean))
+        print(format_published(tune_run(cfg, run, val_index).to_dict(), result.mean))
     return 0
 
 
@@ -364,7 +364,7 @@ def _init(args) -> int:
                           Path(args.test) if args.test else None, Path(args.images_dir) if args.images_dir else None)
     written = write(starter, out, Path(args.annotations), force=args.force)
     print("\n".join(starter.header))
-    print("\n".join(f"{k}: {starter.values[k]}  ({why})" for k, why in starter.reasons.items()))
+    print("\n".join(f"{k}: {starter.get(k)}  ({why})" for k, why in starter.reasons.items()))
     print(f"wrote {', '.join(map(str, written))}\nnext: detector train {out} --out runs/{out.stem}   or   "
           f"detector study {out} --name {out.stem}")
     return 0

@@ -69,10 +69,8 @@ def run_cv(
 def _run_cv(cfg: Config, run: Path, w: distributed.World, *, on_epoch_end, progress, log, index, val_index,
             refit) -> CVResult:
     fold_models = cfg.refit.strategy == "folds"
-    if index is None or (refit and not fold_models and val_index is None):
-        train_index, loaded_val = load_splits(cfg)
-        index = train_index if index is None else index
-        val_index = loaded_val if val_index is None else val_index
+    if index is None:
+        index, val_index = load_splits(cfg)
     paths = RunPaths(run)
     if w.main:
         write_json(paths.env, environment())
@@ -98,7 +96,8 @@ def _run_cv(cfg: Config, run: Path, w: distributed.World, *, on_epoch_end, progr
             write_summary(run)
         distributed.barrier(w)
     if refit and not fold_models:
-        _refit(cfg, paths, index, val_index, w, progress=progress, log=log)
+        _refit(cfg, paths, index, load_splits(cfg)[1] if val_index is None else val_index, w, progress=progress,
+               log=log)
     if not w.main:
         return read_summary(run)
     point = out_of_fold_operating_point(paths, index, folds, cfg) if fold_models else None
@@ -114,8 +113,8 @@ def _refit(cfg: Config, paths: RunPaths, index: CocoIndex, val_index: CocoIndex,
     """The run's published members: its config with refit.members seeds, trained on all of `index` for the
     epochs the folds chose; top_models.json lists them."""
     epochs = fold_epochs(read_summary(paths.root).folds, cfg.refit.epochs)
-    log(f"refit: {cfg.refit.members} member(s) on all {len(index.images)} training images, {epochs} epochs "
-        "(the folds' mean best epoch)" if not cfg.refit.epochs else f"refit: {epochs} epochs (refit.epochs)")
+    why = "refit.epochs" if cfg.refit.epochs else "the folds' mean best epoch"
+    log(f"refit: {cfg.refit.members} member(s) on all {len(index.images)} training images, {epochs} epochs ({why})")
     entries = refit_members(seed_members(cfg, epochs, cfg.refit.members), index, val_index, paths.refit,
                             progress=progress, log=log)
     if w.main:

@@ -19,9 +19,10 @@ A run folder (`detector train --out RUN`, and each `fold_K/` of a `cv` run)::
                              best checkpoints of each fold in top/
       refit/NAME/            a run folder per published member, trained on all of data.train (cv runs)
       model.pt               a refit member's model: its last epoch
-      operating_point.json   a cv run's thresholds, chosen on its out-of-fold predictions
-      heldout.json           a study trial's operating point, ensemble and members on the held-out split
-      heldout_predictions.json  each member's raw predictions on the held-out split (for tuning)
+      operating_point.json   a cv run's operating point: tuned on data.val for its refit members, or (refit.strategy
+                             folds) thresholds chosen on its out-of-fold predictions
+      heldout.json           a cv run's (or study's best/) members and ensemble on data.val, with the operating point
+      heldout_predictions.json  each member's raw predictions on data.val (for tuning)
       plots/                 written by `detector report`
       fold_K/                a run folder of its own
 
@@ -104,9 +105,6 @@ class RunPaths(_Folder):
     def checkpoints(self) -> list[Path]:
         """Every model file of the run: the top models and the folds' resume files."""
         return [*self.top.glob("*.pt"), *(f.last for _, f in self.fold_runs() if f.last.exists())]
-
-    def refit_runs(self) -> list["RunPaths"]:
-        return sorted((RunPaths(p) for p in self.refit.glob("*") if p.is_dir()), key=lambda r: r.root.name)
 
 
 @_files(STUDY_FILES)

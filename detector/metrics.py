@@ -185,8 +185,7 @@ def best_threshold(tp_scores: np.ndarray, fp_scores: np.ndarray, num_gt: int, be
     last = np.r_[scores[1:] != scores[:-1], True]  # a threshold keeps every box of its score
     tp, kept, candidates = tp[last], kept[last], scores[last]
     precision, recall = tp / kept, tp / num_gt
-    b2 = beta * beta
-    values = np.where(tp > 0, (1 + b2) * precision * recall / np.maximum(b2 * precision + recall, 1e-12), 0.0)
+    values = np.array([f_beta(p, r, beta) for p, r in zip(precision, recall)])
     i = int(np.flatnonzero(values == values.max())[0])  # candidates descend: the first is the highest
     return float(candidates[i]), float(values[i])
 

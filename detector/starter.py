@@ -34,16 +34,25 @@ SPLIT_NAMES = {"val": ("valid", "val", "validation"), "test": ("test",)}
 
 @dataclass
 class Starter:
-    """The config `init` writes: values by dotted key, the reason of each data-dependent one, header lines,
-    and the split files it carved (path -> COCO dict) when the data had no validation split."""
+    """The config `init` writes: values by section (the recipe's YAML, then the data's choices), the reason
+    of each data-dependent one by dotted key, header lines, and the split files it carved (path -> COCO
+    dict) when the data had no validation split."""
 
-    values: dict[str, Any]
+    values: dict[str, dict[str, Any]]
     reasons: dict[str, str] = field(default_factory=dict)
     header: list[str] = field(default_factory=list)
     carved: dict[Path, dict[str, Any]] = field(default_factory=dict)
 
-    def choose(self, key: str, value: Any, reason: str) -> None:
-        self.values[key], self.reasons[key] = value, reason
+    def set(self, key: str, value: Any, reason: str | None = None) -> None:
+        """Set `section.name` (a dict value is one flow-style mapping, e.g. data.train)."""
+        section, name = key.split(".", 1)
+        self.values.setdefault(section, {})[name] = value
+        if reason:
+            self.reasons[key] = reason
+
+    def get(self, key: str) -> Any:
+        section, name = key.split(".", 1)
+        return self.values[section][name]
 
 
 def find_split(train: Path, kind: str) -> Path | None:
@@ -61,16 +70,15 @@ def plan_config(train_path: Path, out: Path, val_path: Path | None = None, test_
     `images_dir`: the folder its file_name entries are relative to, when not the file's own."""
     train = _usable(load_coco(train_path, images_dir, raise_on_error=False))
     recipe = config_mod.load(RECIPE)
-    values = _flatten(read_with_bases(RECIPE, ()))  # the recipe's own keys; the rest are the library defaults
-    starter = Starter(values, header=_findings(train))
+    starter = Starter(read_with_bases(RECIPE, ()), header=_findings(train))  # the rest: the library defaults
     val_path = val_path or find_split(train_path, "val")
     test_path = test_path or find_split(train_path, "test")
     if val_path is None:
         train_path, val_path = _carve(train, out, starter)
     for kind, path in (("train", train_path), ("val", val_path), ("test", test_path)):
-        starter.values[f"data.{kind}.annotations"] = _shown(path) if path else ""
         carved_or_moved = path in starter.carved or (kind == "train" and images_dir is not None)
-        starter.values[f"data.{kind}.images"] = _shown(train.images_dir) if carved_or_moved else None
+        starter.set(f"data.{kind}", {"annotations": _shown(path) if path else "",
+                                     "images": _shown(train.images_dir) if carved_or_moved else None})
     if val_path not in starter.carved:
         _usable(load_coco(val_path, label_map=train.label_map, raise_on_error=False))
     _choose_size_and_anchors(train, recipe, starter)
@@ -123,30 +131,30 @@ def _choose_size_and_anchors(train: CocoIndex, recipe: config_mod.Config, starte
 
     longest = float(np.median([max(r.width, r.height) for r in train.images]))
     size = int(min(max(_round32(longest), 320), 640))
-    small = float(np.median(np.sqrt(box_shapes(train, size).prod(1))))
+    small = _median_box(train, size)
     reason = (f"the images' median longest side is {longest:.0f} px; capped at 640 for speed" if longest > 640 else
               f"the images' median longest side is {longest:.0f} px")
     if small < 16 and longest > size:
         size = int(min(_round32(longest), 1024))
         reason += f"; raised to {size} because the median box would be {small:.0f} px wide at 640"
-    starter.choose("data.image_size", size, reason + f" (median box {np.median(np.sqrt(box_shapes(train, size).prod(1))):.0f} px at this size)")
+    starter.set("data.image_size", size, reason + f" (median box {_median_box(train, size):.0f} px at this size)")
     body = build_backbone(recipe.model.backbone, pretrained=False, trainable_layers=recipe.model.trainable_layers,
                           frozen_bn=recipe.model.frozen_bn, fpn_channels=recipe.model.fpn_channels)
     fit = fit_anchors(box_shapes(train, size), num_levels=num_levels(body), per_level=recipe.model.anchors_per_level)
     f, d = fit.fitted, fit.default
     numbers = (f"k-means anchors: mean IoU {f.mean_iou:.3f}, best possible recall {f.bpr:.3f}; torchvision's "
                f"defaults: {d.mean_iou:.3f}, {d.bpr:.3f}")
-    starter.choose("model.anchors", "kmeans" if fit.beats_default else "default",
+    starter.set("model.anchors", "kmeans" if fit.beats_default else "default",
                    (f"{numbers}: fitted per fold" if fit.beats_default else f"{numbers}: the defaults fit as well"))
 
 
 def _choose_epochs_and_folds(train: CocoIndex, starter: Starter) -> None:
     n = len(train.images)
     epochs = int(min(max(math.ceil(IMAGE_PRESENTATIONS / n), 6), 24))
-    starter.choose("train.epochs", epochs, f"{n} training images: about {IMAGE_PRESENTATIONS} image presentations "
+    starter.set("train.epochs", epochs, f"{n} training images: about {IMAGE_PRESENTATIONS} image presentations "
                                            "(images x epochs), 6 to 24 epochs")
     folds = 3 if n >= 60 else 2
-    starter.choose("cv.folds", folds, f"{n} training images: {folds} folds of {n // folds} validation images "
+    starter.set("cv.folds", folds, f"{n} training images: {folds} folds of {n // folds} validation images "
                                       "each estimate a config's score; the published models train on all of them")
 
 
@@ -157,29 +165,13 @@ def render(starter: Starter, source: Path) -> str:
              *(f"# {h}" for h in starter.header),
              "# Objects with no up or down (aerial, microscopy)? Add data.augment vflip: 0.5 and rotate90: 0.5.",
              "# Next: detector train THIS.yaml --out runs/mine   or   detector study THIS.yaml --name mine", ""]
-    nested: dict[str, dict[str, Any]] = {}
-    for key, value in starter.values.items():
-        section, rest = key.split(".", 1)
-        nested.setdefault(section, {})[rest] = value
     for section in SECTIONS:
         lines.append(f"{section}:")
-        lines += _render_section(nested.get(section, {}), section, starter.reasons)
+        for key, value in starter.values.get(section, {}).items():
+            if f"{section}.{key}" in starter.reasons:
+                lines.append(f"  # {starter.reasons[f'{section}.{key}']}")
+            lines.append(f"  {key}: {_flow(value)}")
     return "\n".join(lines) + "\n"
-
-
-def _render_section(values: dict[str, Any], section: str, reasons: dict[str, str]) -> list[str]:
-    lines, groups = [], {}
-    for key, value in values.items():
-        head, _, tail = key.partition(".")
-        if tail:
-            groups.setdefault(head, {})[tail] = value
-            continue
-        if f"{section}.{key}" in reasons:
-            lines.append(f"  # {reasons[f'{section}.{key}']}")
-        lines.append(f"  {key}: {_scalar(value)}")
-    for head, sub in groups.items():
-        lines.append(f"  {head}: {_flow(sub)}")
-    return lines
 
 
 def write(starter: Starter, out: Path, source: Path, force: bool = False) -> list[Path]:
@@ -195,29 +187,14 @@ def write(starter: Starter, out: Path, source: Path, force: bool = False) -> lis
     return targets
 
 
-def _flow(d: dict[str, Any]) -> str:
-    nested: dict[str, Any] = {}
-    for key, value in d.items():
-        node = nested
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return yaml.safe_dump(nested, default_flow_style=True, sort_keys=False, width=10_000).strip()
-
-
-def _scalar(value: Any) -> str:
+def _flow(value: Any) -> str:
+    """One value on one line: a scalar, or a mapping or list in YAML's flow style."""
     return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000).removesuffix("...\n").strip()
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v and not (prefix == "search." and k == "space"):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
+def _median_box(index: CocoIndex, size: int) -> float:
+    """The median box's side (sqrt of its area) in input pixels at `size`."""
+    return float(np.median(np.sqrt(box_shapes(index, size).prod(1))))
 
 
 def _shown(path: Path) -> str:

@@ -389,7 +389,7 @@ def test_refit_plans_follow_the_strategy_and_the_ranked_trials(tmp_path):
         trial.set_user_attr("run_dir", run.name)
         study.tell(trial, value)
     seeds = plan(study, tmp_path, config.load(None, ["refit.members=2"]))
-    assert seeds.trial == 1 and [m.name for m in seeds.members] == ["trial_0001_seed_0", "trial_0001_seed_1"]
+    assert seeds.best.number == 1 and [m.name for m in seeds.members] == ["trial_0001_seed_0", "trial_0001_seed_1"]
     assert all(m.config.train.lr == 2e-3 and m.config.train.epochs == 4 for m in seeds.members)  # folds chose 4
     trials = plan(study, tmp_path, config.load(None, ["refit.strategy=trials", "refit.members=2"]))
     assert [(m.name, m.config.train.lr, m.config.train.epochs) for m in trials.members] == [

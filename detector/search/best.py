@@ -53,9 +53,10 @@ def free_other_trials(study: optuna.Study, directory: Path, keep_models: str = "
 @dataclass(frozen=True)
 class Plan:
     """What best/ will hold: members to refit below `root` (or, for refit.strategy folds, the best trial's
-    fold models, `entries` relative to root), planned from the ranked trials."""
+    fold models, `entries` relative to root), planned from the ranked trials; `run` is the best trial's."""
 
-    trial: int
+    best: optuna.trial.FrozenTrial
+    run: RunPaths
     root: Path
     members: list[Member]
     entries: list[dict[str, Any]]
@@ -68,7 +69,7 @@ def plan(study: optuna.Study, directory: Path, cfg: Config) -> Plan | None:
     paths = StudyPaths(directory)
     runs = [paths.trial(t.user_attrs.get("run_dir", trial_folder(t.number))) for t in ranked]
     if cfg.refit.strategy == "folds":
-        return Plan(ranked[0].number, runs[0].root, [], read_json(runs[0].top_models))
+        return Plan(ranked[0], runs[0], runs[0].root, [], read_json(runs[0].top_models))
     if cfg.refit.strategy == "seeds":
         trial_cfg, epochs = _trial_recipe(runs[0], cfg)
         members = seed_members(trial_cfg, epochs, cfg.refit.members, prefix=f"{runs[0].root.name}_")
@@ -77,7 +78,7 @@ def plan(study: optuna.Study, directory: Path, cfg: Config) -> Plan | None:
         for t, run in list(zip(ranked, runs))[: cfg.refit.members]:
             trial_cfg, epochs = _trial_recipe(run, cfg)
             members.append(member(trial_cfg, epochs, trial_cfg.train.seed, run.root.name, f"trial {t.number}"))
-    return Plan(ranked[0].number, paths.refit, members, [])
+    return Plan(ranked[0], runs[0], paths.refit, members, [])
 
 
 def _trial_recipe(run: RunPaths, cfg: Config) -> tuple[Config, int]:
@@ -85,27 +86,25 @@ def _trial_recipe(run: RunPaths, cfg: Config) -> tuple[Config, int]:
     return config_mod.load(run.config), fold_epochs(read_summary(run.root).folds, cfg.refit.epochs)
 
 
-def publish(plan_: Plan, entries: list[dict[str, Any]], study: optuna.Study, directory: Path, cfg: Config,
-            held_out: CocoIndex, log: Callable[[str], None]) -> Path:
+def publish(plan_: Plan, entries: list[dict[str, Any]], directory: Path, cfg: Config, held_out: CocoIndex,
+            log: Callable[[str], None]) -> Path:
     """Tune the members' ensemble on data.val and make STUDY/best hold it (unchanged if it already does)."""
     paths = StudyPaths(directory)
     sources = [str(plan_.root / e["path"]) for e in entries]
     if paths.ensemble.exists() and [m.get("path") for m in read_json(paths.ensemble)["members"]] == sources:
         return paths.best
-    best = study.get_trials(deepcopy=False)[plan_.trial]
-    member_cfg = config_mod.load(paths.trial(best.user_attrs.get("run_dir", trial_folder(best.number))).config)
-    result = evaluate_held_out(member_cfg, plan_.root, entries, held_out)
+    result = evaluate_held_out(config_mod.load(plan_.run.config), plan_.root, entries, held_out)
     point = result.operating_point
     log(f"published ensemble of {len(entries)} on data.val: operating point from {point.evaluations} settings in "
         f"{point.seconds:.1f}s: threshold {point.thresholds.default:.3f}, score {point.score:.4f} (configured "
         f"{point.configured_score:.4f}); members alone: "
         + ", ".join(f"{m['metrics']['score']:.4f}" for m in result.members))
-    _write_best(best, plan_, entries, result, cfg, paths)
+    _write_best(plan_, entries, result, cfg, paths)
     return paths.best
 
 
-def _write_best(best: optuna.trial.FrozenTrial, plan_: Plan, entries: list[dict[str, Any]], result: HeldOutResult,
-                cfg: Config, paths: StudyPaths) -> None:
+def _write_best(plan_: Plan, entries: list[dict[str, Any]], result: HeldOutResult, cfg: Config,
+                paths: StudyPaths) -> None:
     target = paths.best
     tmp = target.with_name(".best.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -117,7 +116,7 @@ def _write_best(best: optuna.trial.FrozenTrial, plan_: Plan, entries: list[dict[
         members.append({"file": name, "path": str(plan_.root / e["path"]), "source": e.get("source") or
                         f"{plan_.root.name}/{e['path']}", "fold": e["fold"], "epoch": e["epoch"],
                         "heldout": alone["metrics"], "score_threshold": alone["score_threshold"]})
-    run = paths.trial(best.user_attrs.get("run_dir", trial_folder(best.number)))
+    best, run = plan_.best, plan_.run
     shutil.copy2(run.config, tmp / CONFIG)
     label_map = load_checkpoint(tmp / member_file(0))["label_map"]
     point = result.operating_point.to_dict()

@@ -123,7 +123,7 @@ def _publish(study: optuna.Study, directory: Path, cfg: Config, held_out, w: dis
         if planned.members:
             ranks.announce_refit(w, planned.members, planned.root)
             entries = refit_members(planned.members, planned.root)
-        return publish(planned, entries, study, directory, cfg, held_out, log)
+        return publish(planned, entries, directory, cfg, held_out, log)
     finally:
         lock.release()
 
