@@ -194,6 +194,7 @@ def _train(args) -> int:
 def _cv(args) -> int:
     from . import config
     from .cv import run_cv
+    from .distributed import world
     from .report import format_cv, format_published
     from .train import load_splits
 
@@ -203,7 +204,7 @@ def _cv(args) -> int:
     train_index, val_index = load_splits(cfg)
     result = run_cv(cfg, run, force=args.force, progress=_progress(args), index=train_index, val_index=val_index)
     print(format_cv(result.folds, result.mean, result.std))
-    if cfg.refit.strategy != "folds":
+    if cfg.refit.strategy != "folds" and world().main:  # one process tunes and writes the operating point
         from .evaluate import tune_run
 
         print(format_published(tune_run(cfg, run, val_index).to_dict(), result.mean))

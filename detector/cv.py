@@ -120,6 +120,7 @@ def _refit(cfg: Config, paths: RunPaths, index: CocoIndex, val_index: CocoIndex,
     if w.main:
         prefix = paths.refit.relative_to(paths.root)
         write_json(paths.top_models, [{**e, "path": str(prefix / e["path"])} for e in entries])
+    distributed.barrier(w)  # every rank's summary lists the members
 
 
 def out_of_fold_operating_point(run: RunPaths, index: CocoIndex, folds: list[list[int]], cfg: Config,
