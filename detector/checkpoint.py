@@ -19,7 +19,7 @@ from torch import nn
 
 from . import config as config_mod
 from .data.coco import LabelMap
-from .errors import WeightsError
+from .errors import DetectorError, WeightsError
 from .files import atomic_file, read_json, write_json
 from .layout import RunPaths
 from .models import faster_rcnn
@@ -134,13 +134,17 @@ class TopK:
     (a resumed epoch) replaces its entry. The list is in fold order.
     """
 
-    def __init__(self, run_dir: str | Path, k: int):
+    def __init__(self, run_dir: str | Path, k: int, log: Callable[[str], None] = print):
         self.run, self.k = Path(run_dir), k
         self.paths = RunPaths(run_dir)
         self.folder = self.paths.top
         self.index = self.paths.top_models
-        self.entries: list[dict[str, Any]] = read_json(self.index) if self.index.exists() else []
-        self._remove_unlisted()
+        self.entries, rebuilt = read_index(self.paths)
+        if rebuilt:  # nothing an unreadable index pointed to is deleted: what top/ holds is listed again
+            write_json(self.index, self.entries)
+            log(f"{self.index}: rebuilt from the {len(self.entries)} checkpoint(s) in {self.folder}")
+        else:
+            self._remove_unlisted()
 
     def offer(self, fold: int, epoch: int, metrics: dict[str, Any], save: Callable[[Path], Any]) -> bool:
         score = float(metrics["score"])
@@ -174,3 +178,30 @@ def _rank(entry: dict[str, Any]) -> tuple[float, int]:
 
 def _order(entry: dict[str, Any]) -> tuple[int, float, int]:
     return (entry["fold"], *_rank(entry))
+
+
+def read_index(paths: RunPaths) -> tuple[list[dict[str, Any]], bool]:
+    """A run's top_models.json entries, and whether they were rebuilt: an index that is unreadable, or
+    missing while checkpoints it would list exist (a kill between a save and the index write), is rebuilt
+    from the checkpoints themselves (top/*.pt and refit/*/model.pt each hold their epoch and metrics)."""
+    if paths.top_models.exists():
+        try:
+            return read_json(paths.top_models), False
+        except DetectorError:
+            pass
+    top = [_entry(paths, path, fold=fold) for fold, _, path in paths.top_checkpoints()]
+    refit = [_entry(paths, p, member=p.parent.name) for p in sorted(paths.refit.glob(f"*/{paths.model.name}"))]
+    entries = sorted((e for e in top if e is not None), key=_order) + [e for e in refit if e is not None]
+    return entries, paths.top_models.exists() or bool(entries)
+
+
+def _entry(paths: RunPaths, path: Path, fold: int | None = None, member: str | None = None
+           ) -> dict[str, Any] | None:
+    try:
+        state = load_checkpoint(path)
+    except WeightsError:
+        return None  # a file that cannot be read is not listed, and not deleted either
+    metrics = {k: v for k, v in state.get("metrics", {}).items() if k != "per_class"}
+    entry = {"fold": fold, "epoch": int(state["epoch"]), "score": float(metrics.get("score", float("nan"))),
+             "path": str(path.relative_to(paths.root)), "metrics": metrics}
+    return entry if member is None else {**entry, "member": member, "source": f"rebuilt from {entry['path']}"}

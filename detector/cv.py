@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .checkpoint import TopK
+from .checkpoint import TopK, read_index
 from .config import Config
 from .data.coco import CocoIndex
 from .data.folds import make_folds, resolve_strategy
@@ -75,7 +75,7 @@ def _run_cv(cfg: Config, run: Path, w: distributed.World, *, on_epoch_end, progr
     if w.main:
         write_json(paths.env, environment())
     folds = distributed.broadcast(w, _folds(paths, index, cfg, log) if w.main else None)
-    top = TopK(run, cfg.cv.top_k) if w.main and fold_models else None
+    top = TopK(run, cfg.cv.top_k, log) if w.main and fold_models else None
     for k, val_ids in enumerate(folds):
         fold = paths.fold(k)
         if fold.summary.exists():
@@ -164,8 +164,7 @@ def read_summary(run: Path) -> CVResult:
     values = {k: [f["metrics"].get(k, float("nan")) for f in folds] for k in METRIC_KEYS}
     mean = {k: float(np.mean(v)) if v else float("nan") for k, v in values.items()}
     std = {k: float(np.std(v)) if v else float("nan") for k, v in values.items()}
-    top = read_json(paths.top_models) if paths.top_models.exists() else []
-    return CVResult(run, folds, mean, std, top)
+    return CVResult(run, folds, mean, std, read_index(paths)[0])
 
 
 def environment() -> dict[str, Any]:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import config as config_mod
-from .checkpoint import RestoredModel, restore_model
+from .checkpoint import RestoredModel, read_index, restore_model
 from .config import EnsembleConfig
 from .data.dataset import image_tensor, make_target
 from .data.images import read_image
@@ -285,7 +285,7 @@ def resolve_models(path: str | Path | Sequence[str | Path],
     if p.is_dir() and RunPaths(p).top_models.exists():
         p = RunPaths(p).top_models
     if p.name == RunPaths(p).top_models.name and p.is_file():
-        top = read_json(p)
+        top = read_index(RunPaths(p.parent))[0]  # a damaged index is rebuilt from the run's checkpoints
         missing = [m["path"] for m in top if not (p.parent / m["path"]).exists()]
         if missing:
             raise WeightsError(f"{p}: listed checkpoints are gone ({', '.join(missing)}); a study keeps only its "

@@ -9,13 +9,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 from .errors import DetectorError
 
 TEMP_GLOB = ".*.tmp"
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")  # tempfile.mkstemp's 8 random characters
 
 
 @contextlib.contextmanager
@@ -54,11 +56,19 @@ def read_json(path: str | Path, fix: str = "delete it and run the same command a
         raise DetectorError(f"{path}: damaged state file ({type(e).__name__}: {e}); {fix}") from None
 
 
-def sweep_temp_files(folder: str | Path) -> int:
-    """Remove the temporary files that killed writers left anywhere below `folder`; returns how many."""
+def temp_target(path: str | Path) -> str | None:
+    """The file name an `atomic_file` temporary was going to replace, or None for any other name."""
+    found = _TEMP_NAME.match(Path(path).name)
+    return found["target"] if found else None
+
+
+def sweep_temp_files(folder: str | Path, is_ours: Callable[[str], bool]) -> int:
+    """Remove, in `folder` only, the temporaries a killed `atomic_file` left for the names `is_ours` accepts
+    (another program's hidden .tmp files stay); returns how many."""
     removed = 0
-    for tmp in Path(folder).rglob(TEMP_GLOB):
-        if tmp.is_file():
+    for tmp in Path(folder).glob(TEMP_GLOB) if Path(folder).is_dir() else []:
+        target = temp_target(tmp)
+        if target is not None and is_ours(target) and tmp.is_file():
             tmp.unlink(missing_ok=True)
             removed += 1
     return removed

@@ -43,6 +43,7 @@ drawn/ with --draw, and predictions.partial.jsonl while it runs.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +103,11 @@ class RunPaths(_Folder):
     def top_checkpoint(self, fold: int, epoch: int) -> Path:
         return self.top / f"fold{fold}_epoch{epoch:03d}.pt"
 
+    def top_checkpoints(self) -> list[tuple[int, int, Path]]:
+        """(fold, epoch, path) of the checkpoints present in top/, in fold and epoch order."""
+        found = [(_TOP.match(p.name), p) for p in self.top.glob("*.pt")] if self.top.is_dir() else []
+        return sorted((int(m["fold"]), int(m["epoch"]), p) for m, p in found if m)
+
     def checkpoints(self) -> list[Path]:
         """Every model file of the run: the top models and the folds' resume files."""
         return [*self.top.glob("*.pt"), *(f.last for _, f in self.fold_runs() if f.last.exists())]
@@ -113,6 +119,14 @@ class StudyPaths(_Folder):
 
     def trial(self, run_dir: str) -> RunPaths:
         return RunPaths(self.root / run_dir)
+
+
+_TOP = re.compile(r"^fold(?P<fold>\d+)_epoch(?P<epoch>\d{3,})\.pt$")
+
+
+def is_top_checkpoint(name: str) -> bool:
+    """Whether `name` is a file name RunPaths.top_checkpoint makes."""
+    return _TOP.match(name) is not None
 
 
 def trial_folder(number: int) -> str:

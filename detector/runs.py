@@ -1,9 +1,11 @@
 """Run folders: what detector writes in them, when one may be resumed, and what `--force` may delete.
 
 A run folder (of `train`, of `cv`, and each `fold_K/` inside one) carries a marker file, `.detector-run`,
-written when detector creates it. `--force` deletes only the entries detector writes (RUN_ENTRIES and its
-temporary files) from a folder that has the marker, and never the current directory, a study folder or a
-folder that holds the run's dataset; anything else in the folder stays.
+written when detector creates it, which lists the entries detector writes there. Detector only makes run
+folders of new or empty folders: a non-empty folder without the marker (a user's own, the current directory,
+the dataset's) is refused, never adopted. `--force` deletes only the entries the marker lists and their
+temporary files, and never in the current directory, a study folder or a folder that holds the run's
+dataset; anything else in the folder stays. Starting a run sweeps only the temporaries of its own entries.
 """
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ from . import config as config_mod
 from .config import Config
 from . import distributed
 from .errors import ConfigError, DetectorError
-from .files import TEMP_GLOB, read_json, sweep_temp_files, write_json
-from .layout import MARKER, RUN_ENTRIES, RunPaths, StudyPaths
+from .files import read_json, sweep_temp_files, temp_target, write_json
+from .layout import LOCK, MARKER, RUN_ENTRIES, RunPaths, StudyPaths, is_top_checkpoint
 
 # Keys that may change between the runs of one folder: budget, place and speed, not what is trained.
 RESUMABLE_CHANGES = ("search.n_trials", "search.timeout", "train.device", "train.num_workers", "eval.batch_size",
@@ -76,6 +78,7 @@ def prepare_run(run: str | Path, cfg: Config, *, force: bool = False, log=print)
     with `force` it is cleared first (clear_run). Temporary files of a killed writer are swept.
     """
     run = Path(run)
+    _refuse_foreign(run)
     differences = config_differences(run, cfg)
     if differences and not force:
         listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in differences.items())
@@ -87,15 +90,50 @@ def prepare_run(run: str | Path, cfg: Config, *, force: bool = False, log=print)
         log(f"{run}: started over (--force)")
     _check_data(run, cfg, force)
     run.mkdir(parents=True, exist_ok=True)
-    swept = sweep_temp_files(run)
+    swept = sweep_run_temp_files(run)
     if swept:
         log(f"{run}: removed {swept} temporary file(s) left by an interrupted write")
     paths = RunPaths(run)
-    if not paths.marker.exists():
-        write_json(paths.marker, {"created_by": "detector"})
+    # a marked folder was empty when detector marked it, so every entry name it may write is its own
+    write_json(paths.marker, {"created_by": "detector", "entries": sorted({*marked_entries(run), *RUN_ENTRIES})})
     config_mod.save(config_mod.resolve_paths(cfg), paths.config)
     write_json(paths.data, data_fingerprint(cfg))
     return run
+
+
+def _refuse_foreign(run: Path) -> None:
+    if not run.is_dir() or RunPaths(run).marker.exists():
+        return
+    found = sorted(p.name for p in run.iterdir() if p.name != LOCK)
+    if found:
+        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise ConfigError(f"{run}: not a detector run folder (no {MARKER}) and not empty ({shown}); detector "
+                          "never adopts a folder it did not make: use a new or empty --out")
+
+
+def marked_entries(run: Path) -> list[str]:
+    """The entry names the run folder's marker lists (RUN_ENTRIES for a marker from before the list)."""
+    marker = RunPaths(run).marker
+    if not marker.exists():
+        return []
+    return list(read_json(marker).get("entries", RUN_ENTRIES))
+
+
+def sweep_run_temp_files(run: Path) -> int:
+    """Remove the temporaries of a killed write of the run's own entries: in the run folder, its top/, and
+    (recursively) its marked fold and refit member folders."""
+    entries = {*marked_entries(run), *RUN_ENTRIES}
+    removed = sweep_temp_files(run, entries.__contains__) + sweep_temp_files(RunPaths(run).top, is_top_checkpoint)
+    for child in _run_children(run):
+        removed += sweep_run_temp_files(child)
+    return removed
+
+
+def _run_children(run: Path) -> list[Path]:
+    paths = RunPaths(run)
+    children = [f.root for _, f in paths.fold_runs()]
+    children += sorted(p for p in paths.refit.iterdir() if p.is_dir()) if paths.refit.is_dir() else []
+    return [c for c in children if RunPaths(c).marker.exists()]
 
 
 def data_fingerprint(cfg: Config) -> dict[str, str]:
@@ -151,11 +189,12 @@ def clear_run(run: Path, cfg: Config) -> None:
 
 def _remove_entries(folder: Path) -> None:
     folds = {f.root for _, f in RunPaths(folder).fold_runs() if f.marker.exists()}
+    entries = set(marked_entries(folder))
     for child in folder.iterdir():
         if child in folds:
             _remove_entries(child)
             _rmdir_if_empty(child)
-        elif child.name in RUN_ENTRIES or child.match(TEMP_GLOB):
+        elif child.name in entries or temp_target(child) in entries:
             shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 

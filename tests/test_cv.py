@@ -107,6 +107,26 @@ def test_top_k_keeps_exactly_the_k_best_of_each_fold(tmp_path):
     assert len(list((tmp_path / "top").glob("*.pt"))) == 5 and again.entries == listed
 
 
+def test_an_unreadable_model_index_is_rebuilt_from_the_checkpoints_never_emptied(tmp_path):
+    from detector.checkpoint import save_checkpoint
+    from detector.cv import read_summary
+    from detector.ensemble import resolve_models
+
+    label_map = {"category_ids": [1], "names": ["cell"]}
+    for fold, epoch, score in ((0, 1, 0.4), (0, 3, 0.6), (1, 2, 0.5)):
+        save_checkpoint(tmp_path / "top" / f"fold{fold}_epoch{epoch:03d}.pt",
+                        {"model": {}, "label_map": label_map, "epoch": epoch, "metrics": {"score": score}})
+    (tmp_path / "top_models.json").write_text('[{"fold": 0, "epo')  # cut short
+    assert [(e["fold"], e["epoch"]) for e in read_summary(tmp_path).top_models] == [(0, 3), (0, 1), (1, 2)]
+    assert len(resolve_models(tmp_path)[0]) == 3
+    top = TopK(tmp_path, k=1, log=lambda s: None)  # what the same cv command does on resume
+    assert len(list((tmp_path / "top").glob("*.pt"))) == 3 and len(top.entries) == 3
+    assert [e["score"] for e in json.loads((tmp_path / "top_models.json").read_text())] == [0.6, 0.4, 0.5]
+    (tmp_path / "top_models.json").unlink()  # the old advice: delete it and run again
+    assert len(TopK(tmp_path, k=1, log=lambda s: None).entries) == 3
+    assert len(list((tmp_path / "top").glob("*.pt"))) == 3
+
+
 @pytest.mark.slow
 def test_two_fold_run_end_to_end(sample, tmp_path):
     cfg = config.load(None, [f"data.train.annotations={sample['annotations']}",

@@ -23,7 +23,7 @@ def test_force_clears_only_what_detector_wrote(sample, tmp_path):
     (run / "fold_0").mkdir()
     prepare_run(run / "fold_0", cfg, **QUIET)
     (run / "fold_0" / "metrics.csv").write_text("epoch\n0\n")
-    (run / ".last.pt.abc.tmp").write_bytes(b"half a checkpoint")
+    (run / ".last.pt.abc12345.tmp").write_bytes(b"half a checkpoint")
     changed = config.with_values(cfg, {"train.lr": 0.5})
     with pytest.raises(ConfigError, match=r"train.lr \(0.001 -> 0.5\).*may change on a resume: search.n_trials"):
         prepare_run(run, changed, **QUIET)
@@ -43,10 +43,10 @@ def test_force_refuses_folders_detector_did_not_make(sample, tmp_path, monkeypat
     (study / "study.json").write_text("{}")
     with pytest.raises(ConfigError, match="is a study folder"):
         clear_run(study, cfg)
-    data = shutil.copytree(sample["train"].parent, tmp_path / "data")
+    data = prepare_run(tmp_path / "data", cfg, **QUIET)  # a run folder the user then put the dataset in
+    shutil.copytree(sample["train"].parent, data, dirs_exist_ok=True)
     own = config.with_values(cfg, {"data.train.annotations": str(data / "train.json"),
                                    "data.val.annotations": str(data / "val.json")})
-    prepare_run(data, own, **QUIET)
     with pytest.raises(ConfigError, match="holds the run's dataset"):
         clear_run(data, own)
     monkeypatch.chdir(tmp_path / "study")
@@ -68,17 +68,63 @@ def test_cli_force_in_a_users_folder_deletes_nothing(sample, tmp_path):
     out = subprocess.run([sys.executable, "-m", "detector.cli", "train", "config.yaml", "--out", ".", "--force",
                           "--quiet", *sets], cwd=exp, capture_output=True, text=True)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
-    assert "current directory" in out.stderr or "was not created by detector" in out.stderr
+    assert "not a detector run folder" in out.stderr
     assert sorted(str(p.relative_to(exp)) for p in exp.rglob("*")) == before
+
+
+def test_a_folder_detector_did_not_make_is_never_adopted(sample, tmp_path, monkeypatch):
+    cfg = tiny_cfg(sample)
+    mine = tmp_path / "exp"
+    (mine / "plots").mkdir(parents=True)
+    (mine / "config.yaml").write_text("# my notes\nbase: ../base.yaml\n")
+    (mine / "summary.json").write_text('{"mine": true}')
+    (mine / "plots" / "loss.png").write_bytes(b"png")
+    before = {p: p.read_bytes() for p in mine.rglob("*") if p.is_file()}
+    for attempt in ({}, {"force": True}):
+        with pytest.raises(ConfigError, match=r"exp: not a detector run folder \(no .detector-run\) and not empty "
+                                              r"\(config.yaml, plots, summary.json\).*new or empty --out"):
+            prepare_run(mine, cfg, **attempt, **QUIET)
+    assert {p: p.read_bytes() for p in mine.rglob("*") if p.is_file()} == before
+    with pytest.raises(ConfigError, match="not a detector run folder"):  # the dataset's own folder
+        prepare_run(sample["train"].parent, cfg, **QUIET)
+    monkeypatch.chdir(mine)
+    with pytest.raises(ConfigError, match="not a detector run folder"):
+        prepare_run(".", cfg, **QUIET)
+    (tmp_path / "empty").mkdir()
+    assert (prepare_run(tmp_path / "empty", cfg, **QUIET) / MARKER).exists()  # an empty folder is fine
+
+
+def test_force_deletes_only_the_entries_the_marker_lists(sample, tmp_path):
+    cfg = tiny_cfg(sample)
+    run = prepare_run(tmp_path / "run", cfg, **QUIET)
+    (run / "summary.json").write_text("{}")
+    (run / MARKER).write_text(json.dumps({"created_by": "detector", "entries": [MARKER, "config.yaml", "data.json"]}))
+    prepare_run(run, config.with_values(cfg, {"train.lr": 0.5}), force=True, **QUIET)
+    assert (run / "summary.json").exists()  # not listed: kept
+
+
+def test_a_run_start_sweeps_only_its_own_temporary_files(sample, tmp_path):
+    cfg = tiny_cfg(sample)
+    run = prepare_run(tmp_path / "run", cfg, **QUIET)
+    prepare_run(run / "fold_0", cfg, **QUIET)
+    ours = [run / ".last.pt.k2j4h6g8.tmp", run / "top" / ".fold0_epoch001.pt.abcdefgh.tmp",
+            run / "fold_0" / ".metrics.csv.zzzz9999.tmp"]
+    theirs = [run / "tools" / "cache" / ".cache" / ".state.tmp", run / ".notes.txt.abcdefgh.tmp",
+              run / ".last.pt.tmp", run / "top" / ".README.abcdefgh.tmp"]
+    for path in ours + theirs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    prepare_run(run, cfg, **QUIET)
+    assert [p.exists() for p in ours] == [False] * 3 and all(p.exists() for p in theirs)
 
 
 def test_budget_and_device_changes_resume_and_a_changed_dataset_is_refused(sample, tmp_path):
     cfg = tiny_cfg(sample)
     run = prepare_run(tmp_path / "run", cfg, **QUIET)
-    (run / ".last.pt.x1y2.tmp").write_bytes(b"71 MB of a checkpoint that a kill -9 cut short")
+    (run / ".last.pt.x1y2z3w4.tmp").write_bytes(b"71 MB of a checkpoint that a kill -9 cut short")
     prepare_run(run, config.with_values(cfg, {"search.n_trials": 9, "search.timeout": 60.0,
                                               "train.num_workers": 2, "eval.batch_size": 2}), **QUIET)
-    assert not (run / ".last.pt.x1y2.tmp").exists()  # swept when the run starts again
+    assert not (run / ".last.pt.x1y2z3w4.tmp").exists()  # swept when the run starts again
     copy = tmp_path / "data"
     shutil.copytree(sample["train"].parent, copy)
     moved = config.with_values(cfg, {"data.train.annotations": str(copy / "train.json"),

@@ -15,7 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .. import config as config_mod
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, read_index
 from ..config import Config
 from ..cv import read_summary
 from ..data.coco import CocoIndex
@@ -69,7 +69,7 @@ def plan(study: optuna.Study, directory: Path, cfg: Config) -> Plan | None:
     paths = StudyPaths(directory)
     runs = [paths.trial(t.user_attrs.get("run_dir", trial_folder(t.number))) for t in ranked]
     if cfg.refit.strategy == "folds":
-        return Plan(ranked[0], runs[0], runs[0].root, [], read_json(runs[0].top_models))
+        return Plan(ranked[0], runs[0], runs[0].root, [], read_index(runs[0])[0])
     if cfg.refit.strategy == "seeds":
         trial_cfg, epochs = _trial_recipe(runs[0], cfg)
         members = seed_members(trial_cfg, epochs, cfg.refit.members, prefix=f"{runs[0].root.name}_")
