@@ -95,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--conf-type", choices=("avg", "max", "box_and_model_avg", "absent_model_aware_avg"))
     pr.add_argument("--batch-size", type=_positive_int, default=8)
     pr.add_argument("--device", default="auto")
+    pr.add_argument("--force", action="store_true", help="replace the outputs of another job in --out")
     pr.add_argument("--quiet", action="store_true")
     pr.set_defaults(func=_predict)
 
@@ -259,7 +260,7 @@ def _predict(args) -> int:
     paths = collect_images(images) if images else [r.path for r in gt.images]
     job = {"models": ensemble.identity(), "tta": args.tta, "gt": str(args.gt) if args.gt else None,
            "images": hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()}
-    writer = OutputWriter(args.out, thresholds, draw=args.draw, job=job)
+    writer = OutputWriter(args.out, thresholds, draw=args.draw, job=job, force=args.force)
     if writer.done:
         print(f"resuming: {len(writer.done)} of {len(paths)} images were predicted by an interrupted run "
               f"in {args.out}")
@@ -277,6 +278,9 @@ def _predict(args) -> int:
         print(f"skipped {len(run.skipped)} unreadable file(s):", file=sys.stderr)
         for path, reason in run.skipped:
             print(f"  {reason}", file=sys.stderr)
+    if run.by_name:
+        print(f"{run.by_name} image(s) matched to their --gt entry by file name only (the entry's own file "
+              "is not there)")
     if gt is not None:
         cfg = ensemble.members[0].config
         rows = ground_truth_metrics(run, gt, thresholds, len(ensemble.members), iou_threshold=cfg.eval.iou_threshold,

@@ -39,7 +39,8 @@ A study folder (`detector study --name NAME`, default studies/NAME)::
       plots/                 written by `detector report`
 
 A predict output folder (`detector predict ... --out OUT`): predictions.json, predictions.csv, images.json,
-drawn/ with --draw, and predictions.partial.jsonl while it runs.
+drawn/ with --draw, job.json (the job that wrote them: models, settings, images) and
+predictions.partial.jsonl while it runs.
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ STUDY_FILES = {"meta": "study.json", "config": CONFIG, "database": "study.db", "
                "ensemble": f"best/{ENSEMBLE}", "test": "best/test.json", "heldout": "best/heldout.json",
                "plots": "plots"}
 PREDICT_FILES = {"predictions": "predictions.json", "table": "predictions.csv", "images": "images.json",
-                 "partial": "predictions.partial.jsonl", "drawn": "drawn"}
+                 "partial": "predictions.partial.jsonl", "drawn": "drawn", "job": "job.json"}
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import csv
+import filecmp
 import glob
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -14,7 +16,7 @@ from .data.coco import CocoIndex, load_coco
 from .data.images import read_image
 from .engine import coco_detections
 from .ensemble import Ensemble, ImagePrediction
-from .errors import DatasetError
+from .errors import DatasetError, DetectorError
 from .files import atomic_file, write_json
 from .layout import PredictPaths
 from .metrics import Thresholds, evaluate_detections
@@ -27,10 +29,11 @@ class PredictionRun:
     predictions: list[ImagePrediction]
     image_ids: list[int]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    by_name: int = 0  # images matched to their --gt entry by file name alone (the entry's own file is absent)
 
     def member(self, i: int) -> "PredictionRun":
         """The same images as predicted by member i alone (needs run_predictions(with_members=True))."""
-        return PredictionRun([p.members[i] for p in self.predictions], self.image_ids, self.skipped)
+        return PredictionRun([p.members[i] for p in self.predictions], self.image_ids, self.skipped, self.by_name)
 
 
 def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -48,7 +51,10 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
             raise DatasetError(f"{item}: no such image file, folder or glob match")
     if not found:
         raise DatasetError(f"no image files in {', '.join(map(str, inputs))}")
-    return list(dict.fromkeys(found))
+    unique: dict[Path, Path] = {}
+    for p in found:  # one file under two spellings (a/../a/x.jpg, a link) is predicted once
+        unique.setdefault(p.resolve(), p)
+    return list(unique.values())
 
 
 def run_predictions(ensemble: Ensemble, images: Sequence[Path], *, gt: CocoIndex | None = None,
@@ -62,7 +68,7 @@ def run_predictions(ensemble: Ensemble, images: Sequence[Path], *, gt: CocoIndex
     (OutputWriter.add writes it).
     """
     done = done or {}
-    ids = _image_ids(images, gt)
+    ids, by_name = _image_ids(images, gt)
     todo = [p for p in images if str(p) not in done]
     stream = ensemble.iter_predict(todo, batch_size=batch_size, tta=tta, score_threshold=0.0, progress=progress,
                                    with_members=with_members)
@@ -80,22 +86,40 @@ def run_predictions(ensemble: Ensemble, images: Sequence[Path], *, gt: CocoIndex
         kept_ids.append(image_id)
         if on_image is not None:
             on_image(p, image_id)
-    return PredictionRun(predictions, kept_ids, skipped)
+    return PredictionRun(predictions, kept_ids, skipped, by_name)
 
 
-def _image_ids(images: Sequence[Path], gt: CocoIndex | None) -> list[int]:
+def _image_ids(images: Sequence[Path], gt: CocoIndex | None) -> tuple[list[int], int]:
+    """The --gt image id of each file, and how many were matched by file name alone: by its path first;
+    else by a base name that one --gt entry has, when the entry's own file is absent or has the same bytes
+    (a file of that name with other content is another image)."""
     if gt is None:
-        return list(range(1, len(images) + 1))
+        return list(range(1, len(images) + 1)), 0
     by_path = {r.path.resolve(): r.id for r in gt.images}
-    by_name = {Path(r.file_name).name: r.id for r in gt.images}
-    ids = []
+    named: dict[str, list] = {}
+    for r in gt.images:
+        named.setdefault(Path(r.file_name).name, []).append(r)
+    ids, by_name, seen = [], 0, {}
     for p in images:
-        image_id = by_path.get(p.resolve(), by_name.get(p.name))
+        image_id = by_path.get(p.resolve())
+        candidates = named.get(p.name, [])
+        if image_id is None and len(candidates) == 1 and _same_or_absent(p, candidates[0].path):
+            image_id, by_name = candidates[0].id, by_name + 1
         if image_id is None:
-            raise DatasetError(f"{p}: not an image of {gt.path}; with --gt, predict the images of that file "
-                               "(or leave IMAGES out to predict all of them)")
+            why = (f"{len(candidates)} entries have its name" if len(candidates) > 1 else
+                   f"the entry of that name is another file, {candidates[0].path}" if candidates else
+                   "no entry has its path or name")
+            raise DatasetError(f"{p}: not an image of {gt.path} ({why}); with --gt, predict the images of that "
+                               "file (or leave IMAGES out to predict all of them)")
+        if image_id in seen:
+            raise DatasetError(f"{p} and {seen[image_id]} are the same image of {gt.path}; give it once")
+        seen[image_id] = p
         ids.append(image_id)
-    return ids
+    return ids, by_name
+
+
+def _same_or_absent(path: Path, entry: Path) -> bool:
+    return not entry.exists() or filecmp.cmp(path, entry, shallow=False)
 
 
 def coco_results(run: PredictionRun) -> list[dict[str, Any]]:
@@ -110,12 +134,13 @@ class OutputWriter:
     At once per image: its rows in predictions.csv (boxes at or above the thresholds), its drawing with `draw`,
     and the whole prediction appended to predictions.partial.jsonl, whose first line records the `job`
     (models, settings, images). A writer for the same job picks those images up again (`done`) instead of
-    predicting them twice; any other job starts the folder's outputs afresh. close() writes
+    predicting them twice; any other job starts the folder's outputs afresh, and refuses to replace the
+    outputs of another job (job.json) without `force`. close() writes
     predictions.json (every box) and images.json atomically and removes the partial file.
     """
 
     def __init__(self, out: str | Path, thresholds: Thresholds, *, draw: bool = False,
-                 job: dict[str, Any] | None = None):
+                 job: dict[str, Any] | None = None, force: bool = False):
         self.out, self.thresholds, self.draw = Path(out), thresholds, draw
         self.paths = PredictPaths(out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -124,6 +149,8 @@ class OutputWriter:
                           "class_thresholds": {str(k): v for k, v in sorted(thresholds.per_class.items())},
                           "draw": draw}}
         finished = _read_partial(self.partial, header)
+        if not finished:
+            self._start_afresh(header, force)
         self.done: dict[str, ImagePrediction] = {}
         self.images: list[dict[str, Any]] = []
         self.results: list[dict[str, Any]] = []
@@ -167,6 +194,20 @@ class OutputWriter:
         self.partial.unlink(missing_ok=True)
         return [self.paths.predictions, self.paths.table, self.paths.images]
 
+    def _start_afresh(self, header: dict[str, Any], force: bool) -> None:
+        """Remove the outputs an earlier job left in the folder, so none of them mixes with this job's: the
+        same job's without asking, another job's (or unknown ones) only with `force`."""
+        old = [p for p in (self.paths.predictions, self.paths.table, self.paths.images, self.partial,
+                           self.paths.drawn) if p.exists()]
+        job = self.paths.job
+        same = job.exists() and _json_or_none(job) == json.loads(json.dumps(header))
+        if old and not same and not force:
+            raise DetectorError(f"{self.out}: holds the outputs of another predict job "
+                                f"({', '.join(p.name for p in old)}); use another --out, or --force to replace them")
+        for p in old:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        write_json(job, header)
+
     def _drawing_name(self, source: str) -> str:
         """The file's stem, numbered when two inputs share one (a/x.png and b/x.png)."""
         stem, n = Path(source).stem, 1
@@ -176,6 +217,13 @@ class OutputWriter:
             name = f"{stem}_{n}.png"
         self.drawn.add(name)
         return name
+
+
+def _json_or_none(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def _read_partial(path: Path, header: dict[str, Any]) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from detector.data.transforms import build_eval_transforms
 from detector.engine import Precision, predict
 from detector.metrics import Thresholds
 from detector.ensemble import Ensemble
+from detector.errors import DetectorError
 from detector.predict import OutputWriter, collect_images, ground_truth_metrics, load_ground_truth, run_predictions
 from tests.test_train import TINY
 
@@ -161,8 +162,10 @@ def test_an_interrupted_predict_keeps_the_images_it_finished_and_the_same_job_re
         assert (tmp_path / "out" / name).read_text() == (tmp_path / "whole" / name).read_text(), name
     assert len(list((tmp_path / "out" / "drawn").glob("*.png"))) == 10 and len(run.predictions) == 10
     assert not (tmp_path / "out" / "predictions.partial.jsonl").exists()
-    other = OutputWriter(tmp_path / "whole", Thresholds(0.5, {}), job=job)  # another threshold: another job, started afresh
-    assert not other.done
+    with pytest.raises(DetectorError, match="holds the outputs of another predict job"):
+        OutputWriter(tmp_path / "whole", Thresholds(0.5, {}), job=job)  # another threshold: another job
+    other = OutputWriter(tmp_path / "whole", Thresholds(0.5, {}), job=job, force=True)  # started afresh
+    assert not other.done and not (tmp_path / "whole" / "predictions.json").exists()
 
 
 @pytest.mark.slow
@@ -240,3 +243,57 @@ def test_exported_models_match_the_eager_model_on_real_images(rbc, rbc_run, tmp_
     assert [p.name for p in written] == ["model_0.onnx", "model_1.onnx", "ensemble.json"]
     meta = json.loads((tmp_path / "deploy" / "ensemble.json").read_text())
     assert meta["class_thresholds"] == {"2": 0.2} and meta["members"] == ["model_0.onnx", "model_1.onnx"]
+
+
+def _prediction(source):
+    from detector.ensemble import ImagePrediction
+
+    return ImagePrediction(str(source), 60, 40, np.array([[1, 2, 30, 20]], np.float32), np.array([0.9], np.float32),
+                           np.array([1]), ["cell"], [1])
+
+
+def test_a_new_predict_job_never_mixes_with_another_jobs_outputs(tmp_path):
+    from detector.errors import DetectorError
+
+    out = tmp_path / "out"
+    first = OutputWriter(out, Thresholds(0.3, {}), draw=False, job={"images": "a"})
+    for i in (1, 2, 3):
+        first.add(_prediction(f"a{i}.png"), i)
+    first.close()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(DetectorError, match=r"out: holds the outputs of another predict job \(predictions.json, "
+                                            r"predictions.csv, images.json\); use another --out, or --force"):
+        OutputWriter(out, Thresholds(0.3, {}), job={"images": "b"})
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # refused: nothing truncated
+    OutputWriter(out, Thresholds(0.3, {}), job={"images": "a"}).close()  # the same job again: allowed
+    second = OutputWriter(out, Thresholds(0.3, {}), job={"images": "b"}, force=True)
+    second.add(_prediction("b1.png"), 1)  # ... and killed here
+    assert sorted(p.name for p in out.iterdir()) == ["job.json", "predictions.csv", "predictions.partial.jsonl"]
+    assert "a1.png" not in (out / "predictions.csv").read_text()
+
+
+def test_one_file_under_two_spellings_is_predicted_once(tmp_path):
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "x.jpg")
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "y.jpg")
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "a" / "x.jpg")
+    found = collect_images([tmp_path / "a" / ".." / "a" / "x.jpg", tmp_path / "a", tmp_path / "link.jpg"])
+    assert found == [tmp_path / "a" / ".." / "a" / "x.jpg", tmp_path / "a" / "y.jpg"]
+
+
+def test_ground_truth_matches_by_name_only_when_it_is_the_same_image(tiny_coco, tmp_path):
+    import shutil
+
+    from detector.errors import DatasetError
+    from detector.predict import _image_ids
+
+    gt = load_coco(tiny_coco())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(gt.images[0].path, elsewhere / "im0.png")  # the same image, moved: matched by name, and said
+    assert _image_ids([elsewhere / "im0.png", gt.images[1].path], gt) == ([1, 2], 1)
+    shutil.copy(gt.images[2].path, elsewhere / "im1.png")  # another image under a --gt name
+    with pytest.raises(DatasetError, match=r"im1.png: not an image of .*\(the entry of that name is another file"):
+        _image_ids([elsewhere / "im1.png"], gt)
+    with pytest.raises(DatasetError, match="are the same image of"):
+        _image_ids([gt.images[0].path, elsewhere / "im0.png"], gt)
