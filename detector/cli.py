@@ -236,8 +236,10 @@ def _study(args) -> int:
     result = run_study(cfg, directory, storage=args.storage, progress=_progress(args))
     states = ", ".join(f"{n} {s.lower()}" for s, n in result.states.items())
     print(f"study {result.name}: {states}")
-    if result.best_trial is not None:
-        print(f"best trial {result.best_trial}: value {result.best_value:.4f}; models in {directory / 'best'}")
+    if result.best_trial is None:
+        raise DetectorError(f"study {result.name}: no trial completed ({states}), so nothing is published; the "
+                            f"failed trials' reasons: detector report {directory}")
+    print(f"best trial {result.best_trial}: value {result.best_value:.4f}; models in {directory / 'best'}")
     print(f"details: detector report {directory}")
     return 0
 

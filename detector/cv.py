@@ -25,7 +25,7 @@ from .files import read_json, write_json
 from .layout import RunPaths
 from .metrics import METRIC_KEYS, coco_map, match
 from .thresholds import tune_thresholds
-from . import distributed
+from . import distributed, preflight
 from .engine import resolve_device
 from .refit import fold_epochs, refit as refit_members, seed_members
 from .runs import owned_run
@@ -60,6 +60,7 @@ def run_cv(
     run folder is locked against a second process for the whole run. A study's trials pass refit=False: the
     study refits its best trial's config only.
     """
+    preflight.check(cfg)
     w = distributed.start(resolve_device(cfg.train.device))
     with owned_run(run_dir, cfg, force=force, log=log) as run:
         return _run_cv(cfg, run, w, on_epoch_end=on_epoch_end, progress=progress,

@@ -21,15 +21,22 @@ SCALARS = ("loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_r
 DRAWN_IMAGES = 4
 
 
+def check_available() -> None:
+    """A ConfigError with the fix when train.tensorboard is on but the package is not installed."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise ConfigError("train.tensorboard needs the tensorboard package: pip install -e \".[tensorboard]\"; "
+                          "or set train.tensorboard=false") from None
+
+
 class RunBoard:
     """One run's event file; `epoch` after every epoch, `close` at the end."""
 
     def __init__(self, folder: Path):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ConfigError("train.tensorboard needs the tensorboard package: pip install -e \".[tensorboard]\"; "
-                              "or set train.tensorboard=false") from None
+        check_available()
+        from torch.utils.tensorboard import SummaryWriter
+
         self.writer = SummaryWriter(str(folder))
 
     def epoch(self, epoch: int, row: dict[str, Any], improved: bool, gt: dict[str, Any],

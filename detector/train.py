@@ -35,7 +35,7 @@ from .metric_log import append_row, rewrite_rows
 from .metrics import METRIC_KEYS, evaluate_detections
 from .models import faster_rcnn
 from .optim import LrSchedule, build_optimizer
-from . import distributed
+from . import distributed, preflight
 from .runs import owned_run
 
 LOSS_KEYS = ("loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
@@ -115,6 +115,7 @@ def fit(
     save)` is offered every epoch's model (save(path) writes its checkpoint); `save_best=False` leaves
     best.pt out (k-fold runs keep their top models through `keep`).
     """
+    preflight.check(cfg)
     w = distributed.start(resolve_device(cfg.train.device))
     with owned_run(run_dir, cfg, force=force, log=log) as run:
         return _fit(cfg, train_index, val_index, run, w, on_epoch_end=on_epoch_end, progress=progress and w.main,

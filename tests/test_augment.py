@@ -68,3 +68,37 @@ def test_a_run_trains_with_a_user_pipeline_records_it_and_resumes_exactly(sample
         fit(cfg, train_index, val_index, tmp_path / "resumed", on_epoch_end=crash, **quiet)
     resumed = fit(cfg, train_index, val_index, tmp_path / "resumed", **quiet)
     assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in full.history], rel=1e-6)
+
+
+@pytest.mark.parametrize("transform, says", [
+    (A.Normalize(), r"Normalize turns the uint8 HxWx3 image into float32 256x320x3; remove it"),
+    (A.ToFloat(), r"ToFloat turns the uint8 HxWx3 image into float32"),
+    (A.ToGray(num_output_channels=1, p=0.2), r"ToGray turns the uint8 HxWx3 image into uint8 256x320"),
+    (A.MaskDropout(), r"MaskDropout fails on a 256x320 RGB image with one box \(ValueError: .*mask"),
+    (A.OneOf([A.Blur(), A.ToFloat()]), r"ToFloat turns"),  # inside a container, however rarely drawn
+])
+def test_a_pipeline_that_breaks_the_models_input_is_refused_before_the_run_folder_exists(sample, tmp_path,
+                                                                                          transform, says):
+    pipeline = A.to_dict(A.Compose([A.HorizontalFlip(p=0.5), transform]))
+    cfg = config.load(None, [f"data.train.annotations={sample['train']}", f"data.val.annotations={sample['val']}",
+                             *TINY, "train.epochs=1"])
+    cfg = config.with_values(cfg, {"data.augment.pipeline": pipeline})
+    train, val = load_splits(cfg)
+    with pytest.raises(ConfigError, match=says):
+        fit(cfg, train, val, tmp_path / "run", progress=False, log=lambda s: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bare_name_where_a_transform_belongs_is_a_config_error():
+    with pytest.raises(ConfigError, match="every transform must be a mapping with __class_fullname__"):
+        build_train_transforms(config.from_dict({"data": {"augment": {"pipeline": {
+            "transform": {"__class_fullname__": "Compose", "transforms": ["HorizontalFlip"]}}}}}).data.augment, 128)
+
+
+def test_a_searched_pipeline_probability_that_breaks_a_transform_fails_before_the_study(sample):
+    pipeline = A.to_dict(A.Compose([A.HorizontalFlip(p=0.5), A.RandomCrop(height=100, width=100, p=0.5)]))
+    cfg = config.with_values(config.load(None, [f"data.train.annotations={sample['train']}", *TINY]),
+                             {"data.augment.pipeline": pipeline,
+                              "search.space": {"data.augment.pipeline.transform.transforms.1.height": [100, 5000]}})
+    with pytest.raises(ConfigError, match=r"transforms.1.height: the value 5000 does not fit .*RandomCrop fails"):
+        check_space(cfg)

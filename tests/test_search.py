@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from detector import config
 from detector.errors import ConfigError
 from detector.evaluate import check_held_out
-from detector.search import Objective, PruningHook, load_study, run_study, suggest
+from detector.search import Objective, PruningHook, check_space, load_study, run_study, suggest
 from detector.train import load_splits
 from tests.helpers import wait_until
 from tests.test_train import TINY
@@ -398,3 +398,32 @@ def test_refit_plans_follow_the_strategy_and_the_ranked_trials(tmp_path):
     folds = plan(study, tmp_path, config.load(None, ["refit.strategy=folds"]))
     assert folds.members == [] and folds.entries[0]["path"] == "top/fold0_epoch003.pt"
     assert folds.root == tmp_path / "trial_0001"
+
+
+def test_a_missing_optional_package_fails_before_the_study_records_anything(sample, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # what `import tensorboard` meets when it is not installed
+    with pytest.raises(ConfigError, match=r"train.tensorboard needs the tensorboard package: pip install"):
+        run_study(study_cfg(sample, "train.tensorboard=true"), tmp_path / "studies" / "s", log=lambda s: None)
+    assert not (tmp_path / "studies").exists()  # so the fixed config starts the same study name afresh
+    with pytest.raises(ConfigError, match=r"search.space.train.tensorboard: the value True does not fit"):
+        check_space(study_cfg(sample, "search.space={train.tensorboard: [false, true]}"))
+
+
+@pytest.mark.parametrize("spec, says", [
+    ("{low: 2, high: 8, step: 0.5}", r"train.batch_size is an integer, so low, high and step must be whole"),
+    ("{low: 2, high: 8, step: 0}", r"step must be a positive number; got 0"),
+    ("{low: 2, high: 8, step: -2}", r"step must be a positive number"),
+    ("{low: 1.5, high: 8}", r"must be whole numbers"),
+])
+def test_a_step_that_cannot_draw_the_key_is_refused(sample, spec, says):
+    with pytest.raises(ConfigError, match=says):
+        check_space(study_cfg(sample, f"search.space={{train.batch_size: {spec}}}"))
+
+
+@pytest.mark.slow
+def test_a_study_in_which_no_trial_completed_exits_non_zero(sample, tmp_path):
+    done = subprocess.run(study_command(sample, tmp_path, "diverges", "search.n_trials=2", "train.lr=1e6",
+                                        "train.epochs=1", "search.space={train.lr: [1.0e+6, 1.0e+7]}"), capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    assert "no trial completed (2 fail)" in done.stderr and "detector report" in done.stderr
+    assert [t.state for t in load_study(tmp_path / "studies" / "diverges").trials] == [TrialState.FAIL] * 2

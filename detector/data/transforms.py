@@ -5,11 +5,13 @@ original pixels by the per-axis ratio of original to resized size. Boxes are pas
 """
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Any
 
 import albumentations as A
 import cv2
+import numpy as np
 
 from ..config import AugmentConfig, inline_pipeline
 from ..errors import ConfigError
@@ -47,10 +49,48 @@ def user_transforms(spec: dict[str, Any] | str) -> list[A.BasicTransform]:
                               "names Albumentations serializes (e.g. HorizontalFlip, CLAHE, CoarseDropout)") from None
         except (TypeError, ValueError) as e:
             raise ConfigError(f"data.augment.pipeline: {e}") from None
+        except AttributeError:
+            raise ConfigError("data.augment.pipeline: every transform must be a mapping with __class_fullname__ "
+                              "and its arguments (e.g. {__class_fullname__: HorizontalFlip, p: 0.5}), not a "
+                              "bare name") from None
     invalid = [str(w.message) for w in caught if "not valid" in str(w.message)]
     if invalid:
         raise ConfigError(f"data.augment.pipeline: {invalid[0]}; fix the argument name")
     return list(built.transforms) if isinstance(built, A.BaseCompose) else [built]
+
+
+def check_pipeline(aug: AugmentConfig, size: int) -> None:
+    """Run every transform of the training pipeline once, forced on, on a uint8 RGB image with one box: a
+    transform that fails when called (MaskDropout needs a mask) or returns anything but uint8 HxWx3
+    (Normalize, ToFloat, ToTensorV2, one-channel ToGray: the model normalises its inputs itself) is a
+    ConfigError naming it, raised before anything trains on it."""
+    steps = user_transforms(aug.pipeline) if aug.pipeline is not None else _short_form(aug)
+    height, width = max(size, 256), max(size, 320)
+    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    box = [width * 0.2, height * 0.2, width * 0.6, height * 0.7]
+    for leaf in _leaves(steps):
+        name = type(leaf).__name__
+        forced = copy.deepcopy(leaf)
+        forced.p = 1.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                out = A.Compose([forced], bbox_params=_bbox_params())(image=image, bboxes=[box], labels=[1])["image"]
+            except Exception as e:  # any failure of a user's transform is theirs to fix; name it
+                raise ConfigError(f"data.augment.pipeline: {name} fails on a {height}x{width} RGB image with one "
+                                  f"box ({type(e).__name__}: {e}); remove it or fix its arguments") from None
+        if not (isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3):
+            got = (f"{out.dtype} {'x'.join(map(str, out.shape))}" if hasattr(out, "shape") else type(out).__name__)
+            raise ConfigError(f"data.augment.pipeline: {name} turns the uint8 HxWx3 image into {got}; remove it: "
+                              "detector normalises inside the model, so Normalize, ToFloat, ToTensorV2 and "
+                              "one-channel ToGray do not belong in the pipeline")
+
+
+def _leaves(steps: list[Any]) -> list[A.BasicTransform]:
+    out = []
+    for t in steps:
+        out += _leaves(list(t.transforms)) if isinstance(t, A.BaseCompose) else [t]
+    return out
 
 
 def pipeline_dict(pipeline: A.Compose) -> dict[str, Any]:

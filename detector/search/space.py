@@ -5,7 +5,7 @@ from typing import Any
 
 import optuna
 
-from .. import config as config_mod
+from .. import config as config_mod, preflight
 from ..config import Config
 from ..errors import ConfigError
 from ..typed_yaml import numeric
@@ -17,14 +17,15 @@ def suggest(trial: optuna.trial.BaseTrial, space: dict[str, Any]) -> dict[str, A
 
 
 def check_space(cfg: Config) -> None:
-    """Every search.space entry names a config key and every value it can draw fits that key: checked before
-    a study records anything, so a typo fails at once instead of failing every trial."""
+    """Every search.space entry names a config key and every value it can draw fits that key and passes the
+    run's preflight checks: checked before a study records anything, so a typo fails at once instead of
+    failing every trial."""
     for key, spec in cfg.search.space.items():
         probe = _SpaceProbe()
         _suggest_one(probe, key, spec)
         for value in probe.values:
             try:
-                config_mod.with_values(cfg, {key: value}, source="search.space")
+                preflight.check(config_mod.with_values(cfg, {key: value}, source="search.space"))
             except ConfigError as e:
                 raise ConfigError(f"search.space.{key}: the value {value!r} does not fit ({e})") from None
 
@@ -96,6 +97,11 @@ def _suggest_one(trial: optuna.trial.BaseTrial, key: str, spec: Any) -> Any:
         raise ConfigError(f"{where}: log and step cannot be combined")
     if log and low <= 0:
         raise ConfigError(f"{where}: a log range needs low > 0")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
+        raise ConfigError(f"{where}: step must be a positive number; got {step!r}")
+    if tp is int and not all(float(v).is_integer() for v in (low, high, step or 1)):
+        raise ConfigError(f"{where}: {key} is an integer, so low, high and step must be whole numbers; got "
+                          f"low {low!r}, high {high!r}, step {step!r}")
     if tp is int or (tp is Any and all(isinstance(v, int) for v in (low, high, step or 1))):
         return trial.suggest_int(key, int(low), int(high), step=int(step or 1), log=log)
     if tp is float or tp is Any:  # Any: a number inside an Albumentations pipeline

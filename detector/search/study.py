@@ -11,7 +11,7 @@ from filelock import FileLock, Timeout
 from optuna.trial import TrialState
 
 from .. import config as config_mod
-from .. import distributed
+from .. import distributed, preflight
 from ..config import Config
 from ..engine import resolve_device
 from ..errors import ConfigError
@@ -46,6 +46,7 @@ def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None,
     """
     directory = Path(study_dir)
     w = distributed.start(resolve_device(cfg.train.device))
+    preflight.check(cfg)
     check_space(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our log lines say what optuna's INFO lines would
     log = distributed.main_only(w, log)
