@@ -18,6 +18,10 @@ class WeightsError(DetectorError):
     """Pretrained or checkpoint weights that cannot be found or loaded."""
 
 
+class StorageError(DetectorError):
+    """A state file could not be written (full disk, read-only folder); what was written before is intact."""
+
+
 class TrainingError(DetectorError):
     """Training cannot go on (for example a non-finite loss)."""
 

@@ -7,6 +7,7 @@ files a killed process left behind; `read_json` turns a damaged state file into 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -14,27 +15,81 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
-from .errors import DetectorError
+from .errors import DetectorError, StorageError
 
 TEMP_GLOB = ".*.tmp"
 _TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")  # tempfile.mkstemp's 8 random characters
 
 
+_FIXES = {errno.ENOSPC: "free some disk space", errno.EDQUOT: "free some of your disk quota",
+          errno.EROFS: "make the folder writable", errno.EACCES: "make the folder writable",
+          errno.EPERM: "make the folder writable", errno.EFBIG: "raise the file size limit (ulimit -f)"}
+
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Turn a failed write of `path` (full disk, read-only folder) into one StorageError naming the file and
+    the cause; the writes before it are intact, so the same command resumes once the cause is fixed."""
+    try:
+        yield
+    except OSError as e:
+        raise storage_error(path, e) from None
+
+
+def storage_error(path: str | Path, e: OSError) -> StorageError:
+    cause = os.strerror(e.errno) if e.errno else str(e)
+    fix = _FIXES.get(e.errno, "fix the cause")
+    return StorageError(f"{path}: cannot write it ({cause}); everything written before is kept: {fix} and run "
+                        "the same command again (train, cv and study resume from the last finished epoch)")
+
+
+class _Recording:
+    """A file whose failed writes are remembered: torch.save reports a failed write as a RuntimeError
+    ("enforce fail at inline_container.cc") that no longer says why, so the OSError is kept here."""
+
+    def __init__(self, f: IO):
+        self._f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file beside `path`; on a clean exit it replaces `path`, on an error it is removed."""
+    """Open a temporary file beside `path`; on a clean exit it replaces `path`, on an error it is removed.
+    A write the disk refuses is a StorageError (see `writing`); the old `path` stays as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    recording = None
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a shared studies/ needs what open() would make
         with os.fdopen(fd, mode) as f:
-            yield f
+            recording = _Recording(f)
+            yield recording
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        failed = recording.error if recording is not None and recording.error is not None else e
+        if isinstance(failed, OSError):
+            raise storage_error(path, failed) from None
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | Path, text: str) -> Path:

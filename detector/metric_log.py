@@ -6,12 +6,13 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from .files import writing
 from .layout import RunPaths
 
 
 def append_row(path: Path, row: dict[str, Any], columns: tuple[str, ...]) -> None:
     new = not path.exists()
-    with path.open("a", newline="") as f:
+    with writing(path), path.open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         if new:
             writer.writeheader()
@@ -19,10 +20,26 @@ def append_row(path: Path, row: dict[str, Any], columns: tuple[str, ...]) -> Non
 
 
 def rewrite_rows(path: Path, history: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
-    """On resume: the log holds exactly the epochs the checkpoint has (a kill may have cut it either way)."""
+    """On resume: the log holds exactly the epochs the checkpoint has (a kill may have cut it either way).
+    A log that already does, whole rows ending in a newline, is left as it is: its timings are the ones
+    measured (the checkpoint cannot hold the time it took to write itself)."""
+    if _holds_exactly(path, [h["epoch"] for h in history], columns):
+        return
     path.unlink(missing_ok=True)
     for row in history:
         append_row(path, row, columns)
+
+
+def _holds_exactly(path: Path, epochs: list[int], columns: tuple[str, ...]) -> bool:
+    if not path.exists():
+        return not epochs
+    text = path.read_text()
+    if not text.endswith("\n"):
+        return False
+    reader = csv.DictReader(text.splitlines())
+    rows = list(reader)
+    return (tuple(reader.fieldnames or ()) == columns and [r.get("epoch") for r in rows] == [str(e) for e in epochs]
+            and all(None not in r and None not in r.values() for r in rows))
 
 
 def read_metric_rows(run: Path) -> list[dict[str, Any]]:

@@ -151,8 +151,14 @@ def test_an_early_stopped_run_stays_stopped_and_a_fresh_start_keeps_one_row_per_
     train_index, val_index = load_splits(cfg)
     first = fit(cfg, train_index, val_index, tmp_path / "run", progress=False, **QUIET)
     assert first.stopped_early and first.epochs_run == 2
+    log = (tmp_path / "run" / "metrics.csv").read_bytes()
     again = fit(cfg, train_index, val_index, tmp_path / "run", progress=False, **QUIET)
     assert again.stopped_early and again.epochs_run == 2 and again.best_epoch == first.best_epoch
+    assert (tmp_path / "run" / "metrics.csv").read_bytes() == log  # a rerun that trains nothing changes nothing
+    (tmp_path / "run" / "metrics.csv").write_bytes(log[:-9])  # a row cut short by a kill: rewritten whole
+    fit(cfg, train_index, val_index, tmp_path / "run", progress=False, **QUIET)
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[1] == log.decode().splitlines()[1]
     (tmp_path / "run" / "last.pt").unlink()  # a user deleting a damaged checkpoint starts the run over
     fit(cfg, train_index, val_index, tmp_path / "run", progress=False, **QUIET)
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
@@ -210,3 +216,42 @@ def test_sigterm_stops_like_ctrl_c_and_the_same_command_resumes(sample, tmp_path
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0 and "resuming" in done.stdout, done.stderr
     assert [r.split(",")[0] for r in metrics.read_text().splitlines()[1:]] == ["0", "1", "2", "3"]
+
+
+def test_state_files_follow_the_umask_like_any_file(tmp_path):
+    import os
+
+    from detector.files import write_json
+
+    old = os.umask(0o002)  # a group-shared studies/ folder
+    try:
+        write_json(tmp_path / "study.json", {})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "study.json").stat().st_mode & 0o777 == 0o664  # mkstemp alone makes 0600
+
+
+_FILE_SIZE_LIMIT = """
+import resource, runpy, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # so a write past the limit fails with EFBIG, like a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (2_000_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+sys.argv = ["detector"] + sys.argv[1:]
+runpy.run_module("detector.cli", run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_a_write_the_disk_refuses_is_one_error_and_the_same_command_then_finishes(sample, tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("{}\n")
+    args = ["train", str(empty), "--out", str(tmp_path / "run"), "--quiet",
+            *[a for s in [f"data.train.annotations={sample['train']}", f"data.val.annotations={sample['val']}",
+                          *TINY, "train.epochs=2"] for a in ("--set", s)]]
+    refused = subprocess.run([sys.executable, "-c", _FILE_SIZE_LIMIT, *args], capture_output=True, text=True)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert "cannot write it (File too large); everything written before is kept" in refused.stderr
+    assert "enforce fail" not in refused.stderr
+    assert not list((tmp_path / "run").glob(".*.tmp"))  # no half-written file left behind
+    done = subprocess.run([sys.executable, "-m", "detector.cli", *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert [r.split(",")[0] for r in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]] == ["0", "1"]
