@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -63,10 +64,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: checkpoint not found; pass a .pt file written by `detector train`")
+    if _is_torchscript(path):
+        raise WeightsError(f"{path}: a TorchScript export (detector export --format torchscript), not a checkpoint; "
+                           "give the .pt file from detector train or cv it was exported from, or load the export "
+                           "with torch.jit.load in your own code")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # a truncated or foreign file is a user error
-        raise WeightsError(f"{path}: cannot load checkpoint ({type(e).__name__}: {e})") from None
+    except Exception as e:  # a truncated or foreign file is a user error; torch's advice to load unsafely is not ours
+        reason = str(e).split("\n")[0] if "weights_only" not in str(e) else "it holds objects a safe load refuses"
+        raise WeightsError(f"{path}: cannot load checkpoint ({type(e).__name__}: {reason}); pass a .pt file "
+                           "written by detector train or cv") from None
     if not isinstance(state, dict) or "model" not in state or "label_map" not in state:
         raise WeightsError(f"{path}: not a detector checkpoint (no model/label_map); pass a file from `detector train`")
     recorded = state.pop("checksum", None)  # checkpoints from before checksums have none
@@ -76,6 +83,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if recorded is not None:
         state["checksum"] = recorded  # the weights' identity (save() recomputes it)
     return state
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives are zip files with code/ and constants.pkl beside the data."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.split("/", 1)[-1] == "constants.pkl" for n in z.namelist())
 
 
 def rng_state() -> dict[str, Any]:
@@ -117,7 +132,13 @@ def restore_model(path: str | Path, device: str | torch.device = "cpu") -> Resto
     label_map = LabelMap.from_dict(state["label_map"])
     model, _ = faster_rcnn.build(replace(cfg.model, pretrained=False), num_classes=label_map.num_classes,
                                  image_size=state["image_size"], anchor_shapes=state.get("anchors"))
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        first = str(e).split("\n")[1].strip() if "\n" in str(e) else str(e)
+        raise WeightsError(f"{path}: its weights are not those of the model its config describes "
+                           f"({cfg.model.backbone}: {first}); the file was altered or assembled from two "
+                           "checkpoints: use a checkpoint as detector train or cv wrote it") from None
     faster_rcnn.set_normalization(model, state.get("normalization") or LEGACY_NORMALIZATION)
     model.to(device).eval()
     return RestoredModel(model, label_map, int(state["image_size"]), cfg, state.get("anchors"),

@@ -9,6 +9,9 @@ is exported, with the WBF settings and thresholds written beside them (`ensemble
 """
 from __future__ import annotations
 
+import io
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Dict
@@ -22,7 +25,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 
 from .checkpoint import RestoredModel, restore_model
 from .errors import ConfigError, DetectorError, WeightsError
-from .files import read_json, write_json
+from .files import atomic_file, read_json, write_json
 from .layout import ENSEMBLE
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
@@ -86,15 +89,17 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, *, samp
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     restored = restore_model(checkpoint, "cpu")
     module = deployed(restored)
+    buffer = io.BytesIO()  # built in memory, then written atomically: a kill leaves the old file or the new one
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit's deprecation notice and the ONNX tracer's shape warnings
         if fmt == "torchscript":
-            torch.jit.save(torch.jit.script(module), str(out))
+            torch.jit.save(torch.jit.script(module), buffer)
         else:
-            _export_onnx(module, out, sample)
+            _export_onnx(module, buffer, sample)
+    with atomic_file(out) as f:
+        f.write(buffer.getbuffer())
     write_json(labels_file(out), {"labels": _labels(restored), "image_size": restored.image_size,
                                   "input": "uint8 RGB image, shape (height, width, 3)",
                                   "outputs": ["boxes (N, 4) xyxy pixels", "scores (N,)", "labels (N,) 1..K"]})
@@ -106,16 +111,44 @@ def export_models(models: str | Path, fmt: str, out: str | Path) -> list[Path]:
     ensemble's WBF settings and thresholds (ensemble.json) beside them."""
     models, out = Path(models), Path(out)
     if models.is_dir() and (models / ENSEMBLE).exists():
-        meta = read_json(models / ENSEMBLE)
-        written = [export_checkpoint(models / m["file"], fmt, out / (Path(m["file"]).stem + FORMATS[fmt]))
-                   for m in meta["members"]]
-        write_json(out / ENSEMBLE, {k: meta[k] for k in ("ensemble", "score_threshold", "class_thresholds",
-                                                          "label_map") if k in meta}
-                   | {"members": [p.name for p in written]})
-        return [*written, out / ENSEMBLE]
+        return _export_ensemble(models, fmt, out)
     if models.is_file():
         return [export_checkpoint(models, fmt, out)]
     raise WeightsError(f"{models}: not a checkpoint or a study's best/ folder")
+
+
+def _export_ensemble(best: Path, fmt: str, out: Path) -> list[Path]:
+    """Every member and ensemble.json, built in a folder beside `out` and swapped in only when all are
+    written: a killed export leaves the old export whole (and a hidden .NAME.*.export folder to delete)."""
+    if out.exists() and not _is_export(out):
+        raise DetectorError(f"{out}: holds files that are not an export of detector; use a new --out folder")
+    meta = read_json(best / ENSEMBLE)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".export", dir=out.parent))
+    try:
+        names = [Path(m["file"]).stem + FORMATS[fmt] for m in meta["members"]]
+        for m, name in zip(meta["members"], names):
+            export_checkpoint(best / m["file"], fmt, stage / name)
+        write_json(stage / ENSEMBLE, {k: meta[k] for k in ("ensemble", "score_threshold", "class_thresholds",
+                                                           "label_map") if k in meta} | {"members": names})
+        old = out.with_name(f".{out.name}.old") if out.exists() else None
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+        stage.rename(out)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return [*(out / name for name in names), out / ENSEMBLE]
+
+
+def _is_export(folder: Path) -> bool:
+    """Whether `folder` holds only what an ensemble export writes (so replacing it loses nothing else)."""
+    if not folder.is_dir():
+        return False
+    return all(p.name == ENSEMBLE or p.name.startswith("model_") for p in folder.iterdir())
 
 
 def labels_file(model_file: Path) -> Path:
@@ -127,14 +160,14 @@ def _labels(restored: RestoredModel) -> dict[str, Any]:
     return {str(i + 1): {"name": n, "category_id": c} for i, (n, c) in enumerate(zip(lm.names, lm.category_ids))}
 
 
-def _export_onnx(module: DeployedDetector, out: Path, sample: torch.Tensor | None) -> None:
+def _export_onnx(module: DeployedDetector, out: io.BytesIO, sample: torch.Tensor | None) -> None:
     try:
         import onnx  # noqa: F401  (the exporter needs it)
     except ImportError:
         raise DetectorError("ONNX export needs the onnx package: pip install -e \".[export]\"") from None
     image = sample if sample is not None else torch.randint(0, 256, (module.image_size, module.image_size, 3),
                                                             dtype=torch.uint8)
-    torch.onnx.export(module, (image,), str(out), input_names=["image"], output_names=["boxes", "scores", "labels"],
+    torch.onnx.export(module, (image,), out, input_names=["image"], output_names=["boxes", "scores", "labels"],
                       dynamic_axes={"image": {0: "height", 1: "width"}, "boxes": {0: "n"}, "scores": {0: "n"},
                                     "labels": {0: "n"}}, opset_version=17, dynamo=False)
 

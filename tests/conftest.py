@@ -56,3 +56,25 @@ def tiny_coco(tmp_path):
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def untrained_checkpoint(tmp_path_factory) -> Path:
+    """A real detector checkpoint of the tests' small ResNet-18 model, as training writes it, untrained: for
+    what loads, exports and refuses files, never for what a model predicts."""
+    from dataclasses import replace
+
+    from detector import config
+    from detector.checkpoint import save_checkpoint
+    from detector.models import faster_rcnn
+    from tests.test_train import TINY
+
+    cfg = config.load(None, [*TINY, "model.anchors=default"])
+    model, _ = faster_rcnn.build(replace(cfg.model, pretrained=False), num_classes=2, image_size=128,
+                                 anchor_shapes=None)
+    path = tmp_path_factory.mktemp("checkpoint") / "model.pt"
+    save_checkpoint(path, {"model": model.state_dict(), "epoch": 0, "metrics": {}, "image_size": 128,
+                           "config": config.resolve_paths(cfg).to_dict(), "anchors": None,
+                           "label_map": {"category_ids": [1, 2], "names": ["a", "b"]},
+                           "normalization": faster_rcnn.normalization(model)})
+    return path

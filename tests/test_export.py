@@ -1,0 +1,74 @@
+"""export and the loading of model files: atomic outputs, one clear error for a file that is not a checkpoint."""
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from detector.checkpoint import load_checkpoint, restore_model, save_checkpoint
+from detector.errors import DetectorError, WeightsError
+from detector.export import export_models
+
+
+def _export(*args):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notice
+        return export_models(*args)
+
+
+def test_a_best_folder_export_is_swapped_in_whole_or_not_at_all(untrained_checkpoint, tmp_path):
+    best = tmp_path / "best"
+    best.mkdir()
+    for i in (0, 1):
+        shutil.copy(untrained_checkpoint, best / f"model_{i}.pt")
+    (best / "ensemble.json").write_text(json.dumps({"members": [{"file": "model_0.pt"}, {"file": "model_1.pt"}],
+                                                    "ensemble": {"iou_thr": 0.6}, "score_threshold": 0.4}))
+    written = _export(best, "torchscript", tmp_path / "deploy")
+    assert [p.name for p in written] == ["model_0.pt", "model_1.pt", "ensemble.json"]
+    before = {p.name: p.read_bytes() for p in (tmp_path / "deploy").iterdir()}
+    (best / "model_1.pt").write_bytes((best / "model_1.pt").read_bytes()[:1000])  # a member that fails midway
+    with pytest.raises(WeightsError, match="model_1.pt: cannot load checkpoint"):
+        _export(best, "torchscript", tmp_path / "deploy")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "deploy").iterdir()} == before  # the old export, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "deploy"]  # no half-built folder left
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(DetectorError, match="mine: holds files that are not an export of detector"):
+        _export(best, "torchscript", tmp_path / "mine")
+
+
+def test_a_single_export_replaces_its_file_atomically(untrained_checkpoint, tmp_path):
+    out = tmp_path / "model.pt"
+    out.write_bytes(b"the previous export")
+    [written] = _export(untrained_checkpoint, "torchscript", out)
+    assert torch.jit.load(str(written)) is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.labels.json", "model.pt"]  # no temporary left
+
+
+@pytest.mark.slow
+def test_a_torchscript_export_given_as_a_checkpoint_says_what_it_is(untrained_checkpoint, tmp_path):
+    [scripted] = _export(untrained_checkpoint, "torchscript", tmp_path / "model.ts.pt")
+    with pytest.raises(WeightsError, match=r"model.ts.pt: a TorchScript export \(detector export") as e:
+        load_checkpoint(scripted)
+    assert "weights_only=False" not in str(e.value)
+    done = subprocess.run([sys.executable, "-m", "detector.cli", "predict", str(scripted), str(tmp_path),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert done.returncode == 2 and "TorchScript export" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_weights_of_another_architecture_are_one_error(untrained_checkpoint, tmp_path, tiny_coco):
+    state = load_checkpoint(untrained_checkpoint)
+    state["config"]["model"]["fpn_channels"] = 64  # the config of one model, the weights of another
+    save_checkpoint(tmp_path / "mixed.pt", state)
+    with pytest.raises(WeightsError, match=r"mixed.pt: its weights are not those of the model its config "
+                                           r"describes \(resnet18: size mismatch for backbone"):
+        restore_model(tmp_path / "mixed.pt")
+    for command in (["export", str(tmp_path / "mixed.pt"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")],
+                    ["evaluate", str(tmp_path / "mixed.pt"), str(tiny_coco())]):
+        done = subprocess.run([sys.executable, "-m", "detector.cli", *command], capture_output=True, text=True)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert "its weights are not those of the model" in done.stderr
