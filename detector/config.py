@@ -57,6 +57,7 @@ class DataConfig:
     keep_empty: bool = True
     drop_placeholder_categories: bool = True
     strict_boxes: bool = False
+    bit_depth: int = 16  # the bits 16-bit grayscale files use (12 for a 12-bit camera); 8-bit files read as they are
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

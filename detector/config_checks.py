@@ -18,6 +18,7 @@ def check_ranges(cfg: Config, source: str) -> None:
     """Values of the right type that would crash a run or do nothing: one ConfigError naming the key."""
     checks = [
         (cfg.data.image_size >= 32, "data.image_size must be at least 32"),
+        (8 <= cfg.data.bit_depth <= 16, "data.bit_depth must lie in 8..16 (the bits a 16-bit file's pixels use)"),
         (cfg.train.epochs >= 1, "train.epochs must be at least 1"),
         (cfg.train.batch_size >= 1, "train.batch_size must be at least 1"),
         (cfg.train.lr > 0, "train.lr must be positive"),

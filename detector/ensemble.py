@@ -117,7 +117,10 @@ class Ensemble:
         names = [m.label_map.to_dict() for m in members]
         if any(n != names[0] for n in names[1:]):
             raise ConfigError("the checkpoints were trained on different label maps; they cannot be fused")
+        if len({m.config.data.bit_depth for m in members}) > 1:
+            raise ConfigError("the checkpoints read 16-bit images with different data.bit_depth; they cannot be fused")
         cfg = members[0].config
+        self.bit_depth = cfg.data.bit_depth
         self.members = members
         self.settings = settings or cfg.ensemble
         self.device = device or torch.device("cpu")
@@ -179,7 +182,7 @@ class Ensemble:
             arrays, sources, errors = [], [], {}
             for j, item in enumerate(chunk):
                 try:
-                    arrays.append(item if isinstance(item, np.ndarray) else read_image(item))
+                    arrays.append(item if isinstance(item, np.ndarray) else read_image(item, self.bit_depth))
                     sources.append(j)
                 except DatasetError as e:
                     errors[j] = str(e)

@@ -154,11 +154,12 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, run: Path, w
         trained = torch.nn.parallel.DistributedDataParallel(
             trained, device_ids=[device.index] if device.type == "cuda" else None)
 
-    train_ds = CocoDetection(train_index, build_train_transforms(cfg.data.augment, size), seed=cfg.train.seed)
+    train_ds = CocoDetection(train_index, build_train_transforms(cfg.data.augment, size), seed=cfg.train.seed,
+                             bit_depth=cfg.data.bit_depth)
     if w.main:  # what the run trains with, in Albumentations' own form
         write_json(paths.augment, pipeline_dict(train_ds.pipeline))
     val_shard = val_index.subset(r.id for r in val_index.images[w.rank::w.size]) if w.active else val_index
-    val_loader = loader(CocoDetection(val_shard, build_eval_transforms(size)), cfg.eval.batch_size,
+    val_loader = loader(CocoDetection(val_shard, build_eval_transforms(size), bit_depth=cfg.data.bit_depth), cfg.eval.batch_size,
                          cfg.train.num_workers)
     sample_weights = balanced_weights(train_index) if cfg.train.balanced_sampler else None
     batch_size = distributed.local_batch(w, cfg.train.batch_size)
@@ -285,7 +286,7 @@ def _board(cfg: Config, paths: RunPaths, val_index: CocoIndex):
         return None
     from .tensorboard import DRAWN_IMAGES, RunBoard
 
-    images = [(torch.from_numpy(read_image(r.path)).permute(2, 0, 1), r.id) for r in val_index.images[:DRAWN_IMAGES]]
+    images = [(torch.from_numpy(read_image(r.path, cfg.data.bit_depth)).permute(2, 0, 1), r.id) for r in val_index.images[:DRAWN_IMAGES]]
     return RunBoard(paths.tensorboard), images
 
 

@@ -142,6 +142,20 @@ def test_image_modes_load_as_rgb(tmp_path):
         np.testing.assert_array_equal(arr[..., 2], gray)
 
 
+def test_sixteen_bit_images_map_by_one_rule_not_by_their_own_maximum(tmp_path):
+    for name, top in (("max255.png", 255), ("max256.png", 256), ("max4095.png", 4095)):
+        Image.fromarray(np.linspace(0, top, 60, dtype=np.float64).round().astype(np.uint16).reshape(6, 10)).save(
+            tmp_path / name)
+    a, b = read_image(tmp_path / "max255.png"), read_image(tmp_path / "max256.png")
+    assert a.max() == 1 and b.max() == 1  # 255 and 256 of 65535: dark alike (it was 255 vs 1, 257x apart)
+    assert read_image(tmp_path / "max4095.png", bit_depth=12).max() == 255  # a 12-bit camera's data
+    with pytest.raises(DatasetError, match=r"max4095.png: pixel values 0..4095 do not fit data.bit_depth 10"):
+        read_image(tmp_path / "max4095.png", bit_depth=10)
+    Image.fromarray(np.ones((4, 4), np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(DatasetError, match="float.tif: a floating-point image"):
+        read_image(tmp_path / "float.tif")
+
+
 def test_exif_rotation_applied(tmp_path):
     pixels = np.zeros((20, 40, 3), np.uint8)
     pixels[:, :20] = 255  # stored: left half white

@@ -19,9 +19,10 @@ class CocoDetection(VisionDataset):
     sample i in epoch e depends only on (seed, e, i): the same in any worker and after a resume.
     """
 
-    def __init__(self, index: CocoIndex, transforms: Callable | None = None, seed: int | None = None):
+    def __init__(self, index: CocoIndex, transforms: Callable | None = None, seed: int | None = None,
+                 bit_depth: int = 16):
         super().__init__(root=str(index.images_dir))
-        self.index = index
+        self.index, self.bit_depth = index, bit_depth
         self.pipeline = transforms
         self.seed = seed
         self.epoch = 0
@@ -34,7 +35,7 @@ class CocoDetection(VisionDataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         rec = self.index.images[i]
-        image = read_image(rec.path)
+        image = read_image(rec.path, self.bit_depth)
         boxes, labels = rec.boxes, self.index.labels(rec)
         if self.pipeline is not None:
             if self.seed is not None and hasattr(self.pipeline, "set_random_seed"):

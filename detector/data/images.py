@@ -11,10 +11,13 @@ from ..errors import DatasetError
 _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, bit_depth: int = 16) -> np.ndarray:
     """Decode `path` into an (H, W, 3) uint8 RGB array, EXIF orientation applied.
 
-    Grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit images all come back as 8-bit RGB.
+    Grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit images all come back as 8-bit RGB. A 16-bit
+    (or 32-bit integer) grayscale image is scaled by one fixed rule, its `bit_depth` (data.bit_depth: 16, or
+    12 for a 12-bit camera's files), never by its own maximum, so every image of a dataset maps alike; a
+    value above 2**bit_depth - 1, a negative one or a floating-point image is a DatasetError.
     Raises DatasetError naming the file when it is missing, truncated, not an image, or larger than PIL's
     decompression-bomb limit (Image.MAX_IMAGE_PIXELS).
     """
@@ -22,7 +25,7 @@ def read_image(path: str | Path) -> np.ndarray:
         with Image.open(path) as img:
             img.load()
             img = ImageOps.exif_transpose(img)
-            return np.array(_to_rgb_array(img))
+            return np.array(_to_rgb_array(img, bit_depth, path))
     except FileNotFoundError:
         raise DatasetError(f"{path}: image file not found; check `file_name` and the images folder") from None
     except Image.DecompressionBombError as e:
@@ -32,10 +35,17 @@ def read_image(path: str | Path) -> np.ndarray:
         raise DatasetError(f"{path}: cannot decode image ({e}); re-export or remove this file") from None
 
 
-def _to_rgb_array(img: Image.Image) -> np.ndarray:
+def _to_rgb_array(img: Image.Image, bit_depth: int, path: str | Path) -> np.ndarray:
+    if img.mode == "F":
+        raise DatasetError(f"{path}: a floating-point image; save it as 8- or 16-bit (PNG or TIFF)")
     if img.mode in _WIDE_MODES:
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        top = 2.0 ** bit_depth - 1
+        low, high = arr.min(initial=0), arr.max(initial=0)
+        if low < 0 or high > top:
+            raise DatasetError(f"{path}: pixel values {low:g}..{high:g} do not fit data.bit_depth {bit_depth} "
+                               f"(0..{top:g}); set data.bit_depth to the bits the camera records (16 for full "
+                               "16-bit data)")
         gray = np.clip(np.round(arr * (255.0 / top)), 0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
     if img.mode != "RGB":
