@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, ScoreConfig
+from .data.checks import check_disjoint
 from .data.coco import CocoIndex, load_coco
 from .data.summary import crowding_warning
 from .ensemble import Ensemble
@@ -59,16 +60,11 @@ class HeldOutResult:
 
 
 def check_held_out(train_index: CocoIndex, held_out: CocoIndex, test: CocoIndex | None = None) -> None:
-    """The held-out split (and the test split) must share no image file with the splits before them, and
-    must have boxes."""
+    """The held-out split (and the test split) must share no image with the splits before them (by path or
+    by content, data.checks.check_disjoint), and must have boxes."""
     splits = [("data.train", train_index), ("data.val", held_out)] + ([("data.test", test)] if test else [])
-    for i, (name, split) in enumerate(splits[1:], start=1):
-        for earlier, other in splits[:i]:
-            files = {r.path.resolve() for r in other.images}
-            shared = sorted(str(r.path) for r in split.images if r.path.resolve() in files)
-            if shared:
-                raise ConfigError(f"{name} ({split.path}) shares {len(shared)} image files with {earlier} (e.g. "
-                                  f"{shared[0]}); each of data.train, data.val and data.test needs images of its own")
+    check_disjoint(splits)
+    for name, split in splits[1:]:
         if not any(len(r.boxes) for r in split.images):
             raise ConfigError(f"{name} ({split.path}) has no boxes; a split that scores models needs annotations")
 

@@ -137,9 +137,9 @@ def _run_children(run: Path) -> list[Path]:
 
 
 def data_fingerprint(cfg: Config) -> dict[str, str]:
-    """sha256 of each annotation file the run trains and validates on."""
+    """sha256 of each annotation file the run trains, validates and (data.test) is tested on."""
     out = {}
-    for name, split in (("train", cfg.data.train), ("val", cfg.data.val)):
+    for name, split in (("train", cfg.data.train), ("val", cfg.data.val), ("test", cfg.data.test)):
         path = Path(split.annotations)
         if path.is_file():
             out[name] = hashlib.sha256(path.read_bytes()).hexdigest()

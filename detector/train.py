@@ -21,6 +21,7 @@ from timm.utils import ModelEmaV3
 from . import config as config_mod
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config
+from .data.checks import check_disjoint
 from .data.coco import CocoIndex, load_coco
 from .data.dataset import CocoDetection
 from .data.images import read_image
@@ -67,6 +68,7 @@ def load_splits(cfg: Config) -> tuple[CocoIndex, CocoIndex]:
         raise DatasetError(f"{train.path}: the training split has no boxes, so there is nothing to learn; "
                            "check its 'annotations' list (`detector check-data` shows what it holds)")
     val = load_coco(d.val.annotations, d.val.images_dir, label_map=train.label_map, **options)
+    check_disjoint([("data.train", train), ("data.val", val)])  # scores on copies of training images mean nothing
     return train, val
 
 

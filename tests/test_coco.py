@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,3 +195,27 @@ def test_a_training_split_without_boxes_is_refused(tiny_coco):
     cfg = config.load(None, [f"data.train.annotations={path}", f"data.val.annotations={path}"])
     with pytest.raises(DatasetError, match="the training split has no boxes, so there is nothing to learn"):
         load_splits(cfg)
+
+
+def test_a_copy_of_an_image_under_another_name_is_the_same_image_in_every_split(sample, tmp_path):
+    import shutil
+
+    from detector import config
+    from detector.evaluate import check_held_out
+    from detector.train import load_splits
+
+    val = json.loads(sample["val"].read_text())
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    for image in val["images"]:  # data.test: data.val's images under other names
+        shutil.copy(sample["val"].parent / image["file_name"], copies / f"copy_{Path(image['file_name']).name}")
+        image["file_name"] = f"copy_{Path(image['file_name']).name}"
+    (copies / "test.json").write_text(json.dumps(val))
+    train, held_out = load_splits(config.load(None, [f"data.train.annotations={sample['train']}",
+                                                     f"data.val.annotations={sample['val']}"]))
+    with pytest.raises(DatasetError, match=r"data.test \(.*test.json\) shares 8 image\(s\) with data.val "
+                                           r"\(e.g. .*copy_.*, the same bytes as .*\)"):
+        check_held_out(train, held_out, load_coco(copies / "test.json", label_map=train.label_map))
+    with pytest.raises(DatasetError, match=r"data.val .* shares 8 image\(s\) with data.train"):  # train checks too
+        load_splits(config.load(None, [f"data.train.annotations={sample['annotations']}",
+                                       f"data.val.annotations={copies / 'test.json'}"]))

@@ -129,7 +129,7 @@ def test_an_unreadable_model_index_is_rebuilt_from_the_checkpoints_never_emptied
 
 @pytest.mark.slow
 def test_two_fold_run_end_to_end(sample, tmp_path):
-    cfg = config.load(None, [f"data.train.annotations={sample['annotations']}",
+    cfg = config.load(None, [f"data.train.annotations={sample['train']}",
                              f"data.val.annotations={sample['val']}", *TINY, "train.epochs=2",
                              "cv.folds=2", "cv.top_k=2", "refit.strategy=folds"])
     run = tmp_path / "cv"
@@ -152,12 +152,12 @@ def test_two_fold_run_end_to_end(sample, tmp_path):
     assert read_summary(run).mean == result.mean
     # re-running skips both finished folds; another config is refused with the differing key
     assert run_cv(cfg, run, progress=False, log=lambda s: None).mean == result.mean
-    other = config.load(None, [f"data.train.annotations={sample['annotations']}",
+    other = config.load(None, [f"data.train.annotations={sample['train']}",
                                f"data.val.annotations={sample['val']}", *TINY, "train.epochs=3",
                                "cv.folds=2"])
     with pytest.raises(ConfigError, match=r"train.epochs \(2 -> 3\)"):
         run_cv(other, run, progress=False, log=lambda s: None)
-    quick = config.load(None, [f"data.train.annotations={sample['annotations']}",
+    quick = config.load(None, [f"data.train.annotations={sample['train']}",
                                f"data.val.annotations={sample['val']}", *TINY, "train.epochs=1", "cv.folds=2"])
     restarted = run_cv(quick, run, force=True, progress=False, log=lambda s: None)
     assert [f["epochs_run"] for f in restarted.folds] == [1, 1]
@@ -169,7 +169,7 @@ def _cv_command(sample, tmp_path, out):
 
     empty = tmp_path / "empty.yaml"
     empty.write_text("{}\n")
-    sets = [f"data.train.annotations={sample['annotations']}", f"data.val.annotations={sample['val']}", *TINY,
+    sets = [f"data.train.annotations={sample['train']}", f"data.val.annotations={sample['val']}", *TINY,
             "train.epochs=3", "cv.folds=2", "cv.top_k=2", "refit.strategy=folds"]
     return [sys.executable, "-m", "detector.cli", "cv", str(empty), "--out", str(out), "--quiet",
             *[a for s in sets for a in ("--set", s)]]
@@ -213,7 +213,7 @@ def test_report_on_finished_and_unfinished_runs(sample, tmp_path):
 
     from detector.cli import main
 
-    cfg = config.load(None, [f"data.train.annotations={sample['annotations']}",
+    cfg = config.load(None, [f"data.train.annotations={sample['train']}",
                              f"data.val.annotations={sample['val']}", *TINY, "train.epochs=2", "cv.folds=2",
                              "refit.strategy=folds"])
     run = tmp_path / "cv"
@@ -252,7 +252,7 @@ def test_a_cv_run_publishes_members_refit_on_all_of_its_training_data(sample, tm
     empty = tmp_path / "empty.yaml"
     empty.write_text("{}\n")
     run = tmp_path / "cv"
-    sets = [f"data.train.annotations={sample['annotations']}", f"data.val.annotations={sample['val']}", *TINY,
+    sets = [f"data.train.annotations={sample['train']}", f"data.val.annotations={sample['val']}", *TINY,
             "train.epochs=3", "cv.folds=2", "refit.members=2"]
     done = subprocess.run([sys.executable, "-m", "detector.cli", "cv", str(empty), "--out", str(run), "--quiet",
                            *[a for s in sets for a in ("--set", s)]], capture_output=True, text=True)
@@ -261,7 +261,7 @@ def test_a_cv_run_publishes_members_refit_on_all_of_its_training_data(sample, tm
     epochs = round(sum(f["best_epoch"] + 1 for f in summary.folds) / 2 + 1e-9)
     top = json.loads((run / "top_models.json").read_text())
     assert [e["path"] for e in top] == ["refit/seed_0/model.pt", "refit/seed_1/model.pt"]
-    images = len(json.loads(sample["annotations"].read_text())["images"])
+    images = len(json.loads(sample["train"].read_text())["images"])
     for seed, e in enumerate(top):
         member = run / "refit" / f"seed_{seed}"
         assert e["train_images"] == images > max(len(f) for f in json.loads((run / "folds.json").read_text())["folds"])

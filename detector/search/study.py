@@ -16,7 +16,7 @@ from ..config import Config
 from ..engine import resolve_device
 from ..errors import ConfigError
 from ..layout import StudyPaths
-from ..runs import RESUMABLE_CHANGES
+from ..runs import RESUMABLE_CHANGES, data_fingerprint
 from ..evaluate import check_held_out
 from ..train import load_test
 from ..refit import Member, refit
@@ -141,6 +141,13 @@ def _check_config(study: optuna.Study, cfg: Config, directory: Path) -> None:
     """The first worker records the study's config; later workers and restarts must match it."""
     mine = config_mod.resolve_paths(cfg)
     saved = study.user_attrs.get("config")
+    data, recorded = data_fingerprint(cfg), study.user_attrs.get("data", {})
+    changed = [k for k, v in data.items() if k in recorded and recorded[k] != v]
+    if changed:
+        raise ConfigError(f"study {directory}: the {' and '.join(f'data.{k}' for k in changed)} annotations changed "
+                          "since the study started (same path, other content); its trials would not compare: use "
+                          "another --name")
+    study.set_user_attr("data", {**recorded, **data})
     if saved is None:
         study.set_user_attr("config", mine.to_dict())
         return
