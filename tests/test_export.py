@@ -72,3 +72,26 @@ def test_weights_of_another_architecture_are_one_error(untrained_checkpoint, tmp
         done = subprocess.run([sys.executable, "-m", "detector.cli", *command], capture_output=True, text=True)
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
         assert "its weights are not those of the model" in done.stderr
+
+
+def test_the_readmes_onnxruntime_snippet_sees_the_image_as_predict_does(untrained_checkpoint, tmp_path):
+    import re
+
+    import numpy as np
+    from PIL import Image
+
+    from detector.data.images import read_image
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    snippet = re.search(r"Running one exported model with onnxruntime alone.*?```python\n(.*?)```", readme, re.S)[1]
+    _export(untrained_checkpoint, "onnx", tmp_path / "rbc.onnx")
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 90, 3), dtype=np.uint8))
+    exif = photo.getexif()
+    exif[0x0112] = 6  # stored landscape, displayed portrait
+    photo.save(tmp_path / "photo.jpg", exif=exif.tobytes())
+    code = snippet.replace("deploy/rbc.", f"{tmp_path}/rbc.").replace('"photo.jpg"', f'"{tmp_path}/photo.jpg"')
+    seen: dict = {}
+    exec(compile(code, "README.md", "exec"), seen)
+    np.testing.assert_array_equal(seen["image"], read_image(tmp_path / "photo.jpg"))
+    assert seen["image"].shape == (90, 60, 3)
