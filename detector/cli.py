@@ -63,8 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--name", required=True, help="study name; everything goes to STUDIES-DIR/NAME")
     st.add_argument("--n-trials", type=int, help="trials the study runs in all (default: search.n_trials)")
     st.add_argument("--timeout", type=float, help="seconds after which this worker starts no new trial")
-    st.add_argument("--storage", help="Optuna storage URL shared by workers, e.g. postgresql://user:pw@host/db "
-                    "(default: SQLite in the study folder)")
+    st.add_argument("--storage", default=os.environ.get("DETECTOR_STORAGE"),
+                    help="Optuna storage URL shared by workers, e.g. postgresql://user@host/db with the password "
+                    "in PGPASSWORD, or the whole URL in DETECTOR_STORAGE (default: SQLite in the study folder)")
     st.add_argument("--studies-dir", default="studies", help="parent folder of study folders (default studies)")
     st.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value, e.g. --set cv.folds=3 (repeatable)")

@@ -38,6 +38,7 @@ def check_ranges(cfg: Config, source: str) -> None:
         (cfg.ensemble.weights is None or all(w >= 0 for w in cfg.ensemble.weights) and sum(cfg.ensemble.weights) > 0,
          "ensemble.weights must be non-negative with a positive sum"),
         (cfg.search.n_trials >= 1, "search.n_trials must be at least 1"),
+        (cfg.search.timeout >= 0, "search.timeout (--timeout) must be 0 (none) or a number of seconds"),
         (cfg.search.heartbeat_seconds >= 1, "search.heartbeat_seconds must be at least 1"),
         (cfg.search.grace_seconds > cfg.search.heartbeat_seconds,
          "search.grace_seconds must be longer than search.heartbeat_seconds"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Callable, Iterator, TypeVar
 
 import torch
@@ -18,6 +19,9 @@ from torch.utils.data import Sampler
 from .errors import ConfigError
 
 T = TypeVar("T")
+# how long a rank waits in a collective for the others (DETECTOR_DIST_TIMEOUT overrides): rank 0 alone may
+# spend minutes publishing and scoring while the others wait, but a rank that died must not hang the rest
+TIMEOUT_SECONDS = 1800
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,8 @@ def start(device: torch.device) -> World:
     """Join torchrun's process group (nccl on CUDA, gloo on CPU) once; returns this process's World."""
     w = world()
     if w.active and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        seconds = float(os.environ.get("DETECTOR_DIST_TIMEOUT", TIMEOUT_SECONDS))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=seconds))
     return w
 
 

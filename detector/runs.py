@@ -35,6 +35,7 @@ def hold_run(run: str | Path) -> Iterator[Path]:
     """Lock the run folder for as long as the block runs: a second process on it is refused at once (two
     writers would interleave rows and overwrite each other's checkpoints). The OS frees it if we die."""
     run = Path(run)
+    made = [p for p in (run, *run.parents) if not p.exists()]  # the folders a refused start must not leave
     run.mkdir(parents=True, exist_ok=True)
     path = RunPaths(run).lock
     created = not path.exists()
@@ -50,6 +51,9 @@ def hold_run(run: str | Path) -> Iterator[Path]:
         lock.release()
         if created and not RunPaths(run).marker.exists():  # refused before it became a run: leave no trace
             path.unlink(missing_ok=True)
+            for folder in made:
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ from .data.coco import CocoIndex, load_coco
 from .data.dataset import CocoDetection
 from .data.images import read_image
 from .data.sampling import balanced_weights, box_shapes, class_counts, loader, train_loader
-from .data.summary import crowding_warning
+from .data.summary import aspect_warning, crowding_warning
 from .data.transforms import build_eval_transforms, build_train_transforms, pipeline_dict
 from .errors import ConfigError, DatasetError, TrainingError
 from .files import read_json, write_json
@@ -173,9 +173,9 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, run: Path, w
     scaler = torch.amp.GradScaler(device.type, enabled=precision.scaled)
     gt = val_index.to_coco()
     for index in (train_index, val_index):
-        warning = crowding_warning(index, cfg.model.max_detections)
-        if warning:
-            log(f"warning: {warning}")
+        for warning in (crowding_warning(index, cfg.model.max_detections), aspect_warning(index, size)):
+            if warning:
+                log(f"warning: {warning}")
 
     board = _board(cfg, paths, val_index) if w.main else None
     state = _TrainState()

@@ -219,3 +219,17 @@ def test_a_copy_of_an_image_under_another_name_is_the_same_image_in_every_split(
     with pytest.raises(DatasetError, match=r"data.val .* shares 8 image\(s\) with data.train"):  # train checks too
         load_splits(config.load(None, [f"data.train.annotations={sample['annotations']}",
                                        f"data.val.annotations={copies / 'test.json'}"]))
+
+
+def test_an_image_whose_short_side_vanishes_at_the_model_size_is_warned_about(tmp_path):
+    from detector.data.summary import aspect_warning
+
+    doc = {"images": [{"id": 1, "file_name": "strip.png", "width": 20000, "height": 100},
+                      {"id": 2, "file_name": "photo.png", "width": 640, "height": 480}],
+           "annotations": [], "categories": [{"id": 1, "name": "a"}]}
+    (tmp_path / "a.json").write_text(json.dumps(doc))
+    index = load_coco(tmp_path / "a.json", check_images=False)
+    assert aspect_warning(index, 384) == (
+        f"{tmp_path / 'a.json'}: 1 image(s) are so elongated that at data.image_size 384 their short side falls "
+        "under 32 px (e.g. strip.png, 20000x100 -> short side 2 px); crop or tile them, or raise data.image_size")
+    assert aspect_warning(index.subset([2]), 384) is None

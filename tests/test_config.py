@@ -87,3 +87,20 @@ def test_cli_numbers_out_of_range_are_usage_errors(capsys):
             main(["predict", "model.pt", "images/", "--out", "out", *args])
         assert exit_info.value.code == 2
     assert "must be a number in (0, 1]" in capsys.readouterr().err
+
+
+def test_a_negative_timeout_and_a_bit_depth_outside_8_to_16_are_refused():
+    with pytest.raises(ConfigError, match=r"search.timeout \(--timeout\) must be 0 \(none\) or a number of seconds"):
+        config.load(None, ["search.timeout=-5"])
+    with pytest.raises(ConfigError, match="data.bit_depth must lie in 8..16"):
+        config.load(None, ["data.bit_depth=32"])
+
+
+def test_the_storage_url_can_come_from_the_environment(monkeypatch):
+    from detector.cli import _parser
+
+    monkeypatch.setenv("DETECTOR_STORAGE", "postgresql://optuna:secret@db/optuna")
+    args = _parser().parse_args(["study", "my.yaml", "--name", "rbc"])
+    assert args.storage == "postgresql://optuna:secret@db/optuna"  # kept off the command line (and ps)
+    assert _parser().parse_args(["study", "my.yaml", "--name", "rbc", "--storage", "sqlite:///x.db"]).storage == \
+        "sqlite:///x.db"

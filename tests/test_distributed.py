@@ -98,3 +98,54 @@ def test_a_two_process_study_trial_completes_and_a_pruned_one_stops_on_both_rank
     assert trial.state == TrialState.PRUNED and max(trial.intermediate_values) == 0
     rows_written = rows(tmp_path / "studies" / "pruned" / "trial_0000" / "fold_0" / "metrics.csv")
     assert [r["epoch"] for r in rows_written] == ["0"]
+
+
+def _rank_of_a_study(rank, port, results):
+    import optuna
+
+    from detector import distributed
+    from detector.errors import DetectorError
+    from detector.search import ranks
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank))
+    w = distributed.start(__import__("torch").device("cpu"))
+
+    def objective(trial):
+        if w.rank == 1:
+            raise DetectorError("this rank cannot read fold_0/images/x.png")  # on rank 1 alone
+        return 0.5
+
+    if rank == 0:
+        trial = optuna.create_study(direction="maximize").ask()
+        try:
+            ranks.shared(objective, w)(trial)
+            results.put((0, "completed"))
+        except DetectorError as e:
+            results.put((0, str(e)))
+        ranks.stop(w)
+    else:
+        ranks.follow(objective, w, refit=None)
+        results.put((1, "followed to the end"))
+    distributed.finish()
+
+
+@pytest.mark.slow
+def test_an_error_on_one_rank_alone_fails_the_trial_on_rank_0(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    processes = [context.Process(target=_rank_of_a_study, args=(r, port, results)) for r in (0, 1)]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(120)
+    assert [p.exitcode for p in processes] == [0, 0]
+    said = dict(results.get(timeout=5) for _ in processes)
+    assert said == {0: "rank 1 failed: DetectorError: this rank cannot read fold_0/images/x.png",
+                    1: "followed to the end"}

@@ -267,3 +267,19 @@ def test_a_changed_test_split_is_refused_on_resume(sample, tmp_path):
     test.write_text(json.dumps(doc))
     with pytest.raises(ConfigError, match="the data.test annotations changed since this run started"):
         prepare_run(run, cfg, **QUIET)
+
+
+def test_a_refused_start_leaves_no_folder_behind(sample, tmp_path):
+    cfg = config.with_values(tiny_cfg(sample), {"data.augment.pipeline": {"transform": {
+        "__class_fullname__": "Compose", "transforms": [{"__class_fullname__": "ToFloat"}]}}})
+    train, val = load_splits(cfg)
+    with pytest.raises(ConfigError, match="ToFloat"):
+        fit(cfg, train, val, tmp_path / "runs" / "a", progress=False, **QUIET)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("x")
+    with pytest.raises(ConfigError, match="not a detector run folder"):
+        fit(tiny_cfg(sample), train, val, foreign / "deeper" / ".." , progress=False, **QUIET)
+    with pytest.raises(ConfigError, match="not a detector run folder"):
+        fit(tiny_cfg(sample), train, val, foreign, progress=False, **QUIET)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["mine", "mine/notes.txt"]

@@ -79,6 +79,22 @@ def format_summary(s: dict[str, Any], max_listed: int = 20) -> str:
     return "\n".join(lines)
 
 
+MIN_SHORT_SIDE = 32  # px: below this a feature map of stride 32 has no row (or column) left
+
+
+def aspect_warning(index: CocoIndex, image_size: int) -> str | None:
+    """A warning when resizing the longest side to `image_size` leaves an image's short side under
+    MIN_SHORT_SIDE pixels (a 20000x100 strip becomes 384x2): its objects are gone before the model sees them."""
+    thin = [r for r in index.images if min(r.width, r.height) * image_size / max(r.width, r.height) < MIN_SHORT_SIDE]
+    if not thin:
+        return None
+    worst = min(thin, key=lambda r: min(r.width, r.height) / max(r.width, r.height))
+    short = max(1, round(min(worst.width, worst.height) * image_size / max(worst.width, worst.height)))
+    return (f"{index.path}: {len(thin)} image(s) are so elongated that at data.image_size {image_size} their "
+            f"short side falls under {MIN_SHORT_SIDE} px (e.g. {worst.file_name}, {worst.width}x{worst.height} -> "
+            f"short side {short} px); crop or tile them, or raise data.image_size")
+
+
 def crowding_warning(index: CocoIndex, max_detections: int) -> str | None:
     """A warning when images hold more boxes than the detector may return per image (model.max_detections;
     COCO's mAP also counts at most 100 detections per image): their recall can never reach 1."""

@@ -23,9 +23,26 @@ def shared(objective: Callable, w: distributed.World) -> Callable[[optuna.Trial]
         from optuna_integration import TorchDistributedTrial
 
         distributed.broadcast(w, (TRIAL, None))
-        return objective(TorchDistributedTrial(trial))
+        try:
+            value = objective(TorchDistributedTrial(trial))
+        except optuna.TrialPruned:
+            _agree(w, None)
+            raise
+        except Exception as e:  # the trial ends here on rank 0: the others hear it before the next command
+            _agree(w, f"{type(e).__name__}: {e}")
+            raise
+        failed = _agree(w, None)
+        if failed:  # the trial's result stands for every rank, so one rank's error fails it
+            rank, reason = failed[0]
+            raise DetectorError(f"rank {rank} failed: {reason}")
+        return value
 
     return run
+
+
+def _agree(w: distributed.World, failure: str | None) -> list[tuple[int, str]]:
+    """After each trial every rank says how its part ended; the (rank, reason) of the other ranks that failed."""
+    return [(r, f) for r, f in enumerate(distributed.gather(w, failure)) if f is not None and r != w.rank]
 
 
 def stop(w: distributed.World, error: str | None = None) -> None:
@@ -56,7 +73,11 @@ def follow(objective: Callable, w: distributed.World, refit: Callable[[list, Pat
             members, root = payload
             refit([Member.from_dict(m) for m in members], Path(root))
             continue
+        failure = None
         try:
             objective(TorchDistributedTrial(None))
-        except (optuna.TrialPruned, DetectorError):
-            pass  # rank 0 records how the trial ended
+        except optuna.TrialPruned:
+            pass  # decided by rank 0, on every rank
+        except DetectorError as e:
+            failure = f"{type(e).__name__}: {e}"
+        _agree(w, failure)  # rank 0 records how the trial ended, with this rank's error if only this one failed

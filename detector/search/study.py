@@ -50,6 +50,9 @@ def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None,
     check_space(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our log lines say what optuna's INFO lines would
     log = distributed.main_only(w, log)
+    if not cfg.search.space and cfg.search.n_trials > 1:
+        log(f"warning: search.space is empty, so all {cfg.search.n_trials} trials train the same config; give "
+            "search.space keys to search, or run detector cv once")
     objective = Objective(cfg, directory, progress=progress and w.main, log=log)  # validates the data first
     test = load_test(cfg, objective.train_index.label_map)
     check_held_out(objective.train_index, objective.held_out, test)  # read only here, and at the end
