@@ -3,7 +3,7 @@
 A run folder (`detector train --out RUN`, and each `fold_K/` of a `cv` run)::
 
     RUN/
-      .detector-run          marker: detector made this folder (what --force checks)
+      .detector-run          marker: detector made this folder, and the entries it writes (what --force deletes)
       .detector.lock         held while a process works here
       config.yaml            the resolved config the run trains with
       data.json              sha256 of the annotation files (a changed dataset is refused on resume)
