@@ -425,3 +425,11 @@ def test_a_study_in_which_no_trial_completed_exits_non_zero(sample, tmp_path):
     assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
     assert "no trial completed (2 fail)" in done.stderr and "detector report" in done.stderr
     assert [t.state for t in load_study(tmp_path / "studies" / "diverges").trials] == [TrialState.FAIL] * 2
+
+
+def test_an_empty_search_space_is_warned_about(sample, tmp_path):
+    said = []
+    cfg = study_cfg(sample, "search.space={}", "search.n_trials=3", f"data.val.annotations={tmp_path / 'none.json'}")
+    with pytest.raises(DatasetError):  # stopped right after the warning by a missing file
+        run_study(cfg, tmp_path / "studies" / "s", log=said.append)
+    assert said[0].startswith("warning: search.space is empty, so all 3 trials train the same config")
