@@ -226,6 +226,7 @@ def _run_dir(args) -> Path:
 
 def _study(args) -> int:
     from . import config
+    from .distributed import world
     from .search import run_study
 
     overrides = list(args.overrides)
@@ -235,11 +236,13 @@ def _study(args) -> int:
     directory = Path(args.studies_dir) / args.name
     print(f"study folder: {directory}")
     result = run_study(cfg, directory, storage=args.storage, progress=_progress(args))
+    if not world().main:  # under torchrun rank 0 speaks for the study
+        return 0
     states = ", ".join(f"{n} {s.lower()}" for s, n in result.states.items())
     print(f"study {result.name}: {states}")
     if result.best_trial is None:
-        raise DetectorError(f"study {result.name}: no trial completed ({states}), so nothing is published; the "
-                            f"failed trials' reasons: detector report {directory}")
+        raise DetectorError(f"study {result.name}: no trial completed ({states}), so nothing is published; "
+                            f"why each trial ended: detector report {directory}")
     print(f"best trial {result.best_trial}: value {result.best_value:.4f}; models in {directory / 'best'}")
     print(f"details: detector report {directory}")
     return 0
