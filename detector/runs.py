@@ -140,10 +140,11 @@ def _run_children(run: Path) -> list[Path]:
     return [c for c in children if RunPaths(c).marker.exists()]
 
 
-def data_fingerprint(cfg: Config) -> dict[str, str]:
-    """sha256 of each annotation file the run trains, validates and (data.test) is tested on."""
+def data_fingerprint(cfg: Config, splits: tuple[str, ...] = ("train", "val")) -> dict[str, str]:
+    """sha256 of each annotation file of `splits` (a run trains and validates; a study also tests)."""
     out = {}
-    for name, split in (("train", cfg.data.train), ("val", cfg.data.val), ("test", cfg.data.test)):
+    for name in splits:
+        split = getattr(cfg.data, name)
         path = Path(split.annotations)
         if path.is_file():
             out[name] = hashlib.sha256(path.read_bytes()).hexdigest()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from detector import config
+from detector.errors import DatasetError
 from detector.config import ScoreConfig
 from detector.data.sample import SampleSpec, write_sample_dataset
 from detector.metrics import coco_map, evaluate_detections, match
@@ -117,7 +118,7 @@ def test_a_study_tunes_on_val_never_reads_test_and_scores_test_once(sample, tmp_
     assert "published models on data.val" in text and "test score on data.test" in text and "6 images" in text
     dashboard_serves(tmp_path / "study" / "study.db", "study")
     shared = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, test=cfg.data.val))
-    with pytest.raises(config.ConfigError, match="data.test .* shares .* image files with data.val"):
+    with pytest.raises(DatasetError, match=r"data.test .* shares .* image\(s\) with data.val"):
         run_study(shared, tmp_path / "study2", log=lambda s: None)
 
 

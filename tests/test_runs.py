@@ -257,17 +257,6 @@ def test_a_write_the_disk_refuses_is_one_error_and_the_same_command_then_finishe
     assert [r.split(",")[0] for r in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]] == ["0", "1"]
 
 
-def test_a_changed_test_split_is_refused_on_resume(sample, tmp_path):
-    test = tmp_path / "test.json"
-    shutil.copy(sample["val"], test)
-    cfg = tiny_cfg(sample, f"data.test.annotations={test}")
-    run = prepare_run(tmp_path / "run", cfg, **QUIET)
-    doc = json.loads(test.read_text())
-    doc["annotations"] = doc["annotations"][:-1]
-    test.write_text(json.dumps(doc))
-    with pytest.raises(ConfigError, match="the data.test annotations changed since this run started"):
-        prepare_run(run, cfg, **QUIET)
-
 
 def test_a_refused_start_leaves_no_folder_behind(sample, tmp_path):
     cfg = config.with_values(tiny_cfg(sample), {"data.augment.pipeline": {"transform": {

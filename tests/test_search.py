@@ -433,3 +433,21 @@ def test_an_empty_search_space_is_warned_about(sample, tmp_path):
     with pytest.raises(DatasetError):  # stopped right after the warning by a missing file
         run_study(cfg, tmp_path / "studies" / "s", log=said.append)
     assert said[0].startswith("warning: search.space is empty, so all 3 trials train the same config")
+
+
+def test_a_study_refuses_annotation_files_whose_content_changed_data_test_included(sample, tmp_path):
+    import shutil
+
+    from detector.search.study import _check_config
+
+    test = tmp_path / "test.json"
+    shutil.copy(sample["val"], test)
+    cfg = study_cfg(sample, f"data.test.annotations={test}")
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", direction="maximize")
+    _check_config(study, cfg, tmp_path)
+    _check_config(study, cfg, tmp_path)  # a restart with the same files
+    doc = json.loads(test.read_text())
+    doc["annotations"] = doc["annotations"][:-1]
+    test.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=r"the data.test annotations changed since the study started"):
+        _check_config(study, cfg, tmp_path)

@@ -144,7 +144,7 @@ def _check_config(study: optuna.Study, cfg: Config, directory: Path) -> None:
     """The first worker records the study's config; later workers and restarts must match it."""
     mine = config_mod.resolve_paths(cfg)
     saved = study.user_attrs.get("config")
-    data, recorded = data_fingerprint(cfg), study.user_attrs.get("data", {})
+    data, recorded = data_fingerprint(cfg, ("train", "val", "test")), study.user_attrs.get("data", {})
     changed = [k for k, v in data.items() if k in recorded and recorded[k] != v]
     if changed:
         raise ConfigError(f"study {directory}: the {' and '.join(f'data.{k}' for k in changed)} annotations changed "
