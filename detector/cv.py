@@ -138,9 +138,7 @@ def out_of_fold_operating_point(run: RunPaths, index: CocoIndex, folds: list[lis
     gt = index.subset(ids).to_coco()
     thresholds, metrics = tune_thresholds(gt, match(gt, results, cfg.eval.iou_threshold), coco_map(gt, results),
                                           cfg.score, cfg.tune.min_class_boxes)
-    return {"score_threshold": thresholds.default,
-            "class_thresholds": {str(k): v for k, v in sorted(thresholds.per_class.items())},
-            "score": metrics["score"], "images": len(ids), "metrics": metrics,
+    return {**thresholds.to_dict(), "score": metrics["score"], "images": len(ids), "metrics": metrics,
             "source": "out-of-fold predictions: each fold's best epoch on the images it did not train on"}
 
 

@@ -284,7 +284,7 @@ def resolve_models(path: str | Path | Sequence[str | Path],
     if p.is_dir() and (p / ENSEMBLE).exists():
         meta = read_json(p / ENSEMBLE)
         settings = config_mod.from_dict({"ensemble": meta["ensemble"]}, str(p / ENSEMBLE)).ensemble
-        return [p / m["file"] for m in meta["members"]], settings, read_thresholds(meta)
+        return [p / m["file"] for m in meta["members"]], settings, Thresholds.from_dict(meta)
     if p.is_dir() and RunPaths(p).top_models.exists():
         p = RunPaths(p).top_models
     if p.name == RunPaths(p).top_models.name and p.is_file():
@@ -297,15 +297,8 @@ def resolve_models(path: str | Path | Sequence[str | Path],
         point = read_json(path) if path.exists() else {}
         settings = (config_mod.from_dict({"ensemble": point["ensemble"]}, str(path)).ensemble
                     if point.get("ensemble") else None)
-        return [p.parent / m["path"] for m in top], settings, read_thresholds(point) if point else None
+        return [p.parent / m["path"] for m in top], settings, Thresholds.from_dict(point)
     if p.is_file():
         return [p], None, None
     raise WeightsError(f"{p}: not a checkpoint, a study's best/ folder or a run's top_models.json")
 
-
-def read_thresholds(meta: dict[str, Any]) -> Thresholds | None:
-    """The thresholds an ensemble.json or an operating point records ({"score_threshold", "class_thresholds"})."""
-    if meta.get("score_threshold") is None:
-        return None
-    per_class = {int(k): float(v) for k, v in (meta.get("class_thresholds") or {}).items()}
-    return Thresholds(float(meta["score_threshold"]), per_class)

@@ -66,6 +66,18 @@ class Thresholds:
     def of(self, category_id: int) -> float:
         return self.per_class.get(category_id, self.default)
 
+    def to_dict(self) -> dict[str, Any]:
+        """{"score_threshold", "class_thresholds"}: the form every operating point and ensemble.json holds."""
+        return {"score_threshold": self.default,
+                "class_thresholds": {str(k): v for k, v in sorted(self.per_class.items())}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Thresholds | None":
+        """The thresholds a record holds in to_dict's form; None when it records none."""
+        if d.get("score_threshold") is None:
+            return None
+        return cls(float(d["score_threshold"]), {int(k): float(v) for k, v in (d.get("class_thresholds") or {}).items()})
+
 
 def metrics_from(coco: dict[str, Any], matched: "Matches", gt: dict[str, Any], score: ScoreConfig,
                  thresholds: Thresholds) -> dict[str, Any]:

@@ -33,9 +33,7 @@ class OperatingPoint:
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"score_threshold": self.thresholds.default,
-                "class_thresholds": {str(k): v for k, v in sorted(self.thresholds.per_class.items())},
-                "ensemble": dataclasses.asdict(self.ensemble), "score": self.score,
+        return {**self.thresholds.to_dict(), "ensemble": dataclasses.asdict(self.ensemble), "score": self.score,
                 "configured_score": self.configured_score, "evaluations": self.evaluations,
                 "seconds": round(self.seconds, 3)}
 

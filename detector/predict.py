@@ -145,9 +145,7 @@ class OutputWriter:
         self.paths = PredictPaths(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.partial = self.paths.partial
-        header = {"job": {**(job or {}), "score_threshold": thresholds.default,
-                          "class_thresholds": {str(k): v for k, v in sorted(thresholds.per_class.items())},
-                          "draw": draw}}
+        header = {"job": {**(job or {}), **thresholds.to_dict(), "draw": draw}}
         finished = _read_partial(self.partial, header)
         if not finished:
             self._start_afresh(header, force)

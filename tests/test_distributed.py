@@ -80,7 +80,7 @@ def test_a_two_process_study_trial_completes_and_a_pruned_one_stops_on_both_rank
 
     def study(name, *extra):
         cmd = command(tmp_path, 2, "study", tmp_path / "unused", sample, "train.epochs=2", "cv.folds=2",
-                      "search.n_trials=1", *extra)
+                      "search.n_trials=1", "refit.members=1", *extra)
         cmd = cmd[:cmd.index("--out")] + ["--name", name, "--studies-dir", str(tmp_path / "studies"), "--quiet"]
         return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
 

@@ -67,11 +67,12 @@ def test_weights_of_another_architecture_are_one_error(untrained_checkpoint, tmp
     with pytest.raises(WeightsError, match=r"mixed.pt: its weights are not those of the model its config "
                                            r"describes \(resnet18: size mismatch for backbone"):
         restore_model(tmp_path / "mixed.pt")
-    for command in (["export", str(tmp_path / "mixed.pt"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")],
-                    ["evaluate", str(tmp_path / "mixed.pt"), str(tiny_coco())]):
-        done = subprocess.run([sys.executable, "-m", "detector.cli", *command], capture_output=True, text=True)
-        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-        assert "its weights are not those of the model" in done.stderr
+    with pytest.raises(WeightsError, match="its weights are not those of the model"):
+        _export(tmp_path / "mixed.pt", "onnx", tmp_path / "m.onnx")
+    done = subprocess.run([sys.executable, "-m", "detector.cli", "evaluate", str(tmp_path / "mixed.pt"),
+                           str(tiny_coco())], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "its weights are not those of the model" in done.stderr
 
 
 def test_the_readmes_onnxruntime_snippet_sees_the_image_as_predict_does(untrained_checkpoint, tmp_path):

@@ -46,3 +46,24 @@ def test_a_focal_model_trains_and_keeps_its_state_dict_keys():
     assert list(focal.state_dict()) == list(plain.state_dict())  # checkpoints load either way
     torch.testing.assert_close(focal.roi_heads.classifier_loss.weight, torch.tensor([1.0, 2 / 11, 20 / 11]))
     assert set(one_step(focal)) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+
+
+def test_the_configured_loss_is_the_one_the_roi_heads_train_with():
+    def losses(model):
+        model.train()
+        torch.manual_seed(1)  # the same RPN and RoI samples for each model
+        images = [torch.rand(3, 96, 64), torch.rand(3, 64, 96)]
+        targets = [{"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0]]), "labels": torch.tensor([1])},
+                   {"boxes": torch.tensor([[10.0, 10.0, 60.0, 40.0]]), "labels": torch.tensor([2])}]
+        return model(images, targets)
+
+    torch.manual_seed(0)
+    plain = build(config.ModelConfig(backbone="resnet18", **SMALL), num_classes=2, image_size=96)[0]
+    torch.manual_seed(0)
+    focal = build(config.ModelConfig(backbone="resnet18", box_loss="focal", focal_alpha=0.5, focal_gamma=2.0,
+                                     **SMALL), num_classes=2, image_size=96)[0]
+    ce, fl = losses(plain), losses(focal)
+    torch.testing.assert_close(fl["loss_box_reg"], ce["loss_box_reg"])  # the same weights and samples
+    assert fl["loss_classifier"] < 0.7 * ce["loss_classifier"]  # (1 - p)^2 at p ~ 1/3: focal, not a fall-back
+    focal.roi_heads.classifier_loss = BoxClassifierLoss("ce")
+    torch.testing.assert_close(losses(focal)["loss_classifier"], ce["loss_classifier"])

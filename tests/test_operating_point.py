@@ -152,3 +152,60 @@ def dashboard_serves(database, name):
     finally:
         server.kill()
         server.wait()
+
+
+def _two_class_split():
+    """20 images with one box of each class: class 1 found at 0.9 with a stray at 0.6, class 2 found at 0.4
+    with a stray at 0.1; no one threshold keeps both classes' hits and drops both classes' strays."""
+    images, annotations, results = [], [], []
+    for i in range(1, 21):
+        images.append({"id": i, "file_name": f"{i}.png", "width": 100, "height": 100})
+        for cid, box, hit, stray in ((1, [10, 10, 30, 30], 0.9, 0.6), (2, [55, 55, 30, 30], 0.4, 0.1)):
+            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": cid, "bbox": box,
+                                "area": 900.0, "iscrowd": 0})
+            results += [{"image_id": i, "category_id": cid, "bbox": box, "score": hit},
+                        {"image_id": i, "category_id": cid, "bbox": [box[0] + 40 - 80 * (cid == 2), 60, 10, 10],
+                         "score": stray}]
+    gt = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    return gt, results
+
+
+def test_per_class_thresholds_are_chosen_where_one_threshold_cannot_serve_every_class():
+    gt, results = _two_class_split()
+    matched, coco = match(gt, results, 0.5), coco_map(gt, results)
+    chosen, metrics = tune_thresholds(gt, matched, coco, ScoreConfig(), min_class_boxes=20)
+    assert sorted(chosen.per_class) == [1, 2]
+    assert 0.6 < chosen.per_class[1] <= 0.9 and 0.1 < chosen.per_class[2] <= 0.4
+    assert metrics["f1"] == pytest.approx(1.0)
+    alone, alone_metrics = tune_thresholds(gt, matched, coco, ScoreConfig(), min_class_boxes=21)  # too few boxes
+    assert alone.per_class == {} and alone_metrics["f1"] < 0.9
+
+
+def _two_members_off_by_six_pixels():
+    from detector.ensemble import ImagePrediction
+
+    images = []
+    for i in range(1, 11):
+        members = [ImagePrediction(f"{i}.png", 100, 100, np.array([[20 + dx, 20, 60 + dx, 60]], np.float32),
+                                   np.array([0.8], np.float32), np.array([1]), ["a"], [1]) for dx in (-6, 6)]
+        images.append(ImagePrediction(f"{i}.png", 100, 100, np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                                      np.zeros(0, np.int64), members=members))
+    gt = {"images": [{"id": i, "file_name": f"{i}.png", "width": 100, "height": 100} for i in range(1, 11)],
+          "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [20, 20, 40, 40], "area": 1600.0,
+                           "iscrowd": 0} for i in range(1, 11)],
+          "categories": [{"id": 1, "name": "a"}]}
+    return gt, images
+
+
+def test_the_wbf_search_finds_the_fusion_the_configured_one_misses_unless_the_gain_is_too_small():
+    from detector.data.coco import LabelMap
+    from detector.operating_point import tune
+
+    gt, images = _two_members_off_by_six_pixels()  # the members' boxes overlap at IoU 0.54: apart at 0.55
+    cfg = config.load(None, ["ensemble.iou_thr=0.55", "tune.min_class_boxes=1000"])
+    point = tune(gt, images, list(range(1, 11)), LabelMap((1,), ("a",)), cfg)
+    assert point.ensemble.iou_thr < 0.54 and point.score > point.configured_score + 0.1
+    assert point.metrics["precision"] == pytest.approx(1.0) and point.evaluations > 20
+    strict = config.with_values(cfg, {"tune.min_gain": 1.0})  # no gain is worth replacing the configured settings
+    kept = tune(gt, images, list(range(1, 11)), LabelMap((1,), ("a",)), strict)
+    assert kept.ensemble == cfg.ensemble and kept.score < point.score

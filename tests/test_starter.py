@@ -68,7 +68,7 @@ def test_the_config_init_writes_trains_a_new_dataset_without_edits(tmp_path):
     cfg = config.load(out)
     assert 320 <= cfg.data.image_size <= 640 and cfg.train.epochs >= 6
     # its own recipe, only shortened for the test
-    trained = run("train", str(out), "--out", str(tmp_path / "run"), "--quiet", "--set", "train.epochs=3",
+    trained = run("train", str(out), "--out", str(tmp_path / "run"), "--quiet", "--set", "train.epochs=2",
                   "--set", "train.num_workers=0")
     assert trained.returncode == 0, trained.stderr
     best = json.loads((tmp_path / "run" / "summary.json").read_text())["best_metrics"]

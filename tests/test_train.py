@@ -1,4 +1,5 @@
 import json
+import math
 import subprocess
 import sys
 
@@ -115,6 +116,66 @@ def test_non_finite_loss_names_epoch_and_batch(sample):
                         precision=Precision("cpu", None), epoch=3)
 
 
+@pytest.mark.parametrize("precision", [Precision("cpu", None), Precision("cpu", torch.bfloat16)])
+def test_grad_clip_bounds_each_step_and_bf16_autocast_trains(sample, precision):
+    from detector.models.faster_rcnn import build
+
+    cfg = tiny_cfg(sample, "model.anchors=default")
+    train_index, _ = load_splits(cfg)
+    ds = CocoDetection(train_index.subset(r.id for r in train_index.images[:4]), build_eval_transforms(128))
+    results = {}
+    for clip in (0.0, 1e-3):
+        torch.manual_seed(0)
+        model, _ = build(cfg.model, num_classes=3, image_size=128, anchor_shapes=None)
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters() if p.requires_grad])
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)  # plain steps: |dw| = |g|
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        torch.manual_seed(1)
+        losses = train_one_epoch(model, torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=collate), opt,
+                                 sched, scaler, device=torch.device("cpu"), precision=precision, epoch=0,
+                                 grad_clip=clip)
+        after = torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad])
+        results[clip] = (float((after - before).norm()), losses["loss"])
+    assert results[1e-3][0] <= 1e-3 * 1.01  # one step of norm at most the clip
+    assert results[0.0][0] > 100 * results[1e-3][0] and math.isfinite(results[0.0][1])
+    assert results[0.0][1] == pytest.approx(results[1e-3][1], rel=1e-6)  # the same batch, measured before the step
+
+
+@pytest.mark.slow
+def test_train_balanced_sampler_draws_the_rare_class_more_often(tmp_path):
+    import sys
+
+    from detector.data.sample import SampleSpec, write_sample_dataset
+
+    data = write_sample_dataset(tmp_path / "data", SampleSpec(images=24, seed=3))
+    doc = json.loads(data["train"].read_text())
+    rare = {a["image_id"] for a in doc["annotations"] if a["category_id"] == doc["categories"][0]["id"]}
+    keep = sorted(rare)[:1]  # one image keeps the first class; the others lose it
+    doc["annotations"] = [a for a in doc["annotations"]
+                          if a["category_id"] != doc["categories"][0]["id"] or a["image_id"] in keep]
+    (tmp_path / "data" / "rare.json").write_text(json.dumps(doc))
+    rare_file = str((tmp_path / "data" / next(i["file_name"] for i in doc["images"] if i["id"] == keep[0])).resolve())
+    opened = {"on": False, "n": 0}
+
+    def hook(event, args):
+        if opened["on"] and event == "open" and args and str(args[0]) == rare_file:
+            opened["n"] += 1
+
+    sys.addaudithook(hook)  # cannot be removed: it only counts while the flag is set
+    counts = {}
+    for balanced in (False, True):
+        cfg = config.load(None, [f"data.train.annotations={tmp_path / 'data' / 'rare.json'}",
+                                 f"data.val.annotations={data['val']}", *TINY, "train.epochs=2",
+                                 f"train.balanced_sampler={str(balanced).lower()}"])
+        train_index, val_index = load_splits(cfg)
+        opened.update(on=True, n=0)
+        fit(cfg, train_index, val_index, tmp_path / f"run_{balanced}", progress=False, log=lambda s: None)
+        opened["on"] = False
+        counts[balanced] = opened["n"]
+    assert counts[False] <= 4 and counts[True] >= 3 * max(counts[False], 1), counts
+
+
 def test_balanced_sampler_weights_favour_the_rare_class(tiny_coco):
     from detector.data.coco import load_coco
 
@@ -226,8 +287,17 @@ def test_ema_weights_are_evaluated_and_kept_and_a_resume_is_exact(sample, tmp_pa
     best = load_checkpoint(tmp_path / "full" / "best.pt")["model"]
     name = "roi_heads.box_predictor.cls_score.weight"
     assert not torch.equal(last["model"][name], last["ema"][name])  # the average is not the raw weights
-    if full.best_epoch == 1:
-        assert torch.equal(best[name], last["ema"][name])  # kept and predicted: the averaged weights
+
+    def stop_at_best(epoch, metrics):
+        if epoch == full.best_epoch:
+            raise Stop()
+
+    with pytest.raises(Stop):  # the same run up to its best epoch: its last.pt holds that epoch's average
+        fit(cfg, train_index, val_index, tmp_path / "at_best", on_epoch_end=stop_at_best, **quiet)
+    at_best = load_checkpoint(tmp_path / "at_best" / "last.pt")
+    assert at_best["epoch"] == full.best_epoch
+    assert torch.equal(best[name], at_best["ema"][name])  # kept and predicted: the averaged weights
+    assert not torch.equal(best[name], at_best["model"][name])
     resumed_last = load_checkpoint(tmp_path / "resumed" / "last.pt")
     assert torch.equal(resumed_last["ema"][name], last["ema"][name])
 
