@@ -280,3 +280,13 @@ def test_a_cv_run_publishes_members_refit_on_all_of_its_training_data(sample, tm
     ensemble = Ensemble.load(run)
     assert len(ensemble.members) == 2 and ensemble.thresholds.default == point["score_threshold"]
     assert ensemble.settings.iou_thr == point["ensemble"]["iou_thr"]
+
+
+
+def test_kfold_is_a_shuffled_partition_fixed_by_the_seed(sample):
+    index = load_coco(sample["annotations"], check_images=False)
+    folds = make_folds(index, n_folds=3, strategy="kfold", seed=0)
+    assert sorted(i for f in folds for i in f) == sorted(r.id for r in index.images)
+    assert max(map(len, folds)) - min(map(len, folds)) <= 1
+    assert make_folds(index, n_folds=3, strategy="kfold", seed=0) == folds
+    assert make_folds(index, n_folds=3, strategy="kfold", seed=1) != folds

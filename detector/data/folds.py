@@ -1,10 +1,11 @@
 """K-fold splits of a COCO index: plain, stratified by the classes in each image, or grouped (`auto`: grouped
 when the file names show copies of one photo, stratified otherwise).
 
-`make_folds` returns the validation image ids of each fold. Stratification is iterative multi-label
-stratification (Sechidis et al., 2011): rarest label first, each item goes to the fold that still wants
-that label most. Grouped folds apply the same procedure to groups (e.g. Roboflow copies of one photo),
-so a group never straddles two folds and the classes stay balanced.
+`make_folds` returns the validation image ids of each fold. `kfold` is scikit-learn's shuffled KFold.
+Stratification is iterative multi-label stratification (Sechidis et al., 2011): rarest label first, each
+item goes to the fold that still wants that label most. Grouped folds apply the same procedure to groups
+(e.g. Roboflow copies of one photo), so a group never straddles two folds and the classes stay balanced.
+scikit-learn has no multi-label stratification; its StratifiedGroupKFold takes one label per image.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import re
 from collections import defaultdict
 
 import numpy as np
+from sklearn.model_selection import KFold
 
 from ..errors import ConfigError
 from .coco import CocoIndex, ImageRecord
@@ -39,9 +41,9 @@ def make_folds(index: CocoIndex, *, n_folds: int, strategy: str, group_by: str =
         unit = "groups" if strategy == "group" else "images"
         raise ConfigError(f"cv.folds={n_folds} but the training data has only {len(names)} {unit}; lower cv.folds")
     rng = np.random.default_rng(seed)
-    if strategy == "kfold":
-        order = rng.permutation(len(names))
-        assignment = {names[i]: j % n_folds for j, i in enumerate(order)}
+    if strategy == "kfold":  # scikit-learn's shuffled KFold: nothing of ours to test for a plain split
+        splits = KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(names)
+        assignment = {names[i]: k for k, (_, held) in enumerate(splits) for i in held}
     else:
         labels = [_labels(groups[n]) for n in names]
         sizes = [len(groups[n]) for n in names]
