@@ -50,6 +50,8 @@ def _terminate(signum, frame) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .config import CONF_TYPES
+
     p = argparse.ArgumentParser(prog="detector", description="Fine-tune Faster R-CNN detectors on COCO data.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -93,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--iou-thr", type=_fraction(False), help="WBF IoU threshold in (0, 1] (default: the models' "
                     "ensemble settings)")
     pr.add_argument("--skip-box-thr", type=_fraction(True), help="WBF: ignore member boxes scoring below this")
-    pr.add_argument("--conf-type", choices=("avg", "max", "box_and_model_avg", "absent_model_aware_avg"))
+    pr.add_argument("--conf-type", choices=CONF_TYPES)
     pr.add_argument("--batch-size", type=_positive_int, default=8)
     pr.add_argument("--device", default="auto")
     pr.add_argument("--force", action="store_true", help="replace the outputs of another job in --out")

@@ -10,7 +10,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Union, get_args
 
 import yaml
 
@@ -185,13 +185,17 @@ class SearchConfig:
     keep_models: Literal["best", "all"] = "best"  # best: only the best trial keeps its top-k checkpoints
 
 
+ConfType = Literal["avg", "max", "box_and_model_avg", "absent_model_aware_avg"]  # ensemble-boxes' WBF conf_type
+CONF_TYPES = get_args(ConfType)
+
+
 @dataclass
 class EnsembleConfig:
     """Weighted Boxes Fusion of a trial's top-k models (ensemble-boxes arguments)."""
 
     iou_thr: float = 0.55
     skip_box_thr: float = 0.02  # measured on the sample study: faster fusion and no loss of mAP vs 0.001
-    conf_type: Literal["avg", "max", "box_and_model_avg", "absent_model_aware_avg"] = "avg"
+    conf_type: ConfType = "avg"
     weights: Union[list[float], None] = None  # one per model, best first; None = equal
 
 

@@ -10,14 +10,13 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 
-from .config import Config, EnsembleConfig
+from .config import CONF_TYPES, Config, EnsembleConfig
 from .data.coco import LabelMap
 from .engine import coco_detections
 from .ensemble import ImagePrediction, fuse_wbf
 from .metrics import Thresholds, coco_map, match, metrics_from
 from .thresholds import tune_thresholds
 
-CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
 IOU_THRS = (0.4, 0.5, 0.55, 0.6, 0.7)
 SKIP_BOX_THRS = (0.0, 0.02, 0.05, 0.1)
 

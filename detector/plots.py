@@ -15,7 +15,9 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-LOSS_PANELS = ("loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
+from .metric_log import LOSS_KEYS
+
+LOSS_PANELS = LOSS_KEYS
 
 
 def save_figures(figures: dict[str, Figure], out_dir: str | Path, dpi: int = 100) -> list[Path]:

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
-from .metrics import pr_curves
+from .metric_log import LOSS_KEYS
+from .metrics import METRIC_KEYS, pr_curves
 
-SCALARS = ("loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg", "lr", "map", "map_50",
-           "map_75", "precision", "recall", "f1", "score")
+SCALARS = (*LOSS_KEYS, "lr", *(k for k in METRIC_KEYS if k != "threshold"))
 DRAWN_IMAGES = 4
 
 

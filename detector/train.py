@@ -32,15 +32,13 @@ from .errors import ConfigError, DatasetError, TrainingError
 from .files import read_json, write_json
 from .layout import RunPaths
 from .engine import Precision, predict, resolve_device, resolve_precision, to_coco_results, train_one_epoch
-from .metric_log import append_row, rewrite_rows
+from .metric_log import CSV_COLUMNS, LOSS_KEYS, append_row, rewrite_rows
 from .metrics import METRIC_KEYS, evaluate_detections
 from .models import faster_rcnn
 from .optim import LrSchedule, build_optimizer
 from . import distributed, preflight
 from .runs import owned_run
 
-LOSS_KEYS = ("loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
-CSV_COLUMNS = ("epoch", "lr", *LOSS_KEYS, *METRIC_KEYS, "image_size", "train_seconds", "eval_seconds", "checkpoint_seconds", "seconds")
 
 OnEpochEnd = Callable[[int, dict[str, Any]], None]
 Keep = Callable[[int, dict[str, Any], Callable[[Path], Any]], Any]
