@@ -50,16 +50,18 @@ def _terminate(signum, frame) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .config import CONF_TYPES
-
     p = argparse.ArgumentParser(prog="detector", description="Fine-tune Faster R-CNN detectors on COCO data.")
     sub = p.add_subparsers(dest="command", required=True)
-
     t = sub.add_parser("train", help="train one model on the config's train/val split")
     _run_arguments(t, "YAML config, e.g. configs/quickstart.yaml").set_defaults(func=_train)
     v = sub.add_parser("cv", help="k-fold cross-validation with per-fold logs and the top-k models")
     _run_arguments(v, "YAML config; folds come from its data.train split (cv section)").set_defaults(func=_cv)
+    for add in (_study_parser, _export_parser, _predict_parser, _report_parser, _evaluate_parser, _data_parsers):
+        add(sub)
+    return p
 
+
+def _study_parser(sub) -> None:
     st = sub.add_parser("study", help="Optuna search: every trial a k-fold run scored by its WBF ensemble")
     st.add_argument("config", help="YAML config with a search section, e.g. configs/quickstart.yaml")
     st.add_argument("--name", required=True, help="study name; everything goes to STUDIES-DIR/NAME")
@@ -74,11 +76,17 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--quiet", action="store_true", help="no progress bars")
     st.set_defaults(func=_study)
 
+
+def _export_parser(sub) -> None:
     x = sub.add_parser("export", help="a checkpoint (or each model of a study's best/) as TorchScript or ONNX")
     x.add_argument("model", help="a .pt checkpoint, or a study's best/ folder")
     x.add_argument("--format", required=True, choices=("onnx", "torchscript"))
     x.add_argument("--out", required=True, help="the file to write (a folder for a best/ folder)")
     x.set_defaults(func=_export)
+
+
+def _predict_parser(sub) -> None:
+    from .config import CONF_TYPES
 
     pr = sub.add_parser("predict", help="ensemble inference with a study's best models, a run's top models or "
                         "checkpoints")
@@ -102,6 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--quiet", action="store_true")
     pr.set_defaults(func=_predict)
 
+
+def _report_parser(sub) -> None:
     r = sub.add_parser("report", help="tables and plots of a cv run, a study or one trial of a study")
     r.add_argument("run", help="a run directory of `detector cv`, a study folder (studies/NAME) or a trial "
                    "folder (studies/NAME/trial_0007)")
@@ -109,6 +119,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--storage", help="the study's storage URL, when it is not the one the study folder records")
     r.set_defaults(func=_report)
 
+
+def _evaluate_parser(sub) -> None:
     e = sub.add_parser("evaluate", help="COCO metrics, per-class AP, precision, recall and F1")
     e.add_argument("checkpoint", nargs="?", help="a .pt file from `detector train` (or use --predictions)")
     e.add_argument("annotations", help="COCO annotation file with the ground truth")
@@ -122,6 +134,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_evaluate)
 
+
+def _data_parsers(sub) -> None:
+    """check-data, init and sample-data: the commands about datasets and configs."""
     c = sub.add_parser("check-data", help="validate a COCO dataset and summarise it")
     c.add_argument("annotations")
     c.add_argument("--images-dir")
@@ -144,7 +159,6 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--images", type=int, default=None, help="number of images (default 600)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_sample_data)
-    return p
 
 
 def _positive_int(text: str) -> int:

@@ -17,7 +17,7 @@ from .data.images import read_image
 from .engine import coco_detections
 from .ensemble import Ensemble, ImagePrediction
 from .errors import DatasetError, DetectorError
-from .files import atomic_file, write_json
+from .files import atomic_file, read_json, write_json
 from .layout import PredictPaths
 from .metrics import Thresholds, evaluate_detections
 
@@ -198,7 +198,7 @@ class OutputWriter:
         old = [p for p in (self.paths.predictions, self.paths.table, self.paths.images, self.partial,
                            self.paths.drawn) if p.exists()]
         job = self.paths.job
-        same = job.exists() and _json_or_none(job) == json.loads(json.dumps(header))
+        same = job.exists() and _recorded_job(job) == json.loads(json.dumps(header))
         if old and not same and not force:
             raise DetectorError(f"{self.out}: holds the outputs of another predict job "
                                 f"({', '.join(p.name for p in old)}); use another --out, or --force to replace them")
@@ -217,11 +217,11 @@ class OutputWriter:
         return name
 
 
-def _json_or_none(path: Path) -> Any:
+def _recorded_job(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+        return read_json(path)
+    except DetectorError:
+        return None  # unreadable: treated as another job's
 
 
 def _read_partial(path: Path, header: dict[str, Any]) -> list[dict[str, Any]]:
