@@ -1,8 +1,8 @@
-"""Checkpoints: atomic save, safe load (weights_only=True), RNG state capture, and model restoration.
+"""Checkpoints: the Checkpoint record, atomic save, safe load (weights_only=True), RNG state capture, and
+model restoration.
 
-A checkpoint is a dict of tensors and plain values: model, optimizer, scheduler, scaler, rng, epoch,
-metrics, config (resolved, as a dict), label_map, anchors (per-level (w, h) or None), image_size and
-normalization (the input mean and std the model was trained with).
+On disk a checkpoint is a flat dict of tensors and plain values (Checkpoint.to_dict), so torch.load with
+weights_only=True reads it and files written by earlier versions still load.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import hashlib
 import math
 import random
 import zipfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,10 +31,45 @@ FORMAT = 1
 LEGACY_NORMALIZATION = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write `state` atomically (files.atomic_file): a kill leaves the previous file or the new one. A
+@dataclass
+class Checkpoint:
+    """A model file (best.pt, top/*.pt, refit/*/model.pt) holds the weights and what rebuilding the model
+    needs: its resolved config, label map, anchors (per-level (w, h) or None), image size and input
+    normalisation. last.pt adds the state a resume needs (optimizer ... callbacks)."""
+
+    model: dict[str, torch.Tensor]
+    label_map: dict[str, Any]
+    config: dict[str, Any] = field(default_factory=dict)
+    epoch: int = -1
+    metrics: dict[str, Any] = field(default_factory=dict)
+    anchors: list | None = None
+    image_size: int = 0
+    normalization: dict[str, list[float]] | None = None
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    scaler: dict[str, Any] | None = None
+    rng: dict[str, Any] | None = None
+    rng_ranks: list[dict[str, Any]] = field(default_factory=list)  # each rank's, under torchrun
+    train_state: dict[str, Any] | None = None  # train.Progress.to_dict()
+    callbacks: dict[str, Any] = field(default_factory=dict)  # each callback's state_dict, by its key
+    checksum: str | None = None  # of the tensors: the weights' identity, set by load_checkpoint
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "checksum"}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> "Checkpoint":
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in state.items() if k in known}
+        if state.get("ema") is not None:  # written before callbacks kept their own state
+            values["callbacks"] = {**values.get("callbacks", {}), "ema": state["ema"]}
+        return cls(**values)
+
+
+def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> Path:
+    """Write a checkpoint atomically (files.atomic_file): a kill leaves the previous file or the new one. A
     sha256 of every tensor goes with it, and load_checkpoint verifies it."""
-    state = {"format": FORMAT, **{k: v for k, v in state.items() if k not in ("format", "checksum")}}
+    state = {"format": FORMAT, **checkpoint.to_dict()}
     with atomic_file(path) as f:
         torch.save({**state, "checksum": tensor_checksum(state)}, f)
     return Path(path)
@@ -60,7 +95,7 @@ def _tensors(value: Any, name: str):
             yield from _tensors(item, f"{name}[{i}]")
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: checkpoint not found; pass a .pt file written by `detector train`")
@@ -80,9 +115,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if recorded is not None and recorded != tensor_checksum(state):
         raise WeightsError(f"{path}: damaged checkpoint: its tensors do not match the checksum saved with them; "
                            "delete it (a run then restarts its folder or fold) or restore a copy")
-    if recorded is not None:
-        state["checksum"] = recorded  # the weights' identity (save() recomputes it)
-    return state
+    return replace(Checkpoint.from_dict(state), checksum=recorded or tensor_checksum(state))
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -128,21 +161,21 @@ class RestoredModel:
 def restore_model(path: str | Path, device: str | torch.device = "cpu") -> RestoredModel:
     """Rebuild the model a checkpoint was trained as (no pretrained download) and load its weights."""
     state = load_checkpoint(path)
-    cfg = config_mod.from_dict(state["config"], source=str(path))
-    label_map = LabelMap.from_dict(state["label_map"])
+    cfg = config_mod.from_dict(state.config, source=str(path))
+    label_map = LabelMap.from_dict(state.label_map)
     model, _ = faster_rcnn.build(replace(cfg.model, pretrained=False), num_classes=label_map.num_classes,
-                                 image_size=state["image_size"], anchor_shapes=state.get("anchors"))
+                                 image_size=state.image_size, anchor_shapes=state.anchors)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.model)
     except RuntimeError as e:
         first = str(e).split("\n")[1].strip() if "\n" in str(e) else str(e)
         raise WeightsError(f"{path}: its weights are not those of the model its config describes "
                            f"({cfg.model.backbone}: {first}); the file was altered or assembled from two "
                            "checkpoints: use a checkpoint as detector train or cv wrote it") from None
-    faster_rcnn.set_normalization(model, state.get("normalization") or LEGACY_NORMALIZATION)
+    faster_rcnn.set_normalization(model, state.normalization or LEGACY_NORMALIZATION)
     model.to(device).eval()
-    return RestoredModel(model, label_map, int(state["image_size"]), cfg, state.get("anchors"),
-                         state.get("metrics", {}), state.get("checksum") or tensor_checksum(state))
+    return RestoredModel(model, label_map, int(state.image_size), cfg, state.anchors, state.metrics,
+                         state.checksum or "")
 
 
 
@@ -222,7 +255,7 @@ def _entry(paths: RunPaths, path: Path, fold: int | None = None, member: str | N
         state = load_checkpoint(path)
     except WeightsError:
         return None  # a file that cannot be read is not listed, and not deleted either
-    metrics = {k: v for k, v in state.get("metrics", {}).items() if k != "per_class"}
-    entry = {"fold": fold, "epoch": int(state["epoch"]), "score": float(metrics.get("score", float("nan"))),
+    metrics = {k: v for k, v in state.metrics.items() if k != "per_class"}
+    entry = {"fold": fold, "epoch": int(state.epoch), "score": float(metrics.get("score", float("nan"))),
              "path": str(path.relative_to(paths.root)), "metrics": metrics}
     return entry if member is None else {**entry, "member": member, "source": f"rebuilt from {entry['path']}"}

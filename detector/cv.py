@@ -12,11 +12,12 @@ import platform
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from .callbacks import Callback, FoldColumn, KeepTopK
 from .checkpoint import TopK, read_index
 from .config import Config
 from .data.coco import CocoIndex
@@ -26,10 +27,9 @@ from .layout import RunPaths
 from .metrics import METRIC_KEYS, coco_map, match
 from .thresholds import tune_thresholds
 from . import distributed, preflight
-from .engine import resolve_device
 from .refit import fold_epochs, refit as refit_members, seed_members
 from .runs import owned_run
-from .train import OnEpochEnd, fit, load_splits
+from .train import fit, load_splits
 
 
 @dataclass
@@ -46,7 +46,7 @@ def run_cv(
     run_dir: str | Path,
     *,
     force: bool = False,
-    on_epoch_end: Callable[[int, int, dict[str, Any]], None] | None = None,
+    callbacks: Sequence[Callback] = (),
     progress: bool = True,
     log: Callable[[str], None] = print,
     index: CocoIndex | None = None,
@@ -56,19 +56,20 @@ def run_cv(
     """Train every fold of the config's training split (skipping finished ones), then (with `refit` and a
     refit.strategy other than folds) the published members on all of it, and return the summary.
 
-    `on_epoch_end(fold, epoch, metrics)` is called after every epoch and may raise to stop the run. The
-    run folder is locked against a second process for the whole run. A study's trials pass refit=False: the
+    `callbacks` join every fold's fit (the fold's number is FitState.fold); one may raise to stop the run.
+    The run folder is locked against a second process for the whole run. A study's trials pass refit=False: the
     study refits its best trial's config only.
     """
     preflight.check(cfg)
-    w = distributed.start(resolve_device(cfg.train.device))
+    process = distributed.setup(cfg.train.device, cfg.train.amp)
     with owned_run(run_dir, cfg, force=force, log=log) as run:
-        return _run_cv(cfg, run, w, on_epoch_end=on_epoch_end, progress=progress,
-                       log=distributed.main_only(w, log), index=index, val_index=val_index, refit=refit)
+        return _run_cv(cfg, run, process, callbacks=callbacks, progress=progress,
+                       log=distributed.main_only(process.world, log), index=index, val_index=val_index, refit=refit)
 
 
-def _run_cv(cfg: Config, run: Path, w: distributed.World, *, on_epoch_end, progress, log, index, val_index,
+def _run_cv(cfg: Config, run: Path, process: distributed.Process, *, callbacks, progress, log, index, val_index,
             refit) -> CVResult:
+    w = process.world
     fold_models = cfg.refit.strategy == "folds"
     if index is None:
         index, val_index = load_splits(cfg)
@@ -85,20 +86,16 @@ def _run_cv(cfg: Config, run: Path, w: distributed.World, *, on_epoch_end, progr
         val_set = set(val_ids)
         train_part = index.subset(r.id for r in index.images if r.id not in val_set)
         log(f"fold {k}/{len(folds)}: {len(train_part.images)} training, {len(val_ids)} validation images")
-        hook: OnEpochEnd | None = None
-        if on_epoch_end is not None:
-            hook = (lambda fold: lambda epoch, metrics: on_epoch_end(fold, epoch, metrics))(k)
-        fit(cfg, train_part, index.subset(val_ids), fold.root, on_epoch_end=hook, progress=progress, log=log,
-            extra_columns={"fold": k}, save_best=False,
-            keep=None if top is None else (lambda fold: lambda epoch, metrics, save: top.offer(fold, epoch, metrics,
-                                                                                             save))(k))
+        keep = [KeepTopK(top)] if top is not None else []
+        fit(cfg, train_part, index.subset(val_ids), fold.root, callbacks=[FoldColumn(k), *keep, *callbacks],
+            progress=progress, log=log, process=process)
         if w.main:
             fold.last.unlink(missing_ok=True)
             write_summary(run)
         distributed.barrier(w)
     if refit and not fold_models:
-        _refit(cfg, paths, index, load_splits(cfg)[1] if val_index is None else val_index, w, progress=progress,
-               log=log)
+        _refit(cfg, paths, index, load_splits(cfg)[1] if val_index is None else val_index, process,
+               progress=progress, log=log)
     if not w.main:
         return read_summary(run)
     point = out_of_fold_operating_point(paths, index, folds, cfg) if fold_models else None
@@ -109,7 +106,7 @@ def _run_cv(cfg: Config, run: Path, w: distributed.World, *, on_epoch_end, progr
     return write_summary(run)
 
 
-def _refit(cfg: Config, paths: RunPaths, index: CocoIndex, val_index: CocoIndex, w: distributed.World, *,
+def _refit(cfg: Config, paths: RunPaths, index: CocoIndex, val_index: CocoIndex, process: distributed.Process, *,
            progress, log) -> None:
     """The run's published members: its config with refit.members seeds, trained on all of `index` for the
     epochs the folds chose; top_models.json lists them."""
@@ -117,7 +114,8 @@ def _refit(cfg: Config, paths: RunPaths, index: CocoIndex, val_index: CocoIndex,
     why = "refit.epochs" if cfg.refit.epochs else "the folds' mean best epoch"
     log(f"refit: {cfg.refit.members} member(s) on all {len(index.images)} training images, {epochs} epochs ({why})")
     entries = refit_members(seed_members(cfg, epochs, cfg.refit.members), index, val_index, paths.refit,
-                            progress=progress, log=log)
+                            progress=progress, log=log, process=process)
+    w = process.world
     if w.main:
         prefix = paths.refit.relative_to(paths.root)
         write_json(paths.top_models, [{**e, "path": str(prefix / e["path"])} for e in entries])

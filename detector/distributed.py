@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from .engine import Precision, resolve_device, resolve_precision
 from .errors import ConfigError
 
 T = TypeVar("T")
@@ -54,6 +55,38 @@ def start(device: torch.device) -> World:
         seconds = float(os.environ.get("DETECTOR_DIST_TIMEOUT", TIMEOUT_SECONDS))
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=seconds))
     return w
+
+
+@dataclass(frozen=True)
+class Process:
+    """This process's setup, made once and shared by every fit of a cv run or study: its place in the
+    world, its device (its own GPU under torchrun) and its autocast precision."""
+
+    world: World
+    device: torch.device
+    precision: Precision
+
+
+def setup(device: str, amp: str) -> Process:
+    """train.device and train.amp resolved, the process group joined (once per process)."""
+    resolved = resolve_device(device)
+    w = start(resolved)
+    resolved = device_of(w, resolved)
+    return Process(w, resolved, resolve_precision(amp, resolved))
+
+
+def wrap(model: torch.nn.Module, process: Process, sync_bn: bool) -> torch.nn.Module:
+    """What the forward pass calls: the model alone, or under torchrun its DistributedDataParallel wrapper
+    (with SyncBatchNorm when train.sync_bn); the optimizer keeps stepping the model's own parameters."""
+    if not process.world.active:
+        return model
+    device = process.device
+    if sync_bn:
+        if device.type != "cuda":
+            raise ConfigError("train.sync_bn needs CUDA GPUs (PyTorch's SyncBatchNorm); on CPU leave it false: "
+                              "each process then keeps BatchNorm statistics of its own share of the batch")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def finish() -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import config as config_mod
+from . import distributed
+from .callbacks import FinalModel
 from .config import Config
 from .data.coco import CocoIndex
 from .files import read_json
@@ -60,7 +62,8 @@ def member(cfg: Config, epochs: int, seed: int, name: str, source: str) -> Membe
 
 
 def refit(members: Sequence[Member], train_index: CocoIndex, val_index: CocoIndex, root: str | Path, *,
-          progress: bool = False, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+          progress: bool = False, log: Callable[[str], None] = print,
+          process: distributed.Process | None = None) -> list[dict[str, Any]]:
     """Train each member on `train_index` in root/NAME (a finished one is not trained again) and return
     their entries, in order: path (relative to root), member name, source, epoch and the last epoch's
     validation metrics (for the log: they chose nothing)."""
@@ -70,10 +73,8 @@ def refit(members: Sequence[Member], train_index: CocoIndex, val_index: CocoInde
         paths = RunPaths(root / m.name)
         if not (paths.model.exists() and paths.summary.exists()):
             log(f"refit {m.name} ({m.source}): {len(train_index.images)} images, {m.config.train.epochs} epochs")
-            last_epoch = m.config.train.epochs - 1
-            fit(m.config, train_index, val_index, paths.root, progress=progress, save_best=False,
-                log=lambda s, name=m.name: log(f"refit {name}: {s}"),
-                keep=lambda epoch, metrics, save: save(paths.model) if epoch == last_epoch else None)
+            fit(m.config, train_index, val_index, paths.root, callbacks=[FinalModel(paths.model)], progress=progress,
+                log=lambda s, name=m.name: log(f"refit {name}: {s}"), process=process)
             paths.last.unlink(missing_ok=True)
         summary = read_json(paths.summary)
         metrics = _last_metrics(paths)

@@ -65,7 +65,7 @@ def untrained_checkpoint(tmp_path_factory) -> Path:
     from dataclasses import replace
 
     from detector import config
-    from detector.checkpoint import save_checkpoint
+    from detector.checkpoint import Checkpoint, save_checkpoint
     from detector.models import faster_rcnn
     from tests.test_train import TINY
 
@@ -73,8 +73,8 @@ def untrained_checkpoint(tmp_path_factory) -> Path:
     model, _ = faster_rcnn.build(replace(cfg.model, pretrained=False), num_classes=2, image_size=128,
                                  anchor_shapes=None)
     path = tmp_path_factory.mktemp("checkpoint") / "model.pt"
-    save_checkpoint(path, {"model": model.state_dict(), "epoch": 0, "metrics": {}, "image_size": 128,
-                           "config": config.resolve_paths(cfg).to_dict(), "anchors": None,
-                           "label_map": {"category_ids": [1, 2], "names": ["a", "b"]},
-                           "normalization": faster_rcnn.normalization(model)})
+    save_checkpoint(path, Checkpoint(model=model.state_dict(), epoch=0, image_size=128,
+                                     config=config.resolve_paths(cfg).to_dict(),
+                                     label_map={"category_ids": [1, 2], "names": ["a", "b"]},
+                                     normalization=faster_rcnn.normalization(model)))
     return path

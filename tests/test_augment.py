@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from detector import config
+from detector.callbacks import EpochEnd
 from detector.data.transforms import build_train_transforms
 from detector.errors import ConfigError
 from detector.search import check_space
@@ -65,7 +66,7 @@ def test_a_run_trains_with_a_user_pipeline_records_it_and_resumes_exactly(sample
         raise Stop()
 
     with pytest.raises(Stop):
-        fit(cfg, train_index, val_index, tmp_path / "resumed", on_epoch_end=crash, **quiet)
+        fit(cfg, train_index, val_index, tmp_path / "resumed", callbacks=[EpochEnd(crash)], **quiet)
     resumed = fit(cfg, train_index, val_index, tmp_path / "resumed", **quiet)
     assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in full.history], rel=1e-6)
 

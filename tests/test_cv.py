@@ -108,14 +108,14 @@ def test_top_k_keeps_exactly_the_k_best_of_each_fold(tmp_path):
 
 
 def test_an_unreadable_model_index_is_rebuilt_from_the_checkpoints_never_emptied(tmp_path):
-    from detector.checkpoint import save_checkpoint
+    from detector.checkpoint import Checkpoint, save_checkpoint
     from detector.cv import read_summary
     from detector.ensemble import resolve_models
 
     label_map = {"category_ids": [1], "names": ["cell"]}
     for fold, epoch, score in ((0, 1, 0.4), (0, 3, 0.6), (1, 2, 0.5)):
         save_checkpoint(tmp_path / "top" / f"fold{fold}_epoch{epoch:03d}.pt",
-                        {"model": {}, "label_map": label_map, "epoch": epoch, "metrics": {"score": score}})
+                        Checkpoint(model={}, label_map=label_map, epoch=epoch, metrics={"score": score}))
     (tmp_path / "top_models.json").write_text('[{"fold": 0, "epo')  # cut short
     assert [(e["fold"], e["epoch"]) for e in read_summary(tmp_path).top_models] == [(0, 3), (0, 1), (1, 2)]
     assert len(resolve_models(tmp_path)[0]) == 3

@@ -47,7 +47,7 @@ def test_two_processes_train_one_epoch_like_one_process_with_the_same_global_bat
     # draw from each process's generator and torchvision normalises some losses per batch, so they agree
     # closely, not bit for bit.
     assert float(two[0]["loss"]) == pytest.approx(float(one[0]["loss"]), rel=0.05)
-    a, b = load_checkpoint(tmp_path / "one" / "last.pt")["model"], load_checkpoint(tmp_path / "two" / "last.pt")["model"]
+    a, b = load_checkpoint(tmp_path / "one" / "last.pt").model, load_checkpoint(tmp_path / "two" / "last.pt").model
     keys = [k for k in a if a[k].is_floating_point() and "running" not in k]
     difference = sum(((a[k] - b[k]) ** 2).sum() for k in keys) ** 0.5 / sum((a[k] ** 2).sum() for k in keys) ** 0.5
     assert difference < 0.02

@@ -62,7 +62,7 @@ def test_a_torchscript_export_given_as_a_checkpoint_says_what_it_is(untrained_ch
 @pytest.mark.slow
 def test_weights_of_another_architecture_are_one_error(untrained_checkpoint, tmp_path, tiny_coco):
     state = load_checkpoint(untrained_checkpoint)
-    state["config"]["model"]["fpn_channels"] = 64  # the config of one model, the weights of another
+    state.config["model"]["fpn_channels"] = 64  # the config of one model, the weights of another
     save_checkpoint(tmp_path / "mixed.pt", state)
     with pytest.raises(WeightsError, match=r"mixed.pt: its weights are not those of the model its config "
                                            r"describes \(resnet18: size mismatch for backbone"):

@@ -181,10 +181,10 @@ def test_a_flipped_byte_in_a_checkpoint_is_caught(tmp_path):
 
     import torch
 
-    from detector.checkpoint import load_checkpoint, save_checkpoint
+    from detector.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
-    save_checkpoint(tmp_path / "a.pt", {"model": {"w": torch.arange(1000, dtype=torch.float32)}, "label_map": {}})
-    assert torch.equal(load_checkpoint(tmp_path / "a.pt")["model"]["w"], torch.arange(1000, dtype=torch.float32))
+    save_checkpoint(tmp_path / "a.pt", Checkpoint(model={"w": torch.arange(1000, dtype=torch.float32)}, label_map={}))
+    assert torch.equal(load_checkpoint(tmp_path / "a.pt").model["w"], torch.arange(1000, dtype=torch.float32))
     with zipfile.ZipFile(tmp_path / "a.pt") as zin, zipfile.ZipFile(tmp_path / "b.pt", "w") as zout:
         for item in zin.infolist():
             data = zin.read(item.filename)

@@ -77,13 +77,13 @@ def test_pruning_hook_reports_the_running_fold_mean_and_prunes(tmp_path):
     good = study.ask()
     hook = PruningHook(good, tmp_path, epochs=2)
     for fold, epoch, score in [(0, 0, 0.4), (0, 1, 0.6), (1, 0, 0.2), (1, 1, 0.8)]:
-        hook(fold, epoch, {"score": score})
+        hook.report(fold, epoch, {"score": score})
     study.tell(good, 0.7)
     assert study.trials[0].intermediate_values == pytest.approx({0: 0.4, 1: 0.6, 2: 0.3, 3: 0.7})
     bad = study.ask()
     hook = PruningHook(bad, tmp_path, epochs=2)
     with pytest.raises(optuna.TrialPruned, match="fold 0, epoch 0"):
-        hook(0, 0, {"score": 0.1})
+        hook.report(0, 0, {"score": 0.1})
 
 
 def test_trial_0_runs_the_configs_own_values():

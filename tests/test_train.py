@@ -2,6 +2,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,7 +16,8 @@ from detector.errors import NonFiniteLossError
 from detector.evaluate import evaluate_checkpoint
 from detector.optim import LrSchedule, build_optimizer
 from detector.data.sampling import balanced_weights
-from detector.train import _TrainState, fit, image_size_at, load_splits
+from detector.callbacks import BestCheckpoint, EarlyStopping, EpochEnd, Progress, image_size_at, standard
+from detector.train import fit, load_splits
 from tests.helpers import pycocotools_stats
 
 TINY = [
@@ -49,13 +51,13 @@ def test_fit_writes_the_run_and_checkpoint_round_trip(sample, tmp_path):
     assert summary["best_epoch"] == result.best_epoch
 
     state = load_checkpoint(run / "best.pt")  # weights_only=True inside
-    assert state["label_map"] == train_index.label_map.to_dict() and state["anchors"] is not None
-    assert state["normalization"] == {"mean": pytest.approx([0.485, 0.456, 0.406]),
+    assert state.label_map == train_index.label_map.to_dict() and state.anchors is not None
+    assert state.normalization == {"mean": pytest.approx([0.485, 0.456, 0.406]),
                                       "std": pytest.approx([0.229, 0.224, 0.225])}  # resnet18's, from timm
-    save_checkpoint(tmp_path / "other_norm.pt", {**state, "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}})
+    save_checkpoint(tmp_path / "other_norm.pt", replace(state, normalization={"mean": [0.5] * 3, "std": [0.25] * 3}))
     assert restore_model(tmp_path / "other_norm.pt").model.transform.image_std == [0.25] * 3  # predict uses it
-    del state["normalization"]  # a checkpoint from before normalisation was saved: torchvision's constants
-    save_checkpoint(tmp_path / "legacy.pt", state)
+    # a checkpoint from before normalisation was saved: torchvision's constants
+    save_checkpoint(tmp_path / "legacy.pt", replace(state, normalization=None))
     assert restore_model(tmp_path / "legacy.pt").model.transform.image_mean == pytest.approx([0.485, 0.456, 0.406])
     # the restored model reproduces the predictions it was scored on during training
     # (training scores each epoch at its best threshold, recorded as `threshold`)
@@ -88,7 +90,7 @@ def test_resume_after_interruption_equals_uninterrupted(sample, tmp_path):
             raise Stop()
 
     with pytest.raises(Stop):
-        fit(cfg, train_index, val_index, tmp_path / "resumed", on_epoch_end=crash, **quiet)
+        fit(cfg, train_index, val_index, tmp_path / "resumed", callbacks=[EpochEnd(crash)], **quiet)
     resumed = fit(cfg, train_index, val_index, tmp_path / "resumed", **quiet)
     assert [r["epoch"] for r in resumed.history] == [0, 1, 2]
     for a, b in zip(full.history, resumed.history):
@@ -189,14 +191,14 @@ def test_progressive_resize_and_early_stopping_rules():
     cfg = config.load(None, ["data.image_size=512", "train.progressive.start_size=256",
                              "train.progressive.epochs=2"])
     assert [image_size_at(cfg, e) for e in range(4)] == [256, 256, 512, 512]
-    state = _TrainState()
+    state = Progress()
     for epoch, score in enumerate([0.1, 0.3, 0.2, 0.25, 0.29]):
         state.update(epoch, {"score": score})
     assert state.best_epoch == 1
-    assert not state.should_stop(3, patience=3, min_epochs=1)
-    assert state.should_stop(4, patience=3, min_epochs=1)
-    assert not state.should_stop(4, patience=3, min_epochs=10)
-    assert not state.should_stop(4, patience=0, min_epochs=1)
+    assert not EarlyStopping(patience=3, min_epochs=1).should_stop(state, 3)
+    assert EarlyStopping(patience=3, min_epochs=1).should_stop(state, 4)
+    assert not EarlyStopping(patience=3, min_epochs=10).should_stop(state, 4)
+    assert "EarlyStopping" not in [type(c).__name__ for c in standard(cfg)]  # train.patience 0: off
     state.update(5, {"score": float("nan")})
     assert state.best_epoch == 1
 
@@ -279,27 +281,27 @@ def test_ema_weights_are_evaluated_and_kept_and_a_resume_is_exact(sample, tmp_pa
         raise Stop()
 
     with pytest.raises(Stop):
-        fit(cfg, train_index, val_index, tmp_path / "resumed", on_epoch_end=crash, **quiet)
+        fit(cfg, train_index, val_index, tmp_path / "resumed", callbacks=[BestCheckpoint(), EpochEnd(crash)], **quiet)
     resumed = fit(cfg, train_index, val_index, tmp_path / "resumed", **quiet)
     for a, b in zip(full.history, resumed.history):
         assert a["map"] == pytest.approx(b["map"], rel=1e-6, abs=1e-9) and a["loss"] == pytest.approx(b["loss"])
     last = load_checkpoint(tmp_path / "full" / "last.pt")
-    best = load_checkpoint(tmp_path / "full" / "best.pt")["model"]
+    best = load_checkpoint(tmp_path / "full" / "best.pt").model
     name = "roi_heads.box_predictor.cls_score.weight"
-    assert not torch.equal(last["model"][name], last["ema"][name])  # the average is not the raw weights
+    assert not torch.equal(last.model[name], last.callbacks["ema"][name])  # the average is not the raw weights
 
     def stop_at_best(epoch, metrics):
         if epoch == full.best_epoch:
             raise Stop()
 
     with pytest.raises(Stop):  # the same run up to its best epoch: its last.pt holds that epoch's average
-        fit(cfg, train_index, val_index, tmp_path / "at_best", on_epoch_end=stop_at_best, **quiet)
+        fit(cfg, train_index, val_index, tmp_path / "at_best", callbacks=[EpochEnd(stop_at_best)], **quiet)
     at_best = load_checkpoint(tmp_path / "at_best" / "last.pt")
-    assert at_best["epoch"] == full.best_epoch
-    assert torch.equal(best[name], at_best["ema"][name])  # kept and predicted: the averaged weights
-    assert not torch.equal(best[name], at_best["model"][name])
+    assert at_best.epoch == full.best_epoch
+    assert torch.equal(best[name], at_best.callbacks["ema"][name])  # kept and predicted: the averaged weights
+    assert not torch.equal(best[name], at_best.model[name])
     resumed_last = load_checkpoint(tmp_path / "resumed" / "last.pt")
-    assert torch.equal(resumed_last["ema"][name], last["ema"][name])
+    assert torch.equal(resumed_last.callbacks["ema"][name], last.callbacks["ema"][name])
 
 
 @pytest.mark.slow

@@ -118,7 +118,7 @@ def _write_best(plan_: Plan, entries: list[dict[str, Any]], result: HeldOutResul
                         "heldout": alone["metrics"], "score_threshold": alone["score_threshold"]})
     best, run = plan_.best, plan_.run
     shutil.copy2(run.config, tmp / CONFIG)
-    label_map = load_checkpoint(tmp / member_file(0))["label_map"]
+    label_map = load_checkpoint(tmp / member_file(0)).label_map
     point = result.operating_point.to_dict()
     write_json(tmp / ENSEMBLE, {
         "trial": best.number, "value": best.value, "params": best.params, "run": run.root.name,

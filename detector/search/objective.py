@@ -15,6 +15,7 @@ import optuna
 
 from .. import config as config_mod
 from .. import distributed
+from ..callbacks import CONTROL, Callback, FitState
 from ..config import Config
 from ..cv import run_cv
 from ..data.coco import CocoIndex
@@ -45,7 +46,7 @@ class Objective:
         self.log(f"trial {trial.number}: {_format_params(params)} -> {run}")
         hook = PruningHook(trial, run, trial_cfg.train.epochs)
         try:
-            cv = run_cv(trial_cfg, run, on_epoch_end=hook, index=self.train_index, refit=False,
+            cv = run_cv(trial_cfg, run, callbacks=[hook], index=self.train_index, refit=False,
                         progress=self.progress, log=lambda s: self.log(f"trial {trial.number}: {s}"))
         except optuna.TrialPruned:
             if distributed.world().main:
@@ -57,18 +58,23 @@ class Objective:
         return float(cv.mean["score"])
 
 
-class PruningHook:
-    """on_epoch_end for run_cv: reports the running fold-mean score and raises TrialPruned when told to.
+class PruningHook(Callback):
+    """A callback of every fold's fit: reports the running fold-mean score and raises TrialPruned when told to.
 
     At fold k, epoch e the value is the mean score at epoch e over folds 0..k, reported at step
     k * epochs + e, so every trial's value at a step averages the same folds and epoch.
     """
 
+    stage = CONTROL
+
     def __init__(self, trial: optuna.trial.BaseTrial, run: Path, epochs: int):
         self.trial, self.run, self.epochs = trial, run, epochs
         self.scores: dict[tuple[int, int], float] = {}
 
-    def __call__(self, fold: int, epoch: int, metrics: dict[str, Any]) -> None:
+    def on_epoch_end(self, state: FitState) -> None:
+        self.report(state.fold, state.epoch, state.metrics)
+
+    def report(self, fold: int, epoch: int, metrics: dict[str, Any]) -> None:
         if not any(f < fold for f, _ in self.scores):
             for row in read_metric_rows(self.run):  # folds finished before a resume
                 if row.get("fold", fold) < fold:

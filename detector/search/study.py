@@ -13,7 +13,6 @@ from optuna.trial import TrialState
 from .. import config as config_mod
 from .. import distributed, preflight
 from ..config import Config
-from ..engine import resolve_device
 from ..errors import ConfigError
 from ..layout import StudyPaths
 from ..runs import RESUMABLE_CHANGES, data_fingerprint
@@ -45,7 +44,7 @@ def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None,
     are retried. `storage` is an Optuna RDB URL; default: SQLite in the study folder.
     """
     directory = Path(study_dir)
-    w = distributed.start(resolve_device(cfg.train.device))
+    w = distributed.setup(cfg.train.device, cfg.train.amp).world
     preflight.check(cfg)
     check_space(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our log lines say what optuna's INFO lines would
