@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import config as config_mod
-from .data.coco import LabelMap
+from .data.records import LabelMap
 from .errors import DetectorError, WeightsError
 from .files import atomic_file, read_json, write_json
 from .layout import RunPaths
@@ -179,6 +179,31 @@ def restore_model(path: str | Path, device: str | torch.device = "cpu") -> Resto
 
 
 
+@dataclass(frozen=True)
+class TopEntry:
+    """One published or kept model, as top_models.json lists it: its file (relative to the run), the fold it
+    was trained on (None: all of data.train, a refit member), its epoch, its validation score and metrics;
+    a refit member also has its name, where its config came from and how many images trained it."""
+
+    path: str
+    fold: int | None
+    epoch: int
+    score: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+    member: str | None = None
+    source: str | None = None
+    train_images: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"fold": self.fold, "epoch": self.epoch, "score": self.score, "path": self.path, "metrics": self.metrics}
+        return {**d, **{k: getattr(self, k) for k in ("member", "source", "train_images") if getattr(self, k) is not None}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TopEntry":
+        return cls(d["path"], d.get("fold"), int(d.get("epoch", -1)), float(d.get("score", math.nan)),
+                   d.get("metrics", {}), d.get("member"), d.get("source"), d.get("train_images"))
+
+
 class TopK:
     """The k best checkpoints of each fold by score, listed in `top_models.json`.
 
@@ -195,7 +220,7 @@ class TopK:
         self.index = self.paths.top_models
         self.entries, rebuilt = read_index(self.paths)
         if rebuilt:  # nothing an unreadable index pointed to is deleted: what top/ holds is listed again
-            write_json(self.index, self.entries)
+            write_json(self.index, [e.to_dict() for e in self.entries])
             log(f"{self.index}: rebuilt from the {len(self.entries)} checkpoint(s) in {self.folder}")
         else:
             self._remove_unlisted()
@@ -204,43 +229,41 @@ class TopK:
         score = float(metrics["score"])
         if not math.isfinite(score):
             return False
-        candidate = {"fold": fold, "epoch": epoch, "score": score}
-        others = [e for e in self.entries if (e["fold"], e["epoch"]) != (fold, epoch)]
-        mine = sorted([e for e in others if e["fold"] == fold] + [candidate], key=_rank)
-        if candidate not in mine[: self.k]:
-            return False
         path = self.paths.top_checkpoint(fold, epoch)
+        candidate = TopEntry(str(path.relative_to(self.run)), fold, epoch, score,
+                             {k: v for k, v in metrics.items() if k != "per_class"})
+        others = [e for e in self.entries if (e.fold, e.epoch) != (fold, epoch)]
+        kept = sorted([e for e in others if e.fold == fold] + [candidate], key=_rank)[: self.k]
+        if candidate not in kept:
+            return False
         save(path)
-        entry = {**candidate, "path": str(path.relative_to(self.run)),
-                 "metrics": {k: v for k, v in metrics.items() if k != "per_class"}}
-        kept = sorted([e for e in others if e["fold"] == fold] + [entry], key=_rank)[: self.k]
-        self.entries = sorted([e for e in others if e["fold"] != fold] + kept, key=_order)
-        write_json(self.index, self.entries)
+        self.entries = sorted([e for e in others if e.fold != fold] + kept, key=_order)
+        write_json(self.index, [e.to_dict() for e in self.entries])
         self._remove_unlisted()
         return True
 
     def _remove_unlisted(self) -> None:
-        listed = {self.run / e["path"] for e in self.entries}
+        listed = {self.run / e.path for e in self.entries}
         for f in self.folder.glob("*.pt") if self.folder.exists() else []:
             if f not in listed:
                 f.unlink()
 
 
-def _rank(entry: dict[str, Any]) -> tuple[float, int]:
-    return (-entry["score"], entry["epoch"])
+def _rank(entry: TopEntry) -> tuple[float, int]:
+    return (-entry.score, entry.epoch)
 
 
-def _order(entry: dict[str, Any]) -> tuple[int, float, int]:
-    return (entry["fold"], *_rank(entry))
+def _order(entry: TopEntry) -> tuple[int, float, int]:
+    return (entry.fold if entry.fold is not None else -1, *_rank(entry))
 
 
-def read_index(paths: RunPaths) -> tuple[list[dict[str, Any]], bool]:
+def read_index(paths: RunPaths) -> tuple[list[TopEntry], bool]:
     """A run's top_models.json entries, and whether they were rebuilt: an index that is unreadable, or
     missing while checkpoints it would list exist (a kill between a save and the index write), is rebuilt
     from the checkpoints themselves (top/*.pt and refit/*/model.pt each hold their epoch and metrics)."""
     if paths.top_models.exists():
         try:
-            return read_json(paths.top_models), False
+            return [TopEntry.from_dict(d) for d in read_json(paths.top_models)], False
         except DetectorError:
             pass
     top = [_entry(paths, path, fold=fold) for fold, _, path in paths.top_checkpoints()]
@@ -249,13 +272,12 @@ def read_index(paths: RunPaths) -> tuple[list[dict[str, Any]], bool]:
     return entries, paths.top_models.exists() or bool(entries)
 
 
-def _entry(paths: RunPaths, path: Path, fold: int | None = None, member: str | None = None
-           ) -> dict[str, Any] | None:
+def _entry(paths: RunPaths, path: Path, fold: int | None = None, member: str | None = None) -> TopEntry | None:
     try:
         state = load_checkpoint(path)
     except WeightsError:
         return None  # a file that cannot be read is not listed, and not deleted either
     metrics = {k: v for k, v in state.metrics.items() if k != "per_class"}
-    entry = {"fold": fold, "epoch": int(state.epoch), "score": float(metrics.get("score", float("nan"))),
-             "path": str(path.relative_to(paths.root)), "metrics": metrics}
-    return entry if member is None else {**entry, "member": member, "source": f"rebuilt from {entry['path']}"}
+    relative = str(path.relative_to(paths.root))
+    return TopEntry(relative, fold, int(state.epoch), float(metrics.get("score", math.nan)), metrics, member,
+                    None if member is None else f"rebuilt from {relative}")

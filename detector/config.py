@@ -10,16 +10,32 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args
+from typing import Any, Callable, Literal, Union, get_args
 
 import yaml
 
 from .errors import ConfigError
 from .files import write_text
-from .config_checks import check_ranges
 from .typed_yaml import apply_override, build, read_with_bases
 
 PACKAGED = "packaged"  # model.pretrained: the weights a pip package installed (models/weights.py)
+
+
+def checked(default: Any, ok: Callable[[Any], bool], rule: str) -> Any:
+    """A field whose value must pass `ok` (types are checked while loading, in typed_yaml.py); `rule` ends
+    the error 'KEY must ...'. The check sits next to the field it checks; check_ranges applies them all."""
+    return field(default=default, metadata={"check": (ok, rule)})
+
+
+def at_least(default: Any, low: float, rule: str = "") -> Any:
+    return checked(default, lambda v: v >= low, rule or f"be at least {low}")
+
+
+def fraction(default: float, low_open: bool = False, high_open: bool = False) -> Any:
+    """A value in [0, 1]; with low_open / high_open that end is excluded."""
+    lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+    return checked(default, lambda v: (v > 0 if low_open else v >= 0) and (v < 1 if high_open else v <= 1),
+                   f"lie in {lo}0, 1{hi}")
 
 
 @dataclass
@@ -37,7 +53,8 @@ class AugmentConfig:
     hflip: float = 0.5
     vflip: float = 0.0
     rotate90: float = 0.0
-    scale: tuple[float, float] = (0.8, 1.2)
+    scale: tuple[float, float] = checked((0.8, 1.2), lambda v: 0 < v[0] <= v[1],
+                                         "be [low, high] with 0 < low <= high")
     translate: float = 0.1
     affine_p: float = 0.5
     color: float = 0.5
@@ -53,11 +70,12 @@ class DataConfig:
     train: SplitConfig = field(default_factory=SplitConfig)  # trials train on it, by k-fold
     val: SplitConfig = field(default_factory=SplitConfig)  # selects the best trial and tunes its post-processing
     test: SplitConfig = field(default_factory=SplitConfig)  # optional: the best trial is scored on it once
-    image_size: int = 512
+    image_size: int = at_least(512, 32)
     keep_empty: bool = True
     drop_placeholder_categories: bool = True
     strict_boxes: bool = False
-    bit_depth: int = 16  # the bits 16-bit grayscale files use (12 for a 12-bit camera); 8-bit files read as they are
+    bit_depth: int = checked(16, lambda v: 8 <= v <= 16, "lie in 8..16 (the bits a 16-bit file's pixels use)")
+    # the bits 16-bit grayscale files use (12 for a 12-bit camera); 8-bit files read as they are
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -71,32 +89,36 @@ class ModelConfig:
     representation_size: int = 1024
     heads: Literal["v1", "v2"] = "v1"  # v2: BatchNorm in the FPN, 2-conv RPN head, 4-conv + FC box head
     anchors: Literal["default", "kmeans", "auto"] = "default"  # auto: k-means only where it fits better than default
-    anchors_per_level: int = 3
-    max_detections: int = 100
+    anchors_per_level: int = at_least(3, 1)
+    max_detections: int = at_least(100, 1)
     rpn_proposals_train: int = 2000  # proposals kept per image (pre- and post-NMS) while training
     rpn_proposals_test: int = 1000
     box_samples_per_image: int = 512  # RoIs sampled per image for the box head loss
     box_loss: Literal["ce", "focal"] = "ce"  # the box classifier's loss: cross-entropy, or focal (softmax)
-    focal_alpha: float = 0.6  # focal: weight of object classes (background: 1 - alpha); the seed recipe's 0.6
-    focal_gamma: float = 2.0  # focal: how much well-classified RoIs are down-weighted (0 = weighted CE)
-    class_weights: Union[None, str, list[float]] = None  # null, auto (inverse frequency per fold), or one per class
+    focal_alpha: float = fraction(0.6)  # focal: weight of object classes (background: 1 - alpha); the seed recipe's 0.6
+    focal_gamma: float = at_least(2.0, 0, "be 0 or more")  # focal: how much well-classified RoIs are down-weighted (0 = weighted CE)
+    # null, auto (inverse frequency per fold), or one per class
+    class_weights: Union[None, str, list[float]] = checked(
+        None, lambda v: v in (None, "auto") or isinstance(v, list) and all(w > 0 for w in v),
+        "be null, auto or a list with one positive weight per class")
 
 
 @dataclass
 class ProgressiveConfig:
-    start_size: int = 0  # 0 = off
+    start_size: int = checked(0, lambda v: v == 0 or v >= 32, "be 0 (off) or at least 32")
     epochs: int = 0  # epochs trained at start_size before switching to data.image_size
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 12
-    batch_size: int = 4
-    lr: float = 1e-4
+    epochs: int = at_least(12, 1)
+    batch_size: int = at_least(4, 1)
+    lr: float = checked(1e-4, lambda v: v > 0, "be positive")
     optimizer: Literal["adamw", "sgd"] = "adamw"
     weight_decay: float = 1e-4
     decay_norm_and_bias: bool = False  # weight decay on normalisation weights and biases too
-    backbone_lr_mult: float = 1.0  # the backbone's learning rate is train.lr times this
+    # the backbone's learning rate is train.lr times this
+    backbone_lr_mult: float = checked(1.0, lambda v: v > 0, "be positive (freeze layers with model.trainable_layers)")
     momentum: float = 0.9
     scheduler: Literal["onecycle", "cosine"] = "onecycle"
     warmup_epochs: float = 1.0
@@ -105,21 +127,21 @@ class TrainConfig:
     progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
     tensorboard: bool = False  # TensorBoard event files in RUN/tensorboard (pip install -e ".[tensorboard]")
     ema: bool = False  # evaluate, keep and predict with an exponential moving average of the weights (timm)
-    ema_decay: float = 0.999  # its decay, reached after a warm-up (timm's ModelEmaV3 use_warmup)
+    ema_decay: float = checked(0.999, lambda v: 0 < v < 1, "lie in (0, 1), e.g. 0.999")  # its decay, reached after a warm-up (timm's ModelEmaV3 use_warmup)
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (model.frozen_bn false)
     balanced_sampler: bool = False
     patience: int = 0  # epochs without a better score before stopping; 0 = off
     min_epochs: int = 1
     seed: int = 0
-    num_workers: int = 2
+    num_workers: int = at_least(2, 0, "be 0 (load in the main process) or more")
     device: str = "auto"
 
 
 @dataclass
 class EvalConfig:
-    score_threshold: float = 0.5
-    iou_threshold: float = 0.5
-    batch_size: int = 8
+    score_threshold: float = fraction(0.5)
+    iou_threshold: float = fraction(0.5, low_open=True)
+    batch_size: int = at_least(8, 1)
 
 
 @dataclass
@@ -128,7 +150,7 @@ class ScoreConfig:
 
     w_map: float = 0.5
     w_f1: float = 0.5
-    beta: float = 1.0  # F_beta in place of F1: 2 weighs recall 4x precision
+    beta: float = checked(1.0, lambda v: v > 0, "be positive (1 = F1, 2 = recall-first)")  # F_beta in place of F1: 2 weighs recall 4x precision
 
 
 @dataclass
@@ -137,18 +159,18 @@ class TuneConfig:
 
     threshold: bool = True  # the score threshold that maximises the score (global, and per class below)
     wbf: bool = True  # WBF iou_thr, skip_box_thr, conf_type and member weights
-    min_class_boxes: int = 30  # a class gets a threshold of its own only with this many boxes in data.val
+    min_class_boxes: int = at_least(30, 1)  # a class gets a threshold of its own only with this many boxes in data.val
     min_gain: float = 0.005  # other WBF settings replace ensemble.* only when they score this much more
 
 
 @dataclass
 class CVConfig:
-    folds: int = 5
+    folds: int = at_least(5, 2)
     # auto: group when cv.group_by is not roboflow or file names show Roboflow copies, else stratified
     strategy: Literal["auto", "kfold", "stratified", "group"] = "auto"
     group_by: str = "roboflow"  # for strategy group: roboflow, regex:PATTERN or field:NAME
     seed: int = 0
-    top_k: int = 1  # refit.strategy folds: the best epochs kept per fold (ranked on that fold's own images)
+    top_k: int = at_least(1, 1)  # refit.strategy folds: the best epochs kept per fold (ranked on that fold's own images)
 
 
 @dataclass
@@ -159,8 +181,8 @@ class RefitConfig:
 
     strategy: Literal["seeds", "trials", "folds"] = "seeds"  # seeds: the best config with `members` seeds;
     # trials: the configs of the `members` best trials (a cv run has one config: seeds)
-    members: int = 3
-    epochs: int = 0  # 0: the epochs the folds chose (their mean best epoch, rounded); else this many
+    members: int = at_least(3, 1)
+    epochs: int = at_least(0, 0, "be 0 (the epochs the folds chose) or more")  # 0: the epochs the folds chose (their mean best epoch, rounded); else this many
 
 
 def _default_space() -> dict[str, Any]:
@@ -171,16 +193,16 @@ def _default_space() -> dict[str, Any]:
 class SearchConfig:
     # dotted config key -> [choices] (categorical) or {low, high, log?, step?} (int or float, by the key's type)
     space: dict[str, Any] = field(default_factory=_default_space)
-    n_trials: int = 20  # trials that end (complete, pruned or failed) before the study stops
-    timeout: float = 0.0  # seconds after which a worker starts no new trial; 0 = none
+    n_trials: int = at_least(20, 1)  # trials that end (complete, pruned or failed) before the study stops
+    timeout: float = at_least(0.0, 0, "be 0 (none) or a number of seconds (--timeout sets it)")  # seconds after which a worker starts no new trial; 0 = none
     sampler: Literal["tpe", "random"] = "tpe"
     seed: int = 0
     pruner: Literal["median", "hyperband", "threshold", "none"] = "median"
     startup_trials: int = 2  # median pruner: finished trials before pruning starts
     warmup_epochs: int = 1  # median and threshold pruners: epochs of the first fold never pruned
     prune_below: float = 0.0  # threshold pruner: stop a trial whose fold-mean score is below this
-    heartbeat_seconds: int = 20
-    grace_seconds: int = 60  # a RUNNING trial without a heartbeat for this long is failed and retried
+    heartbeat_seconds: int = at_least(20, 1)
+    grace_seconds: int = 60  # a RUNNING trial without a heartbeat for this long is failed and retried (> heartbeat)
     max_retries: int = 2
     keep_models: Literal["best", "all"] = "best"  # best: only the best trial keeps its top-k checkpoints
 
@@ -193,10 +215,11 @@ CONF_TYPES = get_args(ConfType)
 class EnsembleConfig:
     """Weighted Boxes Fusion of a trial's top-k models (ensemble-boxes arguments)."""
 
-    iou_thr: float = 0.55
-    skip_box_thr: float = 0.02  # measured on the sample study: faster fusion and no loss of mAP vs 0.001
+    iou_thr: float = fraction(0.55, low_open=True)
+    skip_box_thr: float = fraction(0.02)  # measured on the sample study: faster fusion and no loss of mAP vs 0.001
     conf_type: ConfType = "avg"
-    weights: Union[list[float], None] = None  # one per model, best first; None = equal
+    weights: Union[list[float], None] = checked(  # one per model, best first; None = equal
+        None, lambda v: v is None or all(w >= 0 for w in v) and sum(v) > 0, "be non-negative with a positive sum")
 
 
 @dataclass
@@ -214,6 +237,38 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
+
+    def published_members(self) -> int:
+        """How many models a cv run or a study publishes (and WBF fuses)."""
+        return self.cv.folds * self.cv.top_k if self.refit.strategy == "folds" else self.refit.members
+
+
+def check_ranges(cfg: Config, source: str) -> None:
+    """Each field's own check (its metadata), then the rules that relate two fields: one ConfigError naming
+    the key."""
+    for key, value, (ok, rule) in _checked_fields(cfg, ""):
+        if not ok(value):
+            raise ConfigError(f"{source}: {key} must {rule}")
+    members = cfg.published_members()
+    relations = [
+        (cfg.search.grace_seconds > cfg.search.heartbeat_seconds,
+         "search.grace_seconds must be longer than search.heartbeat_seconds"),
+        (cfg.ensemble.weights is None or len(cfg.ensemble.weights) == members,
+         f"ensemble.weights needs one weight per published model ({members}: refit.members, or "
+         "cv.folds x cv.top_k with refit.strategy folds), or null for equal weights"),
+    ]
+    for ok, message in relations:
+        if not ok:
+            raise ConfigError(f"{source}: {message}")
+
+
+def _checked_fields(section: Any, prefix: str):
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _checked_fields(value, f"{prefix}{f.name}.")
+        elif "check" in f.metadata:
+            yield f"{prefix}{f.name}", value, f.metadata["check"]
 
 
 def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import platform
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 from .callbacks import Callback, FoldColumn, KeepTopK
-from .checkpoint import TopK, read_index
+from .checkpoint import TopEntry, TopK, read_index
 from .config import Config
 from .data.coco import CocoIndex
 from .data.folds import make_folds, resolve_strategy
 from .files import read_json, write_json
 from .layout import RunPaths
-from .metrics import METRIC_KEYS, coco_map, match
+from .metrics import METRIC_KEYS, OperatingPoint, Thresholds, coco_map, match, metrics_from
 from .thresholds import tune_thresholds
 from . import distributed, preflight
 from .refit import fold_epochs, refit as refit_members, seed_members
@@ -38,7 +38,7 @@ class CVResult:
     folds: list[dict[str, Any]]
     mean: dict[str, float]
     std: dict[str, float]
-    top_models: list[dict[str, Any]]
+    top_models: list[TopEntry]
 
 
 def run_cv(
@@ -100,9 +100,9 @@ def _run_cv(cfg: Config, run: Path, process: distributed.Process, *, callbacks, 
         return read_summary(run)
     point = out_of_fold_operating_point(paths, index, folds, cfg) if fold_models else None
     if point is not None:
-        write_json(paths.operating_point, point)
-        log(f"operating point from out-of-fold predictions: threshold {point['score_threshold']:.3f}, score "
-            f"{point['score']:.4f}")
+        write_json(paths.operating_point, point.to_dict())
+        log(f"operating point from out-of-fold predictions: threshold {point.thresholds.default:.3f}, score "
+            f"{point.score:.4f}")
     return write_summary(run)
 
 
@@ -118,12 +118,12 @@ def _refit(cfg: Config, paths: RunPaths, index: CocoIndex, val_index: CocoIndex,
     w = process.world
     if w.main:
         prefix = paths.refit.relative_to(paths.root)
-        write_json(paths.top_models, [{**e, "path": str(prefix / e["path"])} for e in entries])
+        write_json(paths.top_models, [replace(e, path=str(prefix / e.path)).to_dict() for e in entries])
     distributed.barrier(w)  # every rank's summary lists the members
 
 
 def out_of_fold_operating_point(run: RunPaths, index: CocoIndex, folds: list[list[int]], cfg: Config,
-                                ) -> dict[str, Any] | None:
+                                ) -> OperatingPoint | None:
     """Thresholds for the run's models used alone, chosen on out-of-fold predictions: every training image
     as predicted by the best epoch of the fold that did not train on it (None until every fold is done)."""
     results, ids = [], []
@@ -134,17 +134,19 @@ def out_of_fold_operating_point(run: RunPaths, index: CocoIndex, folds: list[lis
         results += read_json(predictions)
         ids += val_ids
     gt = index.subset(ids).to_coco()
-    thresholds, metrics = tune_thresholds(gt, match(gt, results, cfg.eval.iou_threshold), coco_map(gt, results),
-                                          cfg.score, cfg.tune.min_class_boxes)
-    return {**thresholds.to_dict(), "score": metrics["score"], "images": len(ids), "metrics": metrics,
-            "source": "out-of-fold predictions: each fold's best epoch on the images it did not train on"}
+    matched, coco = match(gt, results, cfg.eval.iou_threshold), coco_map(gt, results)
+    thresholds, metrics = tune_thresholds(gt, matched, coco, cfg.score, cfg.tune.min_class_boxes)
+    configured = metrics_from(coco, matched, gt, cfg.score, Thresholds(cfg.eval.score_threshold, {}))
+    return OperatingPoint(thresholds, cfg.ensemble, metrics["score"], configured["score"], metrics, len(ids),
+                          "out-of-fold predictions: each fold's best epoch on the images it did not train on")
 
 
 def write_summary(run: Path) -> CVResult:
     """Summarise the finished folds of a run into RUN/summary.json."""
     result = read_summary(run)
     write_json(RunPaths(run).summary, {"folds_finished": len(result.folds), "folds": result.folds,
-                                      "mean": result.mean, "std": result.std, "top_models": result.top_models})
+                                      "mean": result.mean, "std": result.std,
+                                      "top_models": [e.to_dict() for e in result.top_models]})
     return result
 
 

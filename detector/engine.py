@@ -11,7 +11,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .boxes import xyxy_to_xywh
-from .data.coco import LabelMap
+from .data.records import LabelMap
 from .errors import ConfigError, NonFiniteLossError
 
 

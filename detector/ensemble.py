@@ -25,7 +25,7 @@ from .engine import predict, resolve_device, resolve_precision
 from .errors import ConfigError, DatasetError, WeightsError
 from .files import read_json
 from .layout import ENSEMBLE, RunPaths
-from .metrics import Thresholds
+from .metrics import OperatingPoint, Thresholds
 
 
 def fuse_wbf(
@@ -271,6 +271,14 @@ def is_models_path(item: str | Path) -> bool:
             or (p.is_dir() and ((p / ENSEMBLE).exists() or RunPaths(p).top_models.exists())))
 
 
+def _read_point(path: Path) -> OperatingPoint:
+    try:
+        return OperatingPoint.from_dict(read_json(path))
+    except (KeyError, TypeError, ValueError) as e:
+        raise WeightsError(f"{path}: not an operating point this version reads (field {e}); run the same "
+                           "detector cv command again to tune it afresh, or delete the file") from None
+
+
 def resolve_models(path: str | Path | Sequence[str | Path],
                    ) -> tuple[list[Path], EnsembleConfig | None, Thresholds | None]:
     """Checkpoint paths, and the ensemble settings and thresholds a study's best/ or a run's summary records
@@ -289,15 +297,14 @@ def resolve_models(path: str | Path | Sequence[str | Path],
         p = RunPaths(p).top_models
     if p.name == RunPaths(p).top_models.name and p.is_file():
         top = read_index(RunPaths(p.parent))[0]  # a damaged index is rebuilt from the run's checkpoints
-        missing = [m["path"] for m in top if not (p.parent / m["path"]).exists()]
+        missing = [m.path for m in top if not (p.parent / m.path).exists()]
         if missing:
             raise WeightsError(f"{p}: listed checkpoints are gone ({', '.join(missing)}); a study keeps only its "
                                "best trial's models (search.keep_models: best): use studies/NAME/best")
         path = RunPaths(p.parent).operating_point
-        point = read_json(path) if path.exists() else {}
-        settings = (config_mod.from_dict({"ensemble": point["ensemble"]}, str(path)).ensemble
-                    if point.get("ensemble") else None)
-        return [p.parent / m["path"] for m in top], settings, Thresholds.from_dict(point)
+        point = _read_point(path) if path.exists() else None
+        return ([p.parent / m.path for m in top], point.ensemble if point else None,
+                point.thresholds if point else None)
     if p.is_file():
         return [p], None, None
     raise WeightsError(f"{p}: not a checkpoint, a study's best/ folder or a run's top_models.json")

@@ -10,16 +10,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import TopEntry, read_index
 from .config import Config, ScoreConfig
-from .data.checks import check_disjoint
+from .data.overlap import check_disjoint
 from .data.coco import CocoIndex, load_coco
 from .data.summary import crowding_warning
 from .ensemble import Ensemble
 from .errors import ConfigError, DatasetError, DetectorError
-from .files import read_json, write_json
+from .files import write_json
 from .layout import RunPaths
-from .metrics import evaluate_detections
-from .operating_point import OperatingPoint, tune
+from .metrics import OperatingPoint, evaluate_detections
+from .operating_point import tune
 from .predict import PredictionRun, coco_results, ground_truth_metrics, run_predictions
 
 
@@ -61,7 +62,7 @@ class HeldOutResult:
 
 def check_held_out(train_index: CocoIndex, held_out: CocoIndex, test: CocoIndex | None = None) -> None:
     """The held-out split (and the test split) must share no image with the splits before them (by path or
-    by content, data.checks.check_disjoint), and must have boxes."""
+    by content, data.overlap.check_disjoint), and must have boxes."""
     splits = [("data.train", train_index), ("data.val", held_out)] + ([("data.test", test)] if test else [])
     check_disjoint(splits)
     for name, split in splits[1:]:
@@ -79,24 +80,25 @@ def evaluate_on_test(models: Path, test: CocoIndex, cfg: Config) -> dict[str, An
     return {"annotations": str(test.path), "images": len(run.image_ids), "boxes": boxes, "metrics": metrics}
 
 
-def evaluate_held_out(cfg: Config, run: Path, top_models: list[dict[str, Any]], held_out: CocoIndex,
+def evaluate_held_out(cfg: Config, run: Path, top_models: list[TopEntry], held_out: CocoIndex,
                       *, progress: bool = False) -> HeldOutResult:
     """Predict the held-out split with each of the run's top models once, then choose the ensemble's operating
     point (WBF settings and thresholds, operating_point.tune) from those stored predictions; metrics of the
     ensemble there and of each member alone."""
     if not top_models:
         raise DetectorError(f"{run}: the run kept no model (every epoch scored NaN)")
-    ensemble = Ensemble.from_checkpoints([run / m["path"] for m in top_models], cfg.ensemble, cfg.train.device)
+    ensemble = Ensemble.from_checkpoints([run / m.path for m in top_models], cfg.ensemble, cfg.train.device)
     predictions = run_predictions(ensemble, [r.path for r in held_out.images], gt=held_out,
                                   batch_size=cfg.eval.batch_size, progress=progress, with_members=True)
     gt = held_out.subset(predictions.image_ids).to_coco()
-    point = tune(gt, predictions.predictions, predictions.image_ids, ensemble.label_map, cfg)
+    point = tune(gt, predictions.predictions, predictions.image_ids, ensemble.label_map, cfg,
+                 source=f"data.val ({held_out.path}): the published members' predictions")
     single = dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune, wbf=False))
     members = []
     for i, m in enumerate(top_models):
         alone = tune(gt, predictions.member(i).predictions, predictions.image_ids, ensemble.label_map, single)
-        members.append({"path": m["path"], "member": m.get("member"), "source": m.get("source"), "fold": m["fold"],
-                        "epoch": m["epoch"], "cv_score": m["score"], "metrics": alone.metrics,
+        members.append({"path": m.path, "member": m.member, "source": m.source, "fold": m.fold,
+                        "epoch": m.epoch, "cv_score": m.score, "metrics": alone.metrics,
                         "score_threshold": alone.thresholds.default})
     metrics = {**point.metrics, "annotations": str(held_out.path), "images": len(predictions.image_ids)}
     return HeldOutResult(metrics, members, point, predictions)
@@ -115,11 +117,9 @@ def tune_run(cfg: Config, run: Path, held_out: CocoIndex) -> HeldOutResult:
     """A cv run's published members (top_models.json) predict data.val once; the ensemble's operating point
     is chosen there and written to operating_point.json, which `detector predict RUN` uses."""
     paths = RunPaths(run)
-    result = evaluate_held_out(cfg, run, read_json(paths.top_models), held_out)
+    result = evaluate_held_out(cfg, run, read_index(paths)[0], held_out)
     write_held_out(paths, result)
-    write_json(paths.operating_point, {**result.operating_point.to_dict(), "images": result.ensemble["images"],
-                                       "metrics": result.operating_point.metrics,
-                                       "source": f"data.val ({held_out.path}): the published members' predictions"})
+    write_json(paths.operating_point, result.operating_point.to_dict())
     return result
 
 

@@ -24,13 +24,14 @@ import contextlib
 import copy
 import io
 from collections import defaultdict
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 
 from .boxes import box_iou, xywh_to_xyxy
-from .config import ScoreConfig
+from .config import EnsembleConfig, ScoreConfig
 
 METRIC_KEYS = ("map", "map_50", "map_75", "precision", "recall", "f1", "score", "threshold")
 
@@ -77,6 +78,36 @@ class Thresholds:
         if d.get("score_threshold") is None:
             return None
         return cls(float(d["score_threshold"]), {int(k): float(v) for k, v in (d.get("class_thresholds") or {}).items()})
+
+
+@dataclass
+class OperatingPoint:
+    """How published models are used, and what that scores where it was chosen: thresholds and WBF settings.
+    The one form of operating_point.json (a cv run) and of ensemble.json's operating_point (a study)."""
+
+    thresholds: Thresholds
+    ensemble: EnsembleConfig
+    score: float  # at this point, on the predictions it was chosen from
+    configured_score: float  # with the configured ensemble.* and eval.score_threshold
+    metrics: dict[str, Any]
+    images: int  # how many images it was chosen on
+    source: str  # which predictions those were
+    evaluations: int = 1
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.thresholds.to_dict(), "ensemble": dataclasses.asdict(self.ensemble), "score": self.score,
+                "configured_score": self.configured_score, "images": self.images, "source": self.source,
+                "evaluations": self.evaluations, "seconds": round(self.seconds, 3), "metrics": self.metrics}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "OperatingPoint":
+        from . import config as config_mod
+
+        ensemble = config_mod.from_dict({"ensemble": d["ensemble"]}, "operating point").ensemble
+        return cls(Thresholds.from_dict(d), ensemble, float(d["score"]), float(d["configured_score"]),
+                   d.get("metrics", {}), int(d.get("images", 0)), d.get("source", ""), int(d.get("evaluations", 1)),
+                   float(d.get("seconds", 0.0)))
 
 
 def metrics_from(coco: dict[str, Any], matched: "Matches", gt: dict[str, Any], score: ScoreConfig,

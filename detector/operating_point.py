@@ -11,63 +11,62 @@ from typing import Any, Sequence
 
 
 from .config import CONF_TYPES, Config, EnsembleConfig
-from .data.coco import LabelMap
+from .data.records import LabelMap
 from .engine import coco_detections
 from .ensemble import ImagePrediction, fuse_wbf
-from .metrics import Thresholds, coco_map, match, metrics_from
+from .metrics import OperatingPoint, Thresholds, coco_map, match, metrics_from
 from .thresholds import tune_thresholds
 
 IOU_THRS = (0.4, 0.5, 0.55, 0.6, 0.7)
 SKIP_BOX_THRS = (0.0, 0.02, 0.05, 0.1)
 
 
-@dataclass
-class OperatingPoint:
-    thresholds: Thresholds
-    ensemble: EnsembleConfig
-    score: float  # at this point, on the predictions it was chosen from
-    configured_score: float  # with the configured ensemble.* and eval.score_threshold
-    metrics: dict[str, Any]
-    evaluations: int
-    seconds: float
+@dataclass(frozen=True)
+class Candidate:
+    """One WBF setting tried, with its best thresholds and their metrics."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.thresholds.to_dict(), "ensemble": dataclasses.asdict(self.ensemble), "score": self.score,
-                "configured_score": self.configured_score, "evaluations": self.evaluations,
-                "seconds": round(self.seconds, 3)}
+    settings: EnsembleConfig
+    thresholds: Thresholds
+    metrics: dict[str, Any]
+    configured_score: float  # the same fused boxes at eval.score_threshold
+
+    @property
+    def score(self) -> float:
+        return self.metrics["score"]
 
 
 def tune(gt: dict[str, Any], images: Sequence[ImagePrediction], image_ids: Sequence[int], label_map: LabelMap,
-         cfg: Config) -> OperatingPoint:
+         cfg: Config, source: str = "") -> OperatingPoint:
     """The operating point of an ensemble from its members' stored predictions (`images[i].members`) on the
-    images `gt` holds; a prediction without members is taken as one model's."""
+    images `gt` holds; a prediction without members is taken as one model's. `source` says which
+    predictions these are."""
     started = time.perf_counter()
     members = max((len(p.members) for p in images), default=0)
-    tried: list[EnsembleConfig] = []
+    tried: list[Candidate] = []
 
-    def evaluate(settings: EnsembleConfig) -> tuple[float, Thresholds, dict[str, Any], EnsembleConfig]:
-        tried.append(settings)
-        results = _fused_results(images, image_ids, label_map, settings)
-        matched, coco = match(gt, results, cfg.eval.iou_threshold), coco_map(gt, results)
-        if len(tried) == 1:  # the configured settings, as they are: what tuning is measured against
-            configured.append(metrics_from(coco, matched, gt, cfg.score, Thresholds(cfg.eval.score_threshold, {})))
-        if cfg.tune.threshold:
-            thresholds, metrics = tune_thresholds(gt, matched, coco, cfg.score, cfg.tune.min_class_boxes)
-        else:
-            thresholds = Thresholds(cfg.eval.score_threshold, {})
-            metrics = metrics_from(coco, matched, gt, cfg.score, thresholds)
-        return metrics["score"], thresholds, metrics, settings
+    def evaluate(settings: EnsembleConfig) -> Candidate:
+        tried.append(_candidate(gt, _fused_results(images, image_ids, label_map, settings), settings, cfg))
+        return tried[-1]
 
-    configured: list[dict[str, Any]] = []
-    base = best = evaluate(cfg.ensemble)
+    base = best = evaluate(cfg.ensemble)  # the configured settings: what tuning is measured against
     if cfg.tune.wbf and members > 1:
         for stage in _wbf_stages(members):
-            best = max([best, *(evaluate(s) for s in stage(best[3]))], key=lambda r: r[0])  # first of equals
-        if best[0] < base[0] + cfg.tune.min_gain:
+            best = max([best, *(evaluate(s) for s in stage(best.settings))], key=lambda c: c.score)  # first of equals
+        if best.score < base.score + cfg.tune.min_gain:
             best = base
-    score, thresholds, metrics, settings = best
-    return OperatingPoint(thresholds, settings, score, configured[0]["score"], metrics, len(tried),
-                          time.perf_counter() - started)
+    return OperatingPoint(best.thresholds, best.settings, best.score, base.configured_score, best.metrics,
+                          len(image_ids), source, len(tried), time.perf_counter() - started)
+
+
+def _candidate(gt: dict[str, Any], results: list[dict[str, Any]], settings: EnsembleConfig, cfg: Config) -> Candidate:
+    matched, coco = match(gt, results, cfg.eval.iou_threshold), coco_map(gt, results)
+    configured = Thresholds(cfg.eval.score_threshold, {})
+    at_configured = metrics_from(coco, matched, gt, cfg.score, configured)
+    if cfg.tune.threshold:
+        thresholds, metrics = tune_thresholds(gt, matched, coco, cfg.score, cfg.tune.min_class_boxes)
+    else:
+        thresholds, metrics = configured, at_configured
+    return Candidate(settings, thresholds, metrics, at_configured["score"])
 
 
 def _wbf_stages(members: int):

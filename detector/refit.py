@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 from . import config as config_mod
 from . import distributed
 from .callbacks import FinalModel
+from .checkpoint import TopEntry
 from .config import Config
 from .data.coco import CocoIndex
 from .files import read_json
@@ -63,7 +64,7 @@ def member(cfg: Config, epochs: int, seed: int, name: str, source: str) -> Membe
 
 def refit(members: Sequence[Member], train_index: CocoIndex, val_index: CocoIndex, root: str | Path, *,
           progress: bool = False, log: Callable[[str], None] = print,
-          process: distributed.Process | None = None) -> list[dict[str, Any]]:
+          process: distributed.Process | None = None) -> list[TopEntry]:
     """Train each member on `train_index` in root/NAME (a finished one is not trained again) and return
     their entries, in order: path (relative to root), member name, source, epoch and the last epoch's
     validation metrics (for the log: they chose nothing)."""
@@ -78,9 +79,9 @@ def refit(members: Sequence[Member], train_index: CocoIndex, val_index: CocoInde
             paths.last.unlink(missing_ok=True)
         summary = read_json(paths.summary)
         metrics = _last_metrics(paths)
-        entries.append({"path": str(paths.model.relative_to(root)), "member": m.name, "source": m.source,
-                        "fold": None, "epoch": summary["epochs_run"] - 1, "score": metrics.get("score"),
-                        "train_images": summary.get("train_images"), "metrics": metrics})
+        entries.append(TopEntry(str(paths.model.relative_to(root)), None, summary["epochs_run"] - 1,
+                                metrics.get("score", float("nan")), metrics, m.name, m.source,
+                                summary.get("train_images")))
     return entries
 
 

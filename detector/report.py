@@ -97,7 +97,7 @@ def report_run(run: Path, fmt: str = "table") -> tuple[str, list[Path]]:
     if fmt == "json":
         import json
         return json.dumps({"folds": summary.folds, "mean": summary.mean, "std": summary.std,
-                           "top_models": summary.top_models}, indent=2), plots
+                           "top_models": [e.to_dict() for e in summary.top_models]}, indent=2), plots
     if fmt == "csv":
         return format_cv(summary.folds, summary.mean, summary.std, fmt), plots
     parts = [f"{run}: {len(summary.folds)} fold(s) finished, {len(rows)} epoch rows",

@@ -22,7 +22,7 @@ from . import distributed, preflight
 from .callbacks import BestCheckpoint, Callback, FitState, Progress, ordered, standard
 from .checkpoint import Checkpoint, load_checkpoint, set_rng_state
 from .config import Config
-from .data.checks import check_disjoint
+from .data.overlap import check_disjoint
 from .data.coco import CocoIndex, load_coco
 from .data.dataset import CocoDetection
 from .data.sampling import balanced_weights, box_shapes, class_counts, loader, train_loader

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detector.data.coco import LabelMap, load_coco
+from detector.data.coco import load_coco
+from detector.data.records import LabelMap
 from detector.data.dataset import CocoDetection
 from detector.data.images import read_image
 from detector.errors import DatasetError

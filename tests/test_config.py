@@ -73,10 +73,29 @@ def test_shipped_configs_load():
     ("data.augment.scale=[0, 0]", "data.augment.scale must be"),
     ("model.max_detections=0", "model.max_detections must be at least 1"),
     ("ensemble.skip_box_thr=2", "ensemble.skip_box_thr must lie in"),
+    ("cv.folds=1", "cv.folds must be at least 2"),
+    ("train.progressive.start_size=16", "train.progressive.start_size must be 0 \\(off\\) or at least 32"),
+    ("model.class_weights=[1, 0]", "model.class_weights must be null, auto or a list"),
+    ("search.grace_seconds=5", "search.grace_seconds must be longer than search.heartbeat_seconds"),
+    ("ensemble.weights=[1, 1]", "ensemble.weights needs one weight per published model \\(3"),
 ])
 def test_values_that_would_crash_or_do_nothing_are_config_errors(override, message):
     with pytest.raises(ConfigError, match=message):
         config.load(None, [override])
+
+
+def test_every_range_check_sits_on_its_field_and_the_defaults_pass_them():
+    import dataclasses
+
+    from detector.config import _checked_fields, check_ranges
+
+    cfg = config.Config()
+    check_ranges(cfg, "<defaults>")
+    keys = {key for key, _, _ in _checked_fields(cfg, "")}
+    assert {"data.image_size", "cv.folds", "train.lr", "ensemble.weights", "data.augment.scale"} <= keys
+    assert all(ok(value) for _, value, (ok, _) in _checked_fields(cfg, ""))
+    lr = next(f for f in dataclasses.fields(config.TrainConfig) if f.name == "lr")
+    assert lr.metadata["check"][1] == "be positive"
 
 
 def test_cli_numbers_out_of_range_are_usage_errors(capsys):
@@ -90,7 +109,7 @@ def test_cli_numbers_out_of_range_are_usage_errors(capsys):
 
 
 def test_a_negative_timeout_and_a_bit_depth_outside_8_to_16_are_refused():
-    with pytest.raises(ConfigError, match=r"search.timeout \(--timeout\) must be 0 \(none\) or a number of seconds"):
+    with pytest.raises(ConfigError, match=r"search.timeout must be 0 \(none\) or a number of seconds"):
         config.load(None, ["search.timeout=-5"])
     with pytest.raises(ConfigError, match="data.bit_depth must lie in 8..16"):
         config.load(None, ["data.bit_depth=32"])

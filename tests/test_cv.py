@@ -104,7 +104,7 @@ def test_top_k_keeps_exactly_the_k_best_of_each_fold(tmp_path):
         "fold0_epoch001.pt", "fold0_epoch004.pt", "fold0_epoch007.pt", "fold1_epoch000.pt", "fold1_epoch001.pt"]
     (tmp_path / "top" / "fold0_epoch002.pt").write_text("orphan of a killed run")
     again = TopK(tmp_path, k=3)
-    assert len(list((tmp_path / "top").glob("*.pt"))) == 5 and again.entries == listed
+    assert len(list((tmp_path / "top").glob("*.pt"))) == 5 and [e.to_dict() for e in again.entries] == listed
 
 
 def test_an_unreadable_model_index_is_rebuilt_from_the_checkpoints_never_emptied(tmp_path):
@@ -117,7 +117,7 @@ def test_an_unreadable_model_index_is_rebuilt_from_the_checkpoints_never_emptied
         save_checkpoint(tmp_path / "top" / f"fold{fold}_epoch{epoch:03d}.pt",
                         Checkpoint(model={}, label_map=label_map, epoch=epoch, metrics={"score": score}))
     (tmp_path / "top_models.json").write_text('[{"fold": 0, "epo')  # cut short
-    assert [(e["fold"], e["epoch"]) for e in read_summary(tmp_path).top_models] == [(0, 3), (0, 1), (1, 2)]
+    assert [(e.fold, e.epoch) for e in read_summary(tmp_path).top_models] == [(0, 3), (0, 1), (1, 2)]
     assert len(resolve_models(tmp_path)[0]) == 3
     top = TopK(tmp_path, k=1, log=lambda s: None)  # what the same cv command does on resume
     assert len(list((tmp_path / "top").glob("*.pt"))) == 3 and len(top.entries) == 3
@@ -199,7 +199,7 @@ def test_killed_run_resumes_to_the_same_result(sample, tmp_path):
         assert fa["best_epoch"] == fb["best_epoch"]
         for key in ("map", "map_50", "f1", "score"):
             assert fa["metrics"][key] == pytest.approx(fb["metrics"][key], abs=1e-9), key
-    assert [(e["fold"], e["epoch"]) for e in a.top_models] == [(e["fold"], e["epoch"]) for e in b.top_models]
+    assert [(e.fold, e.epoch) for e in a.top_models] == [(e.fold, e.epoch) for e in b.top_models]
     assert len(list((run / "top").glob("*.pt"))) == 4
     rows = (run / "fold_0" / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[1] for r in rows[1:]] == ["0", "1", "2"]

@@ -198,7 +198,7 @@ def _two_members_off_by_six_pixels():
 
 
 def test_the_wbf_search_finds_the_fusion_the_configured_one_misses_unless_the_gain_is_too_small():
-    from detector.data.coco import LabelMap
+    from detector.data.records import LabelMap
     from detector.operating_point import tune
 
     gt, images = _two_members_off_by_six_pixels()  # the members' boxes overlap at IoU 0.54: apart at 0.55

@@ -394,7 +394,7 @@ def test_refit_plans_follow_the_strategy_and_the_ranked_trials(tmp_path):
         ("trial_0001", 2e-3, 4), ("trial_0002", 3e-3, 2)]  # by value; each trial's own folds choose its epochs
     write_json(tmp_path / "trial_0001" / "top_models.json", [{"path": "top/fold0_epoch003.pt", "fold": 0}])
     folds = plan(study, tmp_path, config.load(None, ["refit.strategy=folds"]))
-    assert folds.members == [] and folds.entries[0]["path"] == "top/fold0_epoch003.pt"
+    assert folds.members == [] and folds.entries[0].path == "top/fold0_epoch003.pt"
     assert folds.root == tmp_path / "trial_0001"
 
 

@@ -16,7 +16,8 @@ import numpy as np
 from sklearn.model_selection import KFold
 
 from ..errors import ConfigError
-from .coco import CocoIndex, ImageRecord
+from .coco import CocoIndex
+from .records import ImageRecord
 
 EMPTY = -1  # the "label" of an image without boxes, so negatives spread over folds too
 ROBOFLOW = re.compile(r"^(?P<source>.+?)_(?:png|jpe?g|bmp|tiff?|webp)\.rf\.[0-9a-zA-Z]+\.\w+$", re.IGNORECASE)

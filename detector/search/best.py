@@ -9,20 +9,21 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
 
 from .. import config as config_mod
-from ..checkpoint import load_checkpoint, read_index
+from ..checkpoint import TopEntry, load_checkpoint, read_index
 from ..config import Config
 from ..cv import read_summary
 from ..data.coco import CocoIndex
 from ..evaluate import HeldOutResult, evaluate_held_out, evaluate_on_test, write_held_out
 from ..files import read_json, write_json
-from ..layout import CONFIG, ENSEMBLE, RunPaths, StudyPaths, member_file, trial_folder
+from ..layout import CONFIG, ENSEMBLE, RunPaths, StudyPaths, member_file
 from ..refit import Member, fold_epochs, member, seed_members
+from .trial_record import TrialRecord
 from .objective import free_checkpoints
 
 
@@ -43,11 +44,10 @@ def free_other_trials(study: optuna.Study, directory: Path, keep_models: str = "
     best = best_trial(trials)
     if keep_models != "best" or best is None:
         return
-    for t in trials:
-        finished = t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-            t.state == TrialState.FAIL and "fail_reason" in t.user_attrs)  # failed with an error: no retry
-        if finished and "run_dir" in t.user_attrs and t.user_attrs["run_dir"] != best.user_attrs.get("run_dir"):
-            free_checkpoints(StudyPaths(directory).trial(t.user_attrs["run_dir"]).root)
+    kept = TrialRecord.of(best).run_dir
+    for record in map(TrialRecord.of, trials):
+        if record.finished and record.run_dir != kept:
+            free_checkpoints(StudyPaths(directory).trial(record.run_dir).root)
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class Plan:
     run: RunPaths
     root: Path
     members: list[Member]
-    entries: list[dict[str, Any]]
+    entries: list[TopEntry]
 
 
 def plan(study: optuna.Study, directory: Path, cfg: Config) -> Plan | None:
@@ -67,7 +67,7 @@ def plan(study: optuna.Study, directory: Path, cfg: Config) -> Plan | None:
     if not ranked:
         return None
     paths = StudyPaths(directory)
-    runs = [paths.trial(t.user_attrs.get("run_dir", trial_folder(t.number))) for t in ranked]
+    runs = [paths.trial(TrialRecord.of(t).run_dir) for t in ranked]
     if cfg.refit.strategy == "folds":
         return Plan(ranked[0], runs[0], runs[0].root, [], read_index(runs[0])[0])
     if cfg.refit.strategy == "seeds":
@@ -86,11 +86,11 @@ def _trial_recipe(run: RunPaths, cfg: Config) -> tuple[Config, int]:
     return config_mod.load(run.config), fold_epochs(read_summary(run.root).folds, cfg.refit.epochs)
 
 
-def publish(plan_: Plan, entries: list[dict[str, Any]], directory: Path, cfg: Config, held_out: CocoIndex,
+def publish(plan_: Plan, entries: list[TopEntry], directory: Path, cfg: Config, held_out: CocoIndex,
             log: Callable[[str], None]) -> Path:
     """Tune the members' ensemble on data.val and make STUDY/best hold it (unchanged if it already does)."""
     paths = StudyPaths(directory)
-    sources = [str(plan_.root / e["path"]) for e in entries]
+    sources = [str(plan_.root / e.path) for e in entries]
     if paths.ensemble.exists() and [m.get("path") for m in read_json(paths.ensemble)["members"]] == sources:
         return paths.best
     result = evaluate_held_out(config_mod.load(plan_.run.config), plan_.root, entries, held_out)
@@ -103,7 +103,7 @@ def publish(plan_: Plan, entries: list[dict[str, Any]], directory: Path, cfg: Co
     return paths.best
 
 
-def _write_best(plan_: Plan, entries: list[dict[str, Any]], result: HeldOutResult, cfg: Config,
+def _write_best(plan_: Plan, entries: list[TopEntry], result: HeldOutResult, cfg: Config,
                 paths: StudyPaths) -> None:
     target = paths.best
     tmp = target.with_name(".best.tmp")
@@ -112,9 +112,9 @@ def _write_best(plan_: Plan, entries: list[dict[str, Any]], result: HeldOutResul
     members = []
     for i, (e, alone) in enumerate(zip(entries, result.members)):
         name = member_file(i)
-        _link_or_copy(plan_.root / e["path"], tmp / name)
-        members.append({"file": name, "path": str(plan_.root / e["path"]), "source": e.get("source") or
-                        f"{plan_.root.name}/{e['path']}", "fold": e["fold"], "epoch": e["epoch"],
+        _link_or_copy(plan_.root / e.path, tmp / name)
+        members.append({"file": name, "path": str(plan_.root / e.path), "source": e.source or
+                        f"{plan_.root.name}/{e.path}", "fold": e.fold, "epoch": e.epoch,
                         "heldout": alone["metrics"], "score_threshold": alone["score_threshold"]})
     best, run = plan_.best, plan_.run
     shutil.copy2(run.config, tmp / CONFIG)
@@ -122,8 +122,8 @@ def _write_best(plan_: Plan, entries: list[dict[str, Any]], result: HeldOutResul
     point = result.operating_point.to_dict()
     write_json(tmp / ENSEMBLE, {
         "trial": best.number, "value": best.value, "params": best.params, "run": run.root.name,
-        "fold_estimate": best.user_attrs.get("cv_mean"), "refit": {**cfg.to_dict()["refit"], "epochs_trained":
-                                                                   [e["epoch"] + 1 for e in entries]},
+        "fold_estimate": TrialRecord.of(best).cv_mean, "refit": {**cfg.to_dict()["refit"], "epochs_trained":
+                                                                   [e.epoch + 1 for e in entries]},
         "metrics": result.ensemble, "members": members, "ensemble": point["ensemble"],
         "score_threshold": point["score_threshold"], "class_thresholds": point["class_thresholds"],
         "iou_threshold": cfg.eval.iou_threshold, "operating_point": point, "label_map": label_map})

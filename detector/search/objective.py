@@ -25,6 +25,7 @@ from ..metrics import METRIC_KEYS
 from ..metric_log import read_metric_rows
 from ..train import load_splits
 from .space import suggest
+from .trial_record import BEST_EPOCHS, CV_MEAN, CV_STD, RUN_DIR
 
 
 class Objective:
@@ -41,8 +42,8 @@ class Objective:
     def __call__(self, trial: optuna.trial.BaseTrial) -> float:
         params = suggest(trial, self.cfg.search.space)
         trial_cfg = config_mod.with_values(self.cfg, params, source=f"trial {trial.number} parameters")
-        run = self.study_dir / trial.user_attrs.get("run_dir", trial_folder(trial.number))
-        trial.set_user_attr("run_dir", run.name)
+        run = self.study_dir / trial.user_attrs.get(RUN_DIR, trial_folder(trial.number))
+        trial.set_user_attr(RUN_DIR, run.name)
         self.log(f"trial {trial.number}: {_format_params(params)} -> {run}")
         hook = PruningHook(trial, run, trial_cfg.train.epochs)
         try:
@@ -52,9 +53,9 @@ class Objective:
             if distributed.world().main:
                 free_checkpoints(run)
             raise
-        trial.set_user_attr("cv_mean", {k: cv.mean[k] for k in METRIC_KEYS})
-        trial.set_user_attr("cv_std", {k: cv.std[k] for k in METRIC_KEYS})
-        trial.set_user_attr("best_epochs", [f["best_epoch"] for f in cv.folds])
+        trial.set_user_attr(CV_MEAN, {k: cv.mean[k] for k in METRIC_KEYS})
+        trial.set_user_attr(CV_STD, {k: cv.std[k] for k in METRIC_KEYS})
+        trial.set_user_attr(BEST_EPOCHS, [f["best_epoch"] for f in cv.folds])
         return float(cv.mean["score"])
 
 

@@ -13,23 +13,16 @@ from ..files import read_json
 from ..report import format_per_class, format_published, format_trials
 from .objective import _format_params
 from .storage import load_study
+from .trial_record import TrialRecord
 from .study import summarize
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One plain dict per trial: number, state, value (its fold-mean score), params, fold means and stds, the
     folds' best epochs."""
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        a = t.user_attrs
-        rows.append({"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-                     "start": bool(a.get("start")), "cv_mean": a.get("cv_mean"), "cv_std": a.get("cv_std"),
-                     "best_epochs": a.get("best_epochs"), "seconds": a.get("seconds"), "run_dir": a.get("run_dir"),
-                     "fail_reason": a.get("fail_reason"),
-                     "retry_of": t.system_attrs.get("failed_trial"),
-                     "intermediate": dict(t.intermediate_values),
-                     "last_step": max(t.intermediate_values) if t.intermediate_values else None})
-    return rows
+    return [{**TrialRecord.of(t).to_dict(), "intermediate": dict(t.intermediate_values),
+             "last_step": max(t.intermediate_values) if t.intermediate_values else None}
+            for t in study.get_trials(deepcopy=False)]
 
 
 def plot_study(study: optuna.Study, rows: list[dict[str, Any]], out_dir: Path) -> tuple[list[Path], list[str]]:

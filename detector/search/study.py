@@ -24,6 +24,7 @@ from . import ranks
 from .objective import Objective
 from .space import check_space, starting_params
 from .storage import open_study, record_storage, storage_url
+from .trial_record import START
 from .workers import StudyLock, claim, run_trial
 
 
@@ -83,7 +84,7 @@ def _lead(cfg: Config, directory: Path, storage: str | None, objective: Callable
         _check_config(study, cfg, directory)
         record_storage(directory, url)
         if not study.get_trials(deepcopy=False):  # trial 0: the config's own values, beside what the search finds
-            study.enqueue_trial(starting_params(cfg), user_attrs={"start": True})
+            study.enqueue_trial(starting_params(cfg), user_attrs={START: True})
     config_mod.save(config_mod.resolve_paths(cfg), StudyPaths(directory).config)
     study_id = rdb.get_study_id_from_name(study.study_name)
     started = time.monotonic()

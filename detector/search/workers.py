@@ -26,12 +26,12 @@ from ..errors import DetectorError
 from ..layout import StudyPaths
 from .objective import Objective
 from .storage import make_sampler, storage_errors
+from .trial_record import CV_MEAN, FAIL_REASON, SECONDS, WORKER, TrialRecord
 
 
 def _counts(t: optuna.trial.FrozenTrial) -> bool:
     """Trials that use the budget: finished ones, claimed ones, and ones that failed with an error."""
-    return t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING) or (
-        t.state == TrialState.FAIL and "fail_reason" in t.user_attrs)
+    return t.state in (TrialState.RUNNING, TrialState.WAITING) or TrialRecord.of(t).finished
 
 
 def claim(study: optuna.Study, rdb, study_id: int, search: SearchConfig):
@@ -47,7 +47,7 @@ def claim(study: optuna.Study, rdb, study_id: int, search: SearchConfig):
             return None, any(t.state == TrialState.RUNNING for t in trials)
         study.sampler = make_sampler(search, search.seed + len(trials))  # draws depend on (seed, trial number)
         trial = study.ask()
-    trial.set_user_attr("worker", _worker())
+    trial.set_user_attr(WORKER, _worker())
     return trial, True
 
 
@@ -78,7 +78,7 @@ def _fail_dead_workers(study: optuna.Study, rdb, study_id: int) -> None:
     Workers on other machines are left to the heartbeat."""
     me = _worker()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        w = t.user_attrs.get("worker") or {}
+        w = TrialRecord.of(t).worker
         if w.get("host") != me["host"] or w.get("node", me["node"]) != me["node"] or w.get("pid") == me["pid"]:
             continue
         if not _is_dead(w):
@@ -112,19 +112,19 @@ def run_trial(study, rdb, trial_id: int, trial: optuna.Trial, objective: Objecti
             reason = _reason(e)
             if not isinstance(e, DetectorError):
                 log(traceback.format_exc())
-            trial.set_user_attr("fail_reason", reason)
+            trial.set_user_attr(FAIL_REASON, reason)
             _release_memory()
             _tell(study, trial, log, state=TrialState.FAIL, seconds=time.monotonic() - started)
             log(f"trial {trial.number} failed: {reason}")
             return
     _tell(study, trial, log, values=value, seconds=time.monotonic() - started)
-    cv = trial.user_attrs.get("cv_mean", {})
+    cv = trial.user_attrs.get(CV_MEAN, {})
     log(f"trial {trial.number} finished: fold-mean score {value:.4f} (map_50 {cv.get('map_50', 0):.4f}, "
         f"f1 {cv.get('f1', 0):.4f} at its best threshold)")
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, log, seconds: float, **kwargs) -> None:
-    trial.set_user_attr("seconds", round(seconds, 2))
+    trial.set_user_attr(SECONDS, round(seconds, 2))
     try:
         study.tell(trial, **kwargs)
     except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError) as e:

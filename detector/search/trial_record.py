@@ -1,0 +1,57 @@
+"""What a trial records in the study beside Optuna's own fields: the attribute names in one place, and the
+TrialRecord they are read back as."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from ..layout import trial_folder
+
+RUN_DIR = "run_dir"  # the trial's folder in the study, kept by a retried trial
+CV_MEAN = "cv_mean"  # fold-mean metrics
+CV_STD = "cv_std"
+BEST_EPOCHS = "best_epochs"  # each fold's best epoch (0-based)
+WORKER = "worker"  # host, node, pid and start time of the process running it
+FAIL_REASON = "fail_reason"  # the error a failed trial ended with (absent: its worker died, so it is retried)
+SECONDS = "seconds"
+START = "start"  # the enqueued starting point (the config's own values)
+RETRY_OF = "failed_trial"  # Optuna's system attribute on a retried trial
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    number: int
+    state: str
+    value: float | None
+    params: dict[str, Any]
+    run_dir: str
+    start: bool = False
+    cv_mean: dict[str, float] | None = None
+    cv_std: dict[str, float] | None = None
+    best_epochs: list[int] | None = None
+    seconds: float | None = None
+    fail_reason: str | None = None
+    retry_of: int | None = None
+    worker: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, t: optuna.trial.FrozenTrial) -> "TrialRecord":
+        a = t.user_attrs
+        return cls(t.number, t.state.name, t.value, t.params, a.get(RUN_DIR, trial_folder(t.number)),
+                   bool(a.get(START)), a.get(CV_MEAN), a.get(CV_STD), a.get(BEST_EPOCHS), a.get(SECONDS),
+                   a.get(FAIL_REASON), t.system_attrs.get(RETRY_OF), a.get(WORKER) or {})
+
+    @property
+    def failed_with_error(self) -> bool:
+        """Failed with an error of its own (not retried), as opposed to failed because its worker died."""
+        return self.state == TrialState.FAIL.name and self.fail_reason is not None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in (TrialState.COMPLETE.name, TrialState.PRUNED.name) or self.failed_with_error
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "worker"}
