@@ -2,6 +2,8 @@
 import contextlib
 import copy
 import io
+import subprocess
+import sys
 import time
 
 
@@ -25,3 +27,11 @@ def wait_until(ready, process, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline and process.poll() is None and not ready():
         time.sleep(0.05)
+
+
+CLI = [sys.executable, "-m", "detector.cli"]  # the command a user types, as a fresh process
+
+
+def run_cli(*args: str, cwd=None, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """`detector ARGS...` in a fresh process: its exit code, stdout and stderr as text."""
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)

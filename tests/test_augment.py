@@ -10,6 +10,7 @@ from detector.data.transforms import build_train_transforms
 from detector.errors import ConfigError
 from detector.search import check_space
 from detector.train import fit, load_splits
+from detector.layout import RunPaths
 from tests.test_train import TINY, Stop
 
 PIPELINE = A.to_dict(A.Compose([A.HorizontalFlip(p=0.5), A.CLAHE(p=0.3), A.CoarseDropout(p=0.2)]))
@@ -56,7 +57,7 @@ def test_a_run_trains_with_a_user_pipeline_records_it_and_resumes_exactly(sample
     train_index, val_index = load_splits(cfg)
     quiet = dict(progress=False, log=lambda s: None)
     full = fit(cfg, train_index, val_index, tmp_path / "full", **quiet)
-    recorded = json.loads((tmp_path / "full" / "augment.json").read_text())
+    recorded = json.loads(RunPaths(tmp_path / "full").augment.read_text())
     assert [t["__class_fullname__"] for t in recorded["transform"]["transforms"]] == [
         "HorizontalFlip", "CLAHE", "CoarseDropout", "LongestMaxSize"]
     saved = yaml.safe_load((tmp_path / "full" / "config.yaml").read_text())

@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ from detector.data.records import LabelMap
 from detector.data.dataset import CocoDetection
 from detector.data.images import read_image
 from detector.errors import DatasetError
+from tests.helpers import run_cli
 
 
 def test_rbc_boxes_labels_and_placeholder(rbc):
@@ -170,8 +169,6 @@ def test_exif_rotation_applied(tmp_path):
     assert arr[:15].mean() > 200 and arr[25:].mean() < 50  # white half is now on top
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "detector.cli", *args], capture_output=True, text=True)
 
 
 @pytest.mark.slow

@@ -8,7 +8,8 @@ from detector.cv import read_summary, run_cv
 from detector.data.coco import load_coco
 from detector.data.folds import group_key, make_folds, resolve_strategy
 from detector.errors import ConfigError
-from tests.helpers import wait_until
+from detector.layout import RunPaths
+from tests.helpers import CLI, wait_until
 from tests.test_train import TINY
 
 
@@ -97,7 +98,7 @@ def test_top_k_keeps_exactly_the_k_best_of_each_fold(tmp_path):
         assert len(list((tmp_path / "top").glob("*.pt"))) <= 3
     for epoch, s in enumerate([0.05, 0.01]):  # another fold's images: never ranked against fold 0's scores
         top.offer(1, epoch, {"score": s}, write)
-    listed = json.loads((tmp_path / "top_models.json").read_text())
+    listed = json.loads(RunPaths(tmp_path).top_models.read_text())
     assert [(e["fold"], e["epoch"], e["score"]) for e in listed] == [
         (0, 7, 0.9), (0, 4, 0.7), (0, 1, 0.5), (1, 0, 0.05), (1, 1, 0.01)]  # tie: earlier epoch
     assert sorted(p.name for p in (tmp_path / "top").glob("*.pt")) == [
@@ -116,13 +117,13 @@ def test_an_unreadable_model_index_is_rebuilt_from_the_checkpoints_never_emptied
     for fold, epoch, score in ((0, 1, 0.4), (0, 3, 0.6), (1, 2, 0.5)):
         save_checkpoint(tmp_path / "top" / f"fold{fold}_epoch{epoch:03d}.pt",
                         Checkpoint(model={}, label_map=label_map, epoch=epoch, metrics={"score": score}))
-    (tmp_path / "top_models.json").write_text('[{"fold": 0, "epo')  # cut short
+    RunPaths(tmp_path).top_models.write_text('[{"fold": 0, "epo')  # cut short
     assert [(e.fold, e.epoch) for e in read_summary(tmp_path).top_models] == [(0, 3), (0, 1), (1, 2)]
     assert len(resolve_models(tmp_path)[0]) == 3
     top = TopK(tmp_path, k=1, log=lambda s: None)  # what the same cv command does on resume
     assert len(list((tmp_path / "top").glob("*.pt"))) == 3 and len(top.entries) == 3
-    assert [e["score"] for e in json.loads((tmp_path / "top_models.json").read_text())] == [0.6, 0.4, 0.5]
-    (tmp_path / "top_models.json").unlink()  # the old advice: delete it and run again
+    assert [e["score"] for e in json.loads(RunPaths(tmp_path).top_models.read_text())] == [0.6, 0.4, 0.5]
+    RunPaths(tmp_path).top_models.unlink()  # the old advice: delete it and run again
     assert len(TopK(tmp_path, k=1, log=lambda s: None).entries) == 3
     assert len(list((tmp_path / "top").glob("*.pt"))) == 3
 
@@ -136,14 +137,14 @@ def test_two_fold_run_end_to_end(sample, tmp_path):
     result = run_cv(cfg, run, progress=False, log=lambda s: None)
     for name in ("config.yaml", "env.json", "folds.json", "summary.json", "top_models.json"):
         assert (run / name).exists(), name
-    folds = json.loads((run / "folds.json").read_text())["folds"]
+    folds = json.loads(RunPaths(run).folds.read_text())["folds"]
     assert len(folds) == 2 and not set(folds[0]) & set(folds[1])
     for k in (0, 1):
         rows = (run / f"fold_{k}" / "metrics.csv").read_text().splitlines()
         assert rows[0].startswith("fold,epoch,lr") and [r.split(",")[0] for r in rows[1:]] == [str(k)] * 2
         assert (run / f"fold_{k}" / "anchors.json").exists()
         assert not (run / f"fold_{k}" / "last.pt").exists() and not (run / f"fold_{k}" / "best.pt").exists()
-    top = json.loads((run / "top_models.json").read_text())  # refit.strategy folds: the folds' own models
+    top = json.loads(RunPaths(run).top_models.read_text())  # refit.strategy folds: the folds' own models
     assert len(top) == 4 and len(list((run / "top").glob("*.pt"))) == 4
     assert [e["fold"] for e in top] == [0, 0, 1, 1] and top[0]["score"] >= top[1]["score"]
     best_per_fold = {f["fold"]: f["metrics"]["score"] for f in result.folds}
@@ -165,13 +166,12 @@ def test_two_fold_run_end_to_end(sample, tmp_path):
 
 
 def _cv_command(sample, tmp_path, out):
-    import sys
 
     empty = tmp_path / "empty.yaml"
     empty.write_text("{}\n")
     sets = [f"data.train.annotations={sample['train']}", f"data.val.annotations={sample['val']}", *TINY,
             "train.epochs=3", "cv.folds=2", "cv.top_k=2", "refit.strategy=folds"]
-    return [sys.executable, "-m", "detector.cli", "cv", str(empty), "--out", str(out), "--quiet",
+    return [*CLI, "cv", str(empty), "--out", str(out), "--quiet",
             *[a for s in sets for a in ("--set", s)]]
 
 
@@ -184,12 +184,12 @@ def test_killed_run_resumes_to_the_same_result(sample, tmp_path):
     assert full.returncode == 0, full.stderr
     run = tmp_path / "killed"
     proc = subprocess.Popen(_cv_command(sample, tmp_path, run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    csv_path = run / "fold_0" / "metrics.csv"
+    csv_path = RunPaths(run / "fold_0").metrics
     wait_until(lambda: csv_path.exists() and len(csv_path.read_text().splitlines()) >= 2
-               and (run / "fold_0" / "last.pt").exists(), proc)
+               and RunPaths(run / "fold_0").last.exists(), proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (run / "fold_0" / "summary.json").exists()  # killed mid-fold
+    assert not RunPaths(run / "fold_0").summary.exists()  # killed mid-fold
     half = read_summary(run)  # a half-finished run is readable
     assert half.folds == []
     resumed = subprocess.run(_cv_command(sample, tmp_path, run), capture_output=True, text=True)
@@ -201,7 +201,7 @@ def test_killed_run_resumes_to_the_same_result(sample, tmp_path):
             assert fa["metrics"][key] == pytest.approx(fb["metrics"][key], abs=1e-9), key
     assert [(e.fold, e.epoch) for e in a.top_models] == [(e.fold, e.epoch) for e in b.top_models]
     assert len(list((run / "top").glob("*.pt"))) == 4
-    rows = (run / "fold_0" / "metrics.csv").read_text().splitlines()
+    rows = RunPaths(run / "fold_0").metrics.read_text().splitlines()
     assert [r.split(",")[1] for r in rows[1:]] == ["0", "1", "2"]
 
 
@@ -235,7 +235,7 @@ def test_report_on_finished_and_unfinished_runs(sample, tmp_path):
         assert (run / "plots" / name).stat().st_size > 1000
     unfinished = tmp_path / "unfinished"
     shutil.copytree(run, unfinished)
-    (unfinished / "fold_1" / "summary.json").unlink()
+    RunPaths(unfinished / "fold_1").summary.unlink()
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert main(["report", str(unfinished), "--format", "csv"]) == 0
@@ -247,30 +247,29 @@ def test_report_on_finished_and_unfinished_runs(sample, tmp_path):
 @pytest.mark.slow
 def test_a_cv_run_publishes_members_refit_on_all_of_its_training_data(sample, tmp_path):
     import subprocess
-    import sys
 
     empty = tmp_path / "empty.yaml"
     empty.write_text("{}\n")
     run = tmp_path / "cv"
     sets = [f"data.train.annotations={sample['train']}", f"data.val.annotations={sample['val']}", *TINY,
             "train.epochs=3", "cv.folds=2", "refit.members=2"]
-    done = subprocess.run([sys.executable, "-m", "detector.cli", "cv", str(empty), "--out", str(run), "--quiet",
+    done = subprocess.run([*CLI, "cv", str(empty), "--out", str(run), "--quiet",
                            *[a for s in sets for a in ("--set", s)]], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     summary = read_summary(run)
     epochs = round(sum(f["best_epoch"] + 1 for f in summary.folds) / 2 + 1e-9)
-    top = json.loads((run / "top_models.json").read_text())
+    top = json.loads(RunPaths(run).top_models.read_text())
     assert [e["path"] for e in top] == ["refit/seed_0/model.pt", "refit/seed_1/model.pt"]
     images = len(json.loads(sample["train"].read_text())["images"])
     for seed, e in enumerate(top):
         member = run / "refit" / f"seed_{seed}"
-        assert e["train_images"] == images > max(len(f) for f in json.loads((run / "folds.json").read_text())["folds"])
+        assert e["train_images"] == images > max(len(f) for f in json.loads(RunPaths(run).folds.read_text())["folds"])
         assert config.load(member / "config.yaml").train.seed == seed and e["epoch"] == epochs - 1
-        assert len((member / "metrics.csv").read_text().splitlines()) == 1 + epochs
-        assert not (member / "last.pt").exists()
+        assert len(RunPaths(member).metrics.read_text().splitlines()) == 1 + epochs
+        assert not RunPaths(member).last.exists()
     assert not list(run.glob("fold_*/*.pt")) and not (run / "top").exists()  # the folds keep no model
-    point = json.loads((run / "operating_point.json").read_text())  # tuned on data.val for the members' ensemble
-    heldout = json.loads((run / "heldout.json").read_text())
+    point = json.loads(RunPaths(run).operating_point.read_text())  # tuned on data.val for the members' ensemble
+    heldout = json.loads(RunPaths(run).heldout.read_text())
     assert point["score_threshold"] == heldout["operating_point"]["score_threshold"]
     assert "ensemble of 2" in done.stdout and "fold estimate" in done.stdout
     val_images = len(json.loads(sample["val"].read_text())["images"])

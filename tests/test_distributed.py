@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from detector.checkpoint import load_checkpoint
+from detector.layout import RunPaths
 from tests.helpers import wait_until
 from tests.test_train import TINY
 
@@ -40,14 +41,14 @@ def test_two_processes_train_one_epoch_like_one_process_with_the_same_global_bat
         done = subprocess.run(command(tmp_path, nproc, "train", tmp_path / out, sample, "train.epochs=1"),
                               capture_output=True, text=True, env=ENV, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
-    one, two = rows(tmp_path / "one" / "metrics.csv"), rows(tmp_path / "two" / "metrics.csv")
+    one, two = rows(RunPaths(tmp_path / "one").metrics), rows(RunPaths(tmp_path / "two").metrics)
     assert len(one) == len(two) == 1  # rank 1 wrote no row of its own
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
     # Stated tolerance: the two runs see the same images in the same global batches, but RPN and RoI sampling
     # draw from each process's generator and torchvision normalises some losses per batch, so they agree
     # closely, not bit for bit.
     assert float(two[0]["loss"]) == pytest.approx(float(one[0]["loss"]), rel=0.05)
-    a, b = load_checkpoint(tmp_path / "one" / "last.pt").model, load_checkpoint(tmp_path / "two" / "last.pt").model
+    a, b = load_checkpoint(RunPaths(tmp_path / "one").last).model, load_checkpoint(RunPaths(tmp_path / "two").last).model
     keys = [k for k in a if a[k].is_floating_point() and "running" not in k]
     difference = sum(((a[k] - b[k]) ** 2).sum() for k in keys) ** 0.5 / sum((a[k] ** 2).sum() for k in keys) ** 0.5
     assert difference < 0.02
@@ -57,7 +58,7 @@ def test_two_processes_train_one_epoch_like_one_process_with_the_same_global_bat
 def test_a_killed_two_process_cv_run_resumes_and_loses_at_most_the_epoch_in_progress(sample, tmp_path):
     cmd = command(tmp_path, 2, "cv", tmp_path / "cv", sample, "train.epochs=2", "cv.folds=2")
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
-    log = tmp_path / "cv" / "fold_0" / "metrics.csv"
+    log = RunPaths(tmp_path / "cv" / "fold_0").metrics
     wait_until(lambda: log.exists() and len(log.read_text().splitlines()) >= 2, first)
     import psutil
 
@@ -96,7 +97,7 @@ def test_a_two_process_study_trial_completes_and_a_pruned_one_stops_on_both_rank
     assert pruned.returncode != 0 and "no trial completed (1 pruned)" in pruned.stderr, pruned.stderr[-3000:]
     [trial] = load_study(tmp_path / "studies" / "pruned").trials
     assert trial.state == TrialState.PRUNED and max(trial.intermediate_values) == 0
-    rows_written = rows(tmp_path / "studies" / "pruned" / "trial_0000" / "fold_0" / "metrics.csv")
+    rows_written = rows(RunPaths(tmp_path / "studies" / "pruned" / "trial_0000" / "fold_0").metrics)
     assert [r["epoch"] for r in rows_written] == ["0"]
 
 

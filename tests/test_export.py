@@ -2,7 +2,6 @@
 import json
 import shutil
 import subprocess
-import sys
 import warnings
 
 import pytest
@@ -11,6 +10,7 @@ import torch
 from detector.checkpoint import load_checkpoint, restore_model, save_checkpoint
 from detector.errors import DetectorError, WeightsError
 from detector.export import export_models
+from tests.helpers import CLI
 
 
 def _export(*args):
@@ -54,7 +54,7 @@ def test_a_torchscript_export_given_as_a_checkpoint_says_what_it_is(untrained_ch
     with pytest.raises(WeightsError, match=r"model.ts.pt: a TorchScript export \(detector export") as e:
         load_checkpoint(scripted)
     assert "weights_only=False" not in str(e.value)
-    done = subprocess.run([sys.executable, "-m", "detector.cli", "predict", str(scripted), str(tmp_path),
+    done = subprocess.run([*CLI, "predict", str(scripted), str(tmp_path),
                            "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert done.returncode == 2 and "TorchScript export" in done.stderr and "Traceback" not in done.stderr
 
@@ -69,7 +69,7 @@ def test_weights_of_another_architecture_are_one_error(untrained_checkpoint, tmp
         restore_model(tmp_path / "mixed.pt")
     with pytest.raises(WeightsError, match="its weights are not those of the model"):
         _export(tmp_path / "mixed.pt", "onnx", tmp_path / "m.onnx")
-    done = subprocess.run([sys.executable, "-m", "detector.cli", "evaluate", str(tmp_path / "mixed.pt"),
+    done = subprocess.run([*CLI, "evaluate", str(tmp_path / "mixed.pt"),
                            str(tiny_coco())], capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert "its weights are not those of the model" in done.stderr

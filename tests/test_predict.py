@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,8 @@ from detector.metrics import Thresholds
 from detector.ensemble import Ensemble
 from detector.errors import DetectorError
 from detector.predict import OutputWriter, collect_images, ground_truth_metrics, load_ground_truth, run_predictions
+from detector.layout import PredictPaths, RunPaths
+from tests.helpers import run_cli
 from tests.test_train import TINY
 
 
@@ -38,35 +38,33 @@ def rbc_run(rbc, tmp_path_factory):
     return run
 
 
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "detector.cli", *args], capture_output=True, text=True)
 
 
 @pytest.mark.slow
 def test_predict_with_ground_truth_round_trips_through_evaluate(rbc, rbc_run, tmp_path):
     gt_path = rbc / "test" / "_annotations.coco.json"
     out = tmp_path / "preds"
-    done = cli("predict", str(rbc_run / "top_models.json"), str(rbc / "test"), "--out", str(out), "--gt",
+    done = run_cli("predict", str(RunPaths(rbc_run).top_models), str(rbc / "test"), "--out", str(out), "--gt",
                str(gt_path), "--quiet")
     assert done.returncode == 0, done.stderr
     assert "ensemble" in done.stdout and "member 2" in done.stdout and "wbc" in done.stdout
-    ensemble = Ensemble.load(rbc_run / "top_models.json")
-    point = json.loads((rbc_run / "operating_point.json").read_text())  # out-of-fold, not eval.score_threshold
+    ensemble = Ensemble.load(RunPaths(rbc_run).top_models)
+    point = json.loads(RunPaths(rbc_run).operating_point.read_text())  # out-of-fold, not eval.score_threshold
     assert len(ensemble.members) == 3 and ensemble.thresholds.default == point["score_threshold"] != 0.3
     assert point["images"] == 48 and "wbc" in point["metrics"]["per_class"]
     gt = load_ground_truth(gt_path, ensemble)
     run = run_predictions(ensemble, [r.path for r in gt.images], gt=gt, with_members=True)
     rows = dict(ground_truth_metrics(run, gt, Thresholds(0.3, {}), members=3))
-    evaluated = cli("evaluate", "--predictions", str(out / "predictions.json"), str(gt_path), "--score-threshold",
+    evaluated = run_cli("evaluate", "--predictions", str(PredictPaths(out).predictions), str(gt_path), "--score-threshold",
                     "0.3", "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     again = json.loads(evaluated.stdout)
     for key in ("map", "map_50", "precision", "recall", "f1"):
         assert again[key] == pytest.approx(rows["ensemble"][key], abs=1e-4), key
     assert rows["member 0"]["map"] != rows["ensemble"]["map"]
-    results = json.loads((out / "predictions.json").read_text())
+    results = json.loads(PredictPaths(out).predictions.read_text())
     assert {r["category_id"] for r in results} <= {1, 2}  # the dataset's own ids (0 is the placeholder)
-    rows_csv = (out / "predictions.csv").read_text().splitlines()
+    rows_csv = PredictPaths(out).table.read_text().splitlines()
     assert rows_csv[0] == "file,class,score,x1,y1,x2,y2"
     lowest = min([point["score_threshold"], *point["class_thresholds"].values()])  # the run's own, per class too
     assert all(float(line.split(",")[2]) >= round(lowest, 4) - 1e-4 for line in rows_csv[1:])  # (4 decimals)
@@ -74,7 +72,7 @@ def test_predict_with_ground_truth_round_trips_through_evaluate(rbc, rbc_run, tm
 
 @pytest.mark.slow
 def test_an_ensemble_of_one_equals_the_models_own_predictions(rbc, rbc_run):
-    checkpoint = rbc_run / json.loads((rbc_run / "top_models.json").read_text())[0]["path"]
+    checkpoint = rbc_run / json.loads(RunPaths(rbc_run).top_models.read_text())[0]["path"]
     index = load_coco(rbc / "test" / "_annotations.coco.json")
     ours = Ensemble.load(checkpoint).predict([r.path for r in index.images], batch_size=4)
     restored = restore_model(checkpoint)
@@ -108,23 +106,23 @@ def test_unusual_and_broken_files(rbc, rbc_run, tmp_path):
     (d / "sub").mkdir()
     Image.fromarray(src[:, ::-1]).save(d / "sub" / "plain.jpg")  # a second plain.jpg: its own drawing
     out = tmp_path / "out"
-    done = cli("predict", str(rbc_run), str(d), "--out", str(out), "--draw", "--tta", "hflip",
+    done = run_cli("predict", str(rbc_run), str(d), "--out", str(out), "--draw", "--tta", "hflip",
                "--score-threshold", "0.05", "--quiet")
     assert done.returncode == 0, done.stderr
     assert "skipped 3 unreadable" in done.stderr and "notes.jpg" in done.stderr and "truncated.jpg" in done.stderr
     assert "huge.png: too large to decode safely" in done.stderr
-    records = json.loads((out / "images.json").read_text())
+    records = json.loads(PredictPaths(out).images.read_text())
     assert sorted(r["drawing"] for r in records if Path(r["file_name"]).name == "plain.jpg") == \
         ["drawn/plain.png", "drawn/plain_2.png"]
     images = {Path(i["file_name"]).name: i for i in records}
     assert set(images) == {"plain.jpg", "gray.png", "rgba.png", "deep16.png", "rotated.jpg", "large.jpg", "tiny.png"}
     assert (images["rotated.jpg"]["width"], images["rotated.jpg"]["height"]) == (416, 300)  # EXIF applied
-    for r in json.loads((out / "predictions.json").read_text()):
+    for r in json.loads(PredictPaths(out).predictions.read_text()):
         im = next(i for i in records if i["id"] == r["image_id"])
         x, y, w, h = r["bbox"]
         assert x >= 0 and y >= 0 and x + w <= im["width"] + 1e-3 and y + h <= im["height"] + 1e-3
     assert len(list((out / "drawn").glob("*.png"))) == 8
-    assert cli("predict", str(rbc_run), str(tmp_path / "nothing*.jpg"), "--out", str(out)).returncode == 2
+    assert run_cli("predict", str(rbc_run), str(tmp_path / "nothing*.jpg"), "--out", str(out)).returncode == 2
 
 
 @pytest.mark.slow
@@ -141,11 +139,11 @@ def test_an_interrupted_predict_keeps_the_images_it_finished_and_the_same_job_re
 
     with pytest.raises(KeyboardInterrupt):
         run_predictions(ensemble, files, batch_size=1, on_image=add_then_stop)
-    lines = (tmp_path / "out" / "predictions.partial.jsonl").read_text().splitlines()
+    lines = PredictPaths(tmp_path / "out").partial.read_text().splitlines()
     assert len(lines) == 4 and [json.loads(line)["image"]["id"] for line in lines[1:]] == [1, 2, 3]
-    rows = (tmp_path / "out" / "predictions.csv").read_text().splitlines()
+    rows = PredictPaths(tmp_path / "out").table.read_text().splitlines()
     assert {row.split(",")[0] for row in rows[1:]} <= {str(f) for f in files[:3]} and len(rows) > 1
-    with (tmp_path / "out" / "predictions.partial.jsonl").open("a") as f:
+    with PredictPaths(tmp_path / "out").partial.open("a") as f:
         f.write('{"image": {"id": 4, "fi')  # torn by a kill -9 mid-write
 
     again = OutputWriter(tmp_path / "out", Thresholds(0.3, {}), draw=True, job=job)  # the same command again
@@ -161,11 +159,11 @@ def test_an_interrupted_predict_keeps_the_images_it_finished_and_the_same_job_re
     for name in ("predictions.json", "predictions.csv", "images.json"):
         assert (tmp_path / "out" / name).read_text() == (tmp_path / "whole" / name).read_text(), name
     assert len(list((tmp_path / "out" / "drawn").glob("*.png"))) == 10 and len(run.predictions) == 10
-    assert not (tmp_path / "out" / "predictions.partial.jsonl").exists()
+    assert not PredictPaths(tmp_path / "out").partial.exists()
     with pytest.raises(DetectorError, match="holds the outputs of another predict job"):
         OutputWriter(tmp_path / "whole", Thresholds(0.5, {}), job=job)  # another threshold: another job
     other = OutputWriter(tmp_path / "whole", Thresholds(0.5, {}), job=job, force=True)  # started afresh
-    assert not other.done and not (tmp_path / "whole" / "predictions.json").exists()
+    assert not other.done and not PredictPaths(tmp_path / "whole").predictions.exists()
 
 
 @pytest.mark.slow
@@ -203,7 +201,7 @@ def test_exported_models_match_the_eager_model_on_real_images(rbc, rbc_run, tmp_
     from detector.data.images import read_image
     from detector.export import deployed, export_models, read_labels
 
-    top = json.loads((rbc_run / "top_models.json").read_text())
+    top = json.loads(RunPaths(rbc_run).top_models.read_text())
     checkpoint = rbc_run / top[0]["path"]
     eager = deployed(restore_model(checkpoint))
     with warnings.catch_warnings():
@@ -269,7 +267,7 @@ def test_a_new_predict_job_never_mixes_with_another_jobs_outputs(tmp_path):
     second = OutputWriter(out, Thresholds(0.3, {}), job={"images": "b"}, force=True)
     second.add(_prediction("b1.png"), 1)  # ... and killed here
     assert sorted(p.name for p in out.iterdir()) == ["job.json", "predictions.csv", "predictions.partial.jsonl"]
-    assert "a1.png" not in (out / "predictions.csv").read_text()
+    assert "a1.png" not in PredictPaths(out).table.read_text()
 
 
 def test_one_file_under_two_spellings_is_predicted_once(tmp_path):

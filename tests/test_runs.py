@@ -9,8 +9,10 @@ import pytest
 from detector import config
 from detector.cv import read_summary
 from detector.errors import ConfigError, DetectorError
+from detector.layout import RunPaths, StudyPaths
 from detector.runs import MARKER, clear_run, prepare_run
 from detector.train import fit, load_splits
+from tests.helpers import CLI, run_cli
 from tests.test_train import TINY, tiny_cfg
 
 QUIET = dict(log=lambda s: None)
@@ -22,7 +24,7 @@ def test_force_clears_only_what_detector_wrote(sample, tmp_path):
     (run / "notes.txt").write_text("mine")
     (run / "fold_0").mkdir()
     prepare_run(run / "fold_0", cfg, **QUIET)
-    (run / "fold_0" / "metrics.csv").write_text("epoch\n0\n")
+    RunPaths(run / "fold_0").metrics.write_text("epoch\n0\n")
     (run / ".last.pt.abc12345.tmp").write_bytes(b"half a checkpoint")
     changed = config.with_values(cfg, {"train.lr": 0.5})
     with pytest.raises(ConfigError, match=r"train.lr \(0.001 -> 0.5\).*may change on a resume: search.n_trials"):
@@ -40,7 +42,7 @@ def test_force_refuses_folders_detector_did_not_make(sample, tmp_path, monkeypat
     with pytest.raises(ConfigError, match="was not created by detector"):
         clear_run(foreign, cfg)
     study = prepare_run(tmp_path / "study", cfg, **QUIET)
-    (study / "study.json").write_text("{}")
+    StudyPaths(study).meta.write_text("{}")
     with pytest.raises(ConfigError, match="is a study folder"):
         clear_run(study, cfg)
     data = prepare_run(tmp_path / "data", cfg, **QUIET)  # a run folder the user then put the dataset in
@@ -52,7 +54,7 @@ def test_force_refuses_folders_detector_did_not_make(sample, tmp_path, monkeypat
     monkeypatch.chdir(tmp_path / "study")
     with pytest.raises(ConfigError, match="current directory"):
         clear_run(tmp_path / "study", cfg)
-    assert (data / "train.json").exists() and (tmp_path / "study" / "study.json").exists()
+    assert (data / "train.json").exists() and StudyPaths(tmp_path / "study").meta.exists()
 
 
 @pytest.mark.slow
@@ -65,7 +67,7 @@ def test_cli_force_in_a_users_folder_deletes_nothing(sample, tmp_path):
                                      "  val: {annotations: data/val.json}\n")
     before = sorted(str(p.relative_to(exp)) for p in exp.rglob("*"))
     sets = [a for s in [*TINY, "train.epochs=1"] for a in ("--set", s)]
-    out = subprocess.run([sys.executable, "-m", "detector.cli", "train", "config.yaml", "--out", ".", "--force",
+    out = subprocess.run([*CLI, "train", "config.yaml", "--out", ".", "--force",
                           "--quiet", *sets], cwd=exp, capture_output=True, text=True)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert "not a detector run folder" in out.stderr
@@ -77,7 +79,7 @@ def test_a_folder_detector_did_not_make_is_never_adopted(sample, tmp_path, monke
     mine = tmp_path / "exp"
     (mine / "plots").mkdir(parents=True)
     (mine / "config.yaml").write_text("# my notes\nbase: ../base.yaml\n")
-    (mine / "summary.json").write_text('{"mine": true}')
+    RunPaths(mine).summary.write_text('{"mine": true}')
     (mine / "plots" / "loss.png").write_bytes(b"png")
     before = {p: p.read_bytes() for p in mine.rglob("*") if p.is_file()}
     for attempt in ({}, {"force": True}):
@@ -97,10 +99,10 @@ def test_a_folder_detector_did_not_make_is_never_adopted(sample, tmp_path, monke
 def test_force_deletes_only_the_entries_the_marker_lists(sample, tmp_path):
     cfg = tiny_cfg(sample)
     run = prepare_run(tmp_path / "run", cfg, **QUIET)
-    (run / "summary.json").write_text("{}")
+    RunPaths(run).summary.write_text("{}")
     (run / MARKER).write_text(json.dumps({"created_by": "detector", "entries": [MARKER, "config.yaml", "data.json"]}))
     prepare_run(run, config.with_values(cfg, {"train.lr": 0.5}), force=True, **QUIET)
-    assert (run / "summary.json").exists()  # not listed: kept
+    assert RunPaths(run).summary.exists()  # not listed: kept
 
 
 def test_a_run_start_sweeps_only_its_own_temporary_files(sample, tmp_path):
@@ -139,7 +141,7 @@ def test_budget_and_device_changes_resume_and_a_changed_dataset_is_refused(sampl
 
 def test_a_damaged_state_file_is_one_clear_error(tmp_path):
     (tmp_path / "fold_0").mkdir()
-    (tmp_path / "fold_0" / "summary.json").write_text("")
+    RunPaths(tmp_path / "fold_0").summary.write_text("")
     with pytest.raises(DetectorError, match=r"fold_0/summary.json: damaged state file"):
         read_summary(tmp_path)
 
@@ -151,17 +153,17 @@ def test_an_early_stopped_run_stays_stopped_and_a_fresh_start_keeps_one_row_per_
     train_index, val_index = load_splits(cfg)
     first = fit(cfg, train_index, val_index, tmp_path / "run", progress=False, **QUIET)
     assert first.stopped_early and first.epochs_run == 2
-    log = (tmp_path / "run" / "metrics.csv").read_bytes()
+    log = RunPaths(tmp_path / "run").metrics.read_bytes()
     again = fit(cfg, train_index, val_index, tmp_path / "run", progress=False, **QUIET)
     assert again.stopped_early and again.epochs_run == 2 and again.best_epoch == first.best_epoch
-    assert (tmp_path / "run" / "metrics.csv").read_bytes() == log  # a rerun that trains nothing changes nothing
-    (tmp_path / "run" / "metrics.csv").write_bytes(log[:-9])  # a row cut short by a kill: rewritten whole
+    assert RunPaths(tmp_path / "run").metrics.read_bytes() == log  # a rerun that trains nothing changes nothing
+    RunPaths(tmp_path / "run").metrics.write_bytes(log[:-9])  # a row cut short by a kill: rewritten whole
     fit(cfg, train_index, val_index, tmp_path / "run", progress=False, **QUIET)
-    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    rows = RunPaths(tmp_path / "run").metrics.read_text().splitlines()
     assert len(rows) == 3 and rows[1] == log.decode().splitlines()[1]
-    (tmp_path / "run" / "last.pt").unlink()  # a user deleting a damaged checkpoint starts the run over
+    RunPaths(tmp_path / "run").last.unlink()  # a user deleting a damaged checkpoint starts the run over
     fit(cfg, train_index, val_index, tmp_path / "run", progress=False, **QUIET)
-    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    rows = RunPaths(tmp_path / "run").metrics.read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "1"]  # not appended to the old rows
 
 
@@ -204,9 +206,9 @@ def test_sigterm_stops_like_ctrl_c_and_the_same_command_resumes(sample, tmp_path
     empty.write_text("{}\n")
     sets = [a for s in [f"data.train.annotations={sample['train']}", f"data.val.annotations={sample['val']}",
                         *TINY, "train.epochs=4"] for a in ("--set", s)]
-    cmd = [sys.executable, "-m", "detector.cli", "train", str(empty), "--out", str(tmp_path / "run"), *sets]
+    cmd = [*CLI, "train", str(empty), "--out", str(tmp_path / "run"), *sets]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = tmp_path / "run" / "metrics.csv"
+    metrics = RunPaths(tmp_path / "run").metrics
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
         time.sleep(0.2)
@@ -225,10 +227,10 @@ def test_state_files_follow_the_umask_like_any_file(tmp_path):
 
     old = os.umask(0o002)  # a group-shared studies/ folder
     try:
-        write_json(tmp_path / "study.json", {})
+        write_json(StudyPaths(tmp_path).meta, {})
     finally:
         os.umask(old)
-    assert (tmp_path / "study.json").stat().st_mode & 0o777 == 0o664  # mkstemp alone makes 0600
+    assert StudyPaths(tmp_path).meta.stat().st_mode & 0o777 == 0o664  # mkstemp alone makes 0600
 
 
 _FILE_SIZE_LIMIT = """
@@ -252,9 +254,9 @@ def test_a_write_the_disk_refuses_is_one_error_and_the_same_command_then_finishe
     assert "cannot write it (File too large); everything written before is kept" in refused.stderr
     assert "enforce fail" not in refused.stderr
     assert not list((tmp_path / "run").glob(".*.tmp"))  # no half-written file left behind
-    done = subprocess.run([sys.executable, "-m", "detector.cli", *args], capture_output=True, text=True)
+    done = run_cli(*args)
     assert done.returncode == 0, done.stderr
-    assert [r.split(",")[0] for r in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]] == ["0"]
+    assert [r.split(",")[0] for r in RunPaths(tmp_path / "run").metrics.read_text().splitlines()[1:]] == ["0"]
 
 
 

@@ -10,9 +10,10 @@ from optuna.trial import TrialState
 
 from detector import config
 from detector.errors import ConfigError, DatasetError
+from detector.layout import RunPaths, StudyPaths
 from detector.search import Objective, PruningHook, check_space, load_study, run_study, suggest
 from detector.train import load_splits
-from tests.helpers import wait_until
+from tests.helpers import CLI, wait_until
 from tests.test_train import TINY
 
 
@@ -28,7 +29,7 @@ def study_cfg(sample, *extra):
 def study_command(sample, tmp_path, name, *extra, storage=None):
     empty = tmp_path / "empty.yaml"
     empty.write_text("{}\n")
-    cmd = [sys.executable, "-m", "detector.cli", "study", str(empty), "--name", name,
+    cmd = [*CLI, "study", str(empty), "--name", name,
            "--studies-dir", str(tmp_path / "studies"), "--quiet",
            *[a for s in study_sets(sample, *extra) for a in ("--set", s)]]
     return cmd + (["--storage", storage] if storage else [])
@@ -109,7 +110,7 @@ def test_a_pruned_trial_stops_at_its_first_epoch_and_frees_its_checkpoints(sampl
     with pytest.raises(optuna.TrialPruned, match="fold 0, epoch 0"):
         objective(trial)
     run = tmp_path / "trial_0001"
-    assert len((run / "fold_0" / "metrics.csv").read_text().splitlines()) == 2  # stopped after one epoch
+    assert len(RunPaths(run / "fold_0").metrics.read_text().splitlines()) == 2  # stopped after one epoch
     assert not list(run.rglob("*.pt"))  # top models and the fold's last.pt are gone
     assert cfg.train.epochs == 2
 
@@ -121,7 +122,7 @@ def test_objective_with_a_fixed_trial_scores_its_fold_mean_and_keeps_no_model(sa
     value = Objective(cfg, tmp_path, log=lambda s: None)(trial)
     run = tmp_path / "trial_0007"
     assert config.load(run / "config.yaml").train.batch_size == 8  # the drawn value, not TINY's 4
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads(RunPaths(run).summary.read_text())
     scores = [f["metrics"]["score"] for f in summary["folds"]]
     assert len(scores) == 2 and value == pytest.approx(sum(scores) / 2)  # the same folds for every trial
     for f in summary["folds"]:  # each fold's score: mAP@0.5 and F1 at that fold's own best threshold
@@ -137,7 +138,7 @@ def test_study_end_to_end_with_a_killed_trial_resumed(sample, tmp_path):
     cmd = study_command(sample, tmp_path, "demo", "search.n_trials=2", "refit.members=2")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     study_dir = tmp_path / "studies" / "demo"
-    csv_path = study_dir / "trial_0000" / "fold_0" / "metrics.csv"
+    csv_path = RunPaths(study_dir / "trial_0000" / "fold_0").metrics
     wait_until(lambda: csv_path.exists() and len(csv_path.read_text().splitlines()) >= 2, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -152,7 +153,7 @@ def test_study_end_to_end_with_a_killed_trial_resumed(sample, tmp_path):
     retry = trials[1]
     assert retry.system_attrs["failed_trial"] == 0 and retry.params == trials[0].params
     assert retry.user_attrs["run_dir"] == "trial_0000" and trials[2].user_attrs["run_dir"] == "trial_0002"
-    rows = (study_dir / "trial_0000" / "fold_0" / "metrics.csv").read_text().splitlines()
+    rows = RunPaths(study_dir / "trial_0000" / "fold_0").metrics.read_text().splitlines()
     assert [r.split(",")[1] for r in rows[1:]] == ["0", "1"]  # no epoch lost or repeated
     best = max(trials[1:], key=lambda t: (t.value, -t.number))
     meta = json.loads((study_dir / "best" / "ensemble.json").read_text())
@@ -166,10 +167,10 @@ def test_study_end_to_end_with_a_killed_trial_resumed(sample, tmp_path):
     for seed in (0, 1):
         member = study_dir / "refit" / f"{run_dir}_seed_{seed}"
         assert config.load(member / "config.yaml").train.seed == seed
-        assert json.loads((member / "summary.json").read_text())["train_images"] == train_images
+        assert json.loads(RunPaths(member).summary.read_text())["train_images"] == train_images
     epochs = round(sum(f + 1 for f in best.user_attrs["best_epochs"]) / 2 + 1e-9)
     assert meta["refit"]["epochs_trained"] == [epochs, epochs]
-    heldout = json.loads((study_dir / "best" / "heldout.json").read_text())  # tuned on the members' val boxes
+    heldout = json.loads(RunPaths(study_dir / "best").heldout.read_text())  # tuned on the members' val boxes
     assert heldout["operating_point"]["ensemble"] == meta["ensemble"]
     assert heldout["operating_point"]["score_threshold"] == meta["score_threshold"]
     assert meta["label_map"]["names"] == ["circle", "rectangle", "triangle"]
@@ -177,13 +178,13 @@ def test_study_end_to_end_with_a_killed_trial_resumed(sample, tmp_path):
     # the finished study is not run again; the report reads it
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 0 and len(load_study(study_dir).trials) == 3
-    report = subprocess.run([sys.executable, "-m", "detector.cli", "report", str(study_dir)], capture_output=True,
+    report = subprocess.run([*CLI, "report", str(study_dir)], capture_output=True,
                             text=True)
     assert report.returncode == 0, report.stderr
     assert f"best trial {best.number}" in report.stdout and "retry of 0" in report.stdout
     for name in ("history", "parallel_coordinate", "param_importances"):
         assert (study_dir / "plots" / f"{name}.png").stat().st_size > 1000
-    trial_report = subprocess.run([sys.executable, "-m", "detector.cli", "report", str(study_dir / "trial_0002")],
+    trial_report = subprocess.run([*CLI, "report", str(study_dir / "trial_0002")],
                                   capture_output=True, text=True)
     assert trial_report.returncode == 0 and "mean+-std" in trial_report.stdout
 
@@ -236,7 +237,7 @@ def test_two_workers_share_a_postgresql_study_and_run_exactly_n_trials(sample, t
     started = [line.split(":")[0] for out, _ in outputs for line in out.splitlines() if " -> " in line]
     assert sorted(started) == [f"trial {i}" for i in range(n)]  # each trial started once, by one worker
     for t in trials:
-        rows = (tmp_path / "studies" / "shared" / t.user_attrs["run_dir"] / "fold_0" / "metrics.csv").read_text()
+        rows = RunPaths(tmp_path / "studies" / "shared" / t.user_attrs["run_dir"] / "fold_0").metrics.read_text()
         assert len(rows.splitlines()) == 2  # header + one epoch: trained exactly once
 
 
@@ -279,11 +280,11 @@ def test_storage_errors_are_clear_and_change_nothing(sample, tmp_path):
 
     study_dir = tmp_path / "studies" / "s"
     run_study(study_cfg(sample, "search.n_trials=1", "train.epochs=1"), study_dir, log=lambda s: None)
-    recorded = (study_dir / "study.json").read_text()
+    recorded = StudyPaths(study_dir).meta.read_text()
     typo = f"sqlite:///{tmp_path / 'studies' / 'typo.db'}"
     with pytest.raises(ConfigError, match="no such database file"):
         load_study(study_dir, storage=typo)
-    assert (study_dir / "study.json").read_text() == recorded and not (tmp_path / "studies" / "typo.db").exists()
+    assert StudyPaths(study_dir).meta.read_text() == recorded and not (tmp_path / "studies" / "typo.db").exists()
     assert main(["report", str(study_dir)]) == 0  # the study still reports
     with pytest.raises(ConfigError) as info:
         load_study(study_dir, storage="postgresql://user:s3cret@localhost:1/db?sslmode=disable")
@@ -336,7 +337,7 @@ def test_a_killed_study_resumes_where_fcntl_and_proc_do_not_exist(sample, tmp_pa
     cmd = [sys.executable, "-c", _NO_FCNTL_NO_PROC,
            *study_command(sample, tmp_path, "portable", "search.n_trials=1", "train.epochs=2")[3:]]
     study_dir = tmp_path / "studies" / "portable"
-    csv_path = study_dir / "trial_0000" / "fold_0" / "metrics.csv"
+    csv_path = RunPaths(study_dir / "trial_0000" / "fold_0").metrics
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_until(lambda: csv_path.exists() and len(csv_path.read_text().splitlines()) >= 2, proc)
     proc.send_signal(signal.SIGKILL)  # leaves the soft locks behind: their owner's pid is gone
@@ -392,7 +393,7 @@ def test_refit_plans_follow_the_strategy_and_the_ranked_trials(tmp_path):
     trials = plan(study, tmp_path, config.load(None, ["refit.strategy=trials", "refit.members=2"]))
     assert [(m.name, m.config.train.lr, m.config.train.epochs) for m in trials.members] == [
         ("trial_0001", 2e-3, 4), ("trial_0002", 3e-3, 2)]  # by value; each trial's own folds choose its epochs
-    write_json(tmp_path / "trial_0001" / "top_models.json", [{"path": "top/fold0_epoch003.pt", "fold": 0}])
+    write_json(RunPaths(tmp_path / "trial_0001").top_models, [{"path": "top/fold0_epoch003.pt", "fold": 0}])
     folds = plan(study, tmp_path, config.load(None, ["refit.strategy=folds"]))
     assert folds.members == [] and folds.entries[0].path == "top/fold0_epoch003.pt"
     assert folds.root == tmp_path / "trial_0001"

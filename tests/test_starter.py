@@ -1,7 +1,5 @@
 """`detector init`: a starting config written from the data, that loads and trains without edits."""
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -9,6 +7,8 @@ from detector import config
 from detector.data.sample import SampleSpec, write_sample_dataset
 from detector.errors import DatasetError
 from detector.starter import find_split, plan_config, write
+from detector.layout import RunPaths
+from tests.helpers import run_cli
 
 
 def test_init_on_a_roboflow_export_finds_its_splits_and_explains_each_choice(rbc, tmp_path):
@@ -61,7 +61,7 @@ def test_init_refuses_data_it_cannot_train_on(tmp_path):
 def test_the_config_init_writes_trains_a_new_dataset_without_edits(tmp_path):
     data = write_sample_dataset(tmp_path / "shapes", SampleSpec(images=80, seed=3))
     out = tmp_path / "shapes.yaml"
-    run = lambda *a: subprocess.run([sys.executable, "-m", "detector.cli", *a], capture_output=True, text=True,
+    run = lambda *a: run_cli(*a,
                                     cwd=tmp_path)
     done = run("init", str(data["train"]), "--out", str(out), "--val", str(data["val"]))
     assert done.returncode == 0, done.stderr
@@ -71,5 +71,5 @@ def test_the_config_init_writes_trains_a_new_dataset_without_edits(tmp_path):
     trained = run("train", str(out), "--out", str(tmp_path / "run"), "--quiet", "--set", "train.epochs=2",
                   "--set", "train.num_workers=0")
     assert trained.returncode == 0, trained.stderr
-    best = json.loads((tmp_path / "run" / "summary.json").read_text())["best_metrics"]
+    best = json.loads(RunPaths(tmp_path / "run").summary.read_text())["best_metrics"]
     assert best["map_50"] > 0.5, best  # fine-tuned from the packaged ImageNet weights, it learns

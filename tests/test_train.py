@@ -1,6 +1,5 @@
 import json
 import math
-import subprocess
 import sys
 from dataclasses import replace
 
@@ -18,7 +17,8 @@ from detector.optim import LrSchedule, build_optimizer
 from detector.data.sampling import balanced_weights
 from detector.callbacks import BestCheckpoint, EarlyStopping, EpochEnd, Progress, image_size_at, standard
 from detector.train import fit, load_splits
-from tests.helpers import pycocotools_stats
+from detector.layout import RunPaths
+from tests.helpers import pycocotools_stats, run_cli
 
 TINY = [
     "data.image_size=128", "model.backbone=resnet18", "model.trainable_layers=5", "model.frozen_bn=false",
@@ -42,15 +42,15 @@ def test_fit_writes_the_run_and_checkpoint_round_trip(sample, tmp_path):
     train_index, val_index = load_splits(cfg)
     run = tmp_path / "run"
     result = fit(cfg, train_index, val_index, run, progress=False, log=lambda s: None)
-    assert result.epochs_run == 2 and result.best_path == run / "best.pt"
-    rows = (run / "metrics.csv").read_text().splitlines()
+    assert result.epochs_run == 2 and result.best_path == RunPaths(run).best
+    rows = RunPaths(run).metrics.read_text().splitlines()
     assert rows[0].startswith("epoch,lr,loss,loss_classifier") and len(rows) == 3
-    anchors = json.loads((run / "anchors.json").read_text())
+    anchors = json.loads(RunPaths(run).anchors.read_text())
     assert anchors["fitness"]["mean_iou"] >= anchors["default_fitness"]["mean_iou"]
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads(RunPaths(run).summary.read_text())
     assert summary["best_epoch"] == result.best_epoch
 
-    state = load_checkpoint(run / "best.pt")  # weights_only=True inside
+    state = load_checkpoint(RunPaths(run).best)  # weights_only=True inside
     assert state.label_map == train_index.label_map.to_dict() and state.anchors is not None
     assert state.normalization == {"mean": pytest.approx([0.485, 0.456, 0.406]),
                                       "std": pytest.approx([0.229, 0.224, 0.225])}  # resnet18's, from timm
@@ -61,13 +61,13 @@ def test_fit_writes_the_run_and_checkpoint_round_trip(sample, tmp_path):
     assert restore_model(tmp_path / "legacy.pt").model.transform.image_mean == pytest.approx([0.485, 0.456, 0.406])
     # the restored model reproduces the predictions it was scored on during training
     # (training scores each epoch at its best threshold, recorded as `threshold`)
-    again = evaluate_checkpoint(run / "best.pt", sample["val"], score_threshold=result.best_metrics["threshold"],
+    again = evaluate_checkpoint(RunPaths(run).best, sample["val"], score_threshold=result.best_metrics["threshold"],
                                 progress=False)
     for key in ("map", "map_50", "precision", "recall", "f1", "score"):
         assert again[key] == pytest.approx(result.best_metrics[key], abs=1e-9), key
 
     # the evaluation used in training equals pycocotools on the same (real, model-made) predictions
-    restored = restore_model(run / "best.pt")
+    restored = restore_model(RunPaths(run).best)
     loader = torch.utils.data.DataLoader(CocoDetection(val_index, build_eval_transforms(128)), batch_size=4,
                                          collate_fn=collate)
     results = to_coco_results(predict(restored.model, loader, device=torch.device("cpu"),
@@ -96,7 +96,7 @@ def test_resume_after_interruption_equals_uninterrupted(sample, tmp_path):
     for a, b in zip(full.history, resumed.history):
         for key in ("loss", "map", "map_50", "f1"):
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (a["epoch"], key)
-    csv_rows = (tmp_path / "resumed" / "metrics.csv").read_text().splitlines()
+    csv_rows = RunPaths(tmp_path / "resumed").metrics.read_text().splitlines()
     assert [r.split(",")[0] for r in csv_rows[1:]] == ["0", "1", "2"]
 
 
@@ -146,7 +146,6 @@ def test_grad_clip_bounds_each_step_and_bf16_autocast_trains(sample, precision):
 
 @pytest.mark.slow
 def test_train_balanced_sampler_draws_the_rare_class_more_often(tmp_path):
-    import sys
 
     from detector.data.sample import SampleSpec, write_sample_dataset
 
@@ -230,8 +229,6 @@ def test_lr_schedule_shapes():
     assert cos(0) == pytest.approx(1.0) and cos(50) == pytest.approx(0.5) and cos(100) == pytest.approx(0.0)
 
 
-def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "detector.cli", *args], capture_output=True, text=True, cwd=cwd)
 
 
 @pytest.mark.slow
@@ -251,12 +248,12 @@ def test_cli_train_then_evaluate_json(sample, tmp_path):
     out = run_cli("train", "--quiet", "--out", str(tmp_path / "run"), *sets, "--", str(_empty_config(tmp_path)))
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "run" / "config.yaml").exists()
-    ev = run_cli("evaluate", str(tmp_path / "run" / "best.pt"), str(sample["val"]), "--json")
+    ev = run_cli("evaluate", str(RunPaths(tmp_path / "run").best), str(sample["val"]), "--json")
     assert ev.returncode == 0, ev.stderr
     m = json.loads(ev.stdout)
     assert {"map", "map_50", "map_75", "precision", "recall", "f1", "per_class"} <= m.keys()
     assert set(m["per_class"]) == {"circle", "rectangle", "triangle"}
-    logged = run_cli("evaluate", str(tmp_path / "run" / "best.pt"), str(sample["val"]))  # output to a pipe
+    logged = run_cli("evaluate", str(RunPaths(tmp_path / "run").best), str(sample["val"]))  # output to a pipe
     assert logged.returncode == 0 and "mAP@0.5" in logged.stdout
     assert "\r" not in logged.stderr and "batch/s" not in logged.stderr  # no progress-bar frames in a log
     changed = run_cli("train", "--quiet", "--out", str(tmp_path / "run"), *sets, "--set", "train.lr=0.5",
@@ -285,8 +282,8 @@ def test_ema_weights_are_evaluated_and_kept_and_a_resume_is_exact(sample, tmp_pa
     resumed = fit(cfg, train_index, val_index, tmp_path / "resumed", **quiet)
     for a, b in zip(full.history, resumed.history):
         assert a["map"] == pytest.approx(b["map"], rel=1e-6, abs=1e-9) and a["loss"] == pytest.approx(b["loss"])
-    last = load_checkpoint(tmp_path / "full" / "last.pt")
-    best = load_checkpoint(tmp_path / "full" / "best.pt").model
+    last = load_checkpoint(RunPaths(tmp_path / "full").last)
+    best = load_checkpoint(RunPaths(tmp_path / "full").best).model
     name = "roi_heads.box_predictor.cls_score.weight"
     assert not torch.equal(last.model[name], last.callbacks["ema"][name])  # the average is not the raw weights
 
@@ -296,11 +293,11 @@ def test_ema_weights_are_evaluated_and_kept_and_a_resume_is_exact(sample, tmp_pa
 
     with pytest.raises(Stop):  # the same run up to its best epoch: its last.pt holds that epoch's average
         fit(cfg, train_index, val_index, tmp_path / "at_best", callbacks=[EpochEnd(stop_at_best)], **quiet)
-    at_best = load_checkpoint(tmp_path / "at_best" / "last.pt")
+    at_best = load_checkpoint(RunPaths(tmp_path / "at_best").last)
     assert at_best.epoch == full.best_epoch
     assert torch.equal(best[name], at_best.callbacks["ema"][name])  # kept and predicted: the averaged weights
     assert not torch.equal(best[name], at_best.model[name])
-    resumed_last = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    resumed_last = load_checkpoint(RunPaths(tmp_path / "resumed").last)
     assert torch.equal(resumed_last.callbacks["ema"][name], last.callbacks["ema"][name])
 
 
