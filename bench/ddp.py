@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     from detector import config
-    from detector.train import load_splits
+    from detector.data.splits import load_splits
 
     train_index, _ = load_splits(config.load(args.config, args.overrides))
     args.images = len(train_index.images)

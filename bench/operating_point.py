@@ -24,7 +24,7 @@ from detector.ensemble import Ensemble
 from detector.evaluate import evaluate_held_out
 from detector.metrics import Thresholds
 from detector.predict import ground_truth_metrics, run_predictions
-from detector.train import load_splits, load_test
+from detector.data.splits import load_splits, load_test
 
 ROOT = Path(__file__).resolve().parents[1]
 

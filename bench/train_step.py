@@ -19,7 +19,7 @@ from detector.engine import resolve_device, resolve_precision, train_one_epoch
 from detector.models.faster_rcnn import build
 from detector.optim import LrSchedule
 from detector.data.sampling import box_shapes
-from detector.train import load_splits
+from detector.data.splits import load_splits
 
 
 def plain_loop(model, batches, optimizer, device) -> None:

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from detector import config
-from detector.train import fit, load_splits
+from detector.data.splits import load_splits
+from detector.train import fit
 
 
 def train_variants(config_path: str, epochs: int, overrides: list[str],

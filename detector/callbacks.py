@@ -20,15 +20,18 @@ import torch
 from timm.utils import ModelEmaV3
 
 from . import distributed
-from .checkpoint import Checkpoint, TopK, rng_state, save_checkpoint
+from .checkpoint import Checkpoint, TopK, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config
 from .data.coco import CocoIndex
 from .data.dataset import CocoDetection
 from .data.images import read_image
-from .data.transforms import build_train_transforms
-from .files import write_json
+from .data.summary import aspect_warning, crowding_warning
+from .data.transforms import build_train_transforms, pipeline_dict
+from .errors import TrainingError
+from .files import read_json, write_json
 from .layout import RunPaths
 from .metric_log import CSV_COLUMNS, append_row, rewrite_rows
+from .models.anchors import AnchorFit
 
 # The order of the stages, and why it is this order:
 MODEL = 0  # change what is trained or evaluated (EMA, image size) before anything reads it
@@ -87,6 +90,8 @@ class FitState:
     evaluated: torch.nn.Module | None = None  # what is validated, kept and predicted with (None: the model)
     progress: Progress = field(default_factory=Progress)
     image_size: int = 0
+    anchor_fit: AnchorFit | None = None  # anchors fitted by this fit (None: defaults, or a resumed run's)
+    resumed: bool = False
     fold: int | None = None
     columns: tuple[str, ...] = CSV_COLUMNS
     epoch: int = -1
@@ -111,6 +116,33 @@ class FitState:
         seconds = time.perf_counter() - start
         self.row[column] = self.row.get(column, 0.0) + seconds
         self.row["seconds"] = self.row.get("seconds", 0.0) + seconds
+
+
+@dataclass
+class FitResult:
+    """What a fit ended with; summary.json holds it."""
+
+    best_epoch: int
+    best_metrics: dict[str, Any]
+    best_path: Path | None
+    epochs_run: int
+    stopped_early: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+    anchors: dict[str, Any] | None = None
+    train_images: int = 0
+
+    @classmethod
+    def of(cls, state: FitState) -> "FitResult":
+        p, best, anchors = state.progress, state.paths.best, state.paths.anchors
+        return cls(best_epoch=p.best_epoch, best_metrics=p.best_metrics, best_path=best if best.exists() else None,
+                   epochs_run=len(p.history), stopped_early=p.stopped_early, history=p.history,
+                   anchors=read_json(anchors) if anchors.exists() else None,
+                   train_images=len(state.train_set.index.images))
+
+    def summary(self) -> dict[str, Any]:
+        return {"best_epoch": self.best_epoch, "best_metrics": self.best_metrics,
+                "best_checkpoint": str(self.best_path) if self.best_path else None, "epochs_run": self.epochs_run,
+                "stopped_early": self.stopped_early, "anchors": self.anchors, "train_images": self.train_images}
 
 
 class Callback:
@@ -147,7 +179,7 @@ def standard(cfg: Config) -> list[Callback]:
         out.append(ProgressiveResize())
     if cfg.train.patience > 0:
         out.append(EarlyStopping(cfg.train.patience, cfg.train.min_epochs))
-    out += [BestPredictions(), ResumeFile(), CsvLog()]
+    out += [DataWarnings(), RunFiles(), BestPredictions(), ResumeFile(), CsvLog()]
     if cfg.train.tensorboard:
         out.append(TensorBoard())
     return out + [EpochLine()]
@@ -189,6 +221,40 @@ class ProgressiveResize(Callback):
     def on_epoch_start(self, state: FitState) -> None:
         state.image_size = image_size_at(state.cfg, state.epoch)
         state.train_set.pipeline = build_train_transforms(state.cfg.data.augment, state.image_size)
+
+
+class DataWarnings(Callback):
+    """Crowded images (more boxes than model.max_detections) and elongated ones, in either split."""
+
+    writes = True
+
+    def on_fit_start(self, state: FitState) -> None:
+        cfg = state.cfg
+        for index in (state.train_set.index, state.val_index):
+            for warning in (crowding_warning(index, cfg.model.max_detections), aspect_warning(index, cfg.data.image_size)):
+                if warning:
+                    state.log(f"warning: {warning}")
+
+
+class RunFiles(Callback):
+    """augment.json (the pipeline trained with, in Albumentations' own form), anchors.json (the k-means fit
+    against the defaults) and, at the end, summary.json."""
+
+    stage, writes = LOG, True
+
+    def on_fit_start(self, state: FitState) -> None:
+        write_json(state.paths.augment, pipeline_dict(state.train_set.pipeline))
+        fit = state.anchor_fit
+        if fit is None or state.resumed:
+            return
+        write_json(state.paths.anchors, fit.to_dict())
+        f, d = fit.fitted, fit.default
+        state.log(f"anchors (k-means on {fit.num_boxes} boxes): mean IoU {f.mean_iou:.3f} vs default "
+                  f"{d.mean_iou:.3f}; best possible recall {f.bpr:.3f} vs {d.bpr:.3f}"
+                  + ("" if fit.used else "; torchvision's defaults kept (model.anchors auto)"))
+
+    def on_fit_end(self, state: FitState) -> None:
+        write_json(state.paths.summary, FitResult.of(state).summary())
 
 
 class EarlyStopping(Callback):
@@ -268,9 +334,39 @@ class FinalModel(Callback):
 
 class ResumeFile(Callback):
     """last.pt: everything a resume needs. Every rank takes part (each one's RNG state is gathered, so a
-    resumed rank draws what it would have); rank 0 writes."""
+    resumed rank draws what it would have); rank 0 writes. `read` and `restore` are the way back."""
 
     stage = RESUME
+
+    @staticmethod
+    def read(paths: RunPaths) -> Checkpoint | None:
+        return load_checkpoint(paths.last) if paths.last.exists() else None
+
+    @staticmethod
+    def restore(state: FitState, resume: Checkpoint) -> None:
+        """The model, optimizer, schedule, scaler, this rank's RNG and the Progress (before on_fit_start)."""
+        state.model.load_state_dict(resume.model)
+        try:
+            state.optimizer.load_state_dict(resume.optimizer)
+        except ValueError:  # parameter groups of another shape: written before groups were split
+            raise TrainingError(f"{state.paths.last}: its optimizer state has other parameter groups than this "
+                                "version of detector makes, so the run cannot be resumed exactly; start it over "
+                                "(--force) or use another output folder") from None
+        state.scheduler.load_state_dict(resume.scheduler)
+        state.scaler.load_state_dict(resume.scaler)
+        w = state.world
+        set_rng_state(resume.rng_ranks[w.rank] if len(resume.rng_ranks) == w.size else resume.rng)
+        state.progress, state.resumed = Progress(**resume.train_state), True
+
+    @staticmethod
+    def restore_callbacks(state: FitState, resume: Checkpoint) -> None:
+        """Each callback's saved state (after on_fit_start made it)."""
+        for c in state.callbacks:
+            if c.key in resume.callbacks:
+                c.load_state_dict(resume.callbacks[c.key])
+        root = state.paths.root
+        state.log(f"{root}: stopped early after epoch {resume.epoch}; nothing left to train"
+                  if state.progress.stopped_early else f"resuming {root} after epoch {resume.epoch}")
 
     def on_epoch_end(self, state: FitState) -> None:
         w = state.world

@@ -24,8 +24,11 @@ class Terminated(KeyboardInterrupt):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 speaks for the run; errors still show
-        sys.stdout = open(os.devnull, "w")
+    if os.environ.get("WORLD_SIZE", "1") != "1":  # under torchrun rank 0 speaks for the run; errors still show
+        from .distributed import world
+
+        if not world().main:
+            sys.stdout = open(os.devnull, "w")
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)
@@ -196,7 +199,8 @@ def _run_arguments(p: argparse.ArgumentParser, config_help: str) -> argparse.Arg
 
 def _train(args) -> int:
     from . import config
-    from .train import fit, load_splits
+    from .data.splits import load_splits
+    from .train import fit
 
     cfg = config.load(args.config, args.overrides)
     run = _run_dir(args)
@@ -214,7 +218,7 @@ def _cv(args) -> int:
     from .cv import run_cv
     from .distributed import world
     from .report import format_cv, format_published
-    from .train import load_splits
+    from .data.splits import load_splits
 
     cfg = config.load(args.config, args.overrides)
     run = _run_dir(args)

@@ -29,7 +29,8 @@ from .thresholds import tune_thresholds
 from . import distributed, preflight
 from .refit import fold_epochs, refit as refit_members, seed_members
 from .runs import owned_run
-from .train import fit, load_splits
+from .data.splits import load_splits
+from .train import fit
 
 
 @dataclass

@@ -28,6 +28,13 @@ from .layout import ENSEMBLE, RunPaths
 from .metrics import OperatingPoint, Thresholds
 
 
+def check_weights(weights: Sequence[float] | None, models: int) -> None:
+    """WBF weights fit the models fused: one each, or None (ensemble-boxes would only warn and drop them)."""
+    if weights is not None and len(weights) != models:
+        raise ConfigError(f"ensemble.weights has {len(weights)} values for {models} models; give one per model "
+                          "or null")
+
+
 def fuse_wbf(
     boxes: Sequence[np.ndarray],
     scores: Sequence[np.ndarray],
@@ -49,8 +56,7 @@ def fuse_wbf(
     if not (n == len(scores) == len(labels)) or n == 0:
         raise ValueError(f"fuse_wbf needs one boxes, scores and labels array per model; got "
                          f"{len(boxes)}, {len(scores)} and {len(labels)}")
-    if weights is not None and len(weights) != n:
-        raise ConfigError(f"ensemble.weights has {len(weights)} values for {n} models; give one per model")
+    check_weights(weights, n)
     scale = np.array([width, height, width, height], dtype=np.float64)
     norm_boxes, norm_scores, norm_labels = [], [], []
     for i, (b, s, l) in enumerate(zip(boxes, scores, labels)):
@@ -125,9 +131,7 @@ class Ensemble:
         self.settings = settings or cfg.ensemble
         self.device = device or torch.device("cpu")
         self.thresholds = thresholds or Thresholds(cfg.eval.score_threshold, {})
-        if self.settings.weights is not None and len(self.settings.weights) != len(members):
-            raise ConfigError(f"ensemble.weights has {len(self.settings.weights)} values for {len(members)} "
-                              "models; give one per model or null")
+        check_weights(self.settings.weights, len(members))
 
     def identity(self) -> dict[str, Any]:
         """What its predictions depend on: the members' weights and the fusion settings."""

@@ -15,6 +15,15 @@ CSV_COLUMNS = ("epoch", "lr", *LOSS_KEYS, *METRIC_KEYS, "image_size", "train_sec
                "checkpoint_seconds", "seconds")
 
 
+def epoch_row(epoch: int, lr: float, losses: dict[str, float], metrics: dict[str, Any], image_size: int,
+              eval_seconds: float) -> dict[str, Any]:
+    """One epoch's row: what train_one_epoch and the validation returned. Callbacks add to it (the fold
+    column, checkpoint_seconds) before it is written."""
+    return {"epoch": epoch, "lr": lr, **{k: losses.get(k, 0.0) for k in LOSS_KEYS}, **{k: metrics[k] for k in METRIC_KEYS},
+            "image_size": image_size, "train_seconds": losses["train_seconds"], "eval_seconds": eval_seconds,
+            "checkpoint_seconds": 0.0, "seconds": losses["train_seconds"] + eval_seconds}
+
+
 def append_row(path: Path, row: dict[str, Any], columns: tuple[str, ...]) -> None:
     new = not path.exists()
     with writing(path), path.open("a", newline="") as f:

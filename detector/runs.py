@@ -85,10 +85,9 @@ def prepare_run(run: str | Path, cfg: Config, *, force: bool = False, log=print)
     _refuse_foreign(run)
     differences = config_differences(run, cfg)
     if differences and not force:
-        listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in differences.items())
-        raise ConfigError(f"{run} was started with another config and cannot be resumed: {listed}; use another "
-                          f"output folder, or --force to start it over (these may change on a resume: "
-                          f"{', '.join(RESUMABLE_CHANGES)})")
+        raise ConfigError(f"{run} was started with another config and cannot be resumed: "
+                          f"{describe_differences(differences)}; use another output folder, or --force to start it "
+                          "over")
     if differences:
         clear_run(run, cfg)
         log(f"{run}: started over (--force)")
@@ -167,10 +166,19 @@ def _check_data(run: Path, cfg: Config, force: bool) -> None:
 def config_differences(run: Path, cfg: Config) -> dict[str, tuple[Any, Any]]:
     """Keys whose values differ between the run's saved config and `cfg`, ignoring RESUMABLE_CHANGES."""
     saved = RunPaths(run).config
-    if not saved.exists():
-        return {}
-    differences = config_mod.diff(config_mod.load(saved), config_mod.resolve_paths(cfg))
-    return {k: v for k, v in differences.items() if k not in RESUMABLE_CHANGES}
+    return resume_differences(config_mod.load(saved), config_mod.resolve_paths(cfg)) if saved.exists() else {}
+
+
+def resume_differences(saved: Config, current: Config) -> dict[str, tuple[Any, Any]]:
+    """The keys that keep a run or a study of `saved` from resuming as `current` (RESUMABLE_CHANGES may
+    differ)."""
+    return {k: v for k, v in config_mod.diff(saved, current).items() if k not in RESUMABLE_CHANGES}
+
+
+def describe_differences(differences: dict[str, tuple[Any, Any]]) -> str:
+    """`key (old -> new), ...`, and what may change instead: the one wording of a refused resume."""
+    listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in differences.items())
+    return f"{listed} (these may change on a resume: {', '.join(RESUMABLE_CHANGES)})"
 
 
 def clear_run(run: Path, cfg: Config) -> None:

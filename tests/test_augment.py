@@ -9,7 +9,8 @@ from detector.callbacks import EpochEnd
 from detector.data.transforms import build_train_transforms
 from detector.errors import ConfigError
 from detector.search import check_space
-from detector.train import fit, load_splits
+from detector.data.splits import load_splits
+from detector.train import fit
 from detector.layout import RunPaths
 from tests.test_train import TINY, Stop
 

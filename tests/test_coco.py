@@ -187,7 +187,7 @@ def test_check_data_cli(rbc, tiny_coco):
 
 def test_a_training_split_without_boxes_is_refused(tiny_coco):
     from detector import config
-    from detector.train import load_splits
+    from detector.data.splits import load_splits
 
     path = tiny_coco(lambda d: d.update(annotations=[]))
     cfg = config.load(None, [f"data.train.annotations={path}", f"data.val.annotations={path}"])
@@ -200,7 +200,7 @@ def test_a_copy_of_an_image_under_another_name_is_the_same_image_in_every_split(
 
     from detector import config
     from detector.evaluate import check_held_out
-    from detector.train import load_splits
+    from detector.data.splits import load_splits
 
     val = json.loads(sample["val"].read_text())
     copies = tmp_path / "copies"

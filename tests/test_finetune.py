@@ -9,7 +9,8 @@ import pytest
 
 from detector import config
 from detector.data.folds import group_key
-from detector.train import fit, load_splits
+from detector.data.splits import load_splits
+from detector.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ["data.image_size=320", "train.epochs=2", "train.patience=0", "train.num_workers=0"]

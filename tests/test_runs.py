@@ -11,7 +11,8 @@ from detector.cv import read_summary
 from detector.errors import ConfigError, DetectorError
 from detector.layout import RunPaths, StudyPaths
 from detector.runs import MARKER, clear_run, prepare_run
-from detector.train import fit, load_splits
+from detector.data.splits import load_splits
+from detector.train import fit
 from tests.helpers import CLI, run_cli
 from tests.test_train import TINY, tiny_cfg
 

@@ -12,7 +12,7 @@ from detector import config
 from detector.errors import ConfigError, DatasetError
 from detector.layout import RunPaths, StudyPaths
 from detector.search import Objective, PruningHook, check_space, load_study, run_study, suggest
-from detector.train import load_splits
+from detector.data.splits import load_splits
 from tests.helpers import CLI, wait_until
 from tests.test_train import TINY
 

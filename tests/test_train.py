@@ -15,8 +15,10 @@ from detector.errors import NonFiniteLossError
 from detector.evaluate import evaluate_checkpoint
 from detector.optim import LrSchedule, build_optimizer
 from detector.data.sampling import balanced_weights
-from detector.callbacks import BestCheckpoint, EarlyStopping, EpochEnd, Progress, image_size_at, standard
-from detector.train import fit, load_splits
+from detector.callbacks import (BestCheckpoint, Callback, EarlyStopping, EpochEnd, Progress, image_size_at,
+                                 standard)
+from detector.data.splits import load_splits
+from detector.train import fit
 from detector.layout import RunPaths
 from tests.helpers import pycocotools_stats, run_cli
 
@@ -78,20 +80,44 @@ def test_fit_writes_the_run_and_checkpoint_round_trip(sample, tmp_path):
     assert abs(result.best_metrics["map_50"] - ref.stats[1]) < 1e-6
 
 
+class StepCounter(Callback):
+    """A user's own integration: one class with saved state, no new argument of fit."""
+
+    key = "steps"
+
+    def __init__(self):
+        self.steps, self.epochs_seen = 0, []
+
+    def after_step(self, state):
+        self.steps += 1
+
+    def on_epoch_end(self, state):
+        self.epochs_seen.append(state.epoch)
+
+    def state_dict(self):
+        return {"steps": self.steps}
+
+    def load_state_dict(self, saved):
+        self.steps = saved["steps"]
+
+
 @pytest.mark.slow
 def test_resume_after_interruption_equals_uninterrupted(sample, tmp_path):
     cfg = tiny_cfg(sample, "train.epochs=3", "data.augment.color=0.5")
     train_index, val_index = load_splits(cfg)
     quiet = dict(progress=False, log=lambda s: None)
-    full = fit(cfg, train_index, val_index, tmp_path / "full", **quiet)
+    whole = StepCounter()
+    full = fit(cfg, train_index, val_index, tmp_path / "full", callbacks=[BestCheckpoint(), whole], **quiet)
 
     def crash(epoch, metrics):
         if epoch == 1:
             raise Stop()
 
     with pytest.raises(Stop):
-        fit(cfg, train_index, val_index, tmp_path / "resumed", callbacks=[EpochEnd(crash)], **quiet)
-    resumed = fit(cfg, train_index, val_index, tmp_path / "resumed", **quiet)
+        fit(cfg, train_index, val_index, tmp_path / "resumed", callbacks=[StepCounter(), EpochEnd(crash)], **quiet)
+    again = StepCounter()
+    resumed = fit(cfg, train_index, val_index, tmp_path / "resumed", callbacks=[again], **quiet)
+    assert again.epochs_seen == [2] and again.steps == whole.steps > 0  # its state came back from last.pt
     assert [r["epoch"] for r in resumed.history] == [0, 1, 2]
     for a, b in zip(full.history, resumed.history):
         for key in ("loss", "map", "map_50", "f1"):

@@ -25,9 +25,8 @@ ROBOFLOW = re.compile(r"^(?P<source>.+?)_(?:png|jpe?g|bmp|tiff?|webp)\.rf\.[0-9a
 
 def make_folds(index: CocoIndex, *, n_folds: int, strategy: str, group_by: str = "roboflow",
                seed: int = 0) -> list[list[int]]:
-    """Image ids of the validation part of each fold (sorted), for `strategy` auto, kfold, stratified or group."""
-    if n_folds < 2:
-        raise ConfigError(f"cv.folds must be at least 2; got {n_folds}")
+    """Image ids of the validation part of each fold (sorted), for `strategy` auto, kfold, stratified or group.
+    `n_folds` is at least 2: cv.folds' own check (config.py)."""
     strategy, _ = resolve_strategy(index, strategy, group_by)
     records = index.images
     if strategy == "group":

@@ -1,5 +1,5 @@
-"""What a training split feeds the model with: box statistics of the split (for anchors, class weights and
-the balanced sampler) and the loaders, whose order depends only on (seed, epoch)."""
+"""What a run feeds the model with: box statistics of the training split (for anchors, class weights and
+the balanced sampler), its datasets, and the loaders, whose training order depends only on (seed, epoch)."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,6 +10,7 @@ from .. import distributed
 from ..config import Config
 from .coco import CocoIndex
 from .dataset import CocoDetection, collate
+from .transforms import build_eval_transforms, build_train_transforms
 
 
 def box_shapes(index: CocoIndex, image_size: int) -> np.ndarray:
@@ -42,6 +43,19 @@ def balanced_weights(index: CocoIndex) -> np.ndarray:
 def loader(dataset, batch_size: int, num_workers: int, **kwargs) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
                       pin_memory=torch.cuda.is_available(), **kwargs)
+
+
+def train_set(cfg: Config, index: CocoIndex) -> CocoDetection:
+    """The training images with the config's augmentation, seeded by train.seed."""
+    return CocoDetection(index, build_train_transforms(cfg.data.augment, cfg.data.image_size), seed=cfg.train.seed,
+                         bit_depth=cfg.data.bit_depth)
+
+
+def val_loader(cfg: Config, index: CocoIndex, w: distributed.World) -> DataLoader:
+    """The validation images with eval transforms (this rank's shard of them under torchrun)."""
+    shard = index.subset(r.id for r in index.images[w.rank::w.size]) if w.active else index
+    return loader(CocoDetection(shard, build_eval_transforms(cfg.data.image_size), bit_depth=cfg.data.bit_depth),
+                  cfg.eval.batch_size, cfg.train.num_workers)
 
 
 def train_loader(dataset: CocoDetection, cfg: Config, epoch: int, weights: np.ndarray | None,

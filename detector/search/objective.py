@@ -23,7 +23,7 @@ from ..evaluate import check_held_out
 from ..layout import RunPaths, trial_folder
 from ..metrics import METRIC_KEYS
 from ..metric_log import read_metric_rows
-from ..train import load_splits
+from ..data.splits import load_splits
 from .space import suggest
 from .trial_record import BEST_EPOCHS, CV_MEAN, CV_STD, RUN_DIR
 

@@ -15,9 +15,9 @@ from .. import distributed, preflight
 from ..config import Config
 from ..errors import ConfigError
 from ..layout import StudyPaths
-from ..runs import RESUMABLE_CHANGES, data_fingerprint
+from ..runs import data_fingerprint, describe_differences, resume_differences
 from ..evaluate import check_held_out
-from ..train import load_test
+from ..data.splits import load_test
 from ..refit import Member, refit
 from .best import best_trial, free_other_trials, plan, publish, score_best_on_test
 from . import ranks
@@ -154,10 +154,7 @@ def _check_config(study: optuna.Study, cfg: Config, directory: Path) -> None:
     if saved is None:
         study.set_user_attr("config", mine.to_dict())
         return
-    differences = {k: v for k, v in config_mod.diff(config_mod.from_dict(saved), mine).items()
-                   if k not in RESUMABLE_CHANGES}
+    differences = resume_differences(config_mod.from_dict(saved), mine)
     if differences:
-        listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in differences.items())
-        raise ConfigError(f"study {directory} was started with another config: {listed}; "
-                          f"use the same config (these may change: {', '.join(RESUMABLE_CHANGES)}) or "
-                          "another --name")
+        raise ConfigError(f"study {directory} was started with another config: {describe_differences(differences)}; "
+                          "use the same config or another --name")
