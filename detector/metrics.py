@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import math
 from collections import defaultdict
 import dataclasses
 from dataclasses import dataclass
@@ -33,7 +34,12 @@ import numpy as np
 from .boxes import box_iou, xywh_to_xyxy
 from .config import EnsembleConfig, ScoreConfig
 
-METRIC_KEYS = ("map", "map_50", "map_75", "precision", "recall", "f1", "score", "threshold")
+# COCO's object sizes, by area in the original image's pixels: small < 32^2 <= medium < 96^2 <= large
+SIZES = {"small": (0.0, 32.0 ** 2), "medium": (32.0 ** 2, 96.0 ** 2), "large": (96.0 ** 2, math.inf)}
+SIZE_KEYS = ("map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium",
+             "mar_large")
+COCO_KEYS = ("map", "map_50", "map_75", *SIZE_KEYS)  # the twelve numbers of COCO's summary, in its order
+METRIC_KEYS = ("map", "map_50", "map_75", "precision", "recall", "f1", "score", "threshold", *SIZE_KEYS)
 
 
 def evaluate_detections(
@@ -126,7 +132,8 @@ def metrics_from(coco: dict[str, Any], matched: "Matches", gt: dict[str, Any], s
                            "precision": cp, "recall": cr, "f1": cf, "num_gt": tp + fn,
                            "score_threshold": thresholds.of(cid)}
     out = {"map": coco["map"], "map_50": coco["map_50"], "map_75": coco["map_75"],
-           "precision": p, "recall": r, "f1": f1, "f_beta": f_beta(p, r, score.beta), "threshold": thresholds.default}
+           "precision": p, "recall": r, "f1": f1, "f_beta": f_beta(p, r, score.beta), "threshold": thresholds.default,
+           **{k: coco[k] for k in SIZE_KEYS}}
     out["score"] = composite_score(out["map_50"], out["f_beta"], score)
     out["per_class"] = per_class
     return out
@@ -143,18 +150,48 @@ def f_beta(precision: float, recall: float, beta: float = 1.0) -> float:
 
 
 def coco_map(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
-    """COCO bbox AP over IoU .50:.95, at .50 and .75 (area all, 100 detections), overall and per category."""
-    empty = {"map": 0.0, "map_50": 0.0, "map_75": 0.0, "per_class": {}}
+    """COCO's twelve bbox numbers (COCO_KEYS: AP over IoU .50:.95, at .50 and .75, AP by size, AR at 1, 10 and
+    100 detections and AR by size), overall and per category (ap, ap50, ap and ar_100 by size). A size no
+    ground-truth box has is NaN (COCO's -1): nothing was there to find."""
     if not results or not gt.get("annotations"):
-        return empty
+        return _nothing_found(gt)
     ev = _coco_eval(gt, results)
-    precision = ev.eval["precision"]  # [T, R, K, A, M]
-    cat_ids = list(ev.params.catIds)
+    precision, recall = ev.eval["precision"], ev.eval["recall"]  # [T, R, K, A, M], [T, K, A, M]
     per_class = {}
-    for k, cid in enumerate(cat_ids):
-        per_class[int(cid)] = {"ap": _mean_valid(precision[:, :, k, 0, -1]), "ap50": _mean_valid(precision[0, :, k, 0, -1])}
-    return {"map": _valid(ev.stats[0]), "map_50": _valid(ev.stats[1]), "map_75": _valid(ev.stats[2]),
-            "per_class": per_class}
+    for k, cid in enumerate(ev.params.catIds):
+        c = {"ap": _mean_valid(precision[:, :, k, 0, -1]), "ap50": _mean_valid(precision[0, :, k, 0, -1])}
+        for a, size in enumerate(SIZES, start=1):
+            c[f"ap_{size}"] = _mean_or_nan(precision[:, :, k, a, -1])
+        c["ar_100"] = _mean_valid(recall[:, k, 0, -1])
+        for a, size in enumerate(SIZES, start=1):
+            c[f"ar_{size}"] = _mean_or_nan(recall[:, k, a, -1])
+        per_class[int(cid)] = c
+    stats = [float(v) for v in ev.stats[:12]]
+    out = {key: _valid(v) if i < 3 else (v if v > -1 else math.nan) for i, (key, v) in enumerate(zip(COCO_KEYS, stats))}
+    return {**out, "per_class": per_class}
+
+
+def _nothing_found(gt: dict[str, Any]) -> dict[str, Any]:
+    """coco_map without predictions (or ground truth): 0 wherever there were boxes to find, NaN elsewhere."""
+    def areas(anns: list[dict]) -> list[float]:
+        return [float(a.get("area", a["bbox"][2] * a["bbox"][3])) for a in anns if not a.get("iscrowd", 0)]
+
+    def by_size(anns: list[dict]) -> dict[str, float]:
+        found = areas(anns)
+        return {size: 0.0 if any(lo <= x < hi for x in found) else math.nan for size, (lo, hi) in SIZES.items()}
+
+    anns = gt.get("annotations") or []
+    sizes = by_size(anns)
+    out = {"map": 0.0, "map_50": 0.0, "map_75": 0.0, **{f"map_{s}": v for s, v in sizes.items()},
+           **{k: 0.0 if anns else math.nan for k in ("mar_1", "mar_10", "mar_100")},
+           **{f"mar_{s}": v for s, v in sizes.items()}}
+    per_class = {}
+    for c in gt.get("categories", []) if anns else []:
+        mine = [a for a in anns if a["category_id"] == c["id"]]
+        s = by_size(mine)
+        per_class[int(c["id"])] = {"ap": 0.0, "ap50": 0.0, **{f"ap_{k}": v for k, v in s.items()}, "ar_100": 0.0,
+                                   **{f"ar_{k}": v for k, v in s.items()}}
+    return {**out, "per_class": per_class}
 
 
 def pr_curves(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -298,3 +335,8 @@ def _mean_valid(values: np.ndarray) -> float:
 
 def _valid(x: float) -> float:
     return float(x) if x > -1 else 0.0
+
+
+def _mean_or_nan(values: np.ndarray) -> float:
+    v = values[values > -1]
+    return float(v.mean()) if v.size else math.nan

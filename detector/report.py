@@ -1,13 +1,14 @@
 """Reading run logs and turning them into tables and plots a person reads."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
 from .files import read_json
 from .metric_log import read_metric_rows
 from .layout import RunPaths
-from .metrics import METRIC_KEYS
+from .metrics import SIZES
 from .plots import pr_figure, run_figures, save_figures
 
 
@@ -17,17 +18,25 @@ def format_metrics(m: dict[str, Any]) -> str:
         f"at score >= {m.get('score_threshold', float('nan')):.2f}, IoU >= {m.get('iou_threshold', 0.5):.2f}: "
         f"precision {m['precision']:.4f}   recall {m['recall']:.4f}   F1 {m['f1']:.4f}",
         f"score (w_map * mAP@0.5 + w_f1 * F_beta): {m['score']:.4f}",
+        "by object size (area in the image's pixels: small < 32^2 <= medium < 96^2 <= large; - = no box that size):",
+        "  AP " + "   ".join(f"{s} {_cell(m.get(f'map_{s}'))}" for s in SIZES)
+        + "      AR " + "   ".join(f"{s} {_cell(m.get(f'mar_{s}'))}" for s in SIZES),
+        f"  AR@1 {_cell(m.get('mar_1'))}   AR@10 {_cell(m.get('mar_10'))}   AR@100 {_cell(m.get('mar_100'))}",
         "",
-        f"{'class':<20} {'id':>4} {'boxes':>6} {'AP':>7} {'AP50':>7} {'prec':>7} {'recall':>7} {'F1':>7}",
+        f"{'class':<20} {'id':>4} {'boxes':>6} {'AP':>7} {'AP50':>7} {'AP_S':>7} {'AP_M':>7} {'AP_L':>7} "
+        f"{'prec':>7} {'recall':>7} {'F1':>7}",
     ]
     for name, c in m["per_class"].items():
-        lines.append(f"{name:<20} {c['category_id']:>4} {c['num_gt']:>6} {c['ap']:>7.4f} {c['ap50']:>7.4f} "
+        sizes = " ".join(f"{_cell(c.get(f'ap_{s}')):>7}" for s in SIZES)
+        lines.append(f"{name:<20} {c['category_id']:>4} {c['num_gt']:>6} {c['ap']:>7.4f} {c['ap50']:>7.4f} {sizes} "
                      f"{c['precision']:>7.4f} {c['recall']:>7.4f} {c['f1']:>7.4f}")
     return "\n".join(lines)
 
 
 FOLD_COLUMNS = ("map_50", "f1", "precision", "recall", "score")
-PUBLISHED_COLUMNS = ("map", "map_50", "map_75", "precision", "recall", "f1", "score", "threshold")
+PUBLISHED_COLUMNS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "precision", "recall", "f1",
+                     "score", "threshold")
+COMPARED_COLUMNS = PUBLISHED_COLUMNS[:-1] + ("mar_100", "threshold")
 
 
 def format_published(heldout: dict[str, Any], fold_mean: dict[str, float] | None = None, fmt: str = "table") -> str:
@@ -49,7 +58,8 @@ def format_published(heldout: dict[str, Any], fold_mean: dict[str, float] | None
 
 
 def _cell(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+    """A number to 4 places; '-' for none, and for NaN (a size no box has, a metric not measured)."""
+    return f"{value:.4f}" if isinstance(value, (int, float)) and not math.isnan(value) else "-"
 
 
 def format_cv(folds: list[dict[str, Any]], mean: dict[str, float], std: dict[str, float],
@@ -191,8 +201,8 @@ def format_per_class(m: dict[str, Any]) -> str:
 
 def format_comparison(rows: list[tuple[str, dict[str, Any]]]) -> str:
     """Metrics of an ensemble next to each member's, then per-class AP50 and F1 side by side."""
-    keys = METRIC_KEYS
-    overall = render_table(("model", *keys), [[name, *(f"{m[k]:.4f}" for k in keys)] for name, m in rows])
+    keys = COMPARED_COLUMNS
+    overall = render_table(("model", *keys), [[name, *(_cell(m.get(k)) for k in keys)] for name, m in rows])
     header = ["class", *(f"{name} {k}" for name, _ in rows for k in ("AP50", "F1"))]
     per_class = [[c, *(f"{m['per_class'][c][k]:.4f}" for _, m in rows for k in ("ap50", "f1"))]
                  for c in rows[0][1]["per_class"]]

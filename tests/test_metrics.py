@@ -1,12 +1,13 @@
 import contextlib
 import io
 import json
+import math
 
 import numpy as np
 import pytest
 
 from detector.data.coco import load_coco
-from detector.metrics import evaluate_detections, match_counts, pr_curves
+from detector.metrics import COCO_KEYS, METRIC_KEYS, SIZE_KEYS, evaluate_detections, match_counts, pr_curves
 from tests.helpers import pycocotools_stats
 
 
@@ -49,13 +50,65 @@ def test_equals_pycocotools_on_jittered_rbc(rbc_valid):
     ours = evaluate_detections(gt, results)
     ref = pycocotools_stats(gt, results)
     assert 0.2 < ours["map"] < 0.9  # a non-trivial case
-    for key, i in (("map", 0), ("map_50", 1), ("map_75", 2)):
-        assert abs(ours[key] - ref.stats[i]) < 1e-6, key
-    precision = ref.eval["precision"]
+    assert_equals_pycocotools(ours, ref, {1: "rbc", 2: "wbc"})
+
+
+def assert_equals_pycocotools(ours, ref, names):
+    """All twelve numbers of COCO's summary, and per class AP and AR overall and by size."""
+    for i, key in enumerate(COCO_KEYS):
+        if ref.stats[i] == -1:  # no ground truth of that size
+            assert math.isnan(ours[key]), key
+        else:
+            assert abs(ours[key] - ref.stats[i]) < 1e-6, key
+    precision, recall = ref.eval["precision"], ref.eval["recall"]
     for k, cid in enumerate(ref.params.catIds):
-        name = {1: "rbc", 2: "wbc"}[cid]
-        p = precision[:, :, k, 0, -1]
-        assert abs(ours["per_class"][name]["ap"] - p[p > -1].mean()) < 1e-6
+        mine = ours["per_class"][names[cid]]
+        for a, suffix in enumerate(("", "_small", "_medium", "_large")):
+            p, r = precision[:, :, k, a, -1], recall[:, k, a, -1]
+            ap, ar = mine["ap" + suffix], mine["ar_100" if a == 0 else "ar" + suffix]
+            assert (math.isnan(ap) and not (p > -1).any()) or abs(ap - p[p > -1].mean()) < 1e-6, (cid, suffix)
+            assert (math.isnan(ar) and not (r > -1).any()) or abs(ar - r[r > -1].mean()) < 1e-6, (cid, suffix)
+
+
+def boxes_of_every_size(seed=0):
+    """Hand-made ground truth with small (8-31 px), medium and large (96-200 px) boxes of two classes, and
+    predictions near them, some of the wrong class, some far off."""
+    rng = np.random.default_rng(seed)
+    images, anns, results = [], [], []
+    for i in range(1, 31):
+        images.append({"id": i, "width": 800, "height": 800, "file_name": f"{i}.jpg"})
+        for side in (12, 20, 40, 70, 120, 180):
+            x, y = rng.uniform(0, 600, 2)
+            w, h = side * rng.uniform(0.8, 1.1, 2)
+            cat = int(rng.integers(1, 3))
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cat, "bbox": [x, y, w, h],
+                         "area": float(w * h), "iscrowd": 0})
+            shift = rng.normal(0, side * 0.15, 2)
+            results.append({"image_id": i, "category_id": cat if rng.random() > 0.15 else 3 - cat,
+                            "bbox": [x + shift[0], y + shift[1], w, h], "score": float(rng.random())})
+            if rng.random() < 0.3:
+                results.append({"image_id": i, "category_id": cat, "bbox": [x + side, y, w, h],
+                                "score": float(rng.random() * 0.5)})
+    gt = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    return gt, results
+
+
+def test_ap_and_ar_by_size_equal_pycocotools():
+    gt, results = boxes_of_every_size()
+    ours = evaluate_detections(gt, results)
+    ref = pycocotools_stats(gt, results)
+    assert all(0.05 < ours[k] < 0.95 for k in ("map_small", "map_medium", "map_large", "mar_small", "mar_large"))
+    assert_equals_pycocotools(ours, ref, {1: "a", 2: "b"})
+    assert set(SIZE_KEYS) <= set(METRIC_KEYS)  # logged every epoch, averaged over folds, in every report
+
+
+def test_without_predictions_every_size_with_boxes_scores_zero_and_sizes_without_are_nan():
+    gt, _ = boxes_of_every_size()
+    gt["annotations"] = [a for a in gt["annotations"] if a["area"] >= 32 ** 2]  # no small boxes left
+    m = evaluate_detections(gt, [])
+    assert m["map_medium"] == m["map_large"] == m["mar_100"] == 0.0
+    assert math.isnan(m["map_small"]) and math.isnan(m["mar_small"])
+    assert math.isnan(m["per_class"]["a"]["ap_small"]) and m["per_class"]["a"]["ap_large"] == 0.0
 
 
 def test_annotation_id_zero_is_not_lost(rbc_valid):
