@@ -270,8 +270,9 @@ def _study(args) -> int:
 
 def _predict(args) -> int:
     from .ensemble import Ensemble
-    from .predict import OutputWriter, collect_images, ground_truth_metrics, load_ground_truth, run_predictions
-    from .report import format_comparison, format_per_class
+    from .predict import (OutputWriter, collect_images, ground_truth_metrics, load_ground_truth, run_predictions,
+                          write_confusion)
+    from .report import format_comparison, format_confusion, format_per_class
 
     models, images = _split_models(args.inputs)
     overrides = {k: v for k, v in (("iou_thr", args.iou_thr), ("skip_box_thr", args.skip_box_thr),
@@ -313,6 +314,9 @@ def _predict(args) -> int:
                                     score=cfg.score)
         print(format_comparison(rows))
         print("\nensemble per class at its operating point:\n" + format_per_class(rows[0][1]))
+        confusion = rows[0][1]["confusion"]
+        print("\n" + format_confusion(confusion))
+        print("  " + ", ".join(p.name for p in write_confusion(args.out, confusion)))
     return 0
 
 

@@ -19,8 +19,9 @@ from .ensemble import Ensemble
 from .errors import ConfigError, DatasetError, DetectorError
 from .files import write_json
 from .layout import RunPaths
-from .metrics import OperatingPoint, evaluate_detections
-from .operating_point import tune
+from .confusion import confusion_matrix
+from .metrics import OperatingPoint, Thresholds, evaluate_detections
+from .operating_point import fused_results, tune
 from .predict import PredictionRun, coco_results, ground_truth_metrics, run_predictions
 
 
@@ -100,7 +101,10 @@ def evaluate_held_out(cfg: Config, run: Path, top_models: list[TopEntry], held_o
         members.append({"path": m.path, "member": m.member, "source": m.source, "fold": m.fold,
                         "epoch": m.epoch, "cv_score": m.score, "metrics": alone.metrics,
                         "score_threshold": alone.thresholds.default})
-    metrics = {**point.metrics, "annotations": str(held_out.path), "images": len(predictions.image_ids)}
+    fused = fused_results(predictions.predictions, predictions.image_ids, ensemble.label_map, point.ensemble)
+    confusion = confusion_matrix(gt, fused, point.thresholds, cfg.eval.iou_threshold).to_dict()
+    metrics = {**point.metrics, "annotations": str(held_out.path), "images": len(predictions.image_ids),
+               "confusion": confusion}
     return HeldOutResult(metrics, members, point, predictions)
 
 
@@ -171,8 +175,10 @@ def read_results(path: str | Path, index: CocoIndex) -> list[dict[str, Any]]:
 
 def _metrics(index: CocoIndex, results, score_threshold: float, iou_threshold: float,
              score: ScoreConfig) -> dict[str, Any]:
-    metrics = evaluate_detections(index.to_coco(), results, score_threshold=score_threshold,
-                                  iou_threshold=iou_threshold, score=score)
+    gt = index.to_coco()
+    metrics = evaluate_detections(gt, results, score_threshold=score_threshold, iou_threshold=iou_threshold,
+                                  score=score)
     metrics.update(images=len(index.images), predictions=len(results), score_threshold=score_threshold,
-                   iou_threshold=iou_threshold)
+                   iou_threshold=iou_threshold,
+                   confusion=confusion_matrix(gt, results, Thresholds(score_threshold, {}), iou_threshold).to_dict())
     return metrics

@@ -69,7 +69,8 @@ STUDY_FILES = {"meta": "study.json", "config": CONFIG, "database": "study.db", "
                "ensemble": f"best/{ENSEMBLE}", "test": "best/test.json", "heldout": "best/heldout.json",
                "plots": "plots"}
 PREDICT_FILES = {"predictions": "predictions.json", "table": "predictions.csv", "images": "images.json",
-                 "partial": "predictions.partial.jsonl", "drawn": "drawn", "job": "job.json"}
+                 "partial": "predictions.partial.jsonl", "drawn": "drawn", "job": "job.json",
+                 "confusion": "confusion.json", "confusion_plot": "confusion.png"}
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ def tune(gt: dict[str, Any], images: Sequence[ImagePrediction], image_ids: Seque
     tried: list[Candidate] = []
 
     def evaluate(settings: EnsembleConfig) -> Candidate:
-        tried.append(_candidate(gt, _fused_results(images, image_ids, label_map, settings), settings, cfg))
+        tried.append(_candidate(gt, fused_results(images, image_ids, label_map, settings), settings, cfg))
         return tried[-1]
 
     base = best = evaluate(cfg.ensemble)  # the configured settings: what tuning is measured against
@@ -85,8 +85,9 @@ def _wbf_stages(members: int):
     return fusion, skip, weights
 
 
-def _fused_results(images: Sequence[ImagePrediction], image_ids: Sequence[int], label_map: LabelMap,
-                   settings: EnsembleConfig) -> list[dict[str, Any]]:
+def fused_results(images: Sequence[ImagePrediction], image_ids: Sequence[int], label_map: LabelMap,
+                  settings: EnsembleConfig) -> list[dict[str, Any]]:
+    """COCO results of the members' stored predictions fused with `settings` (one member: its own boxes)."""
     results = []
     for p, image_id in zip(images, image_ids):
         parts = p.members or [p]

@@ -53,6 +53,25 @@ def run_figures(rows: list[dict[str, Any]]) -> dict[str, Figure]:
     return figures
 
 
+def confusion_figure(classes: Sequence[str], counts: Sequence[Sequence[int]], title: str) -> Figure:
+    """A confusion matrix (rows: ground truth, columns: prediction, background last), each cell's count
+    written in it, the colour its share of its row."""
+    n = len(classes)
+    fig = Figure(figsize=(1.2 + 0.8 * n, 1.0 + 0.7 * n))
+    ax = fig.add_subplot()
+    share = [[v / max(sum(row), 1) for v in row] for row in counts]
+    ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    for i, row in enumerate(counts):
+        for j, v in enumerate(row):
+            ax.text(j, i, str(v), ha="center", va="center", color="white" if share[i][j] > 0.5 else "black")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted (background: missed)")
+    ax.set_ylabel("ground truth (background: false detection)")
+    ax.set_title(title)
+    return fig
+
+
 def pr_figure(curves: dict[str, tuple[Sequence[float], Sequence[float]]], title: str) -> Figure:
     """Precision-recall curves, {class name: (recall, precision)}."""
     fig = Figure(figsize=(5, 4))

@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 
 from .config import ScoreConfig
+from .confusion import confusion_matrix
 from .data.coco import CocoIndex, load_coco
 from .data.images import read_image
 from .engine import coco_detections
@@ -20,6 +21,7 @@ from .errors import DatasetError, DetectorError
 from .files import atomic_file, read_json, write_json
 from .layout import PredictPaths
 from .metrics import Thresholds, evaluate_detections
+from .plots import confusion_figure, save_figures
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
@@ -267,12 +269,23 @@ def draw_prediction(p: ImagePrediction, out_dir: Path, thresholds: Thresholds, f
 def ground_truth_metrics(run: PredictionRun, gt: CocoIndex, thresholds: Thresholds, members: int = 0, *,
                          iou_threshold: float = 0.5, score: ScoreConfig | None = None,
                          ) -> list[tuple[str, dict[str, Any]]]:
-    """[(name, metrics)] of the ensemble and, next to it, of each of its `members` alone, at `thresholds`."""
+    """[(name, metrics)] of the ensemble and, next to it, of each of its `members` alone, at `thresholds`;
+    the ensemble's metrics hold its confusion matrix there too."""
     coco = gt.subset(run.image_ids).to_coco()
     runs = [("ensemble", run)] + [(f"member {i}", run.member(i)) for i in range(members if members > 1 else 0)]
-    return [(name, evaluate_detections(coco, coco_results(r), score_threshold=thresholds.default,
+    rows = [(name, evaluate_detections(coco, coco_results(r), score_threshold=thresholds.default,
                                        class_thresholds=thresholds.per_class, iou_threshold=iou_threshold,
                                        score=score)) for name, r in runs]
+    rows[0][1]["confusion"] = confusion_matrix(coco, coco_results(run), thresholds, iou_threshold).to_dict()
+    return rows
+
+
+def write_confusion(out_dir: str | Path, confusion: dict[str, Any]) -> list[Path]:
+    """confusion.json and its plot, confusion.png, in a predict output folder."""
+    paths = PredictPaths(out_dir)
+    write_json(paths.confusion, confusion)
+    figure = confusion_figure(confusion["classes"], confusion["counts"], "ensemble at its operating point")
+    return [paths.confusion, *save_figures({paths.confusion_plot.stem: figure}, paths.root)]
 
 
 def load_ground_truth(path: str | Path, ensemble: Ensemble, images_dir: str | Path | None = None) -> CocoIndex:

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 from .files import read_json
 from .metric_log import read_metric_rows
 from .layout import RunPaths
+from .confusion import ConfusionMatrix
 from .metrics import SIZES
 from .plots import pr_figure, run_figures, save_figures
 
@@ -30,7 +31,17 @@ def format_metrics(m: dict[str, Any]) -> str:
         sizes = " ".join(f"{_cell(c.get(f'ap_{s}')):>7}" for s in SIZES)
         lines.append(f"{name:<20} {c['category_id']:>4} {c['num_gt']:>6} {c['ap']:>7.4f} {c['ap50']:>7.4f} {sizes} "
                      f"{c['precision']:>7.4f} {c['recall']:>7.4f} {c['f1']:>7.4f}")
+    if m.get("confusion"):
+        lines += ["", format_confusion(m["confusion"])]
     return "\n".join(lines)
+
+
+def format_confusion(confusion: dict[str, Any]) -> str:
+    """The confusion matrix (confusion.ConfusionMatrix.to_dict's form) as a table under its reading guide."""
+    matrix = ConfusionMatrix.from_dict(confusion)
+    return (f"confusion matrix at the operating point (IoU >= {matrix.iou_threshold:.2f}; rows: ground truth, "
+            "columns: prediction; background row: false detections, background column: missed boxes):\n"
+            + matrix.table())
 
 
 FOLD_COLUMNS = ("map_50", "f1", "precision", "recall", "score")
@@ -54,7 +65,10 @@ def format_published(heldout: dict[str, Any], fold_mean: dict[str, float] | None
                  *(_cell({**e, "threshold": heldout["operating_point"]["score_threshold"]}.get(k))
                    for k in PUBLISHED_COLUMNS)])
     title = f"published models on data.val ({e.get('annotations', '?')}, {e.get('images', '?')} images):\n"
-    return (title if fmt == "table" else "") + render_table(("model", *PUBLISHED_COLUMNS), rows, fmt)
+    table = render_table(("model", *PUBLISHED_COLUMNS), rows, fmt)
+    if fmt != "table":
+        return table
+    return title + table + (f"\n\nthe ensemble's {format_confusion(e['confusion'])}" if e.get("confusion") else "")
 
 
 def _cell(value: Any) -> str:

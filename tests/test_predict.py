@@ -48,6 +48,9 @@ def test_predict_with_ground_truth_round_trips_through_evaluate(rbc, rbc_run, tm
                str(gt_path), "--quiet")
     assert done.returncode == 0, done.stderr
     assert "ensemble" in done.stdout and "member 2" in done.stdout and "wbc" in done.stdout
+    assert "confusion matrix at the operating point" in done.stdout and "map_small" in done.stdout
+    confusion = json.loads(PredictPaths(out).confusion.read_text())
+    assert confusion["classes"] == ["rbc", "wbc", "background"] and PredictPaths(out).confusion_plot.stat().st_size
     ensemble = Ensemble.load(RunPaths(rbc_run).top_models)
     point = json.loads(RunPaths(rbc_run).operating_point.read_text())  # out-of-fold, not eval.score_threshold
     assert len(ensemble.members) == 3 and ensemble.thresholds.default == point["score_threshold"] != 0.3
@@ -62,6 +65,8 @@ def test_predict_with_ground_truth_round_trips_through_evaluate(rbc, rbc_run, tm
     for key in ("map", "map_50", "precision", "recall", "f1"):
         assert again[key] == pytest.approx(rows["ensemble"][key], abs=1e-4), key
     assert rows["member 0"]["map"] != rows["ensemble"]["map"]
+    boxes = {c["category_id"]: c["num_gt"] for c in again["per_class"].values()}
+    assert [sum(row) for row in again["confusion"]["counts"][:2]] == [boxes[1], boxes[2]]  # each box once
     results = json.loads(PredictPaths(out).predictions.read_text())
     assert {r["category_id"] for r in results} <= {1, 2}  # the dataset's own ids (0 is the placeholder)
     rows_csv = PredictPaths(out).table.read_text().splitlines()
