@@ -270,9 +270,7 @@ def _study(args) -> int:
 
 def _predict(args) -> int:
     from .ensemble import Ensemble
-    from .predict import (OutputWriter, collect_images, ground_truth_metrics, load_ground_truth, run_predictions,
-                          write_confusion)
-    from .report import format_comparison, format_confusion, format_per_class
+    from .predict import OutputWriter, collect_images, load_ground_truth, run_predictions
 
     models, images = _split_models(args.inputs)
     overrides = {k: v for k, v in (("iou_thr", args.iou_thr), ("skip_box_thr", args.skip_box_thr),
@@ -309,15 +307,30 @@ def _predict(args) -> int:
         print(f"{run.by_name} image(s) matched to their --gt entry by file name only (the entry's own file "
               "is not there)")
     if gt is not None:
-        cfg = ensemble.members[0].config
-        rows = ground_truth_metrics(run, gt, thresholds, len(ensemble.members), iou_threshold=cfg.eval.iou_threshold,
-                                    score=cfg.score)
-        print(format_comparison(rows))
-        print("\nensemble per class at its operating point:\n" + format_per_class(rows[0][1]))
-        confusion = rows[0][1]["confusion"]
-        print("\n" + format_confusion(confusion))
-        print("  " + ", ".join(p.name for p in write_confusion(args.out, confusion)))
+        _ground_truth_report(args, run, gt, ensemble)
     return 0
+
+
+def _ground_truth_report(args, run, gt, ensemble) -> None:
+    """predict --gt: the ensemble beside its members, per class, its confusion matrix and error breakdown,
+    written to OUT too, and its worst images drawn."""
+    from .error_breakdown import Breakdown
+    from .files import write_json
+    from .layout import PredictPaths
+    from .predict import draw_worst, ground_truth_metrics, write_confusion
+    from .report import format_comparison, format_confusion, format_errors, format_per_class
+
+    cfg, thresholds, out = ensemble.members[0].config, ensemble.thresholds, PredictPaths(args.out)
+    rows = ground_truth_metrics(run, gt, thresholds, len(ensemble.members), iou_threshold=cfg.eval.iou_threshold,
+                                score=cfg.score)
+    print(format_comparison(rows))
+    print("\nensemble per class at its operating point:\n" + format_per_class(rows[0][1]))
+    confusion, errors = rows[0][1]["confusion"], rows[0][1]["errors"]
+    print("\n" + format_confusion(confusion) + "\n\n" + format_errors(errors))
+    worst = draw_worst(run, gt, Breakdown.from_dict(errors), thresholds, out.root)
+    write_json(out.errors, errors)
+    print("  " + ", ".join(p.name for p in write_confusion(out.root, confusion))
+          + f", {out.errors.name}, {len(worst)} drawings of the images with the most errors in {out.worst.name}/")
 
 
 def _export(args) -> int:

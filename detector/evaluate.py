@@ -20,6 +20,7 @@ from .errors import ConfigError, DatasetError, DetectorError
 from .files import write_json
 from .layout import RunPaths
 from .confusion import confusion_matrix
+from .error_breakdown import error_breakdown
 from .metrics import OperatingPoint, Thresholds, evaluate_detections
 from .operating_point import fused_results, tune
 from .predict import PredictionRun, coco_results, ground_truth_metrics, run_predictions
@@ -104,7 +105,7 @@ def evaluate_held_out(cfg: Config, run: Path, top_models: list[TopEntry], held_o
     fused = fused_results(predictions.predictions, predictions.image_ids, ensemble.label_map, point.ensemble)
     confusion = confusion_matrix(gt, fused, point.thresholds, cfg.eval.iou_threshold).to_dict()
     metrics = {**point.metrics, "annotations": str(held_out.path), "images": len(predictions.image_ids),
-               "confusion": confusion}
+               "confusion": confusion, "errors": error_breakdown(gt, fused, point.thresholds).to_dict()}
     return HeldOutResult(metrics, members, point, predictions)
 
 
@@ -180,5 +181,6 @@ def _metrics(index: CocoIndex, results, score_threshold: float, iou_threshold: f
                                   score=score)
     metrics.update(images=len(index.images), predictions=len(results), score_threshold=score_threshold,
                    iou_threshold=iou_threshold,
-                   confusion=confusion_matrix(gt, results, Thresholds(score_threshold, {}), iou_threshold).to_dict())
+                   confusion=confusion_matrix(gt, results, Thresholds(score_threshold, {}), iou_threshold).to_dict(),
+                   errors=error_breakdown(gt, results, Thresholds(score_threshold, {})).to_dict())
     return metrics

@@ -40,7 +40,8 @@ A study folder (`detector study --name NAME`, default studies/NAME)::
 
 A predict output folder (`detector predict ... --out OUT`): predictions.json, predictions.csv, images.json,
 drawn/ with --draw, job.json (the job that wrote them: models, settings, images) and
-predictions.partial.jsonl while it runs.
+predictions.partial.jsonl while it runs; with --gt also confusion.json and .png, errors.json (the error
+breakdown) and worst/ (the images with the most errors, ground truth beside the predictions).
 """
 from __future__ import annotations
 
@@ -70,7 +71,8 @@ STUDY_FILES = {"meta": "study.json", "config": CONFIG, "database": "study.db", "
                "plots": "plots"}
 PREDICT_FILES = {"predictions": "predictions.json", "table": "predictions.csv", "images": "images.json",
                  "partial": "predictions.partial.jsonl", "drawn": "drawn", "job": "job.json",
-                 "confusion": "confusion.json", "confusion_plot": "confusion.png"}
+                 "confusion": "confusion.json", "confusion_plot": "confusion.png", "errors": "errors.json",
+                 "worst": "worst"}
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .config import ScoreConfig
 from .confusion import confusion_matrix
+from .error_breakdown import Breakdown, error_breakdown
 from .data.coco import CocoIndex, load_coco
 from .data.images import read_image
 from .engine import coco_detections
@@ -266,17 +267,47 @@ def draw_prediction(p: ImagePrediction, out_dir: Path, thresholds: Thresholds, f
     return path
 
 
+def draw_worst(run: PredictionRun, gt: CocoIndex, breakdown: Breakdown, thresholds: Thresholds, out_dir: str | Path,
+               n: int = 8) -> list[Path]:
+    """OUT/worst/RANK_NAME.png for the `n` images with the most errors at the operating point: the ground
+    truth in white (dashed by a black outline), the kept predictions in their class colours, and the
+    image's errors by cause in its corner."""
+    from PIL import Image, ImageDraw
+
+    records = {r.id: r for r in gt.images}
+    predictions = dict(zip(run.image_ids, run.predictions))
+    folder = PredictPaths(out_dir).worst
+    paths = []
+    for rank, image_id in enumerate(breakdown.worst(n)):
+        p = predictions[image_id]
+        path = draw_prediction(p, folder, thresholds, f"{rank:02d}_{Path(p.source).stem}.png")
+        image = Image.open(path)
+        canvas = ImageDraw.Draw(image)
+        width = max(1, round(max(p.width, p.height) / 400))
+        for a in records[image_id].annotations:
+            x, y, w, h = a["bbox"]
+            canvas.rectangle([x, y, x + w, y + h], outline="black", width=width + 2)
+            canvas.rectangle([x, y, x + w, y + h], outline="white", width=width)
+        errors = {k: v for k, v in breakdown.per_image[image_id].items() if v}
+        canvas.text((4, 4), ", ".join(f"{k} {v}" for k, v in errors.items()), fill="yellow")
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
 def ground_truth_metrics(run: PredictionRun, gt: CocoIndex, thresholds: Thresholds, members: int = 0, *,
                          iou_threshold: float = 0.5, score: ScoreConfig | None = None,
                          ) -> list[tuple[str, dict[str, Any]]]:
     """[(name, metrics)] of the ensemble and, next to it, of each of its `members` alone, at `thresholds`;
-    the ensemble's metrics hold its confusion matrix there too."""
+    the ensemble's metrics hold its confusion matrix and error breakdown there too."""
     coco = gt.subset(run.image_ids).to_coco()
     runs = [("ensemble", run)] + [(f"member {i}", run.member(i)) for i in range(members if members > 1 else 0)]
     rows = [(name, evaluate_detections(coco, coco_results(r), score_threshold=thresholds.default,
                                        class_thresholds=thresholds.per_class, iou_threshold=iou_threshold,
                                        score=score)) for name, r in runs]
-    rows[0][1]["confusion"] = confusion_matrix(coco, coco_results(run), thresholds, iou_threshold).to_dict()
+    results = coco_results(run)
+    rows[0][1]["confusion"] = confusion_matrix(coco, results, thresholds, iou_threshold).to_dict()
+    rows[0][1]["errors"] = error_breakdown(coco, results, thresholds).to_dict()
     return rows
 
 

@@ -33,7 +33,19 @@ def format_metrics(m: dict[str, Any]) -> str:
                      f"{c['precision']:>7.4f} {c['recall']:>7.4f} {c['f1']:>7.4f}")
     if m.get("confusion"):
         lines += ["", format_confusion(m["confusion"])]
+    if m.get("errors"):
+        lines += ["", format_errors(m["errors"])]
     return "\n".join(lines)
+
+
+def format_errors(errors: dict[str, Any]) -> str:
+    """The error breakdown (error_breakdown.Breakdown.to_dict's form): per cause its count at the operating
+    point and the mAP@0.5 fixing it would gain."""
+    from .error_breakdown import CAUSES
+
+    rows = [[kind, str(errors["counts"].get(kind, 0)), f"{errors['gains'].get(kind, 0.0):+.4f}"] for kind in CAUSES]
+    return (f"where the errors come from (mAP@0.5 {errors['map_50']:.4f}; count at the operating point, and the "
+            "mAP@0.5 fixing every one of them gains):\n" + render_table(("cause", "count", "mAP@0.5 gain"), rows))
 
 
 def format_confusion(confusion: dict[str, Any]) -> str:
@@ -68,7 +80,8 @@ def format_published(heldout: dict[str, Any], fold_mean: dict[str, float] | None
     table = render_table(("model", *PUBLISHED_COLUMNS), rows, fmt)
     if fmt != "table":
         return table
-    return title + table + (f"\n\nthe ensemble's {format_confusion(e['confusion'])}" if e.get("confusion") else "")
+    return (title + table + (f"\n\nthe ensemble's {format_confusion(e['confusion'])}" if e.get("confusion") else "")
+            + (f"\n\nthe ensemble's errors: {format_errors(e['errors'])}" if e.get("errors") else ""))
 
 
 def _cell(value: Any) -> str:

@@ -139,6 +139,8 @@ def test_cli_evaluate_predictions_matches_pycocotools(rbc, rbc_valid, tmp_path):
     with contextlib.redirect_stdout(text):
         main(["evaluate", "--predictions", str(path), str(rbc / "valid" / "_annotations.coco.json")])
     assert "AP small" in text.getvalue() and "confusion matrix at the operating point" in text.getvalue()
+    assert "where the errors come from" in text.getvalue()
+    assert m["errors"]["counts"]["classification"] > 0  # a tenth of the boxes were given the wrong class
 
 
 def test_predictions_of_another_label_map_are_refused_not_scored_zero(rbc, rbc_valid, tmp_path):

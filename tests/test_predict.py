@@ -51,6 +51,10 @@ def test_predict_with_ground_truth_round_trips_through_evaluate(rbc, rbc_run, tm
     assert "confusion matrix at the operating point" in done.stdout and "map_small" in done.stdout
     confusion = json.loads(PredictPaths(out).confusion.read_text())
     assert confusion["classes"] == ["rbc", "wbc", "background"] and PredictPaths(out).confusion_plot.stat().st_size
+    errors = json.loads(PredictPaths(out).errors.read_text())
+    worst = sorted(PredictPaths(out).worst.glob("*.png"))
+    assert "where the errors come from" in done.stdout and 0 < len(worst) <= 8 and worst[0].name.startswith("00_")
+    assert sum(errors["counts"].values()) > 0 and all(g >= -1e-9 for g in errors["gains"].values())
     ensemble = Ensemble.load(RunPaths(rbc_run).top_models)
     point = json.loads(RunPaths(rbc_run).operating_point.read_text())  # out-of-fold, not eval.score_threshold
     assert len(ensemble.members) == 3 and ensemble.thresholds.default == point["score_threshold"] != 0.3
