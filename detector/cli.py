@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     _run_arguments(t, "YAML config, e.g. configs/quickstart.yaml").set_defaults(func=_train)
     v = sub.add_parser("cv", help="k-fold cross-validation with per-fold logs and the top-k models")
     _run_arguments(v, "YAML config; folds come from its data.train split (cv section)").set_defaults(func=_cv)
-    for add in (_study_parser, _export_parser, _predict_parser, _report_parser, _evaluate_parser, _data_parsers):
+    for add in (_study_parser, _export_parser, _predict_parser, _report_parser, _evaluate_parser, _audit_parser,
+                _data_parsers):
         add(sub)
     return p
 
@@ -162,6 +163,37 @@ def _data_parsers(sub) -> None:
     s.add_argument("--images", type=int, default=None, help="number of images (default 600)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_sample_data)
+
+
+def _audit_parser(sub) -> None:
+    a = sub.add_parser("audit-labels", help="rank labels that are probably wrong from a k-fold run's out-of-fold "
+                       "predictions, with suggested fixes")
+    a.add_argument("run", help="a `detector cv` run folder or a study trial (studies/NAME/trial_NNNN)")
+    a.add_argument("--top", type=_positive_int, default=20, help="how many issues to draw (default 20)")
+    a.add_argument("--confident", type=_fraction(False), default=0.5,
+                   help="the score from which a prediction counts as evidence (default 0.5)")
+    a.set_defaults(func=_audit)
+
+
+def _audit(args) -> int:
+    from .files import read_json, write_json
+    from .label_audit import KINDS, AuditSettings, apply_fixes, audit_run, draw_issues
+    from .layout import RunPaths
+
+    index, issues = audit_run(args.run, AuditSettings(confident=args.confident))
+    paths = RunPaths(args.run)
+    write_json(paths.label_issues, [i.to_dict() for i in issues])
+    write_json(paths.label_fixes, apply_fixes(read_json(index.path), issues))
+    drawn = draw_issues(index, issues, paths.label_drawings, args.top)
+    counts = ", ".join(f"{sum(i.kind == k for i in issues)} {k}" for k in KINDS)
+    print(f"{len(issues)} suspected label issues in {len(index.images)} training images ({counts})")
+    for i in issues[:10]:
+        print(f"  {i.confidence:.2f}  {i.kind:<11} {i.file_name}  box {[round(v) for v in i.bbox]}  fix {i.suggestion}")
+    print(f"wrote {paths.label_issues}, {paths.label_fixes} (the training file with every fix applied, to review; "
+          f"its file names are relative to {index.images_dir}: train on it with --set "
+          f"data.train.annotations={paths.label_fixes} --set data.train.images={index.images_dir}) and "
+          f"{len(drawn)} drawings in {paths.label_drawings}/")
+    return 0
 
 
 def _positive_int(text: str) -> int:

@@ -123,10 +123,9 @@ def _refit(cfg: Config, paths: RunPaths, index: CocoIndex, val_index: CocoIndex,
     distributed.barrier(w)  # every rank's summary lists the members
 
 
-def out_of_fold_operating_point(run: RunPaths, index: CocoIndex, folds: list[list[int]], cfg: Config,
-                                ) -> OperatingPoint | None:
-    """Thresholds for the run's models used alone, chosen on out-of-fold predictions: every training image
-    as predicted by the best epoch of the fold that did not train on it (None until every fold is done)."""
+def out_of_fold_results(run: RunPaths, folds: list[list[int]]) -> tuple[list[dict[str, Any]], list[int]] | None:
+    """Every training image's predictions by the best epoch of the fold that did not train on it (COCO
+    results), and those images' ids; None until every fold is done."""
     results, ids = [], []
     for k, val_ids in enumerate(folds):
         predictions = run.fold(k).best_predictions
@@ -134,6 +133,17 @@ def out_of_fold_operating_point(run: RunPaths, index: CocoIndex, folds: list[lis
             return None
         results += read_json(predictions)
         ids += val_ids
+    return results, ids
+
+
+def out_of_fold_operating_point(run: RunPaths, index: CocoIndex, folds: list[list[int]], cfg: Config,
+                                ) -> OperatingPoint | None:
+    """Thresholds for the run's models used alone, chosen on out-of-fold predictions: every training image
+    as predicted by the best epoch of the fold that did not train on it (None until every fold is done)."""
+    found = out_of_fold_results(run, folds)
+    if found is None:
+        return None
+    results, ids = found
     gt = index.subset(ids).to_coco()
     matched, coco = match(gt, results, cfg.eval.iou_threshold), coco_map(gt, results)
     thresholds, metrics = tune_thresholds(gt, matched, coco, cfg.score, cfg.tune.min_class_boxes)

@@ -24,6 +24,8 @@ A run folder (`detector train --out RUN`, and each `fold_K/` of a `cv` run)::
       heldout.json           a cv run's (or study's best/) members and ensemble on data.val, with the operating point
       heldout_predictions.json  each member's raw predictions on data.val (for tuning)
       plots/                 written by `detector report`
+      label_issues.json      `detector audit-labels`: suspected label errors, label_fixes.coco.json (the
+      label_issues/          training file with the fixes applied) and drawings of the first ones
       fold_K/                a run folder of its own
 
 A study folder (`detector study --name NAME`, default studies/NAME)::
@@ -63,6 +65,7 @@ RUN_FILES = {
     "top_models": "top_models.json", "heldout": "heldout.json", "heldout_predictions": "heldout_predictions.json",
     "operating_point": "operating_point.json", "plots": "plots", "tensorboard": "tensorboard",
     "augment": "augment.json", "refit": "refit", "model": "model.pt",
+    "label_issues": "label_issues.json", "label_fixes": "label_fixes.coco.json", "label_drawings": "label_issues",
 }
 RUN_ENTRIES = tuple(name for attr, name in RUN_FILES.items() if attr != "lock")
 STUDY_FILES = {"meta": "study.json", "config": CONFIG, "database": "study.db", "lock": ".lock", "best": "best",

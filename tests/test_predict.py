@@ -80,6 +80,18 @@ def test_predict_with_ground_truth_round_trips_through_evaluate(rbc, rbc_run, tm
 
 
 @pytest.mark.slow
+def test_audit_labels_of_a_cv_run_writes_issues_a_fixed_file_and_drawings(rbc, rbc_run):
+    done = run_cli("audit-labels", str(rbc_run), "--top", "5")
+    assert done.returncode == 0, done.stderr
+    issues = json.loads(RunPaths(rbc_run).label_issues.read_text())
+    assert issues and {i["kind"] for i in issues} <= {"missing", "class", "unconfirmed", "loose"}
+    assert [i["confidence"] for i in issues] == sorted((i["confidence"] for i in issues), reverse=True)
+    fixed = load_coco(RunPaths(rbc_run).label_fixes, rbc / "train")  # what check-data and training accept
+    assert len(fixed.images) == 210 and len(list(RunPaths(rbc_run).label_drawings.glob("*.png"))) == min(5, len(issues))
+    assert "suspected label issues in 48 training images" in done.stdout  # the out-of-fold images only
+
+
+@pytest.mark.slow
 def test_an_ensemble_of_one_equals_the_models_own_predictions(rbc, rbc_run):
     checkpoint = rbc_run / json.loads(RunPaths(rbc_run).top_models.read_text())[0]["path"]
     index = load_coco(rbc / "test" / "_annotations.coco.json")

@@ -1,0 +1,47 @@
+"""Label audit on hand-made labels with one known error of each kind, and the fixed COCO file."""
+import json
+
+from detector.data.coco import load_coco
+from detector.label_audit import AuditSettings, apply_fixes, audit
+
+
+def labelled(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (300, 300), (90, 90, 90)).save(tmp_path / "a.png")
+    Image.new("RGB", (300, 300), (90, 90, 90)).save(tmp_path / "b.png")
+    anns = [(1, 1, [10, 10, 40, 40]),  # right, and predicted so
+            (1, 1, [100, 100, 40, 40]),  # labelled cat, predicted dog with confidence: class
+            (1, 2, [200, 200, 40, 40]),  # nothing there says dog or anything: unconfirmed
+            (2, 1, [10, 10, 60, 60]),  # the cat is at 10, 10, 40 x 40: loose
+            (2, 2, [150, 150, 40, 40])]  # right
+    coco = {"images": [{"id": 1, "file_name": "a.png", "width": 300, "height": 300},
+                       {"id": 2, "file_name": "b.png", "width": 300, "height": 300}],
+            "annotations": [{"id": 100 + n, "image_id": i, "category_id": c, "bbox": b, "area": b[2] * b[3],
+                             "iscrowd": 0} for n, (i, c, b) in enumerate(anns)],
+            "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]}
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(coco))
+    p = lambda i, c, b, s: {"image_id": i, "category_id": c, "bbox": b, "score": s}
+    results = [p(1, 1, [11, 10, 40, 40], 0.95), p(1, 2, [100, 101, 40, 40], 0.9), p(1, 1, [100, 100, 40, 40], 0.2),
+               p(1, 1, [250, 20, 30, 30], 0.8),  # a cat nobody labelled: missing
+               p(2, 1, [10, 10, 40, 40], 0.85), p(2, 2, [150, 150, 40, 40], 0.9),
+               p(1, 2, [205, 205, 40, 40], 0.05)]  # too unsure to confirm the dog box
+    return load_coco(path), results, coco
+
+
+def test_each_injected_label_error_is_found_with_its_fix(tmp_path):
+    index, results, raw = labelled(tmp_path)
+    issues = audit(index, results, AuditSettings())
+    kinds = {(i.kind, i.annotation_id) for i in issues}
+    assert kinds == {("class", 101), ("unconfirmed", 102), ("loose", 103), ("missing", None)}
+    assert [i.confidence for i in issues] == sorted((i.confidence for i in issues), reverse=True)
+    by_kind = {i.kind: i for i in issues}
+    assert by_kind["class"].suggestion == {"category_id": 2} and by_kind["class"].confidence > 0.6
+    assert by_kind["loose"].suggestion == {"bbox": [10, 10, 40, 40]}
+    fixed = apply_fixes(raw, issues)
+    anns = {a["id"]: a for a in fixed["annotations"]}
+    assert 102 not in anns and anns[101]["category_id"] == 2 and anns[103]["bbox"] == [10, 10, 40, 40]
+    added = [a for a in fixed["annotations"] if a["id"] > 104]
+    assert [(a["image_id"], a["category_id"], a["bbox"]) for a in added] == [(1, 1, [250, 20, 30, 30])]
+    assert len(raw["annotations"]) == 5  # the user's own file is left as it is
