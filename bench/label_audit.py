@@ -3,8 +3,8 @@ run cv on the copy, audit it, and score the audit's ranking against what was inj
 
 Errors injected (each in a seeded 5% of the boxes, no box twice): a dropped box (kind `missing`: the
 audit should propose adding it back), a swapped class (`class`), a box shifted by half its size (`loose`:
-the model still finds the object, off the label). Also injected: 5% spurious boxes placed on empty
-background (`unconfirmed`). An audit issue finds an injected error when it is of the same kind and its box
+the model still finds the object, off the label). Also injected: as many spurious boxes, each the size of
+a random real box, at random places (`unconfirmed`; on RBC's dense smears some land on cells). An audit issue finds an injected error when it is of the same kind and its box
 overlaps the injected one (IoU >= 0.5 with the original box for missing, loose and class; the spurious box
 itself for unconfirmed). Prints, per kind, how many were injected, and precision and recall of the audit's
 issues of that kind among its first K (K = 2 x injected) and among all of them.
@@ -54,9 +54,9 @@ def inject(raw: dict, seed: int = 0) -> tuple[dict, list[dict]]:
         kept.append(a)
     images = {im["id"]: im for im in raw["images"]}
     next_id = max(a["id"] for a in anns) + 1
-    for image_id in rng.choice(sorted(images), n, replace=False).tolist():
+    for image_id in rng.choice(sorted(images), n).tolist():  # an image may get several
         im = images[image_id]
-        w = h = 20.0
+        w, h = anns[int(rng.integers(len(anns)))]["bbox"][2:]  # the size of a real box: it looks like a label
         x, y = rng.uniform(0, im["width"] - w), rng.uniform(0, im["height"] - h)
         kept.append({"id": next_id, "image_id": image_id, "category_id": int(cats[0]), "bbox": [x, y, w, h],
                      "area": w * h, "iscrowd": 0})

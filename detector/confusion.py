@@ -45,7 +45,7 @@ class ConfusionMatrix:
 
     def table(self) -> str:
         labels = [*self.names, BACKGROUND]
-        width = max(len(n) for n in labels) + 2
+        width = max(len(n) for n in [*labels, "true \\ predicted"]) + 2
         head = "true \\ predicted".ljust(width) + "".join(n[:10].rjust(12) for n in labels)
         rows = [n.ljust(width) + "".join(str(int(v)).rjust(12) for v in row) for n, row in zip(labels, self.counts)]
         return "\n".join([head, *rows])

@@ -3,13 +3,15 @@ predicted by the fold model that never trained on it, so a model's agreement wit
 
 Four kinds, each with a confidence in [0, 1] and a suggested fix (after cleanlab's object-detection label
 issues: missing, spurious and swapped boxes, and badly placed ones):
-  missing      a confident prediction that overlaps no box (IoU < 0.1): add it
+  missing      a confident prediction about no box (covering none at IoU 0.5, and not the closest
+               confident prediction of any box it touches): add it
   class        a box that a confident prediction of another class covers (IoU >= 0.5) better than any
                prediction of its own class: relabel it
   unconfirmed  a box no prediction of any class confirms (the best score of those covering it at IoU >= 0.5
-               is under `low`): remove it, or check it (it may be a hard object)
-  loose        a box whose confident own-class prediction overlaps it only loosely (IoU in [0.3, `tight`)):
-               use the prediction's box
+               is under `low`): remove it, or check it. Its confidence is scaled down for boxes smaller than
+               their class's median (cut at the border, or small: hard rather than wrong)
+  loose        a box whose confident own-class prediction overlaps it only loosely (IoU in [0.1, `tight`),
+               no other box more): use the prediction's box
 """
 from __future__ import annotations
 
@@ -27,14 +29,16 @@ from .files import read_json
 from .layout import RunPaths
 
 KINDS = ("missing", "class", "unconfirmed", "loose")
-LOOSE_OVERLAP = 0.3  # a confident own-class prediction overlapping a box this much is about that box
+LOOSE_OVERLAP = 0.1  # a confident own-class prediction overlapping a box this much, and no other box more, is
+# about that box
 
 
 @dataclass(frozen=True)
 class AuditSettings:
     confident: float = 0.5  # a prediction this sure is evidence
     low: float = 0.1  # a box whose best prediction scores under this is unconfirmed
-    tight: float = 0.7  # a confident own-class prediction overlapping less than this is loose
+    tight: float = 0.5  # a confident own-class prediction overlapping less than this is loose (as a metric
+    #                     would count it: a localisation error)
 
 
 @dataclass(frozen=True)
@@ -60,21 +64,27 @@ def audit(index: CocoIndex, results: list[dict[str, Any]], settings: AuditSettin
     for r in results:
         preds.setdefault(r["image_id"], []).append(r)
     issues: list[LabelIssue] = []
+    areas: dict[int, list[float]] = {}
+    for rec in index.images:
+        for a in rec.annotations:
+            areas.setdefault(a["category_id"], []).append(a["bbox"][2] * a["bbox"][3])
+    typical = {c: float(np.median(v)) for c, v in areas.items()}
     for rec in index.images:
         anns = [a for a in rec.annotations if not a.get("iscrowd", 0)]
-        issues += _image_issues(rec.id, rec.file_name, anns, preds.get(rec.id, []), settings)
+        issues += _image_issues(rec.id, rec.file_name, anns, preds.get(rec.id, []), typical, settings)
     return sorted(issues, key=lambda i: (-i.confidence, i.image_id))
 
 
-def _image_issues(image_id: int, file_name: str, anns: list[dict], preds: list[dict],
+def _image_issues(image_id: int, file_name: str, anns: list[dict], preds: list[dict], typical: dict[int, float],
                   s: AuditSettings) -> list[LabelIssue]:
     iou = box_iou(xywh_to_xyxy([p["bbox"] for p in preds]), xywh_to_xyxy([a["bbox"] for a in anns]))
     scores = np.array([p["score"] for p in preds], np.float64)
     out = [LabelIssue(image_id, file_name, "missing", float(p["score"]), list(p["bbox"]), p["category_id"], None,
                       {"add": {"bbox": list(p["bbox"]), "category_id": p["category_id"]}})
-           for i, p in enumerate(preds) if p["score"] >= s.confident and (iou.shape[1] == 0 or iou[i].max() < 0.1)]
+           for i, p in enumerate(preds) if p["score"] >= s.confident and not _about_a_box(i, iou, scores, s)]
+    best_box = iou.argmax(1) if iou.size else np.zeros(len(preds), int)
     for j, a in enumerate(anns):
-        issue = _box_issue(a, preds, iou[:, j], scores, s)
+        issue = _box_issue(a, preds, iou[:, j], scores, best_box == j, typical.get(a["category_id"], 0.0), s)
         if issue is not None:
             kind, confidence, suggestion = issue
             out.append(LabelIssue(image_id, file_name, kind, confidence, list(a["bbox"]), a["category_id"],
@@ -82,7 +92,21 @@ def _image_issues(image_id: int, file_name: str, anns: list[dict], preds: list[d
     return out
 
 
-def _box_issue(a: dict, preds: list[dict], iou: np.ndarray, scores: np.ndarray, s: AuditSettings):
+def _about_a_box(i: int, iou: np.ndarray, scores: np.ndarray, s: AuditSettings) -> bool:
+    """Whether prediction i is about a labelled box: it covers one (IoU >= 0.5), or it is the confident
+    prediction that overlaps some box most (IoU >= 0.1). A prediction that only touches boxes other
+    predictions already cover is about none: an object nobody labelled."""
+    if iou.shape[1] == 0:
+        return False
+    if iou[i].max() >= 0.5:
+        return True
+    confident = np.where(scores >= s.confident, iou.T, -1.0)  # (boxes, predictions)
+    closest = confident.argmax(1)
+    return bool(any(closest[j] == i and iou[i, j] >= 0.1 for j in range(iou.shape[1])))
+
+
+def _box_issue(a: dict, preds: list[dict], iou: np.ndarray, scores: np.ndarray, mine: np.ndarray, typical: float,
+               s: AuditSettings):
     """(kind, confidence, suggestion) for one labelled box, or None when the predictions agree with it."""
     same = np.array([p["category_id"] == a["category_id"] for p in preds], bool)
     covering = iou >= 0.5
@@ -92,7 +116,7 @@ def _box_issue(a: dict, preds: list[dict], iou: np.ndarray, scores: np.ndarray, 
         k = other[np.argmax(scores[other])]
         if scores[k] >= s.confident and scores[k] > own:
             return "class", float(scores[k] - own), {"category_id": preds[k]["category_id"]}
-    confident = np.where(same & (scores >= s.confident) & (iou >= LOOSE_OVERLAP))[0]
+    confident = np.where(same & mine & (scores >= s.confident) & (iou >= LOOSE_OVERLAP))[0]
     if len(confident):
         k = confident[np.argmax(iou[confident])]
         if iou[k] < s.tight:
@@ -100,7 +124,8 @@ def _box_issue(a: dict, preds: list[dict], iou: np.ndarray, scores: np.ndarray, 
         return None
     best = float(scores[covering].max()) if covering.any() else 0.0
     if best < s.low:
-        return "unconfirmed", 1.0 - best, {"remove": True}
+        size = min(1.0, a["bbox"][2] * a["bbox"][3] / typical) if typical > 0 else 1.0
+        return "unconfirmed", (1.0 - best) * size, {"remove": True}
     return None
 
 
