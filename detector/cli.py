@@ -405,7 +405,7 @@ def _report(args) -> int:
 
 def _evaluate(args) -> int:
     from .evaluate import evaluate_checkpoint, evaluate_results_file
-    from .report import format_metrics
+    from .report import format_metrics, strict_json
 
     if bool(args.predictions) == bool(args.checkpoint):
         raise DetectorError("give either CHECKPOINT ANNOTATIONS or --predictions RESULTS.json ANNOTATIONS")
@@ -416,7 +416,7 @@ def _evaluate(args) -> int:
         metrics = evaluate_checkpoint(args.checkpoint, args.annotations, args.images_dir,
                                       score_threshold=args.score_threshold, batch_size=args.batch_size,
                                       device=args.device, progress=_progress(args) and not args.json)
-    print(json.dumps(metrics, indent=2) if args.json else format_metrics(metrics))
+    print(json.dumps(strict_json(metrics), indent=2) if args.json else format_metrics(metrics))
     for warning in metrics.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     return 0

@@ -84,6 +84,17 @@ def format_published(heldout: dict[str, Any], fold_mean: dict[str, float] | None
             + (f"\n\nthe ensemble's errors: {format_errors(e['errors'])}" if e.get("errors") else ""))
 
 
+def strict_json(value: Any) -> Any:
+    """A value for strict JSON readers (jq, JavaScript): NaN (a size no box has) becomes null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
 def _cell(value: Any) -> str:
     """A number to 4 places; '-' for none, and for NaN (a size no box has, a metric not measured)."""
     return f"{value:.4f}" if isinstance(value, (int, float)) and not math.isnan(value) else "-"
@@ -98,7 +109,7 @@ def format_cv(folds: list[dict[str, Any]], mean: dict[str, float], std: dict[str
     rows.append(["mean+-std", "", *(f"{mean[k]:.4f}+-{std[k]:.4f}" for k in FOLD_COLUMNS)])
     if fmt == "json":
         import json
-        return json.dumps({"folds": folds, "mean": mean, "std": std}, indent=2)
+        return json.dumps(strict_json({"folds": folds, "mean": mean, "std": std}), indent=2)
     return render_table(header, rows, fmt)
 
 
@@ -133,8 +144,8 @@ def report_run(run: Path, fmt: str = "table") -> tuple[str, list[Path]]:
     plots = save_figures(figures, RunPaths(run).plots) if figures else []
     if fmt == "json":
         import json
-        return json.dumps({"folds": summary.folds, "mean": summary.mean, "std": summary.std,
-                           "top_models": [e.to_dict() for e in summary.top_models]}, indent=2), plots
+        return json.dumps(strict_json({"folds": summary.folds, "mean": summary.mean, "std": summary.std,
+                                       "top_models": [e.to_dict() for e in summary.top_models]}), indent=2), plots
     if fmt == "csv":
         return format_cv(summary.folds, summary.mean, summary.std, fmt), plots
     parts = [f"{run}: {len(summary.folds)} fold(s) finished, {len(rows)} epoch rows",
@@ -187,7 +198,7 @@ def format_trials(rows: list[dict[str, Any]], fmt: str = "table") -> str:
     are fold means (every trial on the same folds), best_epochs each fold's best epoch."""
     if fmt == "json":
         import json
-        return json.dumps(rows, indent=2)
+        return json.dumps(strict_json(rows), indent=2)
     keys = sorted({k for r in rows for k in r["params"]})
     short = {k: k.rsplit(".", 1)[-1] for k in keys}
     header = ("trial", "state", "value", "map_50", "map", "f1", "best_epochs", "seconds",

@@ -150,9 +150,9 @@ def test_two_fold_run_end_to_end(sample, tmp_path):
     best_per_fold = {f["fold"]: f["metrics"]["score"] for f in result.folds}
     assert [top[0]["score"], top[2]["score"]] == pytest.approx([best_per_fold[0], best_per_fold[1]])
     assert result.mean["score"] == pytest.approx(sum(best_per_fold.values()) / 2)
-    assert read_summary(run).mean == result.mean
+    assert read_summary(run).mean == pytest.approx(result.mean, nan_ok=True)  # NaN: no large shapes to find
     # re-running skips both finished folds; another config is refused with the differing key
-    assert run_cv(cfg, run, progress=False, log=lambda s: None).mean == result.mean
+    assert run_cv(cfg, run, progress=False, log=lambda s: None).mean == pytest.approx(result.mean, nan_ok=True)
     other = config.load(None, [f"data.train.annotations={sample['train']}",
                                f"data.val.annotations={sample['val']}", *TINY, "train.epochs=3",
                                "cv.folds=2"])

@@ -127,11 +127,12 @@ def test_cli_evaluate_predictions_matches_pycocotools(rbc, rbc_valid, tmp_path):
     with contextlib.redirect_stdout(out):
         code = main(["evaluate", "--predictions", str(path), str(rbc / "valid" / "_annotations.coco.json"), "--json"])
     assert code == 0
-    m = json.loads(out.getvalue())
+    m = json.loads(out.getvalue(), parse_constant=lambda name: pytest.fail(f"{name} is not strict JSON"))
     assert {"map", "map_50", "map_75", "precision", "recall", "f1", "per_class"} <= m.keys()
     ref = pycocotools_stats(gt, results)
     assert abs(m["map"] - ref.stats[0]) < 1e-6 and abs(m["map_50"] - ref.stats[1]) < 1e-6
     assert abs(m["map_medium"] - ref.stats[4]) < 1e-6 and abs(m["mar_100"] - ref.stats[8]) < 1e-6
+    assert m["per_class"]["wbc"]["ap_small"] is None  # no small white cells: NaN inside, null in --json
     counts = m["confusion"]["counts"]
     assert [sum(counts[i]) for i in (0, 1)] == [m["per_class"][n]["num_gt"] for n in ("rbc", "wbc")]
     assert counts[0][0] + counts[1][1] == round(m["recall"] * sum(c["num_gt"] for c in m["per_class"].values()))
