@@ -1,6 +1,6 @@
 """What fit() does besides training and evaluating: each feature is a Callback that sees the FitState.
 
-fit() calls, in stage order (a stable sort of its list; see STAGES): `on_fit_start` once (after a resume
+fit() calls, in stage order (a stable sort of its list by the stage constants below): `on_fit_start` once (after a resume
 restored the state), `on_epoch_start` and `after_step` (every optimizer step) while training,
 `on_epoch_end` after each evaluation, and `on_fit_end` once when the epochs are done. A callback with a
 `key` has its `state_dict()` saved in last.pt and handed back to `load_state_dict` on resume, so a resumed
@@ -41,7 +41,6 @@ SAVE = 2  # model files (best.pt, top-k, a refit's model.pt) before last.pt: a r
 RESUME = 3  # last.pt: the state of everything above, so a kill after it loses nothing
 LOG = 4  # metrics.csv, TensorBoard and the console after last.pt: a resume rewrites the log from it
 CONTROL = 5  # hooks that may raise to stop the run (Optuna's pruning): the epoch is fully written by then
-STAGES = (MODEL, ROW, SAVE, RESUME, LOG, CONTROL)
 
 
 @dataclass
@@ -91,7 +90,6 @@ class FitState:
     progress: Progress = field(default_factory=Progress)
     image_size: int = 0
     anchor_fit: AnchorFit | None = None  # anchors fitted by this fit (None: defaults, or a resumed run's)
-    resumed: bool = False
     fold: int | None = None
     columns: tuple[str, ...] = CSV_COLUMNS
     epoch: int = -1
@@ -146,7 +144,7 @@ class FitResult:
 
 
 class Callback:
-    """A feature of fit(). Override what it needs; `stage` places it (STAGES), `key` names its saved state,
+    """A feature of fit(). Override what it needs; `stage` places it (MODEL ... CONTROL), `key` names its saved state,
     `writes` keeps it on rank 0."""
 
     stage = ROW
@@ -245,7 +243,7 @@ class RunFiles(Callback):
     def on_fit_start(self, state: FitState) -> None:
         write_json(state.paths.augment, pipeline_dict(state.train_set.pipeline))
         fit = state.anchor_fit
-        if fit is None or state.resumed:
+        if fit is None:
             return
         write_json(state.paths.anchors, fit.to_dict())
         f, d = fit.fitted, fit.default
@@ -356,7 +354,7 @@ class ResumeFile(Callback):
         state.scaler.load_state_dict(resume.scaler)
         w = state.world
         set_rng_state(resume.rng_ranks[w.rank] if len(resume.rng_ranks) == w.size else resume.rng)
-        state.progress, state.resumed = Progress(**resume.train_state), True
+        state.progress = Progress(**resume.train_state)
 
     @staticmethod
     def restore_callbacks(state: FitState, resume: Checkpoint) -> None:

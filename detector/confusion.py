@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .boxes import box_iou, xywh_to_xyxy
-from .metrics import Thresholds
+from .metrics import Thresholds, greedy_match
 
 BACKGROUND = "background"
 
@@ -78,14 +78,11 @@ def _pairs(anns: list[dict], preds: list[dict], iou_threshold: float) -> list[tu
     iou = box_iou(xywh_to_xyxy([p["bbox"] for p in preds]), xywh_to_xyxy([a["bbox"] for a in anns]))
     g_cat = np.array([a["category_id"] for a in anns])
     p_cat = np.array([p["category_id"] for p in preds])
-    box_free, pred_free = ~crowd, np.ones(len(preds), bool)
-    pairs: list[tuple[int | None, int | None]] = []
-    for i in range(len(preds)):  # pass 1: each class on its own, as precision and recall match
-        candidates = np.where(box_free & (g_cat == p_cat[i]) & (iou[i] >= iou_threshold))[0]
-        if len(candidates):
-            j = candidates[np.argmax(iou[i, candidates])]
-            box_free[j] = pred_free[i] = False
-            pairs.append((int(g_cat[j]), int(p_cat[i])))
+    # pass 1: each class on its own, as precision and recall match
+    taken = greedy_match(iou, ~crowd[None, :] & (p_cat[:, None] == g_cat[None, :]), iou_threshold)
+    box_free, pred_free = ~crowd, taken < 0
+    box_free[taken[taken >= 0]] = False
+    pairs: list[tuple[int | None, int | None]] = [(int(g_cat[j]), int(p_cat[i])) for i, j in enumerate(taken) if j >= 0]
     left = iou * pred_free[:, None] * box_free[None, :]
     while left.size and left.max() >= iou_threshold:  # pass 2: what is left, across classes, best overlap first
         i, j = np.unravel_index(np.argmax(left), left.shape)

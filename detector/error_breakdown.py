@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .boxes import box_iou, xywh_to_xyxy
-from .metrics import Thresholds, coco_map
+from .metrics import Thresholds, coco_map, greedy_match
 
 FG, BG = 0.5, 0.1
 DETECTION_CAUSES = ("classification", "localisation", "both", "duplicate", "background")
@@ -86,16 +86,10 @@ def _causes(anns: list[dict], preds: list[dict]) -> tuple[list[_Cause], list[boo
     """Each detection's cause (score order) and, per box, whether it is missed."""
     iou = box_iou(xywh_to_xyxy([p["bbox"] for p in preds]), xywh_to_xyxy([a["bbox"] for a in anns]))
     same = np.array([[p["category_id"] == a["category_id"] for a in anns] for p in preds], bool).reshape(iou.shape)
+    box_of = greedy_match(iou, same, FG)
     taken = np.zeros(len(anns), bool)
-    out: list[_Cause] = []
-    for i in range(len(preds)):
-        free_same = np.where(same[i] & ~taken & (iou[i] >= FG))[0]
-        if len(free_same):
-            j = free_same[np.argmax(iou[i, free_same])]
-            taken[j] = True
-            out.append(_Cause("tp", int(j)))
-        else:
-            out.append(_classify(iou[i], same[i]))
+    taken[box_of[box_of >= 0]] = True
+    out = [_Cause("tp", int(j)) if j >= 0 else _classify(iou[i], same[i]) for i, j in enumerate(box_of)]
     explained = {c.box for c in out if c.kind in ("classification", "localisation")}
     return out, [not taken[j] and j not in explained for j in range(len(anns))]
 

@@ -22,8 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from . import config as config_mod
 from .boxes import box_iou, xywh_to_xyxy
+from .cv import out_of_fold_results
 from .data.coco import CocoIndex
+from .data.splits import load_splits
 from .errors import DetectorError
 from .files import read_json
 from .layout import RunPaths
@@ -156,10 +159,6 @@ def apply_fixes(raw: dict[str, Any], issues: list[LabelIssue]) -> dict[str, Any]
 
 def audit_run(run: str | Path, settings: AuditSettings = AuditSettings()) -> tuple[CocoIndex, list[LabelIssue]]:
     """The training split of a finished k-fold run (a cv run or a study trial) and its suspected issues."""
-    from . import config as config_mod
-    from .cv import out_of_fold_results
-    from .data.splits import load_splits
-
     paths = RunPaths(run)
     if not (paths.folds.exists() and paths.config.exists()):
         raise DetectorError(f"{paths.root}: not a k-fold run (no {paths.folds.name}); audit-labels reads the "

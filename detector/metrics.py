@@ -32,6 +32,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .boxes import box_iou, xywh_to_xyxy
+from . import config as config_mod
 from .config import EnsembleConfig, ScoreConfig
 
 # COCO's object sizes, by area in the original image's pixels: small < 32^2 <= medium < 96^2 <= large
@@ -108,8 +109,6 @@ class OperatingPoint:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "OperatingPoint":
-        from . import config as config_mod
-
         ensemble = config_mod.from_dict({"ensemble": d["ensemble"]}, "operating point").ensemble
         return cls(Thresholds.from_dict(d), ensemble, float(d["score"]), float(d["configured_score"]),
                    d.get("metrics", {}), int(d.get("images", 0)), d.get("source", ""), int(d.get("evaluations", 1)),
@@ -310,16 +309,26 @@ def _match_one(gt_anns: list[dict], preds: list[dict], iou_threshold: float) -> 
     pboxes = xywh_to_xyxy([preds[i]["bbox"] for i in order])
     gboxes = xywh_to_xyxy([a["bbox"] for a in gt_anns])
     iou = box_iou(pboxes, gboxes)
-    free = ~crowd
-    hits, misses = [], []
-    for row, s in zip(iou, scores):
-        candidates = np.where(free & (row >= iou_threshold))[0]
-        if len(candidates):
-            free[candidates[np.argmax(row[candidates])]] = False
-            hits.append(s)
-        elif not np.any(crowd & (row >= iou_threshold)):
-            misses.append(s)
+    taken = greedy_match(iou, ~crowd, iou_threshold)
+    on_crowd = (iou[:, crowd] >= iou_threshold).any(1)
+    hits = [s for s, j in zip(scores, taken) if j >= 0]
+    misses = [s for s, j, c in zip(scores, taken, on_crowd) if j < 0 and not c]
     return hits, misses, n_gt
+
+
+def greedy_match(iou: np.ndarray, allowed: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """COCO's matching: the predictions (rows of `iou`, highest score first) in turn take the free box
+    (column) they overlap most at >= iou_threshold among those `allowed` (a (boxes,) or (predictions,
+    boxes) mask: not crowd, of the prediction's class). Returns the box each took, -1 for none."""
+    allowed = np.broadcast_to(allowed, iou.shape)
+    free = np.ones(iou.shape[1], bool)
+    taken = np.full(iou.shape[0], -1)
+    for i, row in enumerate(iou):
+        candidates = np.where(free & allowed[i] & (row >= iou_threshold))[0]
+        if len(candidates):
+            taken[i] = candidates[np.argmax(row[candidates])]
+            free[taken[i]] = False
+    return taken
 
 
 def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:

@@ -247,13 +247,20 @@ def _read_partial(path: Path, header: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def draw_prediction(p: ImagePrediction, out_dir: Path, thresholds: Thresholds, file_name: str | None = None,
-                    ) -> Path:
+                    ground_truth: Sequence[dict[str, Any]] = (), note: str = "") -> Path:
+    """OUT_DIR/FILE_NAME (default: the image's stem, .png): the image with the boxes scoring at least their
+    threshold in their class's colour; with `ground_truth` (COCO annotations) those boxes in white with a
+    black edge, with `note` a line of text in its corner."""
     from PIL import Image, ImageDraw
 
     image = Image.fromarray(read_image(p.source))
     canvas = ImageDraw.Draw(image)
     colors = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c"]
     width = max(1, round(max(p.width, p.height) / 400))
+    for a in ground_truth:
+        x, y, w, h = a["bbox"]
+        canvas.rectangle([x, y, x + w, y + h], outline="black", width=width + 2)
+        canvas.rectangle([x, y, x + w, y + h], outline="white", width=width)
     for box, score, label, name, cid in zip(p.boxes.tolist(), p.scores.tolist(), p.labels.tolist(), p.names,
                                             p.category_ids):
         if score < thresholds.of(cid):
@@ -261,6 +268,8 @@ def draw_prediction(p: ImagePrediction, out_dir: Path, thresholds: Thresholds, f
         color = colors[(label - 1) % len(colors)]
         canvas.rectangle(box, outline=color, width=width)
         canvas.text((box[0] + 2, max(box[1] - 11, 0)), f"{name} {score:.2f}", fill=color)
+    if note:
+        canvas.text((4, 4), note, fill="yellow")
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / (file_name or f"{Path(p.source).stem}.png")
     image.save(path)
@@ -270,28 +279,16 @@ def draw_prediction(p: ImagePrediction, out_dir: Path, thresholds: Thresholds, f
 def draw_worst(run: PredictionRun, gt: CocoIndex, breakdown: Breakdown, thresholds: Thresholds, out_dir: str | Path,
                n: int = 8) -> list[Path]:
     """OUT/worst/RANK_NAME.png for the `n` images with the most errors at the operating point: the ground
-    truth in white (dashed by a black outline), the kept predictions in their class colours, and the
-    image's errors by cause in its corner."""
-    from PIL import Image, ImageDraw
-
+    truth in white (with a black edge), the kept predictions in their class colours, and the image's errors
+    by cause in its corner."""
     records = {r.id: r for r in gt.images}
     predictions = dict(zip(run.image_ids, run.predictions))
-    folder = PredictPaths(out_dir).worst
     paths = []
     for rank, image_id in enumerate(breakdown.worst(n)):
         p = predictions[image_id]
-        path = draw_prediction(p, folder, thresholds, f"{rank:02d}_{Path(p.source).stem}.png")
-        image = Image.open(path)
-        canvas = ImageDraw.Draw(image)
-        width = max(1, round(max(p.width, p.height) / 400))
-        for a in records[image_id].annotations:
-            x, y, w, h = a["bbox"]
-            canvas.rectangle([x, y, x + w, y + h], outline="black", width=width + 2)
-            canvas.rectangle([x, y, x + w, y + h], outline="white", width=width)
-        errors = {k: v for k, v in breakdown.per_image[image_id].items() if v}
-        canvas.text((4, 4), ", ".join(f"{k} {v}" for k, v in errors.items()), fill="yellow")
-        image.save(path)
-        paths.append(path)
+        note = ", ".join(f"{k} {v}" for k, v in breakdown.per_image[image_id].items() if v)
+        paths.append(draw_prediction(p, PredictPaths(out_dir).worst, thresholds, f"{rank:02d}_{Path(p.source).stem}.png",
+                                     ground_truth=records[image_id].annotations, note=note))
     return paths
 
 
