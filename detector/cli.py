@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .errors import DetectorError
+from .errors import ConfigError, DetectorError
 
 
 _KEPT = "what finished is kept: the same command resumes train, cv and study from the last finished epoch"
@@ -141,9 +141,13 @@ def _evaluate_parser(sub) -> None:
 
 def _data_parsers(sub) -> None:
     """check-data, init and sample-data: the commands about datasets and configs."""
-    c = sub.add_parser("check-data", help="validate a COCO dataset and summarise it")
-    c.add_argument("annotations")
-    c.add_argument("--images-dir")
+    c = sub.add_parser("check-data", help="validate COCO files, summarise them, and find copies of one photo "
+                       "within and across them")
+    c.add_argument("annotations", nargs="+", help="one or more COCO files, e.g. train.json val.json test.json: "
+                   "a later file may hold no photo of an earlier one")
+    c.add_argument("--images-dir", help="folder the file_name entries are relative to (every file)")
+    c.add_argument("--copy-similarity", type=float,
+                   help="content similarity from which two images are copies (default: data.copy_similarity's)")
     c.add_argument("--strict", action="store_true", help="boxes outside the image are errors, not warnings")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=_check_data)
@@ -423,17 +427,44 @@ def _evaluate(args) -> int:
 
 
 def _check_data(args) -> int:
+    from .config import DataConfig
     from .data.coco import load_coco
-    from .data.summary import format_summary, summarize
+    from .data.overlap import shared_across
+    from .data.summary import copies_within, format_summary, summarize
 
-    try:
-        index = load_coco(args.annotations, args.images_dir, strict_boxes=args.strict, raise_on_error=False)
-    except DetectorError as e:  # the file itself is unreadable: nothing to summarise
-        print(json.dumps({"usable": False, "errors": [str(e)]}) if args.json else f"error: {e}", file=sys.stdout)
-        return 1
-    summary = summarize(index)
-    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
-    return 0 if summary["usable"] else 1
+    similarity = DataConfig().copy_similarity if args.copy_similarity is None else args.copy_similarity
+    if not 0 < similarity <= 1:
+        raise ConfigError(f"--copy-similarity must lie in (0, 1]; got {similarity}")
+    indices, summaries = [], []
+    for path in args.annotations:
+        try:
+            index = load_coco(path, args.images_dir, strict_boxes=args.strict, raise_on_error=False)
+        except DetectorError as e:  # the file itself is unreadable: nothing to summarise
+            summaries.append({"annotations": path, "usable": False, "errors": [str(e)]})
+            continue
+        indices.append(index)
+        summaries.append(summarize(index) | {"copies": copies_within(index, similarity)})
+    shared = [{"file": str(a.path), "image": str(s.image), "copy_of_file": str(b.path), "copy_of": str(s.copy_of),
+               "how": s.how} for a, b, s in shared_across(indices, similarity)]
+    usable = all(s["usable"] for s in summaries) and not shared
+    if args.json:
+        doc = summaries[0] if len(summaries) == 1 else {"files": summaries, "shared": shared, "usable": usable}
+        print(json.dumps(doc, indent=2))
+        return 0 if usable else 1
+    for s in summaries:
+        print(format_summary(s) if "images" in s else f"{s['annotations']}: error: {s['errors'][0]}")
+    if len(summaries) > 1:
+        print(_format_shared(shared) + ("\nusable together: yes" if usable else "\nusable together: NO"))
+    return 0 if usable else 1
+
+
+def _format_shared(shared: list[dict]) -> str:
+    if not shared:
+        return "shared across files: none (no file, bytes or photo of one file in another)"
+    lines = [f"shared across files ({len(shared)}): a later split holds these photos of an earlier one; remove "
+             "them from one of the two files"]
+    lines += [f"  - {s['image']} is {s['copy_of']} ({s['how']})" for s in shared]
+    return "\n".join(lines)
 
 
 def _init(args) -> int:

@@ -21,7 +21,7 @@ from .callbacks import Callback, FoldColumn, KeepTopK
 from .checkpoint import TopEntry, TopK, read_index
 from .config import Config
 from .data.coco import CocoIndex
-from .data.folds import make_folds, resolve_strategy
+from .data.folds import PhotoGroups, make_folds, photo_groups, resolve_strategy
 from .files import read_json, write_json
 from .layout import RunPaths
 from .metrics import METRIC_KEYS, OperatingPoint, Thresholds, coco_map, match, metrics_from
@@ -73,7 +73,7 @@ def _run_cv(cfg: Config, run: Path, process: distributed.Process, *, callbacks, 
     w = process.world
     fold_models = cfg.refit.strategy == "folds"
     if index is None:
-        index, val_index = load_splits(cfg)
+        index, val_index = load_splits(cfg, log)
     paths = RunPaths(run)
     if w.main:
         write_json(paths.env, environment())
@@ -95,7 +95,7 @@ def _run_cv(cfg: Config, run: Path, process: distributed.Process, *, callbacks, 
             write_summary(run)
         distributed.barrier(w)
     if refit and not fold_models:
-        _refit(cfg, paths, index, load_splits(cfg)[1] if val_index is None else val_index, process,
+        _refit(cfg, paths, index, load_splits(cfg, log)[1] if val_index is None else val_index, process,
                progress=progress, log=log)
     if not w.main:
         return read_summary(run)
@@ -206,12 +206,25 @@ def _folds(run: RunPaths, index: CocoIndex, cfg: Config, log: Callable[[str], No
     if path.exists():
         return read_json(path)["folds"]
     cv = cfg.cv
-    strategy, warning = resolve_strategy(index, cv.strategy, cv.group_by)
+    similarity = cfg.data.copy_similarity
+    strategy, warning = resolve_strategy(index, cv.strategy, cv.group_by, similarity)
     if warning:
         log(f"warning: {warning}")
-    folds = make_folds(index, n_folds=cv.folds, strategy=strategy, group_by=cv.group_by, seed=cv.seed)
+    folds = make_folds(index, n_folds=cv.folds, strategy=strategy, group_by=cv.group_by, similarity=similarity,
+                       seed=cv.seed)
     write_json(path, {"strategy": strategy, "configured_strategy": cv.strategy, "group_by": cv.group_by,
                       "seed": cv.seed, "folds": folds}, indent=None)
-    log(f"folds: {strategy}" + (f" by {cv.group_by}" if strategy == "group" else "") +
+    log(f"folds: {strategy}" + (f" by {cv.group_by} and content" if strategy == "group" else "") +
         (" (cv.strategy auto)" if cv.strategy == "auto" else ""))
+    if strategy == "group":
+        log(_content_note(photo_groups(index, cv.group_by, similarity)))
     return folds
+
+
+def _content_note(groups: PhotoGroups) -> str:
+    joined = groups.joined_by_content
+    note = f"folds: {len(set(groups.keys))} photos"
+    if not joined:
+        return note
+    shown = ", ".join(f"{a} ~ {b}" for a, b in joined[:3]) + (f" and {len(joined) - 3} more" if len(joined) > 3 else "")
+    return f"{note}; by content, {len(joined)} pair(s) of names show one photo and share a fold ({shown})"

@@ -12,11 +12,10 @@ from typing import Any
 
 from .checkpoint import TopEntry, read_index
 from .config import Config, ScoreConfig
-from .data.overlap import check_disjoint
 from .data.coco import CocoIndex, load_coco
 from .data.summary import crowding_warning
 from .ensemble import Ensemble
-from .errors import ConfigError, DatasetError, DetectorError
+from .errors import DatasetError, DetectorError
 from .files import write_json
 from .layout import RunPaths
 from .confusion import confusion_matrix
@@ -60,16 +59,6 @@ class HeldOutResult:
     def to_dict(self) -> dict[str, Any]:
         return {"ensemble": self.ensemble, "members": self.members,
                 "operating_point": self.operating_point.to_dict()}
-
-
-def check_held_out(train_index: CocoIndex, held_out: CocoIndex, test: CocoIndex | None = None) -> None:
-    """The held-out split (and the test split) must share no image with the splits before them (by path or
-    by content, data.overlap.check_disjoint), and must have boxes."""
-    splits = [("data.train", train_index), ("data.val", held_out)] + ([("data.test", test)] if test else [])
-    check_disjoint(splits)
-    for name, split in splits[1:]:
-        if not any(len(r.boxes) for r in split.images):
-            raise ConfigError(f"{name} ({split.path}) has no boxes; a split that scores models needs annotations")
 
 
 def evaluate_on_test(models: Path, test: CocoIndex, cfg: Config) -> dict[str, Any]:

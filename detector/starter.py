@@ -110,7 +110,8 @@ def _findings(index: CocoIndex) -> list[str]:
 
 def _carve(train: CocoIndex, out: Path, starter: Starter) -> tuple[Path, Path]:
     """No validation split: a fifth of the training images (grouped by source photo) become one."""
-    val_ids = set(make_folds(train, n_folds=5, strategy="auto", seed=0)[0])
+    similarity = config_mod.DataConfig().copy_similarity
+    val_ids = set(make_folds(train, n_folds=5, strategy="auto", similarity=similarity, seed=0)[0])
     raw = train.to_coco()
     parts = {}
     for kind, keep in (("train", lambda i: i not in val_ids), ("val", lambda i: i in val_ids)):

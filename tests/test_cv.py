@@ -12,10 +12,12 @@ from detector.layout import RunPaths
 from tests.helpers import CLI, wait_until
 from tests.test_train import TINY
 
+SIM = config.DataConfig().copy_similarity
+
 
 def test_group_folds_keep_roboflow_copies_together(rbc):
     index = load_coco(rbc / "train" / "_annotations.coco.json", check_images=False)
-    folds = make_folds(index, n_folds=5, strategy="group", group_by="roboflow", seed=0)
+    folds = make_folds(index, n_folds=5, similarity=SIM, strategy="group", group_by="roboflow", seed=0)
     by_id = {r.id: r for r in index.images}
     fold_of_source: dict[str, set[int]] = {}
     for k, ids in enumerate(folds):
@@ -24,21 +26,21 @@ def test_group_folds_keep_roboflow_copies_together(rbc):
     assert len(fold_of_source) == 70  # 210 images are copies of 70 photos
     assert all(len(f) == 1 for f in fold_of_source.values())
     assert sorted(i for f in folds for i in f) == sorted(by_id)
-    assert make_folds(index, n_folds=5, strategy="group", seed=0) == folds  # seeded
+    assert make_folds(index, n_folds=5, similarity=SIM, strategy="group", seed=0) == folds  # seeded
 
 
 def test_auto_strategy_groups_roboflow_copies_and_warns_when_forced_apart(rbc, sample):
     index = load_coco(rbc / "train" / "_annotations.coco.json", check_images=False)
-    assert resolve_strategy(index, "auto") == ("group", None)
-    assert make_folds(index, n_folds=5, strategy="auto", seed=0) == make_folds(index, n_folds=5, strategy="group",
+    assert resolve_strategy(index, "auto", "roboflow", SIM) == ("group", None)
+    assert make_folds(index, n_folds=5, similarity=SIM, strategy="auto", seed=0) == make_folds(index, n_folds=5, similarity=SIM, strategy="group",
                                                                                 seed=0)
-    strategy, warning = resolve_strategy(index, "stratified")
-    assert strategy == "stratified" and "70 source photos have several Roboflow copies" in warning
-    assert resolve_strategy(index, "group") == ("group", None)
+    strategy, warning = resolve_strategy(index, "stratified", "roboflow", SIM)
+    assert strategy == "stratified" and "69 photos have several images (Roboflow copies, identical files or copies by content)" in warning
+    assert resolve_strategy(index, "group", "roboflow", SIM) == ("group", None)
     plain = load_coco(sample["annotations"], check_images=False)  # no copies: stratified, no warning
-    assert resolve_strategy(plain, "auto") == ("stratified", None)
-    assert resolve_strategy(plain, "kfold") == ("kfold", None)
-    assert resolve_strategy(plain, "auto", r"regex:sample_(\d)") == ("group", None)
+    assert resolve_strategy(plain, "auto", "roboflow", SIM) == ("stratified", None)
+    assert resolve_strategy(plain, "kfold", "roboflow", SIM) == ("kfold", None)
+    assert resolve_strategy(plain, "auto", r"regex:sample_(\d)", SIM) == ("group", None)
 
 
 def test_no_shipped_config_leaks_copies_across_folds(monkeypatch):
@@ -51,7 +53,7 @@ def test_no_shipped_config_leaks_copies_across_folds(monkeypatch):
         cfg = config.load(path)
         if Path(cfg.data.train.annotations).is_file():
             index = load_coco(cfg.data.train.annotations, cfg.data.train.images, check_images=False)
-            assert resolve_strategy(index, cfg.cv.strategy, cfg.cv.group_by)[1] is None, path.name
+            assert resolve_strategy(index, cfg.cv.strategy, cfg.cv.group_by, cfg.data.copy_similarity)[1] is None, path.name
             checked.append(path.name)
     assert {"rbc.yaml", "quickstart.yaml"} <= set(checked)
 
@@ -60,14 +62,14 @@ def test_stratified_folds_on_rbc_keep_wbc_in_every_validation_fold(rbc):
     index = load_coco(rbc / "train" / "_annotations.coco.json", check_images=False)
     by_id = {r.id: r for r in index.images}
     for strategy in ("stratified", "group"):
-        folds = make_folds(index, n_folds=5, strategy=strategy, seed=0)
+        folds = make_folds(index, n_folds=5, similarity=SIM, strategy=strategy, seed=0)
         for ids in folds:
             assert 2 in {int(c) for i in ids for c in by_id[i].category_ids}, strategy
 
 
 def test_stratified_folds_keep_every_class_in_every_fold(sample):
     index = load_coco(sample["annotations"], check_images=False)
-    folds = make_folds(index, n_folds=4, strategy="stratified", seed=1)
+    folds = make_folds(index, n_folds=4, similarity=SIM, strategy="stratified", seed=1)
     by_id = {r.id: r for r in index.images}
     for ids in folds:
         present = {int(c) for i in ids for c in by_id[i].category_ids}
@@ -86,7 +88,7 @@ def test_group_by_regex_and_field_and_errors(sample):
     with pytest.raises(ConfigError, match="cv.group_by must be"):
         group_key(rec, "photo")
     with pytest.raises(ConfigError, match="only 1 groups"):
-        make_folds(index, n_folds=2, strategy="group", group_by="regex:sample_")
+        make_folds(index, n_folds=2, similarity=SIM, strategy="group", group_by="regex:sample_")
 
 
 def test_top_k_keeps_exactly_the_k_best_of_each_fold(tmp_path):
@@ -284,8 +286,8 @@ def test_a_cv_run_publishes_members_refit_on_all_of_its_training_data(sample, tm
 
 def test_kfold_is_a_shuffled_partition_fixed_by_the_seed(sample):
     index = load_coco(sample["annotations"], check_images=False)
-    folds = make_folds(index, n_folds=3, strategy="kfold", seed=0)
+    folds = make_folds(index, n_folds=3, similarity=SIM, strategy="kfold", seed=0)
     assert sorted(i for f in folds for i in f) == sorted(r.id for r in index.images)
     assert max(map(len, folds)) - min(map(len, folds)) <= 1
-    assert make_folds(index, n_folds=3, strategy="kfold", seed=0) == folds
-    assert make_folds(index, n_folds=3, strategy="kfold", seed=1) != folds
+    assert make_folds(index, n_folds=3, similarity=SIM, strategy="kfold", seed=0) == folds
+    assert make_folds(index, n_folds=3, similarity=SIM, strategy="kfold", seed=1) != folds

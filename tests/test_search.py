@@ -68,7 +68,7 @@ def test_search_space_from_config():
 
 def test_held_out_split_must_not_share_images_with_training(sample):
     cfg = study_cfg(sample, f"data.val.annotations={sample['annotations']}")
-    with pytest.raises(DatasetError, match=r"shares \d+ image\(s\) with data.train \(e.g. .*sample_\d+.png\); each"):
+    with pytest.raises(DatasetError, match=r"shares \d+ image file\(s\) with data.train: .*sample_\d+.png \(in both\); .*; each"):
         load_splits(cfg)
 
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
 import numpy as np
 
 from ..errors import DatasetError
+from .copies import fingerprints
 from .records import ImageRecord, LabelMap
 from .checks import (Problem, check_box, check_categories, check_files, check_structure, format_problems,
                      is_int)
@@ -30,6 +32,11 @@ class CocoIndex:
     label_map: LabelMap
     problems: list[Problem] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def fingerprints(self) -> np.ndarray:
+        """Each image's content fingerprint (data/copies.py), in `images` order; read once per index."""
+        return fingerprints(r.path for r in self.images)
 
     @property
     def warnings(self) -> list[Problem]:

@@ -1,5 +1,5 @@
 """K-fold splits of a COCO index: plain, stratified by the classes in each image, or grouped (`auto`: grouped
-when the file names show copies of one photo, stratified otherwise).
+when some photo has several images, by its file names, its bytes or its content; stratified otherwise).
 
 `make_folds` returns the validation image ids of each fold. `kfold` is scikit-learn's shuffled KFold.
 Stratification is iterative multi-label stratification (Sechidis et al., 2011): rarest label first, each
@@ -10,27 +10,43 @@ scikit-learn has no multi-label stratification; its StratifiedGroupKFold takes o
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.model_selection import KFold
 
 from ..errors import ConfigError
 from .coco import CocoIndex
+from .copies import components, copy_pairs
+from .overlap import file_digest
 from .records import ImageRecord
 
 EMPTY = -1  # the "label" of an image without boxes, so negatives spread over folds too
 ROBOFLOW = re.compile(r"^(?P<source>.+?)_(?:png|jpe?g|bmp|tiff?|webp)\.rf\.[0-9a-zA-Z]+\.\w+$", re.IGNORECASE)
 
 
+@dataclass(frozen=True)
+class PhotoGroups:
+    """Which images show one photo: a key per image (in index order)."""
+
+    keys: list[str]
+    joined_by_content: list[tuple[str, str]]  # name groups that only their content joined (one pair each)
+
+    @property
+    def copied(self) -> int:
+        """Photos with more than one image."""
+        return sum(1 for n in Counter(self.keys).values() if n > 1)
+
+
 def make_folds(index: CocoIndex, *, n_folds: int, strategy: str, group_by: str = "roboflow",
-               seed: int = 0) -> list[list[int]]:
+               similarity: float, seed: int = 0) -> list[list[int]]:
     """Image ids of the validation part of each fold (sorted), for `strategy` auto, kfold, stratified or group.
-    `n_folds` is at least 2: cv.folds' own check (config.py)."""
-    strategy, _ = resolve_strategy(index, strategy, group_by)
+    `n_folds` is at least 2: cv.folds' own check (config.py). `similarity` is data.copy_similarity."""
+    strategy, _ = resolve_strategy(index, strategy, group_by, similarity)
     records = index.images
     if strategy == "group":
-        keys = [group_key(r, group_by) for r in records]
+        keys = photo_groups(index, group_by, similarity).keys
     else:
         keys = [str(r.id) for r in records]
     groups: dict[str, list[ImageRecord]] = defaultdict(list)
@@ -54,28 +70,43 @@ def make_folds(index: CocoIndex, *, n_folds: int, strategy: str, group_by: str =
     return [sorted(f) for f in folds]
 
 
-def resolve_strategy(index: CocoIndex, strategy: str, group_by: str = "roboflow") -> tuple[str, str | None]:
+def resolve_strategy(index: CocoIndex, strategy: str, group_by: str, similarity: float) -> tuple[str, str | None]:
     """The strategy `auto` stands for, and a warning when a chosen one would leak copies across folds.
 
-    auto: `group` when cv.group_by names a grouping of its own (regex:, field:) or when file names show
-    Roboflow copies (several `NAME_png.rf.HASH.jpg` of one source photo); `stratified` otherwise.
+    auto: `group` when cv.group_by names a grouping of its own (regex:, field:) or when some photo has
+    several images (Roboflow copies `NAME_png.rf.HASH.jpg`, identical files, or copies by content);
+    `stratified` otherwise.
     """
-    copied = roboflow_copied_sources(index)
+    copied = photo_groups(index, "roboflow", similarity).copied
     if strategy == "auto":
         return ("group" if group_by != "roboflow" or copied else "stratified"), None
     if strategy != "group" and copied:
-        return strategy, (f"{index.path}: {copied} source photos have several Roboflow copies "
-                          f"(NAME_png.rf.HASH.jpg); cv.strategy={strategy} puts copies of one photo in "
-                          "different folds, so validation scores are inflated; use cv.strategy=auto or group")
+        return strategy, (f"{index.path}: {copied} photos have several images (Roboflow copies, identical files "
+                          f"or copies by content); cv.strategy={strategy} puts copies of one photo in different "
+                          "folds, so validation scores are inflated; use cv.strategy=auto or group")
     return strategy, None
 
 
-def roboflow_copied_sources(index: CocoIndex) -> int:
-    """How many source photos appear more than once as Roboflow copies in the index."""
-    counts: dict[str, int] = defaultdict(int)
-    for rec in index.images:
-        counts[group_key(rec, "roboflow")] += 1
-    return sum(1 for n in counts.values() if n > 1)
+def photo_groups(index: CocoIndex, group_by: str, similarity: float) -> PhotoGroups:
+    """Images that show one photo: one key of `group_by` (see group_key), the same bytes, or copies by
+    content (data/copies.py, at `similarity`), joined transitively. A group is named by its first key."""
+    names = [group_key(r, group_by) for r in index.images]
+    first: dict[str, int] = {}
+    links = [(first.setdefault(n, i), i) for i, n in enumerate(names)]
+    by_size: dict[int, list[int]] = defaultdict(list)
+    for i, r in enumerate(index.images):
+        by_size[r.path.stat().st_size].append(i)
+    by_digest: dict[str, int] = {}
+    for i in (i for same in by_size.values() if len(same) > 1 for i in same):  # only sizes seen twice are read
+        links.append((by_digest.setdefault(file_digest(index.images[i].path), i), i))
+    content = [(p.a, p.b) for p in copy_pairs(index.fingerprints, None, similarity)]
+    labels = components(len(names), links + content)
+    key: dict[int, str] = {}
+    for i in sorted(range(len(names)), key=lambda i: names[i]):
+        key.setdefault(int(labels[i]), names[i])
+    joined = sorted({(min(names[a], names[b]), max(names[a], names[b])) for a, b in content
+                     if names[a] != names[b]})
+    return PhotoGroups([key[int(c)] for c in labels], joined)
 
 
 def group_key(record: ImageRecord, group_by: str) -> str:

@@ -11,7 +11,7 @@ from ..errors import DatasetError
 _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
-def read_image(path: str | Path, bit_depth: int = 16) -> np.ndarray:
+def read_image(path: str | Path, bit_depth: int = 16, draft: int | None = None) -> np.ndarray:
     """Decode `path` into an (H, W, 3) uint8 RGB array, EXIF orientation applied.
 
     Grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit images all come back as 8-bit RGB. A 16-bit
@@ -19,10 +19,13 @@ def read_image(path: str | Path, bit_depth: int = 16) -> np.ndarray:
     12 for a 12-bit camera's files), never by its own maximum, so every image of a dataset maps alike; a
     value above 2**bit_depth - 1, a negative one or a floating-point image is a DatasetError.
     Raises DatasetError naming the file when it is missing, truncated, not an image, or larger than PIL's
-    decompression-bomb limit (Image.MAX_IMAGE_PIXELS).
+    decompression-bomb limit (Image.MAX_IMAGE_PIXELS). With `draft`, a JPEG is decoded at the smallest of its
+    built-in reduced scales whose sides stay at least `draft` pixels (much faster; for thumbnails).
     """
     try:
         with Image.open(path) as img:
+            if draft is not None:
+                img.draft("RGB", (draft, draft))
             img.load()
             img = ImageOps.exif_transpose(img)
             return np.array(_to_rgb_array(img, bit_depth, path))

@@ -1,50 +1,110 @@
-"""Images that two splits share: the same file, or a copy of it under another name."""
+"""Images that two splits share: the same file, a copy of its bytes under another name, or the same photo
+flipped, rotated or resized (data/copies.py). Scoring on a copy of a training image measures memory, not
+detection."""
 from __future__ import annotations
 
 import hashlib
+from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DatasetError
 from .coco import CocoIndex
+from .copies import copy_pairs
+
+LISTED = 3  # copies named in an error or a warning; `detector check-data` lists them all
 
 
-def check_disjoint(splits: list[tuple[str, CocoIndex]]) -> None:
-    """Each split shares no image with the splits before it: neither a path nor a file with the same bytes
-    (a copy under another name is the same image, and scoring on it measures memory, not detection)."""
-    for i, (name, split) in enumerate(splits[1:], start=1):
-        for earlier, other in splits[:i]:
-            shared = shared_images(other, split)
-            if shared:
-                here, there = shared[0]
-                example = here if here.resolve() == there.resolve() else f"{here}, the same bytes as {there}"
-                raise DatasetError(f"{name} ({split.path}) shares {len(shared)} image(s) with {earlier} (e.g. "
-                                   f"{example}); each of data.train, data.val and data.test needs images of its own")
+@dataclass(frozen=True)
+class SharedImage:
+    """An image of one split that is an image of another split."""
+
+    image: Path  # in the later split
+    copy_of: Path  # in the earlier split
+    how: str  # "the same file", "the same bytes", or the view and similarity of a content copy
+
+    def __str__(self) -> str:
+        return f"{self.image} (in both)" if self.how == "the same file" else f"{self.image} is {self.copy_of} ({self.how})"
 
 
-def shared_images(a: CocoIndex, b: CocoIndex) -> list[tuple[Path, Path]]:
-    """(file of b, file of a) pairs that are one image: the same path, or the same size and sha256. Only
-    files whose size another split has are read."""
-    by_size: dict[int, list[Path]] = {}
+def check_disjoint(split: tuple[str, CocoIndex], earlier: list[tuple[str, CocoIndex]], similarity: float,
+                   content_is_error: bool) -> list[str]:
+    """Warnings about `split`'s images that show a photo of an earlier split; raises DatasetError for a
+    shared file or bytes, and for content copies too when `content_is_error` (data.test)."""
+    name, index = split
+    warnings = []
+    for other_name, other in earlier:
+        files = shared_files(other, index)
+        same = {s.image for s in files}
+        content = [s for s in shared_content(other, index, similarity) if s.image not in same]
+        fix = (f"each of data.train, data.val and data.test needs photos of its own: remove the copies from "
+               f"{index.path} or {other.path} (`detector check-data {other.path} {index.path}` lists them all)")
+        if files:
+            raise DatasetError(f"{name} ({index.path}) shares {len(files)} image file(s) with {other_name}: "
+                               f"{_listed(files)}; {fix}")
+        if not content:
+            continue
+        what = (f"{name} ({index.path}) holds {len(content)} image(s) that show a photo of {other_name} flipped, "
+                f"rotated or resized (content similarity >= data.copy_similarity {similarity}): {_listed(content)}")
+        if content_is_error:
+            raise DatasetError(f"{what}; a test score on them is partly a training score. {fix}; or raise "
+                               "data.copy_similarity if they are different photos")
+        warnings.append(f"{what}; its scores are inflated by them. {fix}")
+    return warnings
+
+
+def shared_across(indices: list[CocoIndex], similarity: float) -> list[tuple[CocoIndex, CocoIndex, SharedImage]]:
+    """(file, earlier file, shared image) for each image of a file that is an image of an earlier one: the
+    same file, the same bytes, or a copy by content (what `detector check-data A B C` lists)."""
+    found = []
+    for i, later in enumerate(indices):
+        for earlier in indices[:i]:
+            files = shared_files(earlier, later)
+            same = {s.image for s in files}
+            content = [s for s in shared_content(earlier, later, similarity) if s.image not in same]
+            found += [(later, earlier, s) for s in files + content]
+    return found
+
+
+def shared_files(a: CocoIndex, b: CocoIndex) -> list[SharedImage]:
+    """Images of b that are files of a: the same path, or the same size and sha256. Only files whose size
+    the other split has are read."""
+    by_size: dict[int, list[Path]] = defaultdict(list)
     for r in a.images:
         size = _size(r.path)
         if size is not None:
-            by_size.setdefault(size, []).append(r.path)
-    digests: dict[Path, str] = {}
-
-    def digest(path: Path) -> str:
-        if path not in digests:
-            digests[path] = hashlib.file_digest(path.open("rb"), "sha256").hexdigest()
-        return digests[path]
-
-    pairs = []
+            by_size[size].append(r.path)
+    shared = []
     for r in b.images:
         candidates = by_size.get(_size(r.path), [])
         same = next((c for c in candidates if c.resolve() == r.path.resolve()), None)
-        if same is None and candidates:
-            same = next((c for c in candidates if digest(c) == digest(r.path)), None)
         if same is not None:
-            pairs.append((r.path, same))
-    return pairs
+            shared.append(SharedImage(r.path, same, "the same file"))
+            continue
+        same = next((c for c in candidates if file_digest(c) == file_digest(r.path)), None)
+        if same is not None:
+            shared.append(SharedImage(r.path, same, "the same bytes"))
+    return shared
+
+
+def shared_content(a: CocoIndex, b: CocoIndex, similarity: float) -> list[SharedImage]:
+    """Images of b whose content is a photo of a, each with its most similar image of a."""
+    best: dict[int, tuple[float, int, str]] = {}
+    for p in copy_pairs(a.fingerprints, b.fingerprints, similarity):
+        if p.b not in best or p.similarity > best[p.b][0]:
+            best[p.b] = (p.similarity, p.a, p.view)
+    return [SharedImage(b.images[i].path, a.images[j].path, f"{view}, similarity {s:.2f}")
+            for i, (s, j, view) in sorted(best.items())]
+
+
+def file_digest(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _listed(shared: list[SharedImage]) -> str:
+    more = f", and {len(shared) - LISTED} more" if len(shared) > LISTED else ""
+    return "; ".join(map(str, shared[:LISTED])) + more
 
 
 def _size(path: Path) -> int | None:

@@ -6,6 +6,7 @@ from typing import Any
 import numpy as np
 
 from .coco import CocoIndex
+from .folds import photo_groups
 
 PERCENTILES = (0, 5, 25, 50, 75, 95, 100)
 
@@ -45,6 +46,17 @@ def summarize(index: CocoIndex) -> dict[str, Any]:
     }
 
 
+def copies_within(index: CocoIndex, similarity: float) -> dict[str, Any]:
+    """Photos with several images in one file: by Roboflow names, identical bytes or content."""
+    groups = photo_groups(index, "roboflow", similarity)
+    sizes: dict[str, int] = {}
+    for key in groups.keys:
+        sizes[key] = sizes.get(key, 0) + 1
+    return {"photos": len(sizes), "photos_with_copies": groups.copied,
+            "images_in_copies": sum(n for n in sizes.values() if n > 1),
+            "joined_by_content": [list(pair) for pair in groups.joined_by_content]}
+
+
 def _distribution(values: np.ndarray) -> dict[str, float]:
     if len(values) == 0:
         return {}
@@ -68,6 +80,13 @@ def format_summary(s: dict[str, Any], max_listed: int = 20) -> str:
         d = s[key]
         lines.append(f"  {label:<11}" + " ".join(f"{d.get(k, 0):>7.2f}" for k in
                                                  ("p0", "p5", "p25", "p50", "p75", "p95", "p100")))
+    if "copies" in s:
+        c = s["copies"]
+        joined = c["joined_by_content"]
+        lines.append(f"copies:      {c['photos']} photos; {c['photos_with_copies']} have several images "
+                     f"({c['images_in_copies']} images: Roboflow copies, identical files or copies by content)")
+        if joined:
+            lines.append(f"  by content only ({len(joined)}): " + ", ".join(" ~ ".join(p) for p in joined[:max_listed]))
     for kind in ("errors", "warnings"):
         items = s[kind]
         if items:

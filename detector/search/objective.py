@@ -18,8 +18,6 @@ from .. import distributed
 from ..callbacks import CONTROL, Callback, FitState
 from ..config import Config
 from ..cv import run_cv
-from ..data.coco import CocoIndex
-from ..evaluate import check_held_out
 from ..layout import RunPaths, trial_folder
 from ..metrics import METRIC_KEYS
 from ..metric_log import read_metric_rows
@@ -31,13 +29,10 @@ from .trial_record import BEST_EPOCHS, CV_MEAN, CV_STD, RUN_DIR
 class Objective:
     """One trial: suggest -> k-fold run (pruned on the fold-mean score) -> its fold-mean score."""
 
-    def __init__(self, cfg: Config, study_dir: str | Path, *, train_index: CocoIndex | None = None,
-                 held_out: CocoIndex | None = None, progress: bool = False, log: Callable[[str], None] = print):
+    def __init__(self, cfg: Config, study_dir: str | Path, *, progress: bool = False,
+                 log: Callable[[str], None] = print):
         self.cfg, self.study_dir, self.progress, self.log = cfg, Path(study_dir), progress, log
-        if train_index is None or held_out is None:
-            train_index, held_out = load_splits(cfg)
-        check_held_out(train_index, held_out)
-        self.train_index, self.held_out = train_index, held_out
+        self.train_index, self.held_out = load_splits(cfg, log)
 
     def __call__(self, trial: optuna.trial.BaseTrial) -> float:
         params = suggest(trial, self.cfg.search.space)

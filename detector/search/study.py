@@ -16,7 +16,6 @@ from ..config import Config
 from ..errors import ConfigError
 from ..layout import StudyPaths
 from ..runs import data_fingerprint, describe_differences, resume_differences
-from ..evaluate import check_held_out
 from ..data.splits import load_test
 from ..refit import Member, refit
 from .best import best_trial, free_other_trials, plan, publish, score_best_on_test
@@ -54,8 +53,7 @@ def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None,
         log(f"warning: search.space is empty, so all {cfg.search.n_trials} trials train the same config; give "
             "search.space keys to search, or run detector cv once")
     objective = Objective(cfg, directory, progress=progress and w.main, log=log)  # validates the data first
-    test = load_test(cfg, objective.train_index.label_map)
-    check_held_out(objective.train_index, objective.held_out, test)  # read only here, and at the end
+    test = load_test(cfg, objective.train_index, objective.held_out)  # read only here, and at the end
 
     def refit_members(members: list[Member], root: Path) -> list[dict]:
         return refit(members, objective.train_index, objective.held_out, root, progress=progress and w.main, log=log)
