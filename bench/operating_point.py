@@ -40,7 +40,7 @@ def main() -> None:
                            ("focal a=0.6", ["model.box_loss=focal", "model.focal_alpha=0.6"])):
             cfg = config.load(args.config, [*args.overrides, *loss])
             train, val = load_splits(cfg)
-            test = load_test(cfg, train.label_map)
+            test = load_test(cfg, train, val)
             if test is None:
                 raise SystemExit("the config needs data.test (configs/quickstart.yaml names examples/rbc/test)")
             print(f"{name}: {len(train.images)} training, {len(val.images)} valid, {len(test.images)} test images, "

@@ -90,7 +90,8 @@ def main() -> None:
             rows["(c) main job: published ensemble"], members = main_job(tmp)
             for i, m in enumerate(members):
                 rows[f"    member {i} alone"] = m
-    print(f"\nRBC test/ (10 images, 221 boxes); (a) and (b): {args.epochs} epochs at {args.size} px on train/")
+    test = json.loads(Path(TEST).read_text())
+    print(f"\nRBC test/ ({len(test['images'])} images, {len(test['annotations'])} boxes); (a) and (b): {args.epochs} epochs at {args.size} px on train/")
     print(f"{'':<36} {'mAP@0.5':>8} {'mAP':>8} {'mAP@0.75':>9} {'seconds':>8}")
     for name, r in rows.items():
         seconds = f"{r['seconds']:.0f}" if "seconds" in r else ""

@@ -77,8 +77,10 @@ class DataConfig:
     bit_depth: int = checked(16, lambda v: 8 <= v <= 16, "lie in 8..16 (the bits a 16-bit file's pixels use)")
     # the bits 16-bit grayscale files use (12 for a 12-bit camera); 8-bit files read as they are
     copy_similarity: float = fraction(0.5, low_open=True)
-    # images whose content fingerprints correlate this much (under flips/rotations) are copies of one photo
-    # (data/copies.py): grouped in one fold, refused across data.test; 1 keeps only same-content files
+    # images whose content fingerprints correlate this much (under flips/rotations) show one photo
+    # (data/copies.py): grouped in one fold, warned about across splits; 1 keeps only same-content files
+    test_copy_error: float = fraction(0.9, low_open=True)
+    # a data.test image this similar to a data.train or data.val photo stops the run (plain copies: >= 0.93)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

@@ -14,15 +14,15 @@ from .checkpoint import TopEntry, read_index
 from .config import Config, ScoreConfig
 from .data.coco import CocoIndex, load_coco
 from .data.summary import crowding_warning
-from .ensemble import Ensemble
+from .ensemble import Ensemble, ImagePrediction
 from .errors import DatasetError, DetectorError
-from .files import write_json
+from .files import read_json, write_json
 from .layout import RunPaths
 from .confusion import confusion_matrix
-from .error_breakdown import error_breakdown
+from .error_breakdown import Breakdown, error_breakdown
 from .metrics import OperatingPoint, Thresholds, evaluate_detections
-from .operating_point import fused_results, tune
-from .predict import PredictionRun, coco_results, ground_truth_metrics, run_predictions
+from .operating_point import fused_image, fused_results, tune
+from .predict import PredictionRun, coco_results, draw_worst, ground_truth_metrics, run_predictions
 
 
 def evaluate_checkpoint(
@@ -82,16 +82,16 @@ def evaluate_held_out(cfg: Config, run: Path, top_models: list[TopEntry], held_o
     predictions = run_predictions(ensemble, [r.path for r in held_out.images], gt=held_out,
                                   batch_size=cfg.eval.batch_size, progress=progress, with_members=True)
     gt = held_out.subset(predictions.image_ids).to_coco()
-    point = tune(gt, predictions.predictions, predictions.image_ids, ensemble.label_map, cfg,
+    point = tune(gt, predictions.predictions, predictions.image_ids, cfg,
                  source=f"data.val ({held_out.path}): the published members' predictions")
     single = dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune, wbf=False))
     members = []
     for i, m in enumerate(top_models):
-        alone = tune(gt, predictions.member(i).predictions, predictions.image_ids, ensemble.label_map, single)
+        alone = tune(gt, predictions.member(i).predictions, predictions.image_ids, single)
         members.append({"path": m.path, "member": m.member, "source": m.source, "fold": m.fold,
                         "epoch": m.epoch, "cv_score": m.score, "metrics": alone.metrics,
                         "score_threshold": alone.thresholds.default})
-    fused = fused_results(predictions.predictions, predictions.image_ids, ensemble.label_map, point.ensemble)
+    fused = fused_results(predictions.predictions, predictions.image_ids, point.ensemble)
     confusion = confusion_matrix(gt, fused, point.thresholds, cfg.eval.iou_threshold).to_dict()
     metrics = {**point.metrics, "annotations": str(held_out.path), "images": len(predictions.image_ids),
                "confusion": confusion, "errors": error_breakdown(gt, fused, point.thresholds).to_dict()}
@@ -105,6 +105,21 @@ def write_held_out(paths: RunPaths, result: HeldOutResult) -> None:
     write_json(paths.heldout_predictions, [{"image_id": i, **p.to_dict()} for p, i in
                                            zip(run.predictions, run.image_ids)], indent=None)
     write_json(paths.heldout, result.to_dict())
+
+
+def draw_heldout_worst(heldout: Path, predictions: Path, out_dir: Path, n: int = 8) -> list[Path]:
+    """OUT_DIR/worst/: the `n` images of data.val with the most errors of the published ensemble at its
+    operating point (heldout.json), drawn from the stored predictions, ground truth beside them; no model
+    runs. Nothing when data.val's file has moved since."""
+    result = read_json(heldout)
+    metrics, point = result["ensemble"], OperatingPoint.from_dict(result["operating_point"])
+    if not Path(metrics["annotations"]).is_file():
+        return []
+    gt = load_coco(metrics["annotations"])
+    stored = read_json(predictions)
+    run = PredictionRun([fused_image(ImagePrediction.from_dict(d), point.ensemble) for d in stored],
+                        [d["image_id"] for d in stored])
+    return draw_worst(run, gt, Breakdown.from_dict(metrics["errors"]), point.thresholds, out_dir, n)
 
 
 def tune_run(cfg: Config, run: Path, held_out: CocoIndex) -> HeldOutResult:

@@ -23,7 +23,7 @@ A run folder (`detector train --out RUN`, and each `fold_K/` of a `cv` run)::
                              folds) thresholds chosen on its out-of-fold predictions
       heldout.json           a cv run's (or study's best/) members and ensemble on data.val, with the operating point
       heldout_predictions.json  each member's raw predictions on data.val (for tuning)
-      plots/                 written by `detector report`
+      plots/                 written by `detector report` (worst/: the published ensemble's worst data.val images)
       label_issues.json      `detector audit-labels`: suspected label errors, label_fixes.coco.json (the
       label_issues/          training file with the fixes applied) and drawings of the first ones
       fold_K/                a run folder of its own
@@ -38,7 +38,7 @@ A study folder (`detector study --name NAME`, default studies/NAME)::
       refit/NAME/            a run folder per published member, trained on all of data.train
       best/                  the published ensemble: ensemble.json, config.yaml, model_I.pt, heldout.json (its
                              members and ensemble on data.val), heldout_predictions.json; test.json
-      plots/                 written by `detector report`
+      plots/                 written by `detector report` (worst/: the published ensemble's worst data.val images)
 
 A predict output folder (`detector predict ... --out OUT`): predictions.json, predictions.csv, images.json,
 drawn/ with --draw, job.json (the job that wrote them: models, settings, images) and
@@ -71,6 +71,7 @@ RUN_ENTRIES = tuple(name for attr, name in RUN_FILES.items() if attr != "lock")
 STUDY_FILES = {"meta": "study.json", "config": CONFIG, "database": "study.db", "lock": ".lock", "best": "best",
                "refit": "refit", "publish_lock": ".publish.lock",
                "ensemble": f"best/{ENSEMBLE}", "test": "best/test.json", "heldout": "best/heldout.json",
+               "heldout_predictions": "best/heldout_predictions.json",
                "plots": "plots"}
 PREDICT_FILES = {"predictions": "predictions.json", "table": "predictions.csv", "images": "images.json",
                  "partial": "predictions.partial.jsonl", "drawn": "drawn", "job": "job.json",

@@ -11,7 +11,6 @@ from typing import Any, Sequence
 
 
 from .config import CONF_TYPES, Config, EnsembleConfig
-from .data.records import LabelMap
 from .engine import coco_detections
 from .ensemble import ImagePrediction, fuse_wbf
 from .metrics import OperatingPoint, Thresholds, coco_map, match, metrics_from
@@ -35,8 +34,8 @@ class Candidate:
         return self.metrics["score"]
 
 
-def tune(gt: dict[str, Any], images: Sequence[ImagePrediction], image_ids: Sequence[int], label_map: LabelMap,
-         cfg: Config, source: str = "") -> OperatingPoint:
+def tune(gt: dict[str, Any], images: Sequence[ImagePrediction], image_ids: Sequence[int], cfg: Config,
+         source: str = "") -> OperatingPoint:
     """The operating point of an ensemble from its members' stored predictions (`images[i].members`) on the
     images `gt` holds; a prediction without members is taken as one model's. `source` says which
     predictions these are."""
@@ -45,7 +44,7 @@ def tune(gt: dict[str, Any], images: Sequence[ImagePrediction], image_ids: Seque
     tried: list[Candidate] = []
 
     def evaluate(settings: EnsembleConfig) -> Candidate:
-        tried.append(_candidate(gt, fused_results(images, image_ids, label_map, settings), settings, cfg))
+        tried.append(_candidate(gt, fused_results(images, image_ids, settings), settings, cfg))
         return tried[-1]
 
     base = best = evaluate(cfg.ensemble)  # the configured settings: what tuning is measured against
@@ -85,18 +84,27 @@ def _wbf_stages(members: int):
     return fusion, skip, weights
 
 
-def fused_results(images: Sequence[ImagePrediction], image_ids: Sequence[int], label_map: LabelMap,
+def fused_results(images: Sequence[ImagePrediction], image_ids: Sequence[int],
                   settings: EnsembleConfig) -> list[dict[str, Any]]:
     """COCO results of the members' stored predictions fused with `settings` (one member: its own boxes)."""
     results = []
     for p, image_id in zip(images, image_ids):
-        parts = p.members or [p]
-        if len(parts) == 1:
-            boxes, scores, labels = parts[0].boxes, parts[0].scores, parts[0].labels
-        else:
-            boxes, scores, labels = fuse_wbf([m.boxes for m in parts], [m.scores for m in parts],
-                                             [m.labels for m in parts], width=p.width, height=p.height,
-                                             weights=settings.weights, iou_thr=settings.iou_thr,
-                                             skip_box_thr=settings.skip_box_thr, conf_type=settings.conf_type)
-        results += coco_detections(image_id, boxes, scores.tolist(), [label_map.category_id(int(v)) for v in labels])
+        f = fused_image(p, settings)
+        results += coco_detections(image_id, f.boxes, f.scores.tolist(), f.category_ids)
     return results
+
+
+def fused_image(p: ImagePrediction, settings: EnsembleConfig) -> ImagePrediction:
+    """One image's stored member predictions fused with `settings` (one member: its own boxes)."""
+    parts = p.members or [p]
+    if len(parts) == 1:
+        return dataclasses.replace(parts[0], members=[])
+    boxes, scores, labels = fuse_wbf([m.boxes for m in parts], [m.scores for m in parts], [m.labels for m in parts],
+                                     width=p.width, height=p.height, weights=settings.weights,
+                                     iou_thr=settings.iou_thr, skip_box_thr=settings.skip_box_thr,
+                                     conf_type=settings.conf_type)
+    named = {int(label): (name, cid) for m in parts for label, name, cid in zip(m.labels, m.names, m.category_ids)}
+    return ImagePrediction(p.source, p.width, p.height, boxes, scores, labels,
+                           [named[int(v)][0] for v in labels], [named[int(v)][1] for v in labels])
+
+

@@ -158,6 +158,7 @@ def report_run(run: Path, fmt: str = "table") -> tuple[str, list[Path]]:
         paths = RunPaths(run)
         if paths.heldout.exists():  # refit members, tuned on data.val
             parts.append("\n" + format_published(read_json(paths.heldout), summary.mean, fmt))
+            parts.append(worst_line(paths.heldout, paths.heldout_predictions, paths.plots))
         if paths.operating_point.exists():
             p = read_json(paths.operating_point)
             where = "data.val" if paths.heldout.exists() else "out-of-fold"
@@ -173,6 +174,17 @@ def report_run(run: Path, fmt: str = "table") -> tuple[str, list[Path]]:
     if plots:
         parts.append("plots: " + ", ".join(str(p) for p in plots))
     return "\n".join(parts), plots
+
+
+def worst_line(heldout: Path, predictions: Path, plots: Path) -> str:
+    """Draws the published ensemble's worst images on data.val into PLOTS/worst/ and says where they are."""
+    from .evaluate import draw_heldout_worst
+
+    drawn = draw_heldout_worst(heldout, predictions, plots) if predictions.exists() else []
+    if not drawn:
+        return "worst images: none drawn (no stored data.val predictions, no errors, or data.val has moved)"
+    return (f"worst images on data.val (most errors at the operating point; ground truth white, errors by cause "
+            f"in the corner): {len(drawn)} in {drawn[0].parent}/")
 
 
 def pr_curves_of_fold(run: Path, fold: int) -> dict[str, tuple[list[float], list[float]]] | None:

@@ -21,7 +21,7 @@ from . import config as config_mod
 from .data.coco import CocoIndex, load_coco
 from .data.folds import make_folds
 from .data.sampling import box_shapes
-from .data.summary import summarize
+from .data.summary import copies_within, summarize
 from .errors import DatasetError
 from .files import write_json, write_text
 from .typed_yaml import read_with_bases
@@ -102,6 +102,10 @@ def _findings(index: CocoIndex) -> list[str]:
     lines = [f"check-data {s['annotations']}: {s['images']} images ({s['images_without_boxes']} without boxes), "
              f"{s['boxes']} boxes: " + ", ".join(f"{k} {v}" for k, v in s["boxes_per_class"].items())]
     lines += [f"warning: {w}" for w in s["warnings"][:5]]
+    copies = copies_within(index, config_mod.DataConfig().copy_similarity)
+    if copies["photos_with_copies"]:
+        lines.append(f"{copies['images_in_copies']} images are copies of {copies['photos_with_copies']} photos "
+                     "(Roboflow names, identical files or content): cv keeps each photo's copies in one fold")
     rare = [k for k, v in s["boxes_per_class"].items() if v < 20]
     if rare:
         lines.append(f"few boxes of {', '.join(rare)} (< 20): expect a noisy AP for them; label more if you can")

@@ -198,14 +198,13 @@ def _two_members_off_by_six_pixels():
 
 
 def test_the_wbf_search_finds_the_fusion_the_configured_one_misses_unless_the_gain_is_too_small():
-    from detector.data.records import LabelMap
     from detector.operating_point import tune
 
     gt, images = _two_members_off_by_six_pixels()  # the members' boxes overlap at IoU 0.54: apart at 0.55
     cfg = config.load(None, ["ensemble.iou_thr=0.55", "tune.min_class_boxes=1000"])
-    point = tune(gt, images, list(range(1, 11)), LabelMap((1,), ("a",)), cfg)
+    point = tune(gt, images, list(range(1, 11)), cfg)
     assert point.ensemble.iou_thr < 0.54 and point.score > point.configured_score + 0.1
     assert point.metrics["precision"] == pytest.approx(1.0) and point.evaluations > 20
     strict = config.with_values(cfg, {"tune.min_gain": 1.0})  # no gain is worth replacing the configured settings
-    kept = tune(gt, images, list(range(1, 11)), LabelMap((1,), ("a",)), strict)
+    kept = tune(gt, images, list(range(1, 11)), strict)
     assert kept.ensemble == cfg.ensemble and kept.score < point.score

@@ -6,9 +6,11 @@ import time
 
 import optuna
 import pytest
+from PIL import Image
 from optuna.trial import TrialState
 
 from detector import config
+from detector.error_breakdown import Breakdown
 from detector.errors import ConfigError, DatasetError
 from detector.layout import RunPaths, StudyPaths
 from detector.search import Objective, PruningHook, check_space, load_study, run_study, suggest
@@ -184,6 +186,10 @@ def test_study_end_to_end_with_a_killed_trial_resumed(sample, tmp_path):
     assert f"best trial {best.number}" in report.stdout and "retry of 0" in report.stdout
     for name in ("history", "parallel_coordinate", "param_importances"):
         assert (study_dir / "plots" / f"{name}.png").stat().st_size > 1000
+    worst = Breakdown.from_dict(heldout["ensemble"]["errors"]).worst(8)  # the gallery: data.val's worst images
+    drawn = sorted((study_dir / "plots" / "worst").glob("*.png"))
+    assert worst and len(drawn) == len(worst) and "worst images on data.val" in report.stdout
+    assert {Image.open(p).size for p in drawn} <= {(256, 256), (288, 224), (224, 288)}  # at the files' own sizes
     trial_report = subprocess.run([*CLI, "report", str(study_dir / "trial_0002")],
                                   capture_output=True, text=True)
     assert trial_report.returncode == 0 and "mean+-std" in trial_report.stdout

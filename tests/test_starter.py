@@ -27,6 +27,7 @@ def test_init_on_a_roboflow_export_finds_its_splits_and_explains_each_choice(rbc
         line = next(i for i, t in enumerate(text.splitlines()) if t.strip().startswith(f"{key}:"))
         assert text.splitlines()[line - 1].strip().startswith("#"), key
     assert "4947 boxes: rbc 4725, wbc 222" in text  # what check-data found
+    assert "210 images are copies of 69 photos" in text  # image-49 and image-8 are one photo
     with pytest.raises(DatasetError, match="exists"):
         write(starter, out, rbc / "train" / "_annotations.coco.json")
 

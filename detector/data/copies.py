@@ -72,7 +72,7 @@ def copy_pairs(a: np.ndarray, b: np.ndarray | None, threshold: float) -> list[Co
         sims = views.reshape(len(VIEWS), len(views[0]), -1) @ flat_b  # (8, n, len(b))
         best, which = sims.max(0), sims.argmax(0)
         if within:  # each pair once, and no image with itself
-            best[start + np.arange(len(best))[:, None] >= np.arange(len(b))[None, :]] = -1
+            best[start + np.arange(len(best))[:, None] >= np.arange(len(b))[None, :]] = -np.inf
         for i, j in zip(*np.nonzero(best >= threshold)):
             pairs.append(CopyPair(start + int(i), int(j), round(float(best[i, j]), 4),
                                   list(VIEWS.values())[int(which[i, j])]))

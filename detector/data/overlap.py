@@ -22,15 +22,17 @@ class SharedImage:
     image: Path  # in the later split
     copy_of: Path  # in the earlier split
     how: str  # "the same file", "the same bytes", or the view and similarity of a content copy
+    similarity: float = 1.0
 
     def __str__(self) -> str:
         return f"{self.image} (in both)" if self.how == "the same file" else f"{self.image} is {self.copy_of} ({self.how})"
 
 
 def check_disjoint(split: tuple[str, CocoIndex], earlier: list[tuple[str, CocoIndex]], similarity: float,
-                   content_is_error: bool) -> list[str]:
-    """Warnings about `split`'s images that show a photo of an earlier split; raises DatasetError for a
-    shared file or bytes, and for content copies too when `content_is_error` (data.test)."""
+                   error_at: float | None = None) -> list[str]:
+    """Warnings about `split`'s images that show a photo of an earlier split (content similarity at least
+    `similarity`); raises DatasetError for a shared file or bytes, and, with `error_at` (data.test), for
+    copies at least that similar."""
     name, index = split
     warnings = []
     for other_name, other in earlier:
@@ -42,14 +44,16 @@ def check_disjoint(split: tuple[str, CocoIndex], earlier: list[tuple[str, CocoIn
         if files:
             raise DatasetError(f"{name} ({index.path}) shares {len(files)} image file(s) with {other_name}: "
                                f"{_listed(files)}; {fix}")
-        if not content:
-            continue
-        what = (f"{name} ({index.path}) holds {len(content)} image(s) that show a photo of {other_name} flipped, "
-                f"rotated or resized (content similarity >= data.copy_similarity {similarity}): {_listed(content)}")
-        if content_is_error:
-            raise DatasetError(f"{what}; a test score on them is partly a training score. {fix}; or raise "
-                               "data.copy_similarity if they are different photos")
-        warnings.append(f"{what}; its scores are inflated by them. {fix}")
+        certain = [s for s in content if error_at is not None and s.similarity >= error_at]
+        if certain:
+            raise DatasetError(f"{name} ({index.path}) holds {len(certain)} copies of {other_name} photos, "
+                               f"flipped, rotated or resized (content similarity >= data.test_copy_error "
+                               f"{error_at}): {_listed(certain)}; a test score on them is partly a training "
+                               f"score. {fix}")
+        if content:
+            warnings.append(f"{name} ({index.path}) holds {len(content)} image(s) that probably show a photo of "
+                            f"{other_name} (content similarity >= data.copy_similarity {similarity}): "
+                            f"{_listed(content)}; if they are copies, its scores are inflated by them. {fix}")
     return warnings
 
 
@@ -93,7 +97,7 @@ def shared_content(a: CocoIndex, b: CocoIndex, similarity: float) -> list[Shared
     for p in copy_pairs(a.fingerprints, b.fingerprints, similarity):
         if p.b not in best or p.similarity > best[p.b][0]:
             best[p.b] = (p.similarity, p.a, p.view)
-    return [SharedImage(b.images[i].path, a.images[j].path, f"{view}, similarity {s:.2f}")
+    return [SharedImage(b.images[i].path, a.images[j].path, f"{view}, similarity {s:.2f}", s)
             for i, (s, j, view) in sorted(best.items())]
 
 

@@ -22,23 +22,25 @@ def load_splits(cfg: Config, log: Callable[[str], None] = print) -> tuple[CocoIn
                            "check its 'annotations' list (`detector check-data` shows what it holds)")
     val = load_coco(d.val.annotations, d.val.images_dir, label_map=train.label_map, **options)
     _require_boxes("data.val", val)
-    for warning in check_disjoint(("data.val", val), [("data.train", train)], d.copy_similarity,
-                                  content_is_error=False):
+    for warning in check_disjoint(("data.val", val), [("data.train", train)], d.copy_similarity):
         log(f"warning: {warning}")
     return train, val
 
 
-def load_test(cfg: Config, train: CocoIndex, val: CocoIndex) -> CocoIndex | None:
+def load_test(cfg: Config, train: CocoIndex, val: CocoIndex, log: Callable[[str], None] = print
+              ) -> CocoIndex | None:
     """The optional data.test split (None when the config names none), on the training split's label map.
-    It may hold no photo of data.train or data.val, not even flipped, rotated or resized (DatasetError)."""
+    A copy of a data.train or data.val photo in it (flipped, rotated or resized too) is a DatasetError at
+    data.test_copy_error, a logged warning from data.copy_similarity."""
     d = cfg.data
     if not d.test.annotations:
         return None
     test = load_coco(d.test.annotations, d.test.images_dir, label_map=train.label_map, keep_empty=True,
                      drop_placeholder_categories=d.drop_placeholder_categories, strict_boxes=d.strict_boxes)
     _require_boxes("data.test", test)
-    check_disjoint(("data.test", test), [("data.train", train), ("data.val", val)], d.copy_similarity,
-                   content_is_error=True)
+    for warning in check_disjoint(("data.test", test), [("data.train", train), ("data.val", val)],
+                                  d.copy_similarity, error_at=d.test_copy_error):
+        log(f"warning: {warning}")
     return test
 
 

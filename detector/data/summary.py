@@ -83,8 +83,9 @@ def format_summary(s: dict[str, Any], max_listed: int = 20) -> str:
     if "copies" in s:
         c = s["copies"]
         joined = c["joined_by_content"]
-        lines.append(f"copies:      {c['photos']} photos; {c['photos_with_copies']} have several images "
-                     f"({c['images_in_copies']} images: Roboflow copies, identical files or copies by content)")
+        lines.append(f"copies:      {c['photos']} photos; " + (
+            f"{c['photos_with_copies']} have several images ({c['images_in_copies']} images: Roboflow copies, "
+            "identical files or copies by content)" if c["photos_with_copies"] else "no two images show one photo"))
         if joined:
             lines.append(f"  by content only ({len(joined)}): " + ", ".join(" ~ ".join(p) for p in joined[:max_listed]))
     for kind in ("errors", "warnings"):

@@ -10,7 +10,7 @@ import optuna
 from ..layout import StudyPaths
 from ..plots import save_figures, study_figures
 from ..files import read_json
-from ..report import format_per_class, format_published, format_trials
+from ..report import format_per_class, format_published, format_trials, worst_line
 from .objective import _format_params
 from .storage import load_study
 from .trial_record import TrialRecord
@@ -49,6 +49,7 @@ def _published(paths: StudyPaths, best: dict[str, Any]) -> list[str]:
              f"{refit.get('strategy', '?')}: " + "; ".join(m["source"] for m in meta["members"])]
     if paths.heldout.exists():
         lines.append(format_published(read_json(paths.heldout), best.get("cv_mean")))
+        lines.append(worst_line(paths.heldout, paths.heldout_predictions, paths.plots))
     point = meta.get("operating_point") or {}
     if point:
         e, per_class = point["ensemble"], point.get("class_thresholds") or {}

@@ -53,7 +53,7 @@ def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None,
         log(f"warning: search.space is empty, so all {cfg.search.n_trials} trials train the same config; give "
             "search.space keys to search, or run detector cv once")
     objective = Objective(cfg, directory, progress=progress and w.main, log=log)  # validates the data first
-    test = load_test(cfg, objective.train_index, objective.held_out)  # read only here, and at the end
+    test = load_test(cfg, objective.train_index, objective.held_out, log)  # read only here, and at the end
 
     def refit_members(members: list[Member], root: Path) -> list[dict]:
         return refit(members, objective.train_index, objective.held_out, root, progress=progress and w.main, log=log)
