@@ -173,13 +173,13 @@ def test_an_interrupted_predict_keeps_the_images_it_finished_and_the_same_job_re
     run = run_predictions(ensemble, files, batch_size=1, done=again.done,
                           on_image=lambda p, i: (predicted.append(i), again.add(p, i)))
     again.close()
-    assert predicted == list(range(4, 11))  # only the images the first run did not finish
+    assert predicted == list(range(4, len(files) + 1))  # only the images the first run did not finish
     whole = OutputWriter(tmp_path / "whole", Thresholds(0.3, {}), draw=True, job=job)
     run_predictions(ensemble, files, batch_size=1, on_image=whole.add)  # batches of one: the same arithmetic
     whole.close()
     for name in ("predictions.json", "predictions.csv", "images.json"):
         assert (tmp_path / "out" / name).read_text() == (tmp_path / "whole" / name).read_text(), name
-    assert len(list((tmp_path / "out" / "drawn").glob("*.png"))) == 10 and len(run.predictions) == 10
+    assert len(list((tmp_path / "out" / "drawn").glob("*.png"))) == len(files) == len(run.predictions) == 9
     assert not PredictPaths(tmp_path / "out").partial.exists()
     with pytest.raises(DetectorError, match="holds the outputs of another predict job"):
         OutputWriter(tmp_path / "whole", Thresholds(0.5, {}), job=job)  # another threshold: another job
@@ -190,7 +190,7 @@ def test_an_interrupted_predict_keeps_the_images_it_finished_and_the_same_job_re
 @pytest.mark.slow
 def test_hflip_tta_changes_the_fusion_and_collect_images(rbc, rbc_run):
     files = collect_images([str(rbc / "test" / "*.jpg")])
-    assert len(files) == 10
+    assert len(files) == 9
     ensemble = Ensemble.load(rbc_run)
     plain = ensemble.predict(files[:2])
     tta = ensemble.predict(files[:2], tta=True)
