@@ -162,6 +162,18 @@ def _data_parsers(sub) -> None:
     i.add_argument("--force", action="store_true", help="overwrite an existing config")
     i.set_defaults(func=_init)
 
+    v = sub.add_parser("convert", help="convert Pascal VOC, YOLO, LabelMe or CVAT annotations into a COCO file "
+                       "(or COCO into YOLO)")
+    v.add_argument("source", help="VOC: the folder of .xml files; YOLO: the labels folder; LabelMe: the folder of "
+                   ".json files; CVAT: the annotations.xml; COCO (--to yolo): the COCO file")
+    v.add_argument("--from", dest="fmt", required=True, choices=["voc", "yolo", "labelme", "cvat", "coco"])
+    v.add_argument("--to", choices=["coco", "yolo"], default="coco")
+    v.add_argument("--out", required=True, help="the COCO file to write (--to yolo: the labels folder)")
+    v.add_argument("--images-dir", help="where the images are (default: found beside the annotations)")
+    v.add_argument("--names", help="YOLO: the class-names file (classes.txt, obj.names or data.yaml; default: found)")
+    v.add_argument("--force", action="store_true", help="overwrite an existing output")
+    v.set_defaults(func=_convert)
+
     s = sub.add_parser("sample-data", help="write the built-in synthetic COCO dataset")
     s.add_argument("out", help="output folder, e.g. data/sample")
     s.add_argument("--images", type=int, default=None, help="number of images (default 600)")
@@ -479,6 +491,35 @@ def _init(args) -> int:
     print("\n".join(f"{k}: {starter.get(k)}  ({why})" for k, why in starter.reasons.items()))
     print(f"wrote {', '.join(map(str, written))}\nnext: detector train {out} --out runs/{out.stem}   or   "
           f"detector study {out} --name {out.stem}")
+    return 0
+
+
+def _convert(args) -> int:
+    from .data.coco import load_coco
+    from .data.convert import images_root, read_dataset, to_coco, write_yolo
+    from .files import write_json
+
+    source, out = Path(args.source), Path(args.out)
+    if (args.fmt == "coco") != (args.to == "yolo"):
+        raise ConfigError("convert reads VOC, YOLO, LabelMe or CVAT into COCO (--to coco), or COCO into YOLO "
+                          f"(--from coco --to yolo); got --from {args.fmt} --to {args.to}")
+    if out.exists() and not args.force and (out.is_file() or any(out.iterdir())):
+        raise ConfigError(f"{out} exists; pass --force to overwrite it, or choose another --out")
+    if args.to == "yolo":
+        index = load_coco(source, args.images_dir)
+        written = write_yolo(index.to_coco(), out)
+        print(f"wrote {len(written) - 1} label files and {written[0]} ({len(index.label_map.names)} classes) to {out}")
+        return 0
+    images, classes = read_dataset(args.fmt, source, Path(args.images_dir) if args.images_dir else None,
+                                   Path(args.names) if args.names else None)
+    root = images_root(images, out)
+    write_json(out, to_coco(images, classes, root))
+    index = load_coco(out, root)  # what check-data and training read
+    boxes = sum(len(r.boxes) for r in index.images)
+    where = "" if root == out.parent.resolve() else f" --images-dir {root}"
+    print(f"wrote {out}: {len(index.images)} images ({sum(1 for r in index.images if not len(r.boxes))} without "
+          f"boxes), {boxes} boxes, classes {', '.join(classes)}; file names relative to {root}\n"
+          f"next: detector check-data {out}{where}   or   detector init {out}{where} --out my.yaml")
     return 0
 
 
