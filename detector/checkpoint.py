@@ -44,6 +44,7 @@ class Checkpoint:
     metrics: dict[str, Any] = field(default_factory=dict)
     anchors: list | None = None
     image_size: int = 0
+    train_side: int = 0  # the training images' median longest side (0: unknown): the scale objects were seen at
     normalization: dict[str, list[float]] | None = None
     optimizer: dict[str, Any] | None = None
     scheduler: dict[str, Any] | None = None
@@ -156,6 +157,7 @@ class RestoredModel:
     anchors: list | None
     metrics: dict[str, Any]
     checksum: str  # of the checkpoint's tensors: what predictions made with it depend on
+    train_side: int = 0  # the training images' median longest side, shrunk to image_size (0: unknown)
 
 
 def restore_model(path: str | Path, device: str | torch.device = "cpu") -> RestoredModel:
@@ -175,7 +177,7 @@ def restore_model(path: str | Path, device: str | torch.device = "cpu") -> Resto
     faster_rcnn.set_normalization(model, state.normalization or LEGACY_NORMALIZATION)
     model.to(device).eval()
     return RestoredModel(model, label_map, int(state.image_size), cfg, state.anchors, state.metrics,
-                         state.checksum or "")
+                         state.checksum or "", int(state.train_side))
 
 
 

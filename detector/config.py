@@ -225,6 +225,12 @@ class EnsembleConfig:
     conf_type: ConfType = "avg"
     weights: Union[list[float], None] = checked(  # one per model, best first; None = equal
         None, lambda v: v is None or all(w >= 0 for w in v) and sum(v) > 0, "be non-negative with a positive sum")
+    # sliced inference (slicing.py): 0 off, auto (tiles the size of each member's training images, so objects
+    # keep the scale it learnt them at) or a tile side in px
+    slice: Union[int, str] = checked(0, lambda v: v in (0, "auto") or isinstance(v, int) and v >= 32,
+                                     "be 0 (off), auto or a tile side of at least 32 px")
+    slice_overlap: float = fraction(0.2, high_open=True)  # of a tile's side, shared with its neighbour
+    slice_whole: bool = True  # the whole image, resized, is one more tile (for the large objects)
 
 
 @dataclass

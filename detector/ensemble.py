@@ -26,6 +26,7 @@ from .errors import ConfigError, DatasetError, WeightsError
 from .files import read_json
 from .layout import ENSEMBLE, RunPaths
 from .metrics import OperatingPoint, Thresholds
+from .slicing import merge_tiles, tiles
 
 
 def check_weights(weights: Sequence[float] | None, models: int) -> None:
@@ -212,10 +213,14 @@ class Ensemble:
         inputs: dict[tuple[int, bool], tuple[tuple, tuple]] = {}  # members of one image size share the resize
         for member in self.members:
             for flip in passes:
-                key = (member.image_size, flip)
-                if key not in inputs:
-                    inputs[key] = _model_inputs(arrays, member.image_size, flip)
-                for i, p in enumerate(self._run_member(member, inputs[key], arrays, flip)):
+                if self.settings.slice:
+                    preds = [self._run_sliced(member, a, flip) for a in arrays]
+                else:
+                    key = (member.image_size, flip)
+                    if key not in inputs:
+                        inputs[key] = _model_inputs(arrays, member.image_size, flip)
+                    preds = self._run_member(member, inputs[key], arrays, flip)
+                for i, p in enumerate(preds):
                     per_image[i].append(p)
         weights = self.settings.weights
         if weights is not None and tta:
@@ -233,6 +238,22 @@ class Ensemble:
                 p["boxes"] = torch.stack([w - p["boxes"][:, 2], p["boxes"][:, 1], w - p["boxes"][:, 0],
                                           p["boxes"][:, 3]], dim=1)
         return preds
+
+    def _run_sliced(self, member: RestoredModel, array: np.ndarray, flip: bool, batch: int = 8) -> dict[str, Any]:
+        """One member's prediction of one image from its tiles at full resolution (slicing.py)."""
+        s = self.settings
+        size = (member.train_side or member.image_size) if s.slice == "auto" else int(s.slice)
+        height, width = array.shape[:2]
+        windows = tiles(height, width, size, s.slice_overlap)
+        if s.slice_whole and len(windows) > 1:
+            windows.append((0, 0, width, height))
+        crops = [array[y0:y1, x0:x1] for x0, y0, x1, y1 in windows]
+        parts = []
+        for start in range(0, len(crops), batch):
+            chunk = crops[start:start + batch]
+            parts += self._run_member(member, _model_inputs(chunk, member.image_size, flip), chunk, flip)
+        kept = [{k: p[k][p["scores"] >= s.skip_box_thr] for k in ("boxes", "scores", "labels")} for p in parts]
+        return {"image_id": 0, **merge_tiles(kept, windows, width, height)}
 
     def _fuse(self, per_model: list[dict[str, Any]], width: int, height: int, weights) -> dict[str, Any]:
         if len(per_model) == 1:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -131,7 +132,8 @@ def _setup(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, paths: Run
     schedule = LrSchedule(cfg.train.scheduler, steps_per_epoch * cfg.train.epochs,
                           round(steps_per_epoch * cfg.train.warmup_epochs))
     described = dict(config=config_mod.resolve_paths(cfg).to_dict(), label_map=label_map.to_dict(),
-                     anchors=_plain_anchors(anchors), image_size=size, normalization=faster_rcnn.normalization(model))
+                     anchors=_plain_anchors(anchors), image_size=size, normalization=faster_rcnn.normalization(model),
+                     train_side=int(statistics.median(max(r.width, r.height) for r in train_index.images)))
     return FitState(cfg=cfg, paths=paths, world=w, model=model, trained=model, optimizer=optimizer,
                     scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
                     scaler=torch.amp.GradScaler(process.device.type, enabled=process.precision.scaled),

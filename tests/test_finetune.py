@@ -5,9 +5,14 @@ examples/rbc/valid (20 other photos); they differ only in model.pretrained.
 """
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from detector import config
+from detector.boxes import box_iou
+from detector.data.coco import load_coco
+from detector.ensemble import Ensemble
 from detector.data.folds import group_key
 from detector.data.splits import load_splits
 from detector.train import fit
@@ -48,3 +53,26 @@ def test_pretrained_beats_the_same_run_from_scratch_by_a_wide_margin(pretrained_
     # measured 0.84 vs 0.18
     assert pretrained_run.best_metrics["map_50"] >= scratch.best_metrics["map_50"] + 0.4, \
         (pretrained_run.best_metrics["map_50"], scratch.best_metrics["map_50"])
+
+
+@pytest.mark.slow
+def test_sliced_prediction_finds_the_cells_of_a_large_canvas_that_plain_resizing_misses(pretrained_run):
+    gt = load_coco(ROOT / "examples" / "rbc" / "test" / "_annotations.coco.json")
+    record = gt.images[0]
+    image = np.asarray(Image.open(record.path).convert("RGB"))
+    canvas = np.empty((1664, 1664, 3), np.uint8)
+    canvas[:] = np.median(image.reshape(-1, 3), axis=0).astype(np.uint8)  # the smear's background colour
+    canvas[416:832, 832:1248] = image  # one photo at its own scale on a canvas 4 x its side
+    truth = record.boxes + np.array([832, 416, 832, 416], np.float32)
+
+    def recall(ensemble, array, boxes):
+        [p] = ensemble.predict([array])
+        found = p.boxes[p.scores >= 0.3]
+        return float((box_iou(boxes, found).max(1) >= 0.5).mean()) if len(found) else 0.0
+
+    ensemble = Ensemble.load(pretrained_run.best_path)
+    assert all(m.train_side == 416 for m in ensemble.members)  # RBC's images: what `auto` tiles at
+    alone = recall(ensemble, image, record.boxes)  # the photo itself, as the model was trained
+    plain = recall(ensemble, canvas, truth)
+    sliced = recall(Ensemble.load(pretrained_run.best_path, overrides={"slice": "auto"}), canvas, truth)
+    assert alone > 0.5 and plain < 0.3 * alone and sliced > 0.8 * alone, (alone, plain, sliced)

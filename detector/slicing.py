@@ -1,0 +1,74 @@
+"""Sliced inference: small objects in large images, predicted on overlapping tiles at full resolution.
+
+An image is cut into tiles (`ensemble.slice`: a side in pixels, or `auto`: the median longest side of each
+member's training images, which the member saw shrunk to its data.image_size, so a tile shows objects at
+the scale the member learnt them), overlapping by `ensemble.slice_overlap`; with `ensemble.slice_whole` the
+whole image, resized as without slicing, is one more tile (for the large objects). Each member's tile
+predictions are mapped back to the image and merged into one prediction per member. A box that touches an
+edge of its tile inside the image may be a piece of a cut object: it is dropped when it lies mostly inside
+a box of its class that no tile edge cuts (the neighbouring tile's whole view); then two tiles' views of
+one object are one by class-wise NMS at IoU NMS_IOU. Only cut pieces are judged by how much of them lies
+inside another box: doing so for every box (SAHI's intersection over the smaller box) lets one large false
+box swallow every cell inside it. The members' merged predictions are then fused by WBF like any ensemble's; fusing tiles by
+WBF directly would divide the score of every box seen by one tile by the number of tiles.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torchvision.ops import batched_nms
+
+MATCH = 0.5  # a cut box lying this much inside a whole box of its class is that box's object
+NMS_IOU = 0.5  # two tiles' views of one object
+EDGE = 2.0  # px: a box this close to its window's edge touches it
+
+
+def tile_origins(length: int, size: int, overlap: float) -> list[int]:
+    """Start offsets along one axis: tiles of `size` stepping by size * (1 - overlap), the last one flush
+    with the end; one tile when the image is no longer than `size`."""
+    if length <= size:
+        return [0]
+    step = max(1, int(size * (1 - overlap)))
+    count = math.ceil((length - size) / step) + 1
+    return sorted({min(k * step, length - size) for k in range(count)})
+
+
+def tiles(height: int, width: int, size: int, overlap: float) -> list[tuple[int, int, int, int]]:
+    """(x0, y0, x1, y1) of every tile of a height x width image."""
+    return [(x, y, min(x + size, width), min(y + size, height))
+            for y in tile_origins(height, size, overlap) for x in tile_origins(width, size, overlap)]
+
+
+def merge_tiles(parts: list[dict[str, torch.Tensor]], windows: list[tuple[int, int, int, int]], width: int,
+                height: int) -> dict[str, torch.Tensor]:
+    """One prediction from tile predictions (boxes in the pixels of their window (x0, y0, x1, y1))."""
+    if not parts:
+        return {"boxes": torch.zeros((0, 4)), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
+    boxes = torch.cat([p["boxes"].float() + torch.tensor([x0, y0, x0, y0], dtype=torch.float32)
+                       for p, (x0, y0, _, _) in zip(parts, windows)])
+    scores = torch.cat([p["scores"].float() for p in parts])
+    labels = torch.cat([p["labels"] for p in parts])
+    cut = torch.cat([_cut(p["boxes"].float(), w, width, height) for p, w in zip(parts, windows)])
+    keep = ~(cut & _covered(boxes, labels, ~cut))
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    kept = batched_nms(boxes, scores, labels, NMS_IOU)
+    return {"boxes": boxes[kept], "scores": scores[kept], "labels": labels[kept]}
+
+
+def _cut(boxes: torch.Tensor, window: tuple[int, int, int, int], width: int, height: int) -> torch.Tensor:
+    """Boxes that touch an edge of their window inside the image: an object the window may cut."""
+    x0, y0, x1, y1 = window
+    w, h = x1 - x0, y1 - y0
+    return (((boxes[:, 0] <= EDGE) & (x0 > 0)) | ((boxes[:, 1] <= EDGE) & (y0 > 0)) |
+            ((boxes[:, 2] >= w - EDGE) & (x1 < width)) | ((boxes[:, 3] >= h - EDGE) & (y1 < height)))
+
+
+def _covered(boxes: torch.Tensor, labels: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
+    """Boxes lying mostly (more than MATCH of their own area) inside a `whole` box of their class."""
+    lt = torch.max(boxes[:, None, :2], boxes[None, whole, :2])
+    rb = torch.min(boxes[:, None, 2:], boxes[None, whole, 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=2)
+    area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1e-9)
+    same = labels[:, None] == labels[None, whole]
+    return ((inter / area[:, None] > MATCH) & same).any(dim=1)
