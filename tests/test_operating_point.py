@@ -118,7 +118,7 @@ def test_a_study_tunes_on_val_never_reads_test_and_scores_test_once(sample, tmp_
     assert "published models on data.val" in text and "test score on data.test" in text and "6 images" in text
     dashboard_serves(tmp_path / "study" / "study.db", "study")
     shared = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, test=cfg.data.val))
-    with pytest.raises(DatasetError, match=r"data.test .* shares .* image\(s\) with data.val"):
+    with pytest.raises(DatasetError, match=r"data.test .* shares .* image file\(s\) with data.val"):
         run_study(shared, tmp_path / "study2", log=lambda s: None)
 
 
