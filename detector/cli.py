@@ -120,15 +120,8 @@ def _predict_parser(sub) -> None:
 
 
 def _slice_size(value: str) -> int | str:
-    if value == "auto":
-        return value
-    try:
-        side = int(value)
-    except ValueError:
-        side = 0
-    if side < 32:
-        raise argparse.ArgumentTypeError(f"must be auto or a tile side of at least 32 px, got {value!r}")
-    return side
+    return value if value == "auto" else _int_at_least(value, 32, f"must be auto or a tile side of at least "
+                                                                   f"32 px, got {value!r}")
 
 
 def _report_parser(sub) -> None:
@@ -229,12 +222,16 @@ def _audit(args) -> int:
 
 
 def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1, f"{text!r} is not a positive integer")
+
+
+def _int_at_least(text: str, low: int, error: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+        value = low - 1
+    if value < low:
+        raise argparse.ArgumentTypeError(error)
     return value
 
 

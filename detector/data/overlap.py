@@ -36,9 +36,7 @@ def check_disjoint(split: tuple[str, CocoIndex], earlier: list[tuple[str, CocoIn
     name, index = split
     warnings = []
     for other_name, other in earlier:
-        files = shared_files(other, index)
-        same = {s.image for s in files}
-        content = [s for s in shared_content(other, index, similarity) if s.image not in same]
+        files, content = shared(other, index, similarity)
         fix = (f"each of data.train, data.val and data.test needs photos of its own: remove the copies from "
                f"{index.path} or {other.path} (`detector check-data {other.path} {index.path}` lists them all)")
         if files:
@@ -63,11 +61,17 @@ def shared_across(indices: list[CocoIndex], similarity: float) -> list[tuple[Coc
     found = []
     for i, later in enumerate(indices):
         for earlier in indices[:i]:
-            files = shared_files(earlier, later)
-            same = {s.image for s in files}
-            content = [s for s in shared_content(earlier, later, similarity) if s.image not in same]
+            files, content = shared(earlier, later, similarity)
             found += [(later, earlier, s) for s in files + content]
     return found
+
+
+def shared(a: CocoIndex, b: CocoIndex, similarity: float) -> tuple[list[SharedImage], list[SharedImage]]:
+    """Images of b that are files of a (shared_files), and the others that are content copies of a photo
+    of a (shared_content)."""
+    files = shared_files(a, b)
+    same = {s.image for s in files}
+    return files, [s for s in shared_content(a, b, similarity) if s.image not in same]
 
 
 def shared_files(a: CocoIndex, b: CocoIndex) -> list[SharedImage]:
