@@ -171,15 +171,17 @@ def _data_parsers(sub) -> None:
     i.add_argument("--force", action="store_true", help="overwrite an existing config")
     i.set_defaults(func=_init)
 
-    v = sub.add_parser("convert", help="convert Pascal VOC, YOLO, LabelMe or CVAT annotations into a COCO file "
-                       "(or COCO into YOLO)")
+    v = sub.add_parser("convert", help="convert Pascal VOC, YOLO, LabelMe, CVAT or Open Images annotations into a "
+                       "COCO file (or COCO into YOLO)")
     v.add_argument("source", help="VOC: the folder of .xml files; YOLO: the labels folder; LabelMe: the folder of "
-                   ".json files; CVAT: the annotations.xml; COCO (--to yolo): the COCO file")
-    v.add_argument("--from", dest="fmt", required=True, choices=["voc", "yolo", "labelme", "cvat", "coco"])
+                   ".json files; CVAT: the annotations.xml; Open Images: the box CSV; COCO (--to yolo): the "
+                   "COCO file")
+    v.add_argument("--from", dest="fmt", required=True, choices=["voc", "yolo", "labelme", "cvat", "openimages", "coco"])
     v.add_argument("--to", choices=["coco", "yolo"], default="coco")
     v.add_argument("--out", required=True, help="the COCO file to write (--to yolo: the labels folder)")
     v.add_argument("--images-dir", help="where the images are (default: found beside the annotations)")
-    v.add_argument("--names", help="YOLO: the class-names file (classes.txt, obj.names or data.yaml; default: found)")
+    v.add_argument("--names", help="YOLO: the class-names file (classes.txt, obj.names or data.yaml); Open Images: the "
+                   "class-descriptions CSV (default: found beside the annotations)")
     v.add_argument("--force", action="store_true", help="overwrite an existing output")
     v.set_defaults(func=_convert)
 
@@ -515,8 +517,8 @@ def _convert(args) -> int:
 
     source, out = Path(args.source), Path(args.out)
     if (args.fmt == "coco") != (args.to == "yolo"):
-        raise ConfigError("convert reads VOC, YOLO, LabelMe or CVAT into COCO (--to coco), or COCO into YOLO "
-                          f"(--from coco --to yolo); got --from {args.fmt} --to {args.to}")
+        raise ConfigError("convert reads VOC, YOLO, LabelMe, CVAT or Open Images into COCO (--to coco), or COCO "
+                          f"into YOLO (--from coco --to yolo); got --from {args.fmt} --to {args.to}")
     if out.exists() and not args.force and (out.is_file() or any(out.iterdir())):
         raise ConfigError(f"{out} exists; pass --force to overwrite it, or choose another --out")
     if args.to == "yolo":

@@ -132,3 +132,34 @@ def test_a_bad_yolo_line_is_named_by_file_and_line(images, tmp_path, capsys):
     assert boxes["b.png"] == [("dog", (0.0, 0.0, 40.0, 30.0))] and boxes["empty.png"] == []  # no file: a negative
     (labels / "classes.txt").unlink()
     _fails([*args, "--force"], capsys, "no class-names file")
+
+
+def test_open_images_csv_becomes_a_coco_file_with_named_classes_and_group_boxes(images, tmp_path, capsys):
+    (images / "a.png").rename(images / "000a1.png")  # Open Images IDs name the file without its extension
+    (images / "b.png").rename(images / "000b2.png")
+    mids = {"cat": "/m/01yrx", "dog": "/m/0bt9lr"}
+    rows = ["ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax,IsOccluded,IsTruncated,IsGroupOf"]
+    for image_id, name in (("000a1", "a.png"), ("000b2", "b.png")):
+        for label, (x0, y0, x1, y1) in BOXES[name]:
+            rows.append(f"{image_id},xclick,{mids[label]},1,{x0 / 100},{x1 / 100},{y0 / 80},{y1 / 80},0,0,0")
+    rows.append("000b2,xclick,/m/01yrx,1,0.5,0.9,0.5,0.9,0,0,1")  # a box around a group of cats
+    boxes_csv = tmp_path / "validation-annotations-bbox.csv"
+    boxes_csv.write_text("\n".join(rows) + "\n")
+    (tmp_path / "oidv7-class-descriptions.csv").write_text("LabelName,DisplayName\n/m/01yrx,cat\n/m/0bt9lr,dog\n")
+    out = tmp_path / "oi.json"
+    args = ["convert", str(boxes_csv), "--from", "openimages", "--images-dir", str(images), "--out", str(out)]
+    assert main(args) == 0
+    doc = json.loads(out.read_text())
+    by_file = {im["file_name"]: im["id"] for im in doc["images"]}
+    assert set(by_file) == {"images/000a1.png", "images/000b2.png"}  # empty.png is named by no row
+    crowd = [a for a in doc["annotations"] if a["iscrowd"]]
+    assert len(crowd) == 1 and crowd[0]["image_id"] == by_file["images/000b2.png"]
+    boxes = _boxes_of(out)  # crowd boxes are not training boxes
+    assert boxes == {"000a1.png": _expected()["a.png"], "000b2.png": _expected()["b.png"]}
+    boxes_csv.write_text("\n".join([*rows, "000a1,xclick,/m/01yrx,1,0.7,0.2,0.1,0.3,0,0,0"]) + "\n")
+    _fails([*args, "--force"], capsys, r"validation-annotations-bbox.csv: line 6: the box .* XMin < XMax")
+    boxes_csv.write_text("\n".join([*rows, "000zz,xclick,/m/01yrx,1,0.1,0.2,0.1,0.3,0,0,0"]) + "\n")
+    _fails([*args, "--force"], capsys, r"line 6: image '000zz' is not in")
+    boxes_csv.write_text("\n".join(rows) + "\n")
+    (tmp_path / "oidv7-class-descriptions.csv").unlink()
+    _fails([*args, "--force"], capsys, r"/m/01yrx are Open Images MIDs .* --names")

@@ -2,12 +2,16 @@
 
 Pascal VOC XML, LabelMe JSON and CVAT XML are read by globox (one file at a time here, so a broken file is
 named). YOLO txt is read here: globox's reader takes one image extension for the whole folder, skips the
-images that have no label file (negatives) and names neither the file nor the line of a bad box. Boxes
+images that have no label file (negatives) and names neither the file nor the line of a bad box. So is
+Open Images CSV: globox's reader expects each ImageID to be a file name, but Open Images' IDs have no
+extension, its LabelNames are MIDs (/m/01g317) named in a separate class-descriptions file, and a bad row
+fails an assert without its line. Boxes
 stay in the pixels globox reads (VOC's corners as written). `file_name` entries are relative to the COCO
 file's folder when it holds the images (the file then loads as it is), else to the images' common folder.
 """
 from __future__ import annotations
 
+import csv
 import os
 import xml.etree.ElementTree as et
 from dataclasses import dataclass
@@ -20,7 +24,7 @@ from PIL import Image
 from ..errors import DatasetError
 from ..files import write_text
 
-FORMATS = ("voc", "yolo", "labelme", "cvat")
+FORMATS = ("voc", "yolo", "labelme", "cvat", "openimages")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 NAMES_FILES = ("classes.txt", "obj.names", "classes.names", "data.yaml", "dataset.yaml")
 
@@ -29,6 +33,7 @@ NAMES_FILES = ("classes.txt", "obj.names", "classes.names", "data.yaml", "datase
 class Box:
     label: str
     xyxy: tuple[float, float, float, float]
+    crowd: bool = False  # one box around a group of objects (Open Images' IsGroupOf): COCO's iscrowd
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,8 @@ def read_dataset(fmt: str, source: Path, images_dir: Path | None = None, names: 
     has one, else sorted)."""
     if fmt == "yolo":
         return _read_yolo(source, images_dir, names)
+    if fmt == "openimages":
+        return _read_openimages(source, images_dir, names)
     readers: dict[str, Callable[[Path, Path | None], list[Labelled]]] = {
         "voc": _read_voc, "labelme": _read_labelme, "cvat": _read_cvat}
     if fmt not in readers:
@@ -77,7 +84,7 @@ def to_coco(images: list[Labelled], classes: list[str], root: Path) -> dict[str,
             x0, y0, x1, y1 = b.xyxy
             doc["annotations"].append({"id": len(doc["annotations"]) + 1, "image_id": image_id,
                                        "category_id": ids[b.label], "bbox": [x0, y0, x1 - x0, y1 - y0],
-                                       "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
+                                       "area": (x1 - x0) * (y1 - y0), "iscrowd": int(b.crowd)})
     return doc
 
 
@@ -219,6 +226,86 @@ def _find_names(labels: Path) -> Path:
                 return folder / name
     raise DatasetError(f"{labels}: no class-names file ({', '.join(NAMES_FILES)}) in it or the two folders above; "
                        "pass --names FILE (one name per line, or a YOLO data.yaml)")
+
+
+OPEN_IMAGES_COLUMNS = ("ImageID", "LabelName", "XMin", "XMax", "YMin", "YMax")
+
+
+def _read_openimages(source: Path, images_dir: Path | None, names: Path | None) -> tuple[list[Labelled], list[str]]:
+    """An Open Images box CSV (ImageID, LabelName, XMin, XMax, YMin, YMax as fractions, optional IsGroupOf and
+    Confidence): the images it names, found in IMAGES by ID with any image suffix. Rows with Confidence 0
+    (a verified absence) are skipped. Images the CSV does not name are left out: Open Images lists every
+    image that has a box, and a shared folder may hold other splits' images."""
+    rows = _openimages_rows(source)
+    descriptions = _openimages_names(names or _find_descriptions(source), rows)
+    folder = images_dir or source.parent
+    files = {p.stem: p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES}
+    found, boxes = {}, {}
+    for line, row in rows:
+        image = files.get(row["ImageID"])
+        if image is None:
+            raise DatasetError(f"{source}: line {line}: image {row['ImageID']!r} is not in {folder}; pass "
+                               "--images-dir, the folder of the split's images")
+        if image not in found:
+            with Image.open(image) as im:
+                found[image] = im.size
+        width, height = found[image]
+        x0, x1, y0, y1 = (float(row[k]) for k in OPEN_IMAGES_COLUMNS[2:])
+        boxes.setdefault(image, []).append(Box(descriptions[row["LabelName"]], (x0 * width, y0 * height, x1 * width,
+                                               y1 * height), crowd=row.get("IsGroupOf", "0") == "1"))
+    images = [Labelled(p, w, h, boxes[p]) for p, (w, h) in found.items()]
+    return images, sorted({b.label for im in images for b in im.boxes})
+
+
+def _openimages_rows(source: Path) -> list[tuple[int, dict[str, str]]]:
+    """(line number, row) of each box row, checked."""
+    try:
+        with source.open(newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in OPEN_IMAGES_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DatasetError(f"{source}: no column {', '.join(missing)}; an Open Images box CSV has the header "
+                                   f"{','.join(OPEN_IMAGES_COLUMNS)} (IsGroupOf and Confidence optional)")
+            rows = [(reader.line_num, row) for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"{source}: not a readable CSV file ({e})") from None
+    for line, row in rows:
+        try:
+            x0, x1, y0, y1 = (float(row[k]) for k in OPEN_IMAGES_COLUMNS[2:])
+        except (TypeError, ValueError):
+            raise DatasetError(f"{source}: line {line}: XMin, XMax, YMin and YMax must be numbers") from None
+        if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+            raise DatasetError(f"{source}: line {line}: the box ({x0}, {y0}, {x1}, {y1}) must be fractions of the "
+                               "image with XMin < XMax and YMin < YMax")
+    return [(line, row) for line, row in rows if row.get("Confidence", "1") not in ("0", "0.0")]
+
+
+def _openimages_names(path: Path | None, rows: list[tuple[int, dict[str, str]]]) -> dict[str, str]:
+    """LabelName -> display name from a class-descriptions CSV (MID,name rows, a header or none); without
+    one, LabelNames are the names, unless they are MIDs."""
+    labels = {row["LabelName"] for _, row in rows}
+    if path is None:
+        mids = sorted(label for label in labels if label.startswith("/m/"))
+        if mids:
+            raise DatasetError(f"labels such as {mids[0]} are Open Images MIDs and no class-descriptions CSV was found "
+                               "beside the box CSV; pass --names oidv7-class-descriptions.csv")
+        return {label: label for label in labels}
+    try:
+        with path.open(newline="") as f:
+            table = {r[0]: r[1] for r in csv.reader(f) if len(r) >= 2}
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"{path}: not a readable class-descriptions CSV ({e})") from None
+    unnamed = sorted(labels - table.keys())
+    if unnamed:
+        raise DatasetError(f"{path}: no name for {len(unnamed)} LabelName(s) of the box CSV (e.g. {unnamed[0]}); "
+                           "pass the class-descriptions file of the same Open Images version")
+    return {label: table[label] for label in labels}
+
+
+def _find_descriptions(source: Path) -> Path | None:
+    found = [p for pattern in ("*class-descriptions*.csv", "*class_descriptions*.csv")
+             for p in sorted(source.parent.glob(pattern))]
+    return found[0] if found else None
 
 
 def _files(source: Path, suffixes: tuple[str, ...], what: str) -> list[Path]:
