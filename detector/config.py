@@ -59,10 +59,16 @@ class AugmentConfig:
     affine_p: float = 0.5
     color: float = 0.5
     blur: float = 0.0
-    min_visibility: float = 0.3
+    mosaic: float = fraction(0.0)  # probability of a 2x2 Mosaic of the image and three others (Albumentations)
     # A whole Albumentations pipeline in its own serialized form (A.to_dict), or a YAML/JSON file holding one:
-    # it replaces the keys above. detector adds the resize and sets the box parameters.
+    # it replaces the keys above (its Mosaic gets the other images from detector). detector adds the crop and
+    # the resize, and sets the box parameters.
     pipeline: Union[None, str, dict[str, Any]] = None
+    min_visibility: float = 0.3  # a box a crop or the border cuts is kept when this much of its area remains
+    # training on slices: crops of this side in px at the file's resolution, each around a box (an image no
+    # larger on a side is used whole on that side), then resized as whole images are; 0 trains on whole images.
+    # Predict on tiles of the same side: ensemble.slice auto (required with a crop)
+    crop: int = checked(0, lambda v: v == 0 or v >= 32, "be 0 (whole images) or a side of at least 32 px")
 
 
 @dataclass
@@ -267,6 +273,12 @@ def check_ranges(cfg: Config, source: str) -> None:
         (cfg.ensemble.weights is None or len(cfg.ensemble.weights) == members,
          f"ensemble.weights needs one weight per published model ({members}: refit.members, or "
          "cv.folds x cv.top_k with refit.strategy folds), or null for equal weights"),
+        (cfg.data.augment.crop == 0 or cfg.ensemble.slice != 0,
+         f"data.augment.crop={cfg.data.augment.crop} trains on crops at full resolution, so the model must predict "
+         "on tiles too: set ensemble.slice: auto (tiles of the crop's side)"),
+        (cfg.data.augment.crop == 0 or cfg.data.augment.mosaic == 0,
+         "data.augment.crop and data.augment.mosaic: choose one (a Mosaic shrinks whole images into its cells, "
+         "which undoes training at full resolution)"),
     ]
     for ok, message in relations:
         if not ok:

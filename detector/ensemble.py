@@ -18,15 +18,14 @@ import torch
 from . import config as config_mod
 from .checkpoint import RestoredModel, read_index, restore_model
 from .config import EnsembleConfig
-from .data.dataset import image_tensor, make_target
+from .data.dataset import model_inputs
 from .data.images import read_image
-from .data.transforms import build_eval_transforms
 from .engine import predict, resolve_device, resolve_precision
 from .errors import ConfigError, DatasetError, WeightsError
 from .files import read_json
 from .layout import ENSEMBLE, RunPaths
 from .metrics import OperatingPoint, Thresholds
-from .slicing import merge_tiles, tiles
+from .slicing import predict_tiles, tile_size
 
 
 def check_weights(weights: Sequence[float] | None, models: int) -> None:
@@ -218,7 +217,7 @@ class Ensemble:
                 else:
                     key = (member.image_size, flip)
                     if key not in inputs:
-                        inputs[key] = _model_inputs(arrays, member.image_size, flip)
+                        inputs[key] = model_inputs(arrays, member.image_size, flip)
                     preds = self._run_member(member, inputs[key], arrays, flip)
                 for i, p in enumerate(preds):
                     per_image[i].append(p)
@@ -239,21 +238,16 @@ class Ensemble:
                                           p["boxes"][:, 3]], dim=1)
         return preds
 
-    def _run_sliced(self, member: RestoredModel, array: np.ndarray, flip: bool, batch: int = 8) -> dict[str, Any]:
+    def _run_sliced(self, member: RestoredModel, array: np.ndarray, flip: bool) -> dict[str, Any]:
         """One member's prediction of one image from its tiles at full resolution (slicing.py)."""
         s = self.settings
-        size = (member.train_side or member.image_size) if s.slice == "auto" else int(s.slice)
-        height, width = array.shape[:2]
-        windows = tiles(height, width, size, s.slice_overlap)
-        if s.slice_whole and len(windows) > 1:
-            windows.append((0, 0, width, height))
-        crops = [array[y0:y1, x0:x1] for x0, y0, x1, y1 in windows]
-        parts = []
-        for start in range(0, len(crops), batch):
-            chunk = crops[start:start + batch]
-            parts += self._run_member(member, _model_inputs(chunk, member.image_size, flip), chunk, flip)
-        kept = [{k: p[k][p["scores"] >= s.skip_box_thr] for k in ("boxes", "scores", "labels")} for p in parts]
-        return {"image_id": 0, **merge_tiles(kept, windows, width, height)}
+
+        def run(chunk: list[np.ndarray]) -> list[dict[str, Any]]:
+            return self._run_member(member, model_inputs(chunk, member.image_size, flip), chunk, flip)
+
+        merged = predict_tiles(run, array, tile_size(s.slice, member.train_side, member.image_size), s.slice_overlap,
+                               s.slice_whole, s.skip_box_thr)
+        return {"image_id": 0, **merged}
 
     def _fuse(self, per_model: list[dict[str, Any]], width: int, height: int, weights) -> dict[str, Any]:
         if len(per_model) == 1:
@@ -274,19 +268,6 @@ class Ensemble:
         return ImagePrediction(source, width, height, p["boxes"][keep].numpy().astype(np.float32),
                                p["scores"][keep].numpy().astype(np.float32), labels,
                                [lm.name(int(v)) for v in labels], [lm.category_id(int(v)) for v in labels])
-
-
-def _model_inputs(arrays: list[np.ndarray], size: int, flip: bool) -> tuple[tuple, tuple]:
-    """Resized (and flipped) image tensors with targets carrying each original size, as a loader batch."""
-    transform = build_eval_transforms(size)
-    images, targets = [], []
-    no_boxes, no_labels = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
-    for i, a in enumerate(arrays):
-        a = np.ascontiguousarray(a[:, ::-1]) if flip else a
-        out = transform(image=a, bboxes=no_boxes, labels=no_labels)["image"]
-        images.append(image_tensor(out))
-        targets.append(make_target(i, no_boxes, no_labels, a.shape[:2]))
-    return tuple(images), tuple(targets)
 
 
 def is_models_path(item: str | Path) -> bool:

@@ -15,13 +15,35 @@ WBF directly would divide the score of every box seen by one tile by the number 
 from __future__ import annotations
 
 import math
+from typing import Any, Callable, Union
 
+import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
 MATCH = 0.5  # a cut box lying this much inside a whole box of its class is that box's object
 NMS_IOU = 0.5  # two tiles' views of one object
 EDGE = 2.0  # px: a box this close to its window's edge touches it
+
+
+def tile_size(setting: Union[int, str], train_side: int, image_size: int) -> int:
+    """The tile side of an `ensemble.slice` setting: `auto` is the side the model trained at (its images',
+    or its crops' with data.augment.crop; its image_size where the checkpoint does not record it)."""
+    return (train_side or image_size) if setting == "auto" else int(setting)
+
+
+def predict_tiles(run: Callable[[list[np.ndarray]], list[dict[str, Any]]], array: np.ndarray, size: int,
+                  overlap: float, whole: bool, skip_box_thr: float = 0.0, batch: int = 8) -> dict[str, torch.Tensor]:
+    """One image's prediction from its tiles: `run` predicts a list of HxWx3 arrays (boxes in each one's
+    pixels); with `whole`, the whole image is one more tile when there are several."""
+    height, width = array.shape[:2]
+    windows = tiles(height, width, size, overlap)
+    if whole and len(windows) > 1:
+        windows.append((0, 0, width, height))
+    crops = [array[y0:y1, x0:x1] for x0, y0, x1, y1 in windows]
+    parts = [p for start in range(0, len(crops), batch) for p in run(crops[start:start + batch])]
+    kept = [{k: p[k][p["scores"] >= skip_box_thr] for k in ("boxes", "scores", "labels")} for p in parts]
+    return merge_tiles(kept, windows, width, height)
 
 
 def tile_origins(length: int, size: int, overlap: float) -> list[int]:

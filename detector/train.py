@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import random
-import statistics
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -23,13 +22,14 @@ from . import distributed, preflight
 from .callbacks import BestCheckpoint, Callback, FitResult, FitState, ResumeFile, ordered, standard
 from .config import Config
 from .data.coco import CocoIndex
-from .data.sampling import balanced_weights, box_shapes, class_counts, train_loader, train_set, val_loader
+from .data.sampling import balanced_weights, box_shapes, class_counts, train_loader, train_set, train_side, val_loader
 from .engine import train_one_epoch
 from .layout import RunPaths
 from .metric_log import LOSS_KEYS, epoch_row
 from .models import faster_rcnn
 from .optim import LrSchedule, build_optimizer
 from .runs import owned_run
+from .slicing import tile_size
 from .validation import validate
 
 __all__ = ["FitResult", "fit", "seed_everything"]
@@ -86,6 +86,8 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, paths: RunPa
         ResumeFile.restore_callbacks(state, resume)
     sample_weights = balanced_weights(train_index) if cfg.train.balanced_sampler else None
     loader = val_loader(cfg, val_index, w)
+    tile = (tile_size(cfg.ensemble.slice, state.described["train_side"], cfg.data.image_size)
+            if cfg.ensemble.slice else 0)
     first = cfg.train.epochs if state.progress.stopped_early else state.progress.next_epoch
     for epoch in range(first, cfg.train.epochs):
         state.epoch = epoch
@@ -101,7 +103,7 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, paths: RunPa
         losses.update(distributed.mean(w, {k: losses[k] for k in LOSS_KEYS if k in losses}))
         start = time.perf_counter()
         state.metrics, state.results = validate(state.kept, loader, state.gt, train_index.label_map, cfg, process,
-                                                progress)
+                                                progress, tile)
         state.row = epoch_row(epoch, lr, losses, state.metrics, state.image_size, time.perf_counter() - start)
         state.improved = state.progress.update(epoch, state.metrics)
         state.progress.history.append(state.row)  # the same dict: what callbacks add to the row is kept
@@ -123,7 +125,7 @@ def _setup(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, paths: Run
     label_map = train_index.label_map
     model, anchor_fit = faster_rcnn.build(
         cfg.model, num_classes=label_map.num_classes, image_size=size, seed=cfg.train.seed,
-        anchor_shapes=resumed_anchors, box_shapes=box_shapes(train_index, size), class_counts=class_counts(train_index))
+        anchor_shapes=resumed_anchors, box_shapes=box_shapes(train_index, size, cfg.data.augment.crop), class_counts=class_counts(train_index))
     anchors = resumed_anchors or (anchor_fit.shapes if anchor_fit and anchor_fit.used else None)
     model.to(process.device)
     images = train_set(cfg, train_index)
@@ -133,7 +135,7 @@ def _setup(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, paths: Run
                           round(steps_per_epoch * cfg.train.warmup_epochs))
     described = dict(config=config_mod.resolve_paths(cfg).to_dict(), label_map=label_map.to_dict(),
                      anchors=_plain_anchors(anchors), image_size=size, normalization=faster_rcnn.normalization(model),
-                     train_side=int(statistics.median(max(r.width, r.height) for r in train_index.images)))
+                     train_side=train_side(train_index, cfg.data.augment.crop))
     return FitState(cfg=cfg, paths=paths, world=w, model=model, trained=model, optimizer=optimizer,
                     scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
                     scaler=torch.amp.GradScaler(process.device.type, enabled=process.precision.scaled),

@@ -229,5 +229,6 @@ def test_an_image_whose_short_side_vanishes_at_the_model_size_is_warned_about(tm
     index = load_coco(tmp_path / "a.json", check_images=False)
     assert aspect_warning(index, 384) == (
         f"{tmp_path / 'a.json'}: 1 image(s) are so elongated that at data.image_size 384 their short side falls "
-        "under 32 px (e.g. strip.png, 20000x100 -> short side 2 px); crop or tile them, or raise data.image_size")
+        "under 32 px (e.g. strip.png, 20000x100 -> short side 2 px); train and predict on tiles "
+        "(data.augment.crop=N with ensemble.slice=auto), or raise data.image_size")
     assert aspect_warning(index.subset([2]), 384) is None

@@ -9,6 +9,7 @@ from torchvision.datasets import VisionDataset
 
 from .coco import CocoIndex
 from .images import read_image
+from .transforms import build_eval_transforms, mosaic_inputs
 
 
 class CocoDetection(VisionDataset):
@@ -16,7 +17,8 @@ class CocoDetection(VisionDataset):
 
     `transforms` is an Albumentations pipeline called as transforms(image=, bboxes=, labels=) with
     pascal_voc boxes; boxes it removes take their labels with them. With a `seed`, the augmentation of
-    sample i in epoch e depends only on (seed, e, i): the same in any worker and after a resume.
+    sample i in epoch e depends only on (seed, e, i): the same in any worker and after a resume. A Mosaic
+    in the pipeline gets its other images (its metadata) drawn from that same (seed, e, i) stream.
     """
 
     def __init__(self, index: CocoIndex, transforms: Callable | None = None, seed: int | None = None,
@@ -24,6 +26,7 @@ class CocoDetection(VisionDataset):
         super().__init__(root=str(index.images_dir))
         self.index, self.bit_depth = index, bit_depth
         self.pipeline = transforms
+        self.mosaic = mosaic_inputs(list(transforms.transforms)) if hasattr(transforms, "transforms") else []
         self.seed = seed
         self.epoch = 0
 
@@ -38,13 +41,28 @@ class CocoDetection(VisionDataset):
         image = read_image(rec.path, self.bit_depth)
         boxes, labels = rec.boxes, self.index.labels(rec)
         if self.pipeline is not None:
-            if self.seed is not None and hasattr(self.pipeline, "set_random_seed"):
-                self.pipeline.set_random_seed(int(np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1)[0]))
-            out = self.pipeline(image=image, bboxes=boxes, labels=labels)
+            stream = np.random.SeedSequence([self.seed, self.epoch, i]) if self.seed is not None else None
+            if stream is not None and hasattr(self.pipeline, "set_random_seed"):
+                self.pipeline.set_random_seed(int(stream.generate_state(1)[0]))
+            out = self.pipeline(image=image, bboxes=boxes, labels=labels, **self._mosaic_metadata(i, stream))
             image = out["image"]
             boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
             labels = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
         return image_tensor(image), make_target(rec.id, boxes, labels, (rec.height, rec.width))
+
+    def _mosaic_metadata(self, i: int, stream: np.random.SeedSequence | None) -> dict[str, list[dict]]:
+        """Each Mosaic's other images: distinct from image i, drawn from the sample's own stream."""
+        rng = np.random.default_rng(stream.spawn(1)[0] if stream is not None else None)
+        out = {}
+        for key, count in self.mosaic:
+            others = [k for k in rng.choice(len(self) - 1, size=min(count, len(self) - 1), replace=False)] \
+                if len(self) > 1 else []
+            out[key] = [self._raw(int(k) + (k >= i)) for k in others]  # skipping i itself
+        return out
+
+    def _raw(self, k: int) -> dict[str, np.ndarray]:
+        rec = self.index.images[k]
+        return {"image": read_image(rec.path, self.bit_depth), "bboxes": rec.boxes, "labels": self.index.labels(rec)}
 
 
 def image_tensor(image: np.ndarray) -> torch.Tensor:
@@ -66,6 +84,19 @@ def make_target(image_id: int, boxes: np.ndarray, labels: np.ndarray,
         "iscrowd": torch.zeros(len(b), dtype=torch.int64),
         "orig_size": torch.tensor(orig_size, dtype=torch.int64),
     }
+
+
+def model_inputs(arrays: list[np.ndarray], size: int, flip: bool = False) -> tuple[tuple, tuple]:
+    """Resized (and flipped) image tensors with targets carrying each original size, as a loader batch."""
+    transform = build_eval_transforms(size)
+    images, targets = [], []
+    no_boxes, no_labels = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+    for i, a in enumerate(arrays):
+        a = np.ascontiguousarray(a[:, ::-1]) if flip else a
+        out = transform(image=a, bboxes=no_boxes, labels=no_labels)["image"]
+        images.append(image_tensor(out))
+        targets.append(make_target(i, no_boxes, no_labels, a.shape[:2]))
+    return tuple(images), tuple(targets)
 
 
 def collate(batch: list) -> tuple[tuple, tuple]:

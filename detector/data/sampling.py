@@ -13,14 +13,26 @@ from .dataset import CocoDetection, collate
 from .transforms import build_eval_transforms, build_train_transforms
 
 
-def box_shapes(index: CocoIndex, image_size: int) -> np.ndarray:
-    """(N, 2) widths and heights of the training boxes in the resized input space the model sees."""
+def box_shapes(index: CocoIndex, image_size: int, crop: int = 0) -> np.ndarray:
+    """(N, 2) widths and heights of the training boxes in the resized input space the model sees (of a crop
+    of at most `crop` px a side, with data.augment.crop)."""
     shapes = []
     for rec in index.images:
         if len(rec.boxes):
-            scale = image_size / max(rec.width, rec.height)
+            scale = image_size / input_side(rec.width, rec.height, crop)
             shapes.append((rec.boxes[:, 2:] - rec.boxes[:, :2]) * scale)
     return np.concatenate(shapes) if shapes else np.zeros((0, 2), np.float32)
+
+
+def input_side(width: int, height: int, crop: int = 0) -> int:
+    """The longest side of what a training image becomes before the resize: itself, or its crop."""
+    return max(min(width, crop), min(height, crop)) if crop else max(width, height)
+
+
+def train_side(index: CocoIndex, crop: int = 0) -> int:
+    """The median longest side of the training inputs: the scale the model learns objects at, and the tile
+    side of `ensemble.slice: auto`."""
+    return int(np.median([input_side(r.width, r.height, crop) for r in index.images]))
 
 
 def class_counts(index: CocoIndex) -> list[int]:
@@ -52,8 +64,11 @@ def train_set(cfg: Config, index: CocoIndex) -> CocoDetection:
 
 
 def val_loader(cfg: Config, index: CocoIndex, w: distributed.World) -> DataLoader:
-    """The validation images with eval transforms (this rank's shard of them under torchrun)."""
+    """The validation images with eval transforms (this rank's shard of them under torchrun); whole, one at a
+    time, when they are predicted on tiles (ensemble.slice)."""
     shard = index.subset(r.id for r in index.images[w.rank::w.size]) if w.active else index
+    if cfg.ensemble.slice:
+        return loader(CocoDetection(shard, bit_depth=cfg.data.bit_depth), 1, cfg.train.num_workers)
     return loader(CocoDetection(shard, build_eval_transforms(cfg.data.image_size), bit_depth=cfg.data.bit_depth),
                   cfg.eval.batch_size, cfg.train.num_workers)
 

@@ -112,7 +112,8 @@ def aspect_warning(index: CocoIndex, image_size: int) -> str | None:
     short = max(1, round(min(worst.width, worst.height) * image_size / max(worst.width, worst.height)))
     return (f"{index.path}: {len(thin)} image(s) are so elongated that at data.image_size {image_size} their "
             f"short side falls under {MIN_SHORT_SIDE} px (e.g. {worst.file_name}, {worst.width}x{worst.height} -> "
-            f"short side {short} px); crop or tile them, or raise data.image_size")
+            f"short side {short} px); train and predict on tiles (data.augment.crop=N with ensemble.slice=auto), "
+            "or raise data.image_size")
 
 
 def crowding_warning(index: CocoIndex, max_detections: int) -> str | None:
@@ -125,4 +126,5 @@ def crowding_warning(index: CocoIndex, max_detections: int) -> str | None:
         return None
     return (f"{index.path}: {crowded} image(s) hold more than {cap} boxes (up to {max(counts)}), but at most "
             f"{max_detections} detections per image are kept (model.max_detections) and COCO mAP counts at most "
-            "100: their recall and mAP are capped; raise model.max_detections, or tile the images")
+            "100: their recall and mAP are capped; raise model.max_detections, or train and predict on tiles "
+            "(data.augment.crop=N with ensemble.slice=auto)")

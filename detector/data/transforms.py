@@ -29,11 +29,34 @@ def build_eval_transforms(size: int) -> A.Compose:
 
 
 def build_train_transforms(aug: AugmentConfig, size: int) -> A.Compose:
-    """The training pipeline: `aug.pipeline` (Albumentations' own serialized form) or the short-form keys,
-    then the resize; the box parameters are always detector's, so no pipeline can change the box format."""
-    steps = user_transforms(aug.pipeline) if aug.pipeline is not None else _short_form(aug)
-    steps.append(A.LongestMaxSize(max_size=size, interpolation=cv2.INTER_LINEAR))
-    return A.Compose(steps, bbox_params=_bbox_params(aug.min_visibility))
+    """The training pipeline: the crop (`aug.crop`), then `aug.pipeline` (Albumentations' own serialized
+    form) or the short-form keys, then the resize; the box parameters are always detector's, so no pipeline
+    can change the box format."""
+    steps = user_transforms(aug.pipeline) if aug.pipeline is not None else _short_form(aug, size)
+    if aug.crop and mosaic_inputs(steps):
+        raise ConfigError("data.augment.crop and a Mosaic in data.augment.pipeline: choose one (a Mosaic shrinks "
+                          "whole images into its cells, which undoes training at full resolution)")
+    crop = [CropAroundBox(aug.crop, aug.crop)] if aug.crop else []
+    return A.Compose([*crop, *steps, A.LongestMaxSize(max_size=size, interpolation=cv2.INTER_LINEAR)],
+                     bbox_params=_bbox_params(aug.min_visibility))
+
+
+class CropAroundBox(A.AtLeastOneBBoxRandomCrop):
+    """A crop of at most height x width holding one of the boxes whole (a random crop where there is none);
+    an image smaller on a side keeps that side whole, so every image trains at its own resolution."""
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        full = self.height, self.width
+        self.height, self.width = min(full[0], params["shape"][0]), min(full[1], params["shape"][1])
+        try:
+            return super().get_params_dependent_on_data(params, data)
+        finally:
+            self.height, self.width = full
+
+
+def mosaic_inputs(steps: list[Any]) -> list[tuple[str, int]]:
+    """(metadata key, number of other images) of each Mosaic in `steps`: what the dataset must supply."""
+    return [(t.metadata_key, t.grid_yx[0] * t.grid_yx[1] - 1) for t in _leaves(steps) if isinstance(t, A.Mosaic)]
 
 
 def user_transforms(spec: dict[str, Any] | str) -> list[A.BasicTransform]:
@@ -64,7 +87,7 @@ def check_pipeline(aug: AugmentConfig, size: int) -> None:
     transform that fails when called (MaskDropout needs a mask) or returns anything but uint8 HxWx3
     (Normalize, ToFloat, ToTensorV2, one-channel ToGray: the model normalises its inputs itself) is a
     ConfigError naming it, raised before anything trains on it."""
-    steps = user_transforms(aug.pipeline) if aug.pipeline is not None else _short_form(aug)
+    steps = user_transforms(aug.pipeline) if aug.pipeline is not None else _short_form(aug, size)
     height, width = max(size, 256), max(size, 320)
     image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     box = [width * 0.2, height * 0.2, width * 0.6, height * 0.7]
@@ -72,10 +95,13 @@ def check_pipeline(aug: AugmentConfig, size: int) -> None:
         name = type(leaf).__name__
         forced = copy.deepcopy(leaf)
         forced.p = 1.0
+        others = {key: [{"image": image, "bboxes": np.array([box]), "labels": np.array([1])}] * count
+                  for key, count in mosaic_inputs([leaf])}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                out = A.Compose([forced], bbox_params=_bbox_params())(image=image, bboxes=[box], labels=[1])["image"]
+                out = A.Compose([forced], bbox_params=_bbox_params())(image=image, bboxes=[box], labels=[1],
+                                                                      **others)["image"]
             except Exception as e:  # any failure of a user's transform is theirs to fix; name it
                 raise ConfigError(f"data.augment.pipeline: {name} fails on a {height}x{width} RGB image with one "
                                   f"box ({type(e).__name__}: {e}); remove it or fix its arguments") from None
@@ -98,8 +124,11 @@ def pipeline_dict(pipeline: A.Compose) -> dict[str, Any]:
     return A.to_dict(pipeline)
 
 
-def _short_form(aug: AugmentConfig) -> list[A.BasicTransform]:
+def _short_form(aug: AugmentConfig, size: int) -> list[A.BasicTransform]:
     steps: list[A.BasicTransform] = []
+    if aug.mosaic > 0:  # first, so its other images are as raw as the image itself
+        steps.append(A.Mosaic(grid_yx=(2, 2), target_size=(size, size), cell_shape=(size, size), fill=114,
+                              p=aug.mosaic))
     if aug.hflip > 0:
         steps.append(A.HorizontalFlip(p=aug.hflip))
     if aug.vflip > 0:
