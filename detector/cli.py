@@ -109,9 +109,11 @@ def _predict_parser(sub) -> None:
     pr.add_argument("--skip-box-thr", type=_fraction(True), help="WBF: ignore member boxes scoring below this")
     pr.add_argument("--conf-type", choices=CONF_TYPES)
     pr.add_argument("--slice", type=_slice_size, help="predict overlapping tiles at full resolution: auto (tiles "
-                    "of each model's data.image_size) or a tile side in px; for small objects in large images")
+                    "of the side each model trained at) or a tile side in px; for small objects in large images")
     pr.add_argument("--overlap", type=_fraction(True), help="with --slice: the share of a tile's side its "
-                    "neighbour overlaps (default 0.2)")
+                    "neighbour overlaps (default 0.3; it should exceed the largest object's side)")
+    pr.add_argument("--slice-whole", action=argparse.BooleanOptionalAction, default=None,
+                    help="with --slice: the whole image, resized, as one more tile (for objects larger than a tile)")
     pr.add_argument("--batch-size", type=_positive_int, default=8)
     pr.add_argument("--device", default="auto")
     pr.add_argument("--force", action="store_true", help="replace the outputs of another job in --out")
@@ -338,7 +340,7 @@ def _predict(args) -> int:
     models, images = _split_models(args.inputs)
     overrides = {k: v for k, v in (("iou_thr", args.iou_thr), ("skip_box_thr", args.skip_box_thr),
                                    ("conf_type", args.conf_type), ("slice", args.slice),
-                                   ("slice_overlap", args.overlap)) if v is not None}
+                                   ("slice_overlap", args.overlap), ("slice_whole", args.slice_whole)) if v is not None}
     if args.score_threshold is not None:
         overrides["score_threshold"] = args.score_threshold
     ensemble = Ensemble.load(models if len(models) > 1 else models[0], device=args.device, overrides=overrides)

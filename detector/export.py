@@ -27,6 +27,7 @@ from .checkpoint import RestoredModel, restore_model
 from .errors import ConfigError, DetectorError, WeightsError
 from .files import atomic_file, read_json, write_json
 from .layout import ENSEMBLE
+from .slicing import tile_size
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
 
@@ -101,6 +102,7 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, *, samp
     with atomic_file(out) as f:
         f.write(buffer.getbuffer())
     write_json(labels_file(out), {"labels": _labels(restored), "image_size": restored.image_size,
+                                  "tile": tile_size("auto", restored.train_side, restored.image_size),
                                   "input": "uint8 RGB image, shape (height, width, 3)",
                                   "outputs": ["boxes (N, 4) xyxy pixels", "scores (N,)", "labels (N,) 1..K"]})
     return out

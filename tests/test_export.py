@@ -96,3 +96,28 @@ def test_the_readmes_onnxruntime_snippet_sees_the_image_as_predict_does(untraine
     exec(compile(code, "README.md", "exec"), seen)
     np.testing.assert_array_equal(seen["image"], read_image(tmp_path / "photo.jpg"))
     assert seen["image"].shape == (90, 60, 3)
+
+
+def test_the_readmes_sliced_onnx_snippet_predicts_an_image_larger_than_its_tiles(untrained_checkpoint, tmp_path):
+    import re
+
+    import numpy as np
+    from PIL import Image
+
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    snippet = re.search(r"To predict on tiles with it.*?```python\n(.*?)```", readme, re.S)[1]
+    _export(untrained_checkpoint, "onnx", tmp_path / "rbc.onnx")
+    labels = json.loads((tmp_path / "rbc.labels.json").read_text())
+    tile = labels["tile"]
+    assert tile == (restore_model(untrained_checkpoint).train_side or labels["image_size"]) == 128
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (tile * 2, tile * 3, 3), np.uint8)).save(
+        tmp_path / "slide.jpg")
+    code = snippet.replace("deploy/rbc.", f"{tmp_path}/rbc.").replace('"slide.jpg"', f'"{tmp_path}/slide.jpg"')
+    seen: dict = {}
+    exec(compile(code, "README.md", "exec"), seen)
+    merged = seen["merged"]
+    assert set(merged) == {"boxes", "scores", "labels"} and len(merged["boxes"]) == len(merged["scores"])
+    inside = (merged["boxes"][:, 2] <= tile * 3 + 1e-3) & (merged["boxes"][:, 3] <= tile * 2 + 1e-3)
+    assert bool(inside.all())

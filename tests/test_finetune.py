@@ -1,8 +1,12 @@
 """Learning, not just looping: the shipped RBC recipe fine-tunes the packaged ImageNet backbone on real images.
 
 Both runs train on the Roboflow copies of 20 photos (60 images) at 320 px for 2 epochs and are scored on
-examples/rbc/valid (20 other photos); they differ only in model.pretrained.
+examples/rbc/valid (20 other photos); they differ only in model.pretrained. The 60 images are first made
+a YOLO export (images/train, labels/train, data.yaml) and trained on after one `detector convert`: a
+user with a YOLO export trains that way.
 """
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +15,7 @@ from PIL import Image
 
 from detector import config
 from detector.boxes import box_iou
+from detector.cli import main
 from detector.data.coco import load_coco
 from detector.ensemble import Ensemble
 from detector.data.folds import group_key
@@ -22,16 +27,33 @@ RECIPE = ["data.image_size=320", "train.epochs=2", "train.patience=0", "train.nu
 PHOTOS = 20
 
 
+def yolo_export(out: Path) -> Path:
+    """The copies of the first PHOTOS RBC photos as a YOLO export, converted back to COCO by one command."""
+    train = load_coco(ROOT / "examples" / "rbc" / "train" / "_annotations.coco.json")
+    photos = sorted({group_key(r, "roboflow") for r in train.images})[:PHOTOS]
+    part = train.subset(r.id for r in train.images if group_key(r, "roboflow") in photos)
+    images = out / "images" / "train"
+    images.mkdir(parents=True)
+    for r in part.images:
+        shutil.copy(r.path, images / r.path.name)
+    (images / "coco.json").write_text(json.dumps(part.to_coco()))
+    assert main(["convert", str(images / "coco.json"), "--from", "coco", "--to", "yolo",
+                 "--out", str(out / "labels" / "train")]) == 0
+    (images / "coco.json").unlink()
+    (out / "labels" / "train" / "classes.txt").unlink()
+    (out / "data.yaml").write_text("path: .\ntrain: images/train\nnames: {0: rbc, 1: wbc}\n")  # Ultralytics' form
+    assert main(["convert", str(out / "labels" / "train"), "--from", "yolo", "--out", str(out / "train.json")]) == 0
+    return out / "train.json"
+
+
 def finetune(tmp_path: Path, pretrained: str):
     cfg = config.load(ROOT / "configs" / "rbc.yaml", [
-        f"data.train.annotations={ROOT / 'examples/rbc/train/_annotations.coco.json'}",
+        f"data.train.annotations={yolo_export(tmp_path / 'yolo')}",
         f"data.val.annotations={ROOT / 'examples/rbc/valid/_annotations.coco.json'}",
         *RECIPE, f"model.pretrained={pretrained}"])
     train_index, val_index = load_splits(cfg)
-    photos = sorted({group_key(r, "roboflow") for r in train_index.images})[:PHOTOS]
-    part = train_index.subset(r.id for r in train_index.images if group_key(r, "roboflow") in photos)
-    assert len(part.images) == 3 * PHOTOS
-    return fit(cfg, part, val_index, tmp_path / pretrained, progress=False, log=lambda s: None)
+    assert len(train_index.images) == 3 * PHOTOS
+    return fit(cfg, train_index, val_index, tmp_path / pretrained, progress=False, log=lambda s: None)
 
 
 @pytest.fixture(scope="module")
