@@ -30,8 +30,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not world().main:
             sys.stdout = open(os.devnull, "w")
     previous = signal.signal(signal.SIGTERM, _terminate)
+    done = False
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        done = True
+        return code
     except DetectorError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -45,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
         from .distributed import finish
 
-        finish()
+        finish(together=done)
 
 
 def _terminate(signum, frame) -> None:

@@ -89,9 +89,13 @@ def wrap(model: torch.nn.Module, process: Process, sync_bn: bool) -> torch.nn.Mo
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def finish() -> None:
-    """Leave the process group before the interpreter exits (a gloo group left open can abort the exit)."""
+def finish(together: bool = False) -> None:
+    """Leave the process group before the interpreter exits (a gloo group left open can abort the exit).
+    `together` (the command succeeded on this rank): wait for every rank first, so no rank tears its
+    connections down while rank 0 is still publishing (a peer gone mid-teardown aborted gloo's exit)."""
     if dist.is_available() and dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 
