@@ -52,11 +52,12 @@ class CocoDetection(VisionDataset):
 
     def _mosaic_metadata(self, i: int, stream: np.random.SeedSequence | None) -> dict[str, list[dict]]:
         """Each Mosaic's other images: distinct from image i, drawn from the sample's own stream."""
+        if not self.mosaic:
+            return {}
         rng = np.random.default_rng(stream.spawn(1)[0] if stream is not None else None)
         out = {}
         for key, count in self.mosaic:
-            others = [k for k in rng.choice(len(self) - 1, size=min(count, len(self) - 1), replace=False)] \
-                if len(self) > 1 else []
+            others = rng.choice(len(self) - 1, size=min(count, len(self) - 1), replace=False)
             out[key] = [self._raw(int(k) + (k >= i)) for k in others]  # skipping i itself
         return out
 
