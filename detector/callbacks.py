@@ -423,6 +423,9 @@ class EpochLine(Callback):
         r = state.row
         state.log(f"epoch {state.epoch}: loss {r['loss']:.4f}  map_50 {r['map_50']:.4f}  f1 {r['f1']:.4f}  "
                   f"score {r['score']:.4f}  ({r['seconds']:.1f}s)")
+        if r.get("skipped_steps"):
+            state.log(f"  the fp16 loss scaler skipped {r['skipped_steps']} steps with non-finite gradients "
+                      "(normal in the first steps while it finds its scale)")
         if state.progress.stopped_early:
             state.log(f"early stop: no better score for {state.cfg.train.patience} epochs")
 

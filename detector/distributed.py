@@ -49,12 +49,31 @@ def world() -> World:
 
 
 def start(device: torch.device) -> World:
-    """Join torchrun's process group (nccl on CUDA, gloo on CPU) once; returns this process's World."""
+    """Join torchrun's process group (nccl on CUDA, gloo on CPU) once; returns this process's World.
+
+    On CUDA the process's own GPU (LOCAL_RANK) becomes its current device first: NCCL's object collectives
+    (broadcast_object_list, all_gather_object) use the current device, which is otherwise cuda:0 on every
+    rank, and `device_id` binds the group to that GPU."""
     w = world()
     if w.active and not dist.is_initialized():
         seconds = float(os.environ.get("DETECTOR_DIST_TIMEOUT", TIMEOUT_SECONDS))
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=seconds))
+        cuda = device.type == "cuda"
+        if cuda:
+            torch.cuda.set_device(w.local_rank)
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=seconds),
+                                device_id=torch.device("cuda", w.local_rank) if cuda else None)
     return w
+
+
+def backend_device(backend: str, local_rank: int) -> torch.device:
+    """Where a backend's collectives take their tensors: NCCL only reduces tensors on the rank's own GPU,
+    gloo on the CPU."""
+    return torch.device("cuda", local_rank) if backend == "nccl" else torch.device("cpu")
+
+
+def collective_device(w: World) -> torch.device:
+    """The device of this process group's collective tensors."""
+    return backend_device(str(dist.get_backend()), w.local_rank)
 
 
 @dataclass(frozen=True)
@@ -72,6 +91,8 @@ def setup(device: str, amp: str) -> Process:
     resolved = resolve_device(device)
     w = start(resolved)
     resolved = device_of(w, resolved)
+    if resolved.type == "cuda":  # images share a longest side and pad to multiples of 32: few input shapes,
+        torch.backends.cudnn.benchmark = True  # each convolution tuned once per shape
     return Process(w, resolved, resolve_precision(amp, resolved))
 
 
@@ -134,17 +155,23 @@ def mean(w: World, values: dict[str, float]) -> dict[str, float]:
     if not w.active:
         return values
     keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=collective_device(w))
     dist.all_reduce(t)
     return dict(zip(keys, (t / w.size).tolist()))
 
 
-def any_true(w: World, flag: bool) -> bool:
+def first_failure(w: World, failure: str | None) -> tuple[int, str] | None:
+    """Every rank says whether its step failed (`failure` is why); the (rank, reason) of the lowest rank that
+    failed, the same on every rank, or None. One all-reduce of one number on the backend's device per call;
+    the reasons are gathered only when one rank failed, so all ranks stop together at the same step instead
+    of the others waiting in the next collective for a rank that is gone."""
     if not w.active:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0])
-    dist.all_reduce(t)
-    return bool(t.item() > 0)
+        return None if failure is None else (w.rank, failure)
+    flag = torch.tensor([0.0 if failure is None else 1.0], device=collective_device(w))
+    dist.all_reduce(flag)
+    if flag.item() == 0:
+        return None
+    return next((r, f) for r, f in enumerate(gather(w, failure)) if f is not None)
 
 
 def main_only(w: World, log: Callable[[str], None]) -> Callable[[str], None]:

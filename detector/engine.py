@@ -1,6 +1,7 @@
 """One training epoch and one prediction pass. Both return values; neither writes files."""
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from tqdm import tqdm
 
 from .boxes import xyxy_to_xywh
 from .data.records import LabelMap
-from .errors import ConfigError, NonFiniteLossError
+from .errors import ConfigError, NonFiniteLossError, TrainingError
 
 
 @dataclass(frozen=True)
@@ -43,15 +44,22 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(amp: str, device: torch.device) -> Precision:
-    """auto: bf16 (or fp16 with a scaler) on CUDA, fp32 on CPU. bf16 also runs on CPU; fp16 needs CUDA."""
+    """auto: bf16 (or fp16 with a GradScaler where bf16 is missing) on CUDA, fp32 on CPU. bf16 and fp16
+    also run on CPU, through the same autocast and scaler code (slower than fp32 on most CPUs)."""
     cuda = device.type == "cuda"
     if amp == "off" or (amp == "auto" and not cuda):
         return Precision(device.type, None)
-    if amp == "fp16" and not cuda:
-        raise ConfigError("train.amp=fp16 needs a CUDA GPU; use bf16 or off on CPU")
     if amp == "auto":
         return Precision("cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
     return Precision(device.type, torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+# consecutive steps the fp16 GradScaler may skip (non-finite gradients, each halving its scale) before the
+# run counts as diverged rather than overflowing: 2**-10 of the scale is far below any sane loss scale
+MAX_SKIPPED_STEPS = 10
+
+# how a step's failure crosses ranks: ("loss", components) for a non-finite loss, ("error", text) otherwise
+Failure = tuple[str, Any]
 
 
 def train_one_epoch(
@@ -66,48 +74,105 @@ def train_one_epoch(
     epoch: int,
     grad_clip: float = 0.0,
     progress: bool = False,
-    any_rank_failed: Callable[[bool], bool] | None = None,
+    first_failure: Callable[[Failure | None], tuple[int, Failure] | None] | None = None,
     after_step: Callable[[], None] | None = None,
 ) -> dict[str, float]:
-    """Train for one pass over `loader`, stepping the scheduler per batch. Returns mean losses and timing.
+    """Train for one pass over `loader`, stepping the scheduler per optimizer step. Returns mean losses and timing.
 
-    Raises NonFiniteLossError (epoch, batch, loss components) when the loss is NaN or infinite; with several
-    processes, `any_rank_failed(this_one_failed)` makes all of them raise together. `after_step()` runs
-    after every optimizer and scheduler step (an EMA update).
+    A non-finite loss raises NonFiniteLossError (epoch, batch, loss components), except under an enabled
+    GradScaler (fp16): there the scaler skips the step and lowers its scale, and only MAX_SKIPPED_STEPS
+    skipped steps in a row raise (a TrainingError). With several processes, `first_failure(this_rank's)` (distributed's)
+    makes every rank stop at the same step when one rank's batch failed to load, its forward pass raised
+    or its loss is non-finite. `after_step()` runs after every optimizer and scheduler step (an EMA update).
     """
     model.train()
+    agree = first_failure or (lambda failure: None if failure is None else (0, failure))
     sums: dict[str, float] = {}
-    batches = images_seen = 0
+    batches = images_seen = skipped = streak = 0
     start = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not progress, unit="batch")
-    for batch, (images, targets) in enumerate(bar):
-        images = [im.to(device, non_blocking=True) for im in images]
-        targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-        with precision.autocast():
-            losses = model(images, targets)
-        loss = sum(losses.values())
-        values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
-        failed = not math.isfinite(sum(values.values()))
-        if any_rank_failed(failed) if any_rank_failed is not None else failed:
-            raise NonFiniteLossError(epoch, batch, values)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+    batches_of = iter(bar)
+    for batch in itertools.count():
+        try:
+            images, targets = next(batches_of)
+        except StopIteration:
+            break
+        except Exception as e:  # heard by the other ranks before any of them enters the forward pass
+            _stop_together(agree, e, epoch, batch)
+            raise
+        _stop_together(agree, None, epoch, batch)
+        try:
+            loss, values = _forward(model, images, targets, device, precision)
+        except Exception as e:
+            _stop_together(agree, e, epoch, batch)
+            raise
+        finite = math.isfinite(sum(values.values()))
+        _stop_together(agree, None if finite or scaler.is_enabled() else ("loss", values), epoch, batch)
+        stepped = _step(model, loss, optimizer, scaler, grad_clip)
+        if stepped:  # the schedule counts the steps taken, as the optimizer does
+            scheduler.step()
         if after_step is not None:
             after_step()
-        for k, v in values.items():
-            sums[k] = sums.get(k, 0.0) + v
-        batches += 1
+        streak = 0 if stepped else streak + 1
+        if streak >= MAX_SKIPPED_STEPS:
+            raise TrainingError(f"the fp16 loss scaler skipped {streak} steps in a row up to epoch {epoch}, batch "
+                                f"{batch}: the gradients are not finite at any scale (scale now "
+                                f"{scaler.get_scale():.3g}); lower train.lr, enable train.grad_clip, or use "
+                                "train.amp=bf16")
+        skipped += not stepped
+        if stepped and finite:
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            batches += 1
         images_seen += len(images)
         bar.set_postfix(loss=f"{sum(values.values()):.3f}")
     seconds = time.perf_counter() - start
     means = {k: v / max(batches, 1) for k, v in sums.items()}
-    return {"loss": sum(means.values()), **means, "train_seconds": seconds, "images": images_seen}
+    return {"loss": sum(means.values()), **means, "train_seconds": seconds, "images": images_seen,
+            "skipped_steps": skipped}
+
+
+def _forward(model: nn.Module, images: list, targets: list, device: torch.device, precision: Precision,
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The batch on the device, its summed loss under autocast, and the loss components as floats."""
+    images = [im.to(device, non_blocking=True) for im in images]
+    targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+    with precision.autocast():
+        losses = model(images, targets)
+    values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
+    return sum(losses.values()), values
+
+
+def _step(model: nn.Module, loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+          grad_clip: float) -> bool:
+    """Backward and optimizer step through the scaler, clipping the unscaled gradients; False when the
+    scaler skipped the step (non-finite gradients lower its scale, the same on every rank after DDP's
+    all-reduce)."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)  # the clip bounds the true gradient, not the loss-scaled one
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scale = scaler.get_scale() if scaler.is_enabled() else 1.0
+    scaler.step(optimizer)
+    scaler.update()
+    return not scaler.is_enabled() or scaler.get_scale() >= scale
+
+
+def _stop_together(agree: Callable[[Failure | None], tuple[int, Failure] | None], mine: BaseException | Failure | None,
+                   epoch: int, batch: int) -> None:
+    """Every rank hears whether any rank's step failed. A rank whose own step raised returns to re-raise
+    its error; the others raise a NonFiniteLossError with the failing rank's losses, or a TrainingError
+    naming the rank that failed."""
+    failure = (("error", f"{type(mine).__name__}: {mine}") if isinstance(mine, BaseException) else mine)
+    agreed = agree(failure)
+    if agreed is None or isinstance(mine, BaseException):
+        return
+    rank, (kind, detail) = agreed
+    if kind == "loss":
+        raise NonFiniteLossError(epoch, batch, detail)
+    raise TrainingError(f"rank {rank} failed at epoch {epoch}, batch {batch}: {detail}; every rank stopped "
+                        "with it (its own message above has the details)")
 
 
 @torch.inference_mode()

@@ -21,7 +21,8 @@ def epoch_row(epoch: int, lr: float, losses: dict[str, float], metrics: dict[str
     column, checkpoint_seconds) before it is written."""
     return {"epoch": epoch, "lr": lr, **{k: losses.get(k, 0.0) for k in LOSS_KEYS}, **{k: metrics[k] for k in METRIC_KEYS},
             "image_size": image_size, "train_seconds": losses["train_seconds"], "eval_seconds": eval_seconds,
-            "checkpoint_seconds": 0.0, "seconds": losses["train_seconds"] + eval_seconds}
+            "checkpoint_seconds": 0.0, "seconds": losses["train_seconds"] + eval_seconds,
+            "skipped_steps": losses.get("skipped_steps", 0)}
 
 
 def append_row(path: Path, row: dict[str, Any], columns: tuple[str, ...]) -> None:

@@ -98,7 +98,7 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, paths: RunPa
         losses = train_one_epoch(
             state.trained, train_loader(state.train_set, cfg, epoch, sample_weights, w), state.optimizer,
             state.scheduler, state.scaler, device=process.device, precision=process.precision, epoch=epoch,
-            grad_clip=cfg.train.grad_clip, progress=progress, any_rank_failed=lambda failed: distributed.any_true(w, failed),
+            grad_clip=cfg.train.grad_clip, progress=progress, first_failure=lambda failure: distributed.first_failure(w, failure),
             after_step=lambda: [cb.after_step(state) for cb in cbs])
         losses.update(distributed.mean(w, {k: losses[k] for k in LOSS_KEYS if k in losses}))
         start = time.perf_counter()

@@ -92,6 +92,9 @@ def build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     return cls(**values)
 
 
+_YAML_WORDS = {False: "off", True: "on"}
+
+
 def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return build(tp, value, key + ".", source)
@@ -105,7 +108,9 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
                 continue
         raise _type_error(key, value, " or ".join(_type_name(a) for a in args), source)
     if origin is Literal:
-        if value not in args:
+        if isinstance(value, bool) and _YAML_WORDS[value] in args:  # YAML 1.1 reads `amp: off` as false
+            return _YAML_WORDS[value]
+        if isinstance(value, bool) or value not in args:
             raise ConfigError(f"{source}: {key} must be one of {', '.join(map(str, args))}; got {value!r}")
         return value
     if origin is dict:

@@ -123,3 +123,12 @@ def test_the_storage_url_can_come_from_the_environment(monkeypatch):
     assert args.storage == "postgresql://optuna:secret@db/optuna"  # kept off the command line (and ps)
     assert _parser().parse_args(["study", "my.yaml", "--name", "rbc", "--storage", "sqlite:///x.db"]).storage == \
         "sqlite:///x.db"
+
+
+def test_off_reads_as_the_word_where_a_choice_expects_it(tmp_path):
+    assert config.load(None, ["train.amp=off"]).train.amp == "off"  # YAML 1.1 reads a bare off as false
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  amp: off\n")
+    assert config.load(path).train.amp == "off"
+    with pytest.raises(ConfigError, match="train.amp must be one of auto, off, bf16, fp16; got True"):
+        config.load(None, ["train.amp=true"])

@@ -150,3 +150,89 @@ def test_an_error_on_one_rank_alone_fails_the_trial_on_rank_0(tmp_path):
     said = dict(results.get(timeout=5) for _ in processes)
     assert said == {0: "rank 1 failed: DetectorError: this rank cannot read fold_0/images/x.png",
                     1: "followed to the end"}
+
+
+def test_collectives_use_the_backends_device():
+    import torch
+
+    from detector.distributed import backend_device
+
+    assert backend_device("nccl", 1) == torch.device("cuda", 1)  # NCCL refuses CPU tensors
+    assert backend_device("gloo", 1) == torch.device("cpu")
+
+
+class _Losses(__import__("torch").nn.Module):
+    """The smallest model train_one_epoch can step: its loss is a real function of its one weight."""
+
+    def __init__(self):
+        import torch
+
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, images, targets):
+        x = __import__("torch").stack(images).mean()
+        return {"loss_classifier": ((self.w * x - 1) ** 2 / x).sum(), "loss_box_reg": self.w.abs().sum()}
+
+
+def _rank_of_an_epoch(rank, port, case, results):
+    import torch
+
+    from detector import distributed
+    from detector.engine import Precision, train_one_epoch
+    from detector.errors import DetectorError
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank))
+    w = distributed.start(torch.device("cpu"))
+    results.put((rank, "device", str(distributed.collective_device(w))))
+
+    def batches():
+        for batch in range(4):
+            if rank == 1 and batch == 2 and case == "unreadable":
+                raise DetectorError("cannot read images/x.png: not an image; re-export it")
+            value = float("inf") if rank == 1 and batch == 2 and case == "inf" else 1.0 + batch
+            yield [torch.full((3, 4, 4), value)], [{}]
+
+    model = torch.nn.parallel.DistributedDataParallel(_Losses())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    try:
+        train_one_epoch(model, batches(), optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+                        torch.amp.GradScaler("cpu", enabled=False), device=torch.device("cpu"),
+                        precision=Precision("cpu", None), epoch=5,
+                        first_failure=lambda failure: distributed.first_failure(w, failure))
+        results.put((rank, "said", "finished"))
+    except DetectorError as e:
+        results.put((rank, "said", f"{type(e).__name__}: {e}"))
+    results.put((rank, "weight", float(model.module.w)))
+    distributed.finish(together=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["unreadable", "inf"])
+def test_a_batch_that_fails_on_one_rank_stops_every_rank_at_that_step(tmp_path, case):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    processes = [context.Process(target=_rank_of_an_epoch, args=(r, port, case, results)) for r in (0, 1)]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(120)
+    assert [p.exitcode for p in processes] == [0, 0]  # neither waited for the other until a timeout
+    said = {(r, k): v for r, k, v in (results.get(timeout=5) for _ in range(6))}
+    assert said[0, "device"] == said[1, "device"] == "cpu"  # gloo's
+    assert said[0, "weight"] == said[1, "weight"] != 1.0  # the two steps before it, taken together
+    if case == "unreadable":
+        assert said[1, "said"] == "DetectorError: cannot read images/x.png: not an image; re-export it"
+        assert said[0, "said"] == ("TrainingError: rank 1 failed at epoch 5, batch 2: DetectorError: cannot read "
+                                   "images/x.png: not an image; re-export it; every rank stopped with it (its own "
+                                   "message above has the details)")
+    else:  # rank 0's own loss was finite: it reports rank 1's
+        assert said[0, "said"] == said[1, "said"]
+        assert said[0, "said"].startswith("NonFiniteLossError: non-finite loss at epoch 5, batch 2 (loss_classifier=")
