@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     _run_arguments(t, "YAML config, e.g. configs/quickstart.yaml").set_defaults(func=_train)
     v = sub.add_parser("cv", help="k-fold cross-validation with per-fold logs and the top-k models")
     _run_arguments(v, "YAML config; folds come from its data.train split (cv section)").set_defaults(func=_cv)
-    for add in (_study_parser, _export_parser, _predict_parser, _report_parser, _evaluate_parser, _audit_parser,
+    for add in (_study_parser, _export_parser, _benchmark_parser, _predict_parser, _report_parser, _evaluate_parser, _audit_parser,
                 _data_parsers):
         add(sub)
     return p
@@ -89,7 +89,30 @@ def _export_parser(sub) -> None:
     x.add_argument("model", help="a .pt checkpoint, or a study's best/ folder")
     x.add_argument("--format", required=True, choices=("onnx", "torchscript"))
     x.add_argument("--out", required=True, help="the file to write (a folder for a best/ folder)")
+    x.add_argument("--quantize", choices=("int8",), default=None,
+                   help="ONNX only: ONNX Runtime's static INT8 model, calibrated on the checkpoint's data.val; its "
+                        "mAP and speed beside fp32 are printed and kept in NAME.labels.json")
+    x.add_argument("--calibration", metavar="COCO_JSON", default=None,
+                   help="with --quantize: the images to calibrate and score on (default: the checkpoint's data.val)")
     x.set_defaults(func=_export)
+
+
+def _benchmark_parser(sub) -> None:
+    b = sub.add_parser("benchmark", help="milliseconds per image of a model in eager PyTorch, TorchScript, ONNX "
+                                         "Runtime and INT8, with each one's boxes checked against eager's")
+    b.add_argument("model", help="a .pt checkpoint (a best/ folder's model_0.pt, ...)")
+    b.add_argument("images", nargs="*", help="image files, folders or globs (default: the checkpoint's data.val)")
+    b.add_argument("--sizes", default="", help="comma-separated longest sides to resize to (default: the "
+                                              "checkpoint's image size), e.g. 320,416,640")
+    b.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes for eager, e.g. 1,4")
+    b.add_argument("--runtimes", default="eager,torchscript,onnx,int8", help="comma-separated, from "
+                                                                             "eager,torchscript,onnx,int8")
+    b.add_argument("--limit", type=int, default=16, help="at most this many images (default 16)")
+    b.add_argument("--repeats", type=int, default=3, help="timed passes; the best counts (default 3)")
+    b.add_argument("--device", default="auto", help="auto, cpu or cuda (ONNX Runtime uses its CUDA provider "
+                                                    "when installed)")
+    b.add_argument("--json", metavar="PATH", help="also write the table as JSON")
+    b.set_defaults(func=_benchmark)
 
 
 def _predict_parser(sub) -> None:
@@ -403,11 +426,57 @@ def _ground_truth_report(args, run, gt, ensemble) -> None:
 
 
 def _export(args) -> int:
-    from .export import export_models
+    from .data.coco import load_coco
+    from .export import export_models, read_labels
+    from .quantize import QuantizationReport
 
-    for path in export_models(args.model, args.format, args.out):
+    if args.calibration and not args.quantize:
+        raise ConfigError("--calibration only applies with --quantize int8")
+    calibration = load_coco(args.calibration, check_images=False) if args.calibration else None
+    for path in export_models(args.model, args.format, args.out, quantize=args.quantize, calibration=calibration):
         print(f"wrote {path}")
+        if args.quantize and path.suffix == ".onnx":
+            print("  " + QuantizationReport.from_dict(read_labels(path)["int8"]).summary())
     return 0
+
+
+def _benchmark(args) -> int:
+    from .benchmark import benchmark
+    from .checkpoint import restore_model
+    from .data.coco import load_coco
+    from .engine import resolve_device
+    from .files import write_json
+    from .predict import collect_images
+    from .runtimes import image_array
+
+    if args.images:
+        paths = collect_images(args.images)
+    else:
+        val = restore_model(args.model).config.data.val
+        if not val.annotations or not Path(val.annotations).is_file():
+            raise ConfigError(f"{args.model}: its data.val ({val.annotations or 'none'}) is not on this machine; "
+                              "pass the images to time it on")
+        paths = [r.path for r in load_coco(val.annotations, images_dir=val.images_dir, check_images=False).images]
+    images = [image_array(p) for p in paths[:max(args.limit, 1)]]
+    report = benchmark(args.model, images, sizes=_ints(args.sizes, "--sizes"),
+                       batch_sizes=_ints(args.batch_sizes, "--batch-sizes") or [1],
+                       runtimes=[r for r in args.runtimes.split(",") if r], device=str(resolve_device(args.device)),
+                       repeats=max(args.repeats, 1))
+    print(report.table())
+    if args.json:
+        write_json(Path(args.json), report.to_dict())
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: comma-separated whole numbers, e.g. 1,4") from None
+    if any(v < 1 for v in values):
+        raise ConfigError(f"{flag} {text!r}: every value must be at least 1")
+    return values
 
 
 def _split_models(inputs: list[str]) -> tuple[list[str], list[str]]:

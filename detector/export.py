@@ -24,9 +24,11 @@ from torch.onnx import operators
 from torchvision.models.detection.roi_heads import RoIHeads
 
 from .checkpoint import RestoredModel, restore_model
+from .data.coco import CocoIndex, load_coco
 from .errors import ConfigError, DetectorError, WeightsError
 from .files import atomic_file, read_json, write_json
 from .layout import ENSEMBLE
+from .quantize import QuantizationReport, calibration_images, quantize_int8, score_file
 from .slicing import tile_size
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
@@ -41,6 +43,12 @@ class DeployedDetector(nn.Module):
         self.image_size = image_size
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, ratio = self.prepare(image)
+        out = self.detect(x)
+        return out["boxes"] * ratio, out["scores"], out["labels"]
+
+    def prepare(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image resized to the model's input, and the (w, h, w, h) ratio back to its pixels."""
         x = image.permute(2, 0, 1).to(torch.float32) / 255.0
         size = _size(x)
         scale = float(self.image_size) / torch.max(size).to(torch.float32)
@@ -49,9 +57,18 @@ class DeployedDetector(nn.Module):
             x = F.interpolate(x[None], size=[int(new[0]), int(new[1])], mode="bilinear", align_corners=False)[0]
         else:
             x = _resize(x, new)
-        ratio = (size.to(torch.float32) / new.to(torch.float32)).flip(0).repeat(2)  # (w, h, w, h)
-        out = self.detect(x)
-        return out["boxes"] * ratio, out["scores"], out["labels"]
+        return x, (size.to(torch.float32) / new.to(torch.float32)).flip(0).repeat(2)
+
+    @torch.jit.unused
+    def many(self, images: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Several images in one batch (eager only: the exported graphs take one image per call)."""
+        prepared = [self.prepare(im) for im in images]
+        m = self.model
+        batch, _ = m.transform([x for x, _ in prepared])
+        features = m.backbone(batch.tensors)
+        proposals, _ = m.rpn(batch, features)
+        detections, _ = m.roi_heads(features, proposals, batch.image_sizes)
+        return [(d["boxes"] * ratio, d["scores"], d["labels"]) for d, (_, ratio) in zip(detections, prepared)]
 
     def detect(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """GeneralizedRCNN.forward's inference steps, called one by one: its forward returns another type
@@ -77,49 +94,96 @@ def _resize(x: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
-def deployed(restored: RestoredModel) -> DeployedDetector:
+def deployed(restored: RestoredModel, image_size: int | None = None) -> DeployedDetector:
+    """The checkpoint's model as exported; `image_size` (default: the one it trained at) is the longest side
+    it resizes images to."""
     model = restored.model.cpu().float().eval()
     if type(model.roi_heads) is not RoIHeads:  # a training-loss subclass: inference is RoIHeads' own
         model.roi_heads.__class__ = RoIHeads
-    return DeployedDetector(model, restored.image_size)
+    return DeployedDetector(model, image_size or restored.image_size)
 
 
 def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, *, sample: torch.Tensor | None = None,
-                      ) -> Path:
-    """Write `checkpoint` as `fmt` (torchscript or onnx) to `out`, with labels.json beside it."""
+                      quantize: str | None = None, calibration: CocoIndex | None = None) -> Path:
+    """Write `checkpoint` as `fmt` (torchscript or onnx) to `out`, with labels.json beside it.
+
+    `quantize="int8"` (ONNX only) writes ONNX Runtime's static INT8 version instead, calibrated on
+    `calibration` (default: the checkpoint's data.val); labels.json then records its mAP and speed on those
+    images beside the fp32 model's (quantize.QuantizationReport)."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if quantize not in (None, "int8"):
+        raise ConfigError(f"--quantize {quantize!r}: the one quantization offered is int8")
+    if quantize and fmt != "onnx":
+        raise ConfigError("--quantize int8 makes an ONNX Runtime model: use --format onnx (TorchScript's own "
+                          "quantization needs a backend-specific rewrite of the model that detector does not do)")
     out = Path(out)
     restored = restore_model(checkpoint, "cpu")
-    module = deployed(restored)
-    buffer = io.BytesIO()  # built in memory, then written atomically: a kill leaves the old file or the new one
+    buffer = io.BytesIO(serialize(deployed(restored), fmt, sample))  # written atomically below
+    extra: dict[str, Any] = {"precision": "fp32"}
+    if quantize:
+        data, report = _int8(buffer.getvalue(), calibration or _val_split(restored, checkpoint), restored)
+        buffer, extra = io.BytesIO(data), {"precision": "int8", "int8": report.to_dict()}
+    with atomic_file(out) as f:
+        f.write(buffer.getbuffer())
+    write_json(labels_file(out), {"labels": _labels(restored), "image_size": restored.image_size,
+                                  "tile": tile_size("auto", restored.train_side, restored.image_size),
+                                  "input": "uint8 RGB image, shape (height, width, 3)",
+                                  "outputs": ["boxes (N, 4) xyxy pixels", "scores (N,)", "labels (N,) 1..K"],
+                                  **extra})
+    return out
+
+
+def serialize(module: DeployedDetector, fmt: str, sample: torch.Tensor | None = None) -> bytes:
+    """`module` as the bytes of a TorchScript or ONNX file (in memory: a kill leaves the old file whole)."""
+    buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit's deprecation notice and the ONNX tracer's shape warnings
         if fmt == "torchscript":
             torch.jit.save(torch.jit.script(module), buffer)
         else:
             _export_onnx(module, buffer, sample)
-    with atomic_file(out) as f:
-        f.write(buffer.getbuffer())
-    write_json(labels_file(out), {"labels": _labels(restored), "image_size": restored.image_size,
-                                  "tile": tile_size("auto", restored.train_side, restored.image_size),
-                                  "input": "uint8 RGB image, shape (height, width, 3)",
-                                  "outputs": ["boxes (N, 4) xyxy pixels", "scores (N,)", "labels (N,) 1..K"]})
-    return out
+    return buffer.getvalue()
 
 
-def export_models(models: str | Path, fmt: str, out: str | Path) -> list[Path]:
+def _int8(fp32: bytes, index: CocoIndex, restored: RestoredModel) -> tuple[bytes, QuantizationReport]:
+    """The INT8 model's bytes, and both models scored on `index` (whose images also calibrate it)."""
+    depth = restored.config.data.bit_depth
+    images = calibration_images(index, bit_depth=depth)
+    with tempfile.TemporaryDirectory() as tmp:
+        source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        source.write_bytes(fp32)
+        quantize_int8(source, target, images)
+        report = QuantizationReport(str(index.path), len(index.images), len(images),
+                                    score_file(source, index, depth), score_file(target, index, depth))
+        return target.read_bytes(), report
+
+
+def _val_split(restored: RestoredModel, checkpoint: str | Path) -> CocoIndex:
+    """The checkpoint's own data.val, where INT8 ranges are calibrated and its accuracy is checked."""
+    val = restored.config.data.val
+    if not val.annotations or not Path(val.annotations).is_file():
+        raise DetectorError(f"{checkpoint}: its data.val ({val.annotations or 'none'}) is not on this machine, and "
+                            "INT8 export calibrates on it; pass --calibration with a COCO file of images like "
+                            "those the model will see")
+    return load_coco(val.annotations, images_dir=val.images_dir, check_images=False)
+
+
+def export_models(models: str | Path, fmt: str, out: str | Path, *, quantize: str | None = None,
+                  calibration: CocoIndex | None = None) -> list[Path]:
     """A checkpoint -> `out`; a study's best/ folder -> `out`/model_I.EXT for each member, with the
-    ensemble's WBF settings and thresholds (ensemble.json) beside them."""
+    ensemble's WBF settings and thresholds (ensemble.json) beside them. `quantize`, `calibration`: as
+    export_checkpoint's, for every member."""
     models, out = Path(models), Path(out)
+    options = dict(quantize=quantize, calibration=calibration)
     if models.is_dir() and (models / ENSEMBLE).exists():
-        return _export_ensemble(models, fmt, out)
+        return _export_ensemble(models, fmt, out, options)
     if models.is_file():
-        return [export_checkpoint(models, fmt, out)]
+        return [export_checkpoint(models, fmt, out, **options)]
     raise WeightsError(f"{models}: not a checkpoint or a study's best/ folder")
 
 
-def _export_ensemble(best: Path, fmt: str, out: Path) -> list[Path]:
+def _export_ensemble(best: Path, fmt: str, out: Path, options: dict[str, Any]) -> list[Path]:
     """Every member and ensemble.json, built in a folder beside `out` and swapped in only when all are
     written: a killed export leaves the old export whole (and a hidden .NAME.*.export folder to delete)."""
     if out.exists() and not _is_export(out):
@@ -130,7 +194,7 @@ def _export_ensemble(best: Path, fmt: str, out: Path) -> list[Path]:
     try:
         names = [Path(m["file"]).stem + FORMATS[fmt] for m in meta["members"]]
         for m, name in zip(meta["members"], names):
-            export_checkpoint(best / m["file"], fmt, stage / name)
+            export_checkpoint(best / m["file"], fmt, stage / name, **options)
         write_json(stage / ENSEMBLE, {k: meta[k] for k in ("ensemble", "score_threshold", "class_thresholds",
                                                            "label_map") if k in meta} | {"members": names})
         old = out.with_name(f".{out.name}.old") if out.exists() else None
