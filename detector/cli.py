@@ -351,10 +351,15 @@ def _study(args) -> int:
         return 0
     states = ", ".join(f"{n} {s.lower()}" for s, n in result.states.items())
     print(f"study {result.name}: {states}")
+    if result.best_trial is None and result.states.get("COMPLETE"):
+        raise DetectorError(f"study {result.name}: no trial is within search.max_latency_ms "
+                            f"{cfg.search.max_latency_ms:g}, so nothing is published; see the front: detector "
+                            f"report {directory}")
     if result.best_trial is None:
         raise DetectorError(f"study {result.name}: no trial completed ({states}), so nothing is published; "
                             f"why each trial ended: detector report {directory}")
-    print(f"best trial {result.best_trial}: value {result.best_value:.4f}; models in {directory / 'best'}")
+    latency = f", {result.best_latency_ms:.1f} ms per image" if result.best_latency_ms is not None else ""
+    print(f"best trial {result.best_trial}: value {result.best_value:.4f}{latency}; models in {directory / 'best'}")
     print(f"details: detector report {directory}")
     return 0
 

@@ -200,6 +200,9 @@ def _default_space() -> dict[str, Any]:
     return {"train.lr": {"low": 1e-4, "high": 1e-3, "log": True}, "train.batch_size": [4, 8]}
 
 
+Objective = Literal["score", "latency"]
+
+
 @dataclass
 class SearchConfig:
     # dotted config key -> [choices] (categorical) or {low, high, log?, step?} (int or float, by the key's type)
@@ -216,6 +219,14 @@ class SearchConfig:
     grace_seconds: int = 60  # a RUNNING trial without a heartbeat for this long is failed and retried (> heartbeat)
     max_retries: int = 2
     keep_models: Literal["best", "all"] = "best"  # best: only the best trial keeps its top-k checkpoints
+    # [score] or [score, latency]: the second makes a two-objective study (Optuna's Pareto front), each trial's
+    # latency measured on its own models as best/ would run them (search/latency.py); pruning is then off
+    objectives: list[Objective] = field(default_factory=lambda: ["score"], metadata={"check": (
+        lambda v: v in (["score"], ["score", "latency"]), "be [score] or [score, latency]")})
+    # with latency: best/ is the best score among trials at most this many ms per image; 0 = the knee of the
+    # front (the trial nearest the ideal point, both objectives scaled to the trials' range)
+    max_latency_ms: float = at_least(0.0, 0, "be 0 (the knee of the front) or a budget in ms per image")
+    latency_images: int = at_least(8, 1)  # data.val images a trial's latency is timed on
 
 
 ConfType = Literal["avg", "max", "box_and_model_avg", "absent_model_aware_avg"]  # ensemble-boxes' WBF conf_type

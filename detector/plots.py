@@ -88,12 +88,37 @@ def study_figures(trials: list[dict[str, Any]], importances: dict[str, float] | 
     """A study's plots from its trial rows (search.report.trial_rows) and parameter importances (None when
     they cannot be computed yet): history, intermediate values, importances, parallel coordinates."""
     complete = [t for t in trials if t["state"] == "COMPLETE" and _finite(t["value"])]
-    figures = {"history": _history(complete), "intermediate_values": _intermediate(trials)}
+    figures = {"history": _history(complete)}
+    if any(t.get("intermediate") for t in trials):  # none in a two-objective study (no pruning)
+        figures["intermediate_values"] = _intermediate(trials)
     if importances:
         figures["param_importances"] = _importances(importances)
     if complete and complete[0]["params"]:
         figures["parallel_coordinate"] = _parallel(complete)
     return figures
+
+
+def pareto_figure(trials: list[dict[str, Any]], front: set[int], chosen: int | None) -> Figure:
+    """A score-latency study: every complete trial's ms per image and fold-mean score, the Pareto front
+    joined and numbered, best/'s trial ringed."""
+    fig = Figure(figsize=(8, 5))
+    ax = fig.subplots()
+    complete = [t for t in trials if t["state"] == "COMPLETE" and t.get("latency_ms") is not None]
+    ax.scatter([t["latency_ms"] for t in complete], [t["value"] for t in complete], s=18, color="C7",
+               label="trial")
+    on = sorted((t for t in complete if t["number"] in front), key=lambda t: t["latency_ms"])
+    ax.plot([t["latency_ms"] for t in on], [t["value"] for t in on], "o-", color="C0", ms=5, label="Pareto front")
+    for t in on:
+        ax.annotate(str(t["number"]), (t["latency_ms"], t["value"]), textcoords="offset points", xytext=(4, 4),
+                    fontsize=8)
+    for t in complete:
+        if t["number"] == chosen:
+            ax.scatter([t["latency_ms"]], [t["value"]], s=160, facecolors="none", edgecolors="C3", label="best/")
+    ax.set(xlabel="ms per image (its ensemble, the study's device)", ylabel="fold-mean score",
+           title="score against latency")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
 
 
 def _history(complete: list[dict[str, Any]]) -> Figure:

@@ -213,8 +213,9 @@ def format_trials(rows: list[dict[str, Any]], fmt: str = "table") -> str:
         return json.dumps(strict_json(rows), indent=2)
     keys = sorted({k for r in rows for k in r["params"]})
     short = {k: k.rsplit(".", 1)[-1] for k in keys}
-    header = ("trial", "state", "value", "map_50", "map", "f1", "best_epochs", "seconds",
-              *(short[k] for k in keys), "note")
+    timed = any(r.get("latency_ms") is not None for r in rows)
+    header = ("trial", "state", "value", *(("ms/image",) if timed else ()), "map_50", "map", "f1", "best_epochs",
+              "seconds", *(short[k] for k in keys), "note")
     table = []
     for r in rows:
         cv = r["cv_mean"] or {}
@@ -223,7 +224,8 @@ def format_trials(rows: list[dict[str, Any]], fmt: str = "table") -> str:
             note = f"pruned at step {r['last_step']}"
         if r.get("start"):
             note = ("the config's own values; " + note).rstrip("; ")
-        table.append([str(r["number"]), r["state"].lower(), _num(r["value"]), _num(cv.get("map_50")),
+        table.append([str(r["number"]), r["state"].lower(), _num(r["value"]),
+                      *((_num(r.get("latency_ms"), 1),) if timed else ()), _num(cv.get("map_50")),
                       _num(cv.get("map")), _num(cv.get("f1")), "/".join(str(e) for e in r.get("best_epochs") or []),
                       _num(r["seconds"], 0), *(_param(r["params"].get(k)) for k in keys), note])
     return render_table(header, table, fmt)

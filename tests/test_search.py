@@ -458,3 +458,53 @@ def test_a_study_refuses_annotation_files_whose_content_changed_data_test_includ
     test.write_text(json.dumps(doc))
     with pytest.raises(ConfigError, match=r"the data.test annotations changed since the study started"):
         _check_config(study, cfg, tmp_path)
+
+
+def _scored(score, latency):
+    return optuna.trial.create_trial(values=[score, latency], params={}, distributions={})
+
+
+def test_a_latency_budget_takes_the_best_score_within_it_and_no_budget_the_knee_of_the_front():
+    from detector.search.best import ranked_trials
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for score, ms in [(0.90, 400.0), (0.89, 120.0), (0.80, 50.0), (0.60, 45.0), (0.85, 300.0)]:
+        study.add_trial(_scored(score, ms))
+    trials = study.get_trials()
+    assert [t.number for t in ranked_trials(trials, max_latency_ms=130)] == [1, 2, 3]  # by score, within budget
+    assert [t.number for t in ranked_trials(trials, max_latency_ms=40)] == []  # none is that fast
+    knee = ranked_trials(trials)  # 0.89 at 120 ms: near the best score at a third of its time
+    assert knee[0].number == 1 and {t.number for t in study.best_trials} == {0, 1, 2, 3}
+    single = optuna.create_study(direction="maximize")
+    for score in (0.5, 0.7, 0.7):
+        single.add_trial(optuna.trial.create_trial(value=score, params={}, distributions={}))
+    assert [t.number for t in ranked_trials(single.get_trials(), max_latency_ms=1)] == [1, 2, 0]
+
+
+@pytest.mark.slow
+def test_a_study_of_score_and_latency_times_each_trial_and_reports_its_pareto_front(sample, tmp_path):
+    from detector.search import report_study, run_study
+    from detector.search.best import ranked_trials
+
+    cfg = study_cfg(sample, "data.image_size=64", "search.objectives=[score, latency]", "search.n_trials=3",
+                    "search.sampler=random", "search.seed=1",
+                    "search.space={data.image_size: [64, 160]}", "train.epochs=1", "search.latency_images=4",
+                    "search.pruner=median")
+    result = run_study(cfg, tmp_path / "pareto", log=lambda s: None)
+    study = load_study(tmp_path / "pareto")
+    assert len(study.directions) == 2 and result.best_latency_ms is not None
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 3 and all(t.values[1] > 0 and t.user_attrs["latency_ms"] == t.values[1] for t in complete)
+    assert all(not t.intermediate_values for t in complete)  # pruning is off: Optuna cannot prune two objectives
+    by_size = {}
+    for t in complete:
+        by_size.setdefault(t.params["data.image_size"], []).append(t.values[1])
+    sizes = sorted(by_size)
+    assert sizes == [64, 160], by_size  # the start (the config's 64 px) and the random draws
+    assert min(by_size[160]) > max(by_size[64]), by_size  # 6x the pixels costs more time per image
+    meta = json.loads((tmp_path / "pareto" / "best" / "ensemble.json").read_text())
+    assert meta["trial"] == ranked_trials(study.trials)[0].number == result.best_trial  # the knee
+    assert meta["latency_ms"] == pytest.approx(result.best_latency_ms)
+    text, plots = report_study(tmp_path / "pareto")
+    assert "Pareto front (" in text and "<- best/" in text and "ms/image" in text
+    assert any(p.name == "pareto_front.png" and p.stat().st_size > 0 for p in plots)

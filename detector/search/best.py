@@ -5,6 +5,7 @@ predict data.val once, the ensemble's operating point is tuned there, and best/ 
 Other finished trials' models are freed as the study goes (search.keep_models: best)."""
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -23,25 +24,46 @@ from ..evaluate import HeldOutResult, evaluate_held_out, evaluate_on_test, write
 from ..files import read_json, write_json
 from ..layout import CONFIG, ENSEMBLE, RunPaths, StudyPaths, member_file
 from ..refit import Member, fold_epochs, member, seed_members
-from .trial_record import TrialRecord
+from .trial_record import TrialRecord, latency_of
 from .objective import free_checkpoints
 
 
-def ranked_trials(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
-    """Complete trials, best fold-mean score first (the earlier trial first among equals)."""
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    return sorted(complete, key=lambda t: (-t.value, t.number))
+def ranked_trials(trials: list[optuna.trial.FrozenTrial], max_latency_ms: float = 0.0,
+                  ) -> list[optuna.trial.FrozenTrial]:
+    """Complete trials, best first (the earlier trial first among equals). One objective: by fold-mean
+    score. Score and latency: by score among the trials within `max_latency_ms` (the others are left out),
+    or with no budget (0) nearest the ideal point first (see knee_order)."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+    if not complete or len(complete[0].values) == 1:
+        return sorted(complete, key=lambda t: (-t.values[0], t.number))
+    if max_latency_ms > 0:
+        within = [t for t in complete if t.values[1] <= max_latency_ms]
+        return sorted(within, key=lambda t: (-t.values[0], t.number))
+    return knee_order(complete)
 
 
-def best_trial(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
-    ranked = ranked_trials(trials)
+def knee_order(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """Trials of a score-latency study by their distance to the ideal point (the best score at the lowest
+    latency), each objective scaled to the trials' range: the first is the knee of the Pareto front (the
+    nearest point is never dominated), where a little more latency stops buying much score."""
+    scores, latencies = [t.values[0] for t in trials], [t.values[1] for t in trials]
+    top, span = max(scores), (max(scores) - min(scores)) or 1.0
+    low, width = min(latencies), (max(latencies) - min(latencies)) or 1.0
+    return sorted(trials, key=lambda t: (math.hypot((top - t.values[0]) / span, (t.values[1] - low) / width),
+                                         -t.values[0], t.number))
+
+
+def best_trial(trials: list[optuna.trial.FrozenTrial], max_latency_ms: float = 0.0,
+               ) -> optuna.trial.FrozenTrial | None:
+    ranked = ranked_trials(trials, max_latency_ms)
     return ranked[0] if ranked else None
 
 
-def free_other_trials(study: optuna.Study, directory: Path, keep_models: str = "best") -> None:
+def free_other_trials(study: optuna.Study, directory: Path, keep_models: str = "best",
+                      max_latency_ms: float = 0.0) -> None:
     """With keep_models best, finished trials other than the best one lose their model files."""
     trials = study.get_trials(deepcopy=False)
-    best = best_trial(trials)
+    best = best_trial(trials, max_latency_ms)
     if keep_models != "best" or best is None:
         return
     kept = TrialRecord.of(best).run_dir
@@ -63,7 +85,7 @@ class Plan:
 
 
 def plan(study: optuna.Study, directory: Path, cfg: Config) -> Plan | None:
-    ranked = ranked_trials(study.get_trials(deepcopy=False))
+    ranked = ranked_trials(study.get_trials(deepcopy=False), cfg.search.max_latency_ms)
     if not ranked:
         return None
     paths = StudyPaths(directory)
@@ -121,7 +143,7 @@ def _write_best(plan_: Plan, entries: list[TopEntry], result: HeldOutResult, cfg
     label_map = load_checkpoint(tmp / member_file(0)).label_map
     point = result.operating_point.to_dict()
     write_json(tmp / ENSEMBLE, {
-        "trial": best.number, "value": best.value, "params": best.params, "run": run.root.name,
+        "trial": best.number, "value": best.values[0], "latency_ms": latency_of(best), "params": best.params, "run": run.root.name,
         "fold_estimate": TrialRecord.of(best).cv_mean, "refit": {**cfg.to_dict()["refit"], "epochs_trained":
                                                                    [e.epoch + 1 for e in entries]},
         "metrics": result.ensemble, "members": members, "ensemble": point["ensemble"],

@@ -18,12 +18,14 @@ from .. import distributed
 from ..callbacks import CONTROL, Callback, FitState
 from ..config import Config
 from ..cv import run_cv
+from ..engine import resolve_device
 from ..layout import RunPaths, trial_folder
 from ..metrics import METRIC_KEYS
 from ..metric_log import read_metric_rows
 from ..data.splits import load_splits
+from .latency import LatencyProbe, timing_images
 from .space import suggest
-from .trial_record import BEST_EPOCHS, CV_MEAN, CV_STD, RUN_DIR
+from .trial_record import BEST_EPOCHS, CV_MEAN, CV_STD, LATENCY_MS, RUN_DIR
 
 
 class Objective:
@@ -33,16 +35,26 @@ class Objective:
                  log: Callable[[str], None] = print):
         self.cfg, self.study_dir, self.progress, self.log = cfg, Path(study_dir), progress, log
         self.train_index, self.held_out = load_splits(cfg, log)
+        self.timed: list | None = None  # the data.val images latency is timed on, decoded once
 
-    def __call__(self, trial: optuna.trial.BaseTrial) -> float:
+    @property
+    def two_objectives(self) -> bool:
+        return "latency" in self.cfg.search.objectives
+
+    def __call__(self, trial: optuna.trial.BaseTrial) -> float | tuple[float, float]:
         params = suggest(trial, self.cfg.search.space)
         trial_cfg = config_mod.with_values(self.cfg, params, source=f"trial {trial.number} parameters")
         run = self.study_dir / trial.user_attrs.get(RUN_DIR, trial_folder(trial.number))
         trial.set_user_attr(RUN_DIR, run.name)
         self.log(f"trial {trial.number}: {_format_params(params)} -> {run}")
-        hook = PruningHook(trial, run, trial_cfg.train.epochs)
+        if self.two_objectives:  # Optuna cannot prune a study of two objectives
+            if self.timed is None:
+                self.timed = timing_images(self.held_out, self.cfg)
+            hooks = [LatencyProbe(trial_cfg, self.timed, resolve_device(trial_cfg.train.device))]
+        else:
+            hooks = [PruningHook(trial, run, trial_cfg.train.epochs)]
         try:
-            cv = run_cv(trial_cfg, run, callbacks=[hook], index=self.train_index, refit=False,
+            cv = run_cv(trial_cfg, run, callbacks=hooks, index=self.train_index, refit=False,
                         progress=self.progress, log=lambda s: self.log(f"trial {trial.number}: {s}"))
         except optuna.TrialPruned:
             if distributed.world().main:
@@ -51,7 +63,11 @@ class Objective:
         trial.set_user_attr(CV_MEAN, {k: cv.mean[k] for k in METRIC_KEYS})
         trial.set_user_attr(CV_STD, {k: cv.std[k] for k in METRIC_KEYS})
         trial.set_user_attr(BEST_EPOCHS, [f["best_epoch"] for f in cv.folds])
-        return float(cv.mean["score"])
+        if not self.two_objectives:
+            return float(cv.mean["score"])
+        latency = hooks[0].measured(self.train_index)
+        trial.set_user_attr(LATENCY_MS, latency)
+        return float(cv.mean["score"]), latency
 
 
 class PruningHook(Callback):

@@ -8,13 +8,13 @@ from typing import Any
 import optuna
 
 from ..layout import StudyPaths
-from ..plots import save_figures, study_figures
+from ..plots import pareto_figure, save_figures, study_figures
 from ..files import read_json
 from ..report import format_per_class, format_published, format_trials, worst_line
 from .objective import _format_params
 from .storage import load_study
 from .trial_record import TrialRecord
-from .study import summarize
+from .study import study_search, summarize
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
@@ -74,6 +74,28 @@ def _published(paths: StudyPaths, best: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _front_numbers(study: optuna.Study) -> set[int]:
+    """The Pareto-optimal trials (Optuna's best_trials: no other trial is at least as good on both
+    objectives and better on one)."""
+    return {t.number for t in study.best_trials} if study.get_trials(deepcopy=False) else set()
+
+
+def _front(study: optuna.Study, rows: list[dict[str, Any]], chosen: int | None, paths: StudyPaths) -> list[str]:
+    """The Pareto front as a table, fastest first, and which of its trials best/ holds and why."""
+    front = _front_numbers(study)
+    on = sorted((r for r in rows if r["number"] in front), key=lambda r: r["latency_ms"])
+    budget = study_search(study).max_latency_ms
+    rule = (f"the best score within search.max_latency_ms {budget:g}" if budget
+            else "the knee: nearest the ideal point, both objectives scaled to the trials' range")
+    lines = [f"\nPareto front ({len(on)} of {sum(r['state'] == 'COMPLETE' for r in rows)} complete trials; "
+             f"best/ is {rule}):", f"  {'trial':>5} {'score':>7} {'ms/image':>9}  params"]
+    for r in on:
+        mark = "  <- best/" if r["number"] == chosen else ""
+        lines.append(f"  {r['number']:>5} {r['value']:>7.4f} {r['latency_ms']:>9.1f}  "
+                     f"{_format_params(r['params'])}{mark}")
+    return lines
+
+
 def report_study(study_dir: str | Path, fmt: str = "table", storage: str | None = None) -> tuple[str, list[Path]]:
     """Trials table, best trial and plots (written to STUDY/plots/) of a study, finished or not."""
     directory = Path(study_dir)
@@ -89,10 +111,16 @@ def report_study(study_dir: str | Path, fmt: str = "table", storage: str | None 
     best = next((r for r in rows if r["number"] == result.best_trial), None)
     if best is not None:
         parts.append(f"\nbest trial {best['number']}: fold-mean score {best['value']:.4f} (the trials are ranked "
-                     "by it: the same folds for every trial)")
+                     "by it: the same folds for every trial)" if best.get("latency_ms") is None else
+                     f"\nbest trial {best['number']}: fold-mean score {best['value']:.4f} at {best['latency_ms']:.1f} "
+                     "ms per image (chosen from the Pareto front below)")
         parts.append("  params: " + _format_params(best["params"]))
         if paths.ensemble.exists():
             parts += _published(paths, best)
+    if len(study.directions) > 1:
+        parts += _front(study, rows, result.best_trial, paths)
+        plots = [*plots, *save_figures({"pareto_front": pareto_figure(rows, _front_numbers(study),
+                                                                      result.best_trial)}, paths.plots)]
     if plots:
         parts.append("plots: " + ", ".join(str(p) for p in plots))
     parts += [f"not plotted yet: {s}" for s in skipped]

@@ -92,7 +92,8 @@ def open_study(directory: Path, url: str, search: SearchConfig) -> tuple[optuna.
             grace_period=search.grace_seconds,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
                 max_retry=search.max_retries, inherit_intermediate_values=True))
-    study = optuna.create_study(study_name=directory.name, storage=rdb, direction="maximize",
+    directions = ["maximize", "minimize"] if "latency" in search.objectives else ["maximize"]
+    study = optuna.create_study(study_name=directory.name, storage=rdb, directions=directions,
                                 load_if_exists=True, sampler=make_sampler(search, search.seed), pruner=_pruner(search))
     return study, rdb
 

@@ -23,7 +23,7 @@ from . import ranks
 from .objective import Objective
 from .space import check_space, starting_params
 from .storage import open_study, record_storage, storage_url
-from .trial_record import START
+from .trial_record import START, latency_of
 from .workers import StudyLock, claim, run_trial
 
 
@@ -34,6 +34,7 @@ class StudyResult:
     states: dict[str, int]
     best_trial: int | None
     best_value: float | None
+    best_latency_ms: float | None = None
 
 
 def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None, progress: bool = False,
@@ -100,7 +101,7 @@ def _lead(cfg: Config, directory: Path, storage: str | None, objective: Callable
         run_trial(study, rdb, rdb.get_trial_id_from_study_id_trial_number(study_id, trial.number), trial,
                   objective, cfg.search, log)
         with lock.held():
-            free_other_trials(study, directory, cfg.search.keep_models)
+            free_other_trials(study, directory, cfg.search.keep_models, cfg.search.max_latency_ms)
     if publish_best(study) is not None and test is not None:
         with lock.held():
             score_best_on_test(directory, test, cfg, log)
@@ -119,7 +120,7 @@ def _publish(study: optuna.Study, directory: Path, cfg: Config, held_out, w: dis
     try:
         planned = plan(study, directory, cfg)
         if planned is None:
-            log("no trial completed, so nothing is published")
+            log(_nothing_published(study, cfg))
             return None
         entries = planned.entries
         if planned.members:
@@ -130,12 +131,27 @@ def _publish(study: optuna.Study, directory: Path, cfg: Config, held_out, w: dis
         lock.release()
 
 
+def _nothing_published(study: optuna.Study, cfg: Config) -> str:
+    latencies = [latency_of(t) for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if latencies and cfg.search.max_latency_ms:
+        return (f"no trial is within search.max_latency_ms {cfg.search.max_latency_ms:g} (the fastest took "
+                f"{min(latencies):.1f} ms per image), so nothing is published; raise it, or search smaller models "
+                "(data.image_size, model.backbone, model.fpn_channels)")
+    return "no trial completed, so nothing is published"
+
+
 def summarize(study: optuna.Study, directory: Path) -> StudyResult:
     trials = study.get_trials(deepcopy=False)
     states = {s.name: sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)}
-    best = best_trial(trials)
+    best = best_trial(trials, study_search(study).max_latency_ms)
     return StudyResult(directory, study.study_name, states, best.number if best else None,
-                       best.value if best else None)
+                       best.values[0] if best else None, latency_of(best) if best else None)
+
+
+def study_search(study: optuna.Study) -> config_mod.SearchConfig:
+    """The search section of the config the study was started with (as recorded in the study)."""
+    saved = study.user_attrs.get("config")
+    return config_mod.from_dict(saved).search if saved else config_mod.SearchConfig()
 
 
 def _check_config(study: optuna.Study, cfg: Config, directory: Path) -> None:

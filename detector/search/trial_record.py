@@ -18,6 +18,7 @@ WORKER = "worker"  # host, node, pid and start time of the process running it
 FAIL_REASON = "fail_reason"  # the error a failed trial ended with (absent: its worker died, so it is retried)
 SECONDS = "seconds"
 START = "start"  # the enqueued starting point (the config's own values)
+LATENCY_MS = "latency_ms"  # a two-objective study's second value: ms per image (search/latency.py)
 RETRY_OF = "failed_trial"  # Optuna's system attribute on a retried trial
 
 
@@ -36,13 +37,14 @@ class TrialRecord:
     fail_reason: str | None = None
     retry_of: int | None = None
     worker: dict[str, Any] = field(default_factory=dict)
+    latency_ms: float | None = None
 
     @classmethod
     def of(cls, t: optuna.trial.FrozenTrial) -> "TrialRecord":
         a = t.user_attrs
-        return cls(t.number, t.state.name, t.value, t.params, a.get(RUN_DIR, trial_folder(t.number)),
+        return cls(t.number, t.state.name, score_of(t), t.params, a.get(RUN_DIR, trial_folder(t.number)),
                    bool(a.get(START)), a.get(CV_MEAN), a.get(CV_STD), a.get(BEST_EPOCHS), a.get(SECONDS),
-                   a.get(FAIL_REASON), t.system_attrs.get(RETRY_OF), a.get(WORKER) or {})
+                   a.get(FAIL_REASON), t.system_attrs.get(RETRY_OF), a.get(WORKER) or {}, latency_of(t))
 
     @property
     def failed_with_error(self) -> bool:
@@ -55,3 +57,13 @@ class TrialRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k != "worker"}
+
+
+def score_of(t: optuna.trial.FrozenTrial) -> float | None:
+    """The trial's fold-mean score: its value, or its first value in a two-objective study."""
+    return t.values[0] if t.values else None
+
+
+def latency_of(t: optuna.trial.FrozenTrial) -> float | None:
+    """Its ms per image in a two-objective study (its second value), else None."""
+    return t.values[1] if t.values and len(t.values) > 1 else t.user_attrs.get(LATENCY_MS)

@@ -119,8 +119,9 @@ def run_trial(study, rdb, trial_id: int, trial: optuna.Trial, objective: Objecti
             return
     _tell(study, trial, log, values=value, seconds=time.monotonic() - started)
     cv = trial.user_attrs.get(CV_MEAN, {})
-    log(f"trial {trial.number} finished: fold-mean score {value:.4f} (map_50 {cv.get('map_50', 0):.4f}, "
-        f"f1 {cv.get('f1', 0):.4f} at its best threshold)")
+    score, *latency = value if isinstance(value, tuple) else (value,)
+    log(f"trial {trial.number} finished: fold-mean score {score:.4f} (map_50 {cv.get('map_50', 0):.4f}, "
+        f"f1 {cv.get('f1', 0):.4f} at its best threshold)" + (f", {latency[0]:.1f} ms per image" if latency else ""))
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, log, seconds: float, **kwargs) -> None:
