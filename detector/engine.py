@@ -5,7 +5,7 @@ import itertools
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -91,16 +91,7 @@ def train_one_epoch(
     batches = images_seen = skipped = streak = 0
     start = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not progress, unit="batch")
-    batches_of = iter(bar)
-    for batch in itertools.count():
-        try:
-            images, targets = next(batches_of)
-        except StopIteration:
-            break
-        except Exception as e:  # heard by the other ranks before any of them enters the forward pass
-            _stop_together(agree, e, epoch, batch)
-            raise
-        _stop_together(agree, None, epoch, batch)
+    for batch, images, targets in _loaded(bar, agree, epoch):
         try:
             loss, values = _forward(model, images, targets, device, precision)
         except Exception as e:
@@ -114,11 +105,7 @@ def train_one_epoch(
         if after_step is not None:
             after_step()
         streak = 0 if stepped else streak + 1
-        if streak >= MAX_SKIPPED_STEPS:
-            raise TrainingError(f"the fp16 loss scaler skipped {streak} steps in a row up to epoch {epoch}, batch "
-                                f"{batch}: the gradients are not finite at any scale (scale now "
-                                f"{scaler.get_scale():.3g}); lower train.lr, enable train.grad_clip, or use "
-                                "train.amp=bf16")
+        _check_skipped(streak, scaler, epoch, batch)
         skipped += not stepped
         if stepped and finite:
             for k, v in values.items():
@@ -130,6 +117,30 @@ def train_one_epoch(
     means = {k: v / max(batches, 1) for k, v in sums.items()}
     return {"loss": sum(means.values()), **means, "train_seconds": seconds, "images": images_seen,
             "skipped_steps": skipped}
+
+
+def _loaded(batches: Iterable, agree: Callable, epoch: int) -> Iterator[tuple[int, list, list]]:
+    """(batch number, images, targets) of `batches`, each once every rank has said it loaded its own: a
+    load error is heard by the other ranks before any of them enters the forward pass."""
+    source = iter(batches)
+    for batch in itertools.count():
+        try:
+            images, targets = next(source)
+        except StopIteration:
+            return
+        except Exception as e:
+            _stop_together(agree, e, epoch, batch)
+            raise
+        _stop_together(agree, None, epoch, batch)
+        yield batch, images, targets
+
+
+def _check_skipped(streak: int, scaler: torch.amp.GradScaler, epoch: int, batch: int) -> None:
+    if streak >= MAX_SKIPPED_STEPS:
+        raise TrainingError(f"the fp16 loss scaler skipped {streak} steps in a row up to epoch {epoch}, batch "
+                            f"{batch}: the gradients are not finite at any scale (scale now "
+                            f"{scaler.get_scale():.3g}); lower train.lr, enable train.grad_clip, or use "
+                            "train.amp=bf16")
 
 
 def _forward(model: nn.Module, images: list, targets: list, device: torch.device, precision: Precision,

@@ -12,6 +12,15 @@ ROOT = Path(__file__).resolve().parents[1]
 RBC = ROOT / "examples" / "rbc"  # the example dataset the project ships (a real Roboflow export)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu", help="cuda: also run tests/test_gpu.py on the GPU (bench/gpu.sh)")
+
+
+@pytest.fixture(scope="session")
+def device(request) -> str:
+    return request.config.getoption("--device")
+
+
 @pytest.fixture(scope="session")
 def rbc() -> Path:
     assert RBC.is_dir(), f"the example RBC dataset is expected at {RBC}"
