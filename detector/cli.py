@@ -92,6 +92,8 @@ def _export_parser(sub) -> None:
     x.add_argument("--quantize", choices=("int8",), default=None,
                    help="ONNX only: ONNX Runtime's static INT8 model, calibrated on the checkpoint's data.val; its "
                         "mAP and speed beside fp32 are printed and kept in NAME.labels.json")
+    x.add_argument("--half", action="store_true",
+                   help="TorchScript with fp16 weights for CUDA GPUs (built on a machine with one)")
     x.add_argument("--calibration", metavar="COCO_JSON", default=None,
                    help="with --quantize: the images to calibrate and score on (default: the checkpoint's data.val)")
     x.set_defaults(func=_export)
@@ -438,7 +440,8 @@ def _export(args) -> int:
     if args.calibration and not args.quantize:
         raise ConfigError("--calibration only applies with --quantize int8")
     calibration = load_coco(args.calibration, check_images=False) if args.calibration else None
-    for path in export_models(args.model, args.format, args.out, quantize=args.quantize, calibration=calibration):
+    for path in export_models(args.model, args.format, args.out, quantize=args.quantize, calibration=calibration,
+                              half=args.half):
         print(f"wrote {path}")
         if args.quantize and path.suffix == ".onnx":
             print("  " + QuantizationReport.from_dict(read_labels(path)["int8"]).summary())

@@ -37,13 +37,19 @@ FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
 class DeployedDetector(nn.Module):
     """An (H, W, 3) uint8 RGB image in, (boxes, scores, labels) in its pixels out."""
 
-    def __init__(self, model: nn.Module, image_size: int):
+    def __init__(self, model: nn.Module, image_size: int, half: bool = False):
         super().__init__()
         self.model = model.eval()
         self.image_size = image_size
+        self.half = half  # the model's weights are fp16 (export --half, for CUDA): so is its input
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.half:  # the image may come on the CPU; the model and its outputs are on the GPU
+            image = image.cuda()
         x, ratio = self.prepare(image)
+        if self.half:
+            out = self.detect(x.half())
+            return out["boxes"].float() * ratio.to(out["boxes"].device), out["scores"].float(), out["labels"]
         out = self.detect(x)
         return out["boxes"] * ratio, out["scores"], out["labels"]
 
@@ -104,23 +110,22 @@ def deployed(restored: RestoredModel, image_size: int | None = None) -> Deployed
 
 
 def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, *, sample: torch.Tensor | None = None,
-                      quantize: str | None = None, calibration: CocoIndex | None = None) -> Path:
+                      quantize: str | None = None, calibration: CocoIndex | None = None, half: bool = False) -> Path:
     """Write `checkpoint` as `fmt` (torchscript or onnx) to `out`, with labels.json beside it.
 
     `quantize="int8"` (ONNX only) writes ONNX Runtime's static INT8 version instead, calibrated on
     `calibration` (default: the checkpoint's data.val); labels.json then records its mAP and speed on those
-    images beside the fp32 model's (quantize.QuantizationReport)."""
-    if fmt not in FORMATS:
-        raise ConfigError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    if quantize not in (None, "int8"):
-        raise ConfigError(f"--quantize {quantize!r}: the one quantization offered is int8")
-    if quantize and fmt != "onnx":
-        raise ConfigError("--quantize int8 makes an ONNX Runtime model: use --format onnx (TorchScript's own "
-                          "quantization needs a backend-specific rewrite of the model that detector does not do)")
+    images beside the fp32 model's (quantize.QuantizationReport). `half` (TorchScript on a CUDA machine
+    only) writes fp16 weights that run on a GPU."""
+    _check_options(fmt, quantize, half)
     out = Path(out)
     restored = restore_model(checkpoint, "cpu")
-    buffer = io.BytesIO(serialize(deployed(restored), fmt, sample))  # written atomically below
-    extra: dict[str, Any] = {"precision": "fp32"}
+    module = deployed(restored)
+    if half:
+        module.model.half().cuda()
+        module.half = True
+    buffer = io.BytesIO(serialize(module, fmt, sample))  # written atomically below
+    extra: dict[str, Any] = {"precision": "fp16", "device": "cuda"} if half else {"precision": "fp32"}
     if quantize:
         data, report = _int8(buffer.getvalue(), calibration or _val_split(restored, checkpoint), restored)
         buffer, extra = io.BytesIO(data), {"precision": "int8", "int8": report.to_dict()}
@@ -132,6 +137,24 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, *, samp
                                   "outputs": ["boxes (N, 4) xyxy pixels", "scores (N,)", "labels (N,) 1..K"],
                                   **extra})
     return out
+
+
+def _check_options(fmt: str, quantize: str | None, half: bool) -> None:
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if quantize not in (None, "int8"):
+        raise ConfigError(f"--quantize {quantize!r}: the one quantization offered is int8")
+    if quantize and (fmt != "onnx" or half):
+        raise ConfigError("--quantize int8 makes an ONNX Runtime model: use --format onnx without --half "
+                          "(TorchScript's own quantization needs a backend-specific rewrite of the model)")
+    if half and fmt != "torchscript":
+        raise ConfigError("--half makes a TorchScript model for CUDA GPUs: use --format torchscript; onnxruntime's "
+                          "float16 converter breaks torchvision's detection graph (its If and Loop subgraphs), and "
+                          "its CPU provider lacks fp16 convolutions")
+    if half and not torch.cuda.is_available():
+        raise DetectorError("--half needs a CUDA GPU on this machine: the fp16 model is built and runs there, and "
+                            "on CPU PyTorch runs fp16 far slower than fp32 (0.5 s vs 44 s an image, measured); "
+                            "export fp32 here, or --format onnx --quantize int8 for CPUs")
 
 
 def serialize(module: DeployedDetector, fmt: str, sample: torch.Tensor | None = None) -> bytes:
@@ -170,12 +193,12 @@ def _val_split(restored: RestoredModel, checkpoint: str | Path) -> CocoIndex:
 
 
 def export_models(models: str | Path, fmt: str, out: str | Path, *, quantize: str | None = None,
-                  calibration: CocoIndex | None = None) -> list[Path]:
+                  calibration: CocoIndex | None = None, half: bool = False) -> list[Path]:
     """A checkpoint -> `out`; a study's best/ folder -> `out`/model_I.EXT for each member, with the
     ensemble's WBF settings and thresholds (ensemble.json) beside them. `quantize`, `calibration`: as
     export_checkpoint's, for every member."""
     models, out = Path(models), Path(out)
-    options = dict(quantize=quantize, calibration=calibration)
+    options = dict(quantize=quantize, calibration=calibration, half=half)
     if models.is_dir() and (models / ENSEMBLE).exists():
         return _export_ensemble(models, fmt, out, options)
     if models.is_file():

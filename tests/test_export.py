@@ -121,3 +121,19 @@ def test_the_readmes_sliced_onnx_snippet_predicts_an_image_larger_than_its_tiles
     assert set(merged) == {"boxes", "scores", "labels"} and len(merged["boxes"]) == len(merged["scores"])
     inside = (merged["boxes"][:, 2] <= tile * 3 + 1e-3) & (merged["boxes"][:, 3] <= tile * 2 + 1e-3)
     assert bool(inside.all())
+
+
+def test_half_and_int8_are_refused_with_the_reason_where_they_cannot_run(untrained_checkpoint, tmp_path):
+    from tests.helpers import run_cli
+
+    def says(*args):
+        return run_cli("export", str(untrained_checkpoint), "--out", str(tmp_path / "m"), *args)
+
+    onnx_half = says("--format", "onnx", "--half")
+    assert onnx_half.returncode == 2 and "--half makes a TorchScript model for CUDA GPUs" in onnx_half.stderr
+    int8_ts = says("--format", "torchscript", "--quantize", "int8")
+    assert int8_ts.returncode == 2 and "use --format onnx" in int8_ts.stderr
+    if not torch.cuda.is_available():
+        half = says("--format", "torchscript", "--half")
+        assert half.returncode == 2 and "--half needs a CUDA GPU on this machine" in half.stderr
+    assert "Traceback" not in onnx_half.stderr + int8_ts.stderr and not list(tmp_path.glob("m*"))

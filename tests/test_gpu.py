@@ -61,3 +61,22 @@ def test_autocast_steps_on_cuda_clip_the_unscaled_gradient_and_skip_overflows(cu
     assert moved <= steps * 1e-3 * 1.01  # each step the clip's norm at most: clipped after unscaling
     if dtype == torch.float16:
         assert losses["skipped_steps"] >= 1  # 2**22 overflows fp16 gradients: skipped, not fatal
+
+
+def test_a_half_torchscript_export_runs_on_the_gpu_and_finds_eagers_boxes(cuda, tmp_path):
+    from detector.benchmark import agreement
+    from detector.checkpoint import restore_model
+    from detector.data.coco import load_coco
+    from detector.export import deployed, export_models
+    from detector.runtimes import eager, image_array, torchscript
+    from tests.conftest import RBC
+
+    checkpoint = os.environ.get("DETECTOR_GPU_CHECKPOINT")  # bench/gpu.sh: its fine-tuned model
+    if not checkpoint:
+        pytest.skip("needs DETECTOR_GPU_CHECKPOINT, a trained checkpoint (bench/gpu.sh sets it)")
+    [path] = export_models(checkpoint, "torchscript", tmp_path / "half.pt", half=True)
+    images = [image_array(r.path) for r in load_coco(RBC / "valid" / "_annotations.coco.json").images[:4]]
+    reference = eager(deployed(restore_model(checkpoint)), cuda)
+    half = torchscript(path, cuda)
+    found, worst = agreement([reference.run(im) for im in images], [half.run(im) for im in images])
+    assert found >= 0.9 and worst < 2.0, (found, worst)  # fp16 boxes: within a pixel or two of fp32's
