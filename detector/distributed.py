@@ -160,11 +160,11 @@ def mean(w: World, values: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, (t / w.size).tolist()))
 
 
-def first_failure(w: World, failure: str | None) -> tuple[int, str] | None:
-    """Every rank says whether its step failed (`failure` is why); the (rank, reason) of the lowest rank that
-    failed, the same on every rank, or None. One all-reduce of one number on the backend's device per call;
-    the reasons are gathered only when one rank failed, so all ranks stop together at the same step instead
-    of the others waiting in the next collective for a rank that is gone."""
+def first_failure(w: World, failure: Any | None) -> tuple[int, Any] | None:
+    """Every rank says whether its step failed (`failure`, picklable, says why); the (rank, failure) of the
+    lowest rank that failed, the same on every rank, or None. One all-reduce of one number on the backend's
+    device per call; the reasons are gathered only when one rank failed, so all ranks stop together at the
+    same step instead of the others waiting in the next collective for a rank that is gone."""
     if not w.active:
         return None if failure is None else (w.rank, failure)
     flag = torch.tensor([0.0 if failure is None else 1.0], device=collective_device(w))

@@ -77,11 +77,12 @@ def train_one_epoch(
     first_failure: Callable[[Failure | None], tuple[int, Failure] | None] | None = None,
     after_step: Callable[[], None] | None = None,
 ) -> dict[str, float]:
-    """Train for one pass over `loader`, stepping the scheduler per optimizer step. Returns mean losses and timing.
+    """Train for one pass over `loader`, stepping the scheduler per optimizer step. Returns mean losses,
+    timing and the steps the scaler skipped.
 
     A non-finite loss raises NonFiniteLossError (epoch, batch, loss components), except under an enabled
     GradScaler (fp16): there the scaler skips the step and lowers its scale, and only MAX_SKIPPED_STEPS
-    skipped steps in a row raise (a TrainingError). With several processes, `first_failure(this_rank's)` (distributed's)
+    skipped steps in a row raise (a TrainingError). With several processes, `first_failure` (distributed's)
     makes every rank stop at the same step when one rank's batch failed to load, its forward pass raised
     or its loss is non-finite. `after_step()` runs after every optimizer and scheduler step (an EMA update).
     """

@@ -143,7 +143,8 @@ def _write_best(plan_: Plan, entries: list[TopEntry], result: HeldOutResult, cfg
     label_map = load_checkpoint(tmp / member_file(0)).label_map
     point = result.operating_point.to_dict()
     write_json(tmp / ENSEMBLE, {
-        "trial": best.number, "value": best.values[0], "latency_ms": latency_of(best), "params": best.params, "run": run.root.name,
+        "trial": best.number, "value": best.values[0], "latency_ms": latency_of(best), "params": best.params,
+        "run": run.root.name,
         "fold_estimate": TrialRecord.of(best).cv_mean, "refit": {**cfg.to_dict()["refit"], "epochs_trained":
                                                                    [e.epoch + 1 for e in entries]},
         "metrics": result.ensemble, "members": members, "ensemble": point["ensemble"],

@@ -41,9 +41,11 @@ class LatencyProbe(Callback):
                                    state.cfg, state.described["anchors"], {}, "", state.described["train_side"])
             self.ms = ensemble_ms(member, self.cfg, self.images, self.device)
 
-    def measured(self, index: CocoIndex) -> float:
+    def measured(self, index: CocoIndex, main: bool = True) -> float:
         """The time measured, or (every fold was finished before a resume) that of the trial's architecture
-        untrained, built now."""
+        untrained, built now; 0 on the other ranks under torchrun (rank 0's value is the trial's)."""
+        if not main:
+            return 0.0
         if self.ms is None:
             model, _ = faster_rcnn.build(replace(self.cfg.model, pretrained=False),
                                          num_classes=index.label_map.num_classes, image_size=self.cfg.data.image_size)

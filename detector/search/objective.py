@@ -65,7 +65,7 @@ class Objective:
         trial.set_user_attr(BEST_EPOCHS, [f["best_epoch"] for f in cv.folds])
         if not self.two_objectives:
             return float(cv.mean["score"])
-        latency = hooks[0].measured(self.train_index)
+        latency = hooks[0].measured(self.train_index, distributed.world().main)
         trial.set_user_attr(LATENCY_MS, latency)
         return float(cv.mean["score"]), latency
 
