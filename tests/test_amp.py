@@ -16,12 +16,13 @@ from detector.train import fit
 from tests.test_train import Stop, tiny_cfg
 
 FP16 = Precision("cpu", torch.float16)
+SIZE = 64  # fp16 is slow on CPU
 
 
 def _batches(sample, n: int):
     cfg = tiny_cfg(sample, "model.anchors=default")
     train_index, _ = load_splits(cfg)
-    ds = CocoDetection(train_index.subset(r.id for r in train_index.images[:n]), build_eval_transforms(128))
+    ds = CocoDetection(train_index.subset(r.id for r in train_index.images[:n]), build_eval_transforms(SIZE))
     return cfg, list(torch.utils.data.DataLoader(ds, batch_size=1, collate_fn=collate))
 
 
@@ -33,7 +34,7 @@ def _trainable(model):
 def test_fp16_steps_with_non_finite_gradients_are_skipped_and_training_goes_on(sample):
     cfg, batches = _batches(sample, 8)
     torch.manual_seed(0)
-    model, _ = build(cfg.model, num_classes=3, image_size=128, anchor_shapes=None)
+    model, _ = build(cfg.model, num_classes=3, image_size=SIZE, anchor_shapes=None)
     before = _trainable(model)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 22)  # fp16 gradients overflow at this scale
@@ -47,7 +48,7 @@ def test_fp16_steps_with_non_finite_gradients_are_skipped_and_training_goes_on(s
 @pytest.mark.slow
 def test_gradients_that_overflow_at_every_scale_stop_the_run_with_the_reason(sample):
     cfg, batches = _batches(sample, 4)
-    model, _ = build(cfg.model, num_classes=3, image_size=128, anchor_shapes=None)
+    model, _ = build(cfg.model, num_classes=3, image_size=SIZE, anchor_shapes=None)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 100)
     with pytest.raises(TrainingError, match=rf"skipped {MAX_SKIPPED_STEPS} steps in a row up to epoch 0, batch "

@@ -43,12 +43,12 @@ def test_nccl_collectives_take_tensors_on_the_ranks_gpu(cuda):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_autocast_steps_on_cuda_clip_the_unscaled_gradient_and_skip_overflows(cuda, sample, dtype):
-    from tests.test_amp import _batches, _trainable
+    from tests.test_amp import SIZE, _batches, _trainable
     from detector.models.faster_rcnn import build
 
     cfg, batches = _batches(sample, 8)
     torch.manual_seed(0)
-    model, _ = build(cfg.model, num_classes=3, image_size=128, anchor_shapes=None)
+    model, _ = build(cfg.model, num_classes=3, image_size=SIZE, anchor_shapes=None)
     model.to(cuda)
     before = _trainable(model)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)

@@ -67,10 +67,13 @@ def val_loader(cfg: Config, index: CocoIndex, w: distributed.World) -> DataLoade
     """The validation images with eval transforms (this rank's shard of them under torchrun); whole, one at a
     time, when they are predicted on tiles (ensemble.slice)."""
     shard = index.subset(r.id for r in index.images[w.rank::w.size]) if w.active else index
+    # made once per fit and read every epoch, with nothing that changes between epochs: on a GPU machine its
+    # workers stay up between epochs (the training loader is rebuilt each epoch from its (seed, epoch) order)
+    keep = dict(persistent_workers=torch.cuda.is_available() and cfg.train.num_workers > 0)
     if cfg.ensemble.slice:
-        return loader(CocoDetection(shard, bit_depth=cfg.data.bit_depth), 1, cfg.train.num_workers)
+        return loader(CocoDetection(shard, bit_depth=cfg.data.bit_depth), 1, cfg.train.num_workers, **keep)
     return loader(CocoDetection(shard, build_eval_transforms(cfg.data.image_size), bit_depth=cfg.data.bit_depth),
-                  cfg.eval.batch_size, cfg.train.num_workers)
+                  cfg.eval.batch_size, cfg.train.num_workers, **keep)
 
 
 def train_loader(dataset: CocoDetection, cfg: Config, epoch: int, weights: np.ndarray | None,
