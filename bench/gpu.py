@@ -32,6 +32,7 @@ from detector.engine import Precision, predict, train_one_epoch
 from detector.models.faster_rcnn import build
 from detector.optim import LrSchedule
 from detector.train import fit
+from train_step import plain_loop  # bench/: the plain torchvision loop a user writes
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -45,17 +46,6 @@ def timed(fn, device: torch.device) -> float:
     fn()
     torch.cuda.synchronize(device)
     return time.perf_counter() - start
-
-
-def plain_loop(model, batches, optimizer, device) -> None:
-    model.train()
-    for images, targets in batches:
-        images = [im.to(device) for im in images]
-        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-        loss = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
 
 
 def speeds(name: str, device: torch.device, batches: int) -> dict:
