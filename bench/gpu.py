@@ -27,7 +27,7 @@ from detector import config
 from detector.data.dataset import CocoDetection, collate
 from detector.data.sampling import box_shapes
 from detector.data.splits import load_splits
-from detector.data.transforms import build_eval_transforms, build_train_transforms
+from detector.data.transforms import build_train_transforms
 from detector.engine import Precision, predict, train_one_epoch
 from detector.models.faster_rcnn import build
 from detector.optim import LrSchedule
@@ -56,7 +56,7 @@ def speeds(name: str, device: torch.device, batches: int) -> dict:
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, collate_fn=collate, num_workers=4)
     data = [b for _, b in zip(range(batches), loader)]
     images = sum(len(b[0]) for b in data)
-    evaluation = list(torch.utils.data.DataLoader(CocoDetection(val_index, build_eval_transforms(size)),
+    evaluation = list(torch.utils.data.DataLoader(CocoDetection(val_index, size=size),
                                                   batch_size=8, collate_fn=collate))
     model, _ = build(cfg.model, num_classes=train_index.label_map.num_classes, image_size=size,
                      box_shapes=box_shapes(train_index, size))

@@ -100,7 +100,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: checkpoint not found; pass a .pt file written by `detector train`")
-    if _is_torchscript(path):
+    if is_torchscript(path):
         raise WeightsError(f"{path}: a TorchScript export (detector export --format torchscript), not a checkpoint; "
                            "give the .pt file from detector train or cv it was exported from, or load the export "
                            "with torch.jit.load in your own code")
@@ -119,7 +119,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return replace(Checkpoint.from_dict(state), checksum=recorded or tensor_checksum(state))
 
 
-def _is_torchscript(path: Path) -> bool:
+def is_torchscript(path: Path) -> bool:
     """TorchScript archives are zip files with code/ and constants.pkl beside the data."""
     if not zipfile.is_zipfile(path):
         return False

@@ -165,12 +165,14 @@ def _report_parser(sub) -> None:
 
 def _evaluate_parser(sub) -> None:
     e = sub.add_parser("evaluate", help="COCO metrics, per-class AP, precision, recall and F1")
-    e.add_argument("checkpoint", nargs="?", help="a .pt file from `detector train` (or use --predictions)")
+    e.add_argument("models", nargs="?", help="a checkpoint (.pt from `detector train`), an exported .onnx or "
+                   "TorchScript .pt file (scored as deployed), or a best/ folder, a study's or its export (or use "
+                   "--predictions)")
     e.add_argument("annotations", help="COCO annotation file with the ground truth")
     e.add_argument("--predictions", help="a COCO results JSON from any detector, instead of a checkpoint")
     e.add_argument("--images-dir", help="folder file_name is relative to (default: the annotation file's)")
     e.add_argument("--score-threshold", type=_fraction(True), help="threshold for precision/recall/F1 "
-                   "(default: the checkpoint's eval.score_threshold, or 0.5)")
+                   "(default: a best/ folder's tuned thresholds, the model's eval.score_threshold, or 0.5)")
     e.add_argument("--batch-size", type=_positive_int, default=8)
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true", help="print one JSON object")
@@ -518,16 +520,16 @@ def _report(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .evaluate import evaluate_checkpoint, evaluate_results_file
+    from .evaluate import evaluate_models, evaluate_results_file
     from .report import format_metrics, strict_json
 
-    if bool(args.predictions) == bool(args.checkpoint):
-        raise DetectorError("give either CHECKPOINT ANNOTATIONS or --predictions RESULTS.json ANNOTATIONS")
+    if bool(args.predictions) == bool(args.models):
+        raise DetectorError("give either MODELS ANNOTATIONS or --predictions RESULTS.json ANNOTATIONS")
     if args.predictions:
         threshold = 0.5 if args.score_threshold is None else args.score_threshold
         metrics = evaluate_results_file(args.predictions, args.annotations, score_threshold=threshold)
     else:
-        metrics = evaluate_checkpoint(args.checkpoint, args.annotations, args.images_dir,
+        metrics = evaluate_models(args.models, args.annotations, args.images_dir,
                                       score_threshold=args.score_threshold, batch_size=args.batch_size,
                                       device=args.device, progress=_progress(args) and not args.json)
     print(json.dumps(strict_json(metrics), indent=2) if args.json else format_metrics(metrics))

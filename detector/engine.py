@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
+from torchvision.ops import clip_boxes_to_image
 from tqdm import tqdm
 
 from .boxes import xyxy_to_xywh
@@ -205,18 +206,30 @@ def predict(
     out: list[dict[str, Any]] = []
     for images, targets in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
         images = [im.to(device, non_blocking=True) for im in images]
-        with precision.autocast():
-            detections = model(images)
+        detections: list[Any] = [None] * len(images)
+        for group in padding_groups(images, getattr(model, "module", model).transform.size_divisible):
+            with precision.autocast():
+                for i, det in zip(group, model([images[i] for i in group])):
+                    detections[i] = det
         for image, target, det in zip(images, targets, detections):
             h, w = image.shape[-2:]
             oh, ow = (int(v) for v in target["orig_size"])
             scale = torch.tensor([ow / w, oh / h, ow / w, oh / h], device=det["boxes"].device)
-            boxes = (det["boxes"].float() * scale).clamp_(min=0)
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(max=ow)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(max=oh)
+            boxes = clip_boxes_to_image(det["boxes"].float() * scale, (oh, ow))
             out.append({"image_id": int(target["image_id"]), "boxes": boxes.cpu(),
                         "scores": det["scores"].float().cpu(), "labels": det["labels"].cpu()})
     return out
+
+
+def padding_groups(images: list[torch.Tensor], divisible: int) -> list[list[int]]:
+    """Indices of `images` grouped by the shape the model pads them to (each side up to a multiple of
+    `divisible`): a batch pads to its largest image, which changes the detections near a smaller image's
+    edges, so each image is batched only with images it would be padded as alone, as an exported model is."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, im in enumerate(images):
+        h, w = im.shape[-2:]
+        groups.setdefault((-(-h // divisible), -(-w // divisible)), []).append(i)
+    return list(groups.values())
 
 
 def to_coco_results(predictions: list[dict[str, Any]], label_map: LabelMap) -> list[dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""Weighted Boxes Fusion of several detectors, and Ensemble: checkpoints that predict and fuse together.
+"""Weighted Boxes Fusion of several detectors, and Ensemble: checkpoints (or their exported files) that
+predict and fuse together.
 
 Boxes are xyxy pixels everywhere here; they are normalised to [0, 1] only inside fuse_wbf, the one
 place that talks to ensemble-boxes (which needs normalised boxes, equal-length lists and int labels,
@@ -10,7 +11,7 @@ import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -20,13 +21,15 @@ from .checkpoint import RestoredModel, read_index, restore_model
 from .config import EnsembleConfig
 from .data.dataset import model_inputs
 from .data.images import read_image
-from .engine import predict, resolve_device, resolve_precision
+from .engine import Precision, predict, resolve_device
+from .exported import ExportedModel, is_exported, load_exported
 from .errors import ConfigError, DatasetError, WeightsError
 from .files import read_json
 from .layout import ENSEMBLE, RunPaths
 from .metrics import OperatingPoint, Thresholds
 from .slicing import predict_tiles, tile_size
 
+Member = Union[RestoredModel, ExportedModel]  # a checkpoint, or an exported file run as it is deployed
 
 def check_weights(weights: Sequence[float] | None, models: int) -> None:
     """WBF weights fit the models fused: one each, or None (ensemble-boxes would only warn and drop them)."""
@@ -113,9 +116,10 @@ class ImagePrediction:
 
 
 class Ensemble:
-    """Checkpoints of one label map whose predictions are fused with WBF (one checkpoint: no fusion)."""
+    """Checkpoints or exported files of one label map whose predictions are fused with WBF (one model: no
+    fusion). Every member sees each image resized by data.resize.fit_to_model."""
 
-    def __init__(self, members: list[RestoredModel], settings: EnsembleConfig | None = None,
+    def __init__(self, members: list[Member], settings: EnsembleConfig | None = None,
                  device: torch.device | None = None, thresholds: Thresholds | None = None):
         """Settings and thresholds default to those the first member was trained with."""
         if not members:
@@ -145,7 +149,7 @@ class Ensemble:
     def from_checkpoints(cls, paths: Sequence[str | Path], settings: EnsembleConfig | None = None,
                          device: str = "auto", thresholds: Thresholds | None = None) -> "Ensemble":
         dev = resolve_device(device)
-        return cls([restore_model(p, dev) for p in paths], settings, dev, thresholds)
+        return cls([load_member(p, dev) for p in paths], settings, dev, thresholds)
 
     @classmethod
     def load(cls, path: str | Path | Sequence[str | Path], device: str = "auto",
@@ -209,16 +213,12 @@ class Ensemble:
         """(fused prediction per image, [each member's unflipped prediction] per image)."""
         passes = [False, True] if tta else [False]
         per_image: list[list[dict[str, Any]]] = [[] for _ in arrays]
-        inputs: dict[tuple[int, bool], tuple[tuple, tuple]] = {}  # members of one image size share the resize
         for member in self.members:
             for flip in passes:
                 if self.settings.slice:
                     preds = [self._run_sliced(member, a, flip) for a in arrays]
                 else:
-                    key = (member.image_size, flip)
-                    if key not in inputs:
-                        inputs[key] = model_inputs(arrays, member.image_size, flip)
-                    preds = self._run_member(member, inputs[key], arrays, flip)
+                    preds = self._run(member, arrays, flip)
                 for i, p in enumerate(preds):
                     per_image[i].append(p)
         weights = self.settings.weights
@@ -227,10 +227,14 @@ class Ensemble:
         fused = [self._fuse(preds, a.shape[1], a.shape[0], weights) for preds, a in zip(per_image, arrays)]
         return fused, [preds[::len(passes)] for preds in per_image]
 
-    def _run_member(self, member: RestoredModel, batch: tuple[tuple, tuple], arrays: list[np.ndarray],
-                    flip: bool) -> list[dict[str, Any]]:
-        precision = resolve_precision(member.config.train.amp, self.device)
-        preds = predict(member.model, [batch], device=self.device, precision=precision)
+    def _run(self, member: Member, arrays: list[np.ndarray], flip: bool) -> list[dict[str, Any]]:
+        """One member's detections of `arrays` (of their mirror images, mapped back, with `flip`) in their
+        pixels. Checkpoints run in fp32 whatever they trained with, as their exported files do."""
+        if isinstance(member, ExportedModel):
+            preds = member.detect([a[:, ::-1] for a in arrays] if flip else arrays)
+        else:
+            preds = predict(member.model, [model_inputs(arrays, member.image_size, flip)], device=self.device,
+                            precision=Precision(self.device.type, None))
         if flip:
             for p, a in zip(preds, arrays):
                 w = a.shape[1]
@@ -238,12 +242,12 @@ class Ensemble:
                                           p["boxes"][:, 3]], dim=1)
         return preds
 
-    def _run_sliced(self, member: RestoredModel, array: np.ndarray, flip: bool) -> dict[str, Any]:
+    def _run_sliced(self, member: Member, array: np.ndarray, flip: bool) -> dict[str, Any]:
         """One member's prediction of one image from its tiles at full resolution (slicing.py)."""
         s = self.settings
 
         def run(chunk: list[np.ndarray]) -> list[dict[str, Any]]:
-            return self._run_member(member, model_inputs(chunk, member.image_size, flip), chunk, flip)
+            return self._run(member, chunk, flip)
 
         merged = predict_tiles(run, array, tile_size(s.slice, member.train_side, member.image_size), s.slice_overlap,
                                s.slice_whole, s.skip_box_thr)
@@ -270,10 +274,15 @@ class Ensemble:
                                [lm.name(int(v)) for v in labels], [lm.category_id(int(v)) for v in labels])
 
 
+def load_member(path: str | Path, device: torch.device) -> Member:
+    """A checkpoint, or an exported TorchScript / ONNX file (with its labels file beside it)."""
+    return load_exported(path, device) if is_exported(path) else restore_model(path, device)
+
+
 def is_models_path(item: str | Path) -> bool:
     """Whether a command-line argument names models (rather than images): see resolve_models."""
     p = Path(item)
-    return (p.suffix in (".pt", ".pth") or p.name == RunPaths(p).top_models.name
+    return (p.suffix in (".pt", ".pth", ".onnx") or p.name == RunPaths(p).top_models.name
             or (p.is_dir() and ((p / ENSEMBLE).exists() or RunPaths(p).top_models.exists())))
 
 
@@ -298,7 +307,8 @@ def resolve_models(path: str | Path | Sequence[str | Path],
     if p.is_dir() and (p / ENSEMBLE).exists():
         meta = read_json(p / ENSEMBLE)
         settings = config_mod.from_dict({"ensemble": meta["ensemble"]}, str(p / ENSEMBLE)).ensemble
-        return [p / m["file"] for m in meta["members"]], settings, Thresholds.from_dict(meta)
+        files = [m if isinstance(m, str) else m["file"] for m in meta["members"]]  # an export lists names
+        return [p / f for f in files], settings, Thresholds.from_dict(meta)
     if p.is_dir() and RunPaths(p).top_models.exists():
         p = RunPaths(p).top_models
     if p.name == RunPaths(p).top_models.name and p.is_file():

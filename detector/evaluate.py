@@ -1,6 +1,7 @@
-"""Scoring predictions against ground truth: a checkpoint, an ensemble of a run's top models, or a COCO
-results file from any detector. Checkpoints and ensembles take one path: `Ensemble` predicts
-(a checkpoint is an ensemble of one), `metrics.evaluate_detections` scores."""
+"""Scoring predictions against ground truth: a checkpoint, an exported model file, an ensemble (a run's top
+models, a study's best/ or its export), or a COCO results file from any detector. Models take one path:
+`Ensemble` predicts (a checkpoint or an exported file is an ensemble of one), `metrics.evaluate_detections`
+scores."""
 from __future__ import annotations
 
 import dataclasses
@@ -25,8 +26,8 @@ from .operating_point import fused_image, fused_results, tune
 from .predict import PredictionRun, coco_results, draw_worst, ground_truth_metrics, run_predictions
 
 
-def evaluate_checkpoint(
-    checkpoint: str | Path,
+def evaluate_models(
+    models: str | Path,
     annotations: str | Path,
     images_dir: str | Path | None = None,
     *,
@@ -35,15 +36,18 @@ def evaluate_checkpoint(
     device: str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Predict every image of `annotations` with the checkpoint and return all metrics."""
-    ensemble = Ensemble.from_checkpoints([checkpoint], device=device)
+    """Predict every image of `annotations` with `models` and return all metrics: a checkpoint, an exported
+    TorchScript or ONNX file (scored as deployed: through torch.jit or onnxruntime), or a best/ folder (a
+    study's, or its export) at its tuned thresholds. `score_threshold` replaces the thresholds (default: the
+    folder's, or the checkpoint's eval.score_threshold)."""
+    ensemble = Ensemble.load(models, device=device)
     cfg = ensemble.members[0].config
     index = load_coco(annotations, images_dir, label_map=ensemble.label_map, keep_empty=True,
                       drop_placeholder_categories=cfg.data.drop_placeholder_categories)
     run = run_predictions(ensemble, [r.path for r in index.images], gt=index, batch_size=batch_size,
                           progress=progress)
-    threshold = cfg.eval.score_threshold if score_threshold is None else score_threshold
-    metrics = _metrics(index, coco_results(run), threshold, cfg.eval.iou_threshold, cfg.score)
+    thresholds = ensemble.thresholds if score_threshold is None else Thresholds(score_threshold, {})
+    metrics = _metrics(index, coco_results(run), thresholds, cfg.eval.iou_threshold, cfg.score)
     warnings = [f"{path}: not predicted, scored as missed ({reason})" for path, reason in run.skipped]
     warnings += [w for w in [crowding_warning(index, cfg.model.max_detections)] if w]
     return {**metrics, "warnings": warnings} if warnings else metrics
@@ -143,7 +147,7 @@ def evaluate_results_file(
     """Metrics of a COCO results file ([{image_id, category_id, bbox: [x, y, w, h], score}])."""
     index = load_coco(annotations, check_images=False)
     results = read_results(results_path, index)
-    return _metrics(index, results, score_threshold, iou_threshold, score or ScoreConfig())
+    return _metrics(index, results, Thresholds(score_threshold, {}), iou_threshold, score or ScoreConfig())
 
 
 def read_results(path: str | Path, index: CocoIndex) -> list[dict[str, Any]]:
@@ -178,13 +182,15 @@ def read_results(path: str | Path, index: CocoIndex) -> list[dict[str, Any]]:
     return results
 
 
-def _metrics(index: CocoIndex, results, score_threshold: float, iou_threshold: float,
+def _metrics(index: CocoIndex, results, thresholds: Thresholds, iou_threshold: float,
              score: ScoreConfig) -> dict[str, Any]:
     gt = index.to_coco()
-    metrics = evaluate_detections(gt, results, score_threshold=score_threshold, iou_threshold=iou_threshold,
-                                  score=score)
-    metrics.update(images=len(index.images), predictions=len(results), score_threshold=score_threshold,
+    metrics = evaluate_detections(gt, results, score_threshold=thresholds.default,
+                                  class_thresholds=thresholds.per_class, iou_threshold=iou_threshold, score=score)
+    metrics.update(images=len(index.images), predictions=len(results), score_threshold=thresholds.default,
                    iou_threshold=iou_threshold,
-                   confusion=confusion_matrix(gt, results, Thresholds(score_threshold, {}), iou_threshold).to_dict(),
-                   errors=error_breakdown(gt, results, Thresholds(score_threshold, {})).to_dict())
+                   confusion=confusion_matrix(gt, results, thresholds, iou_threshold).to_dict(),
+                   errors=error_breakdown(gt, results, thresholds).to_dict())
+    if thresholds.per_class:
+        metrics["class_thresholds"] = thresholds.to_dict()["class_thresholds"]
     return metrics

@@ -2,9 +2,11 @@
 
 The exported model takes one image of any size, as an (H, W, 3) uint8 RGB tensor (what PIL, cv2 with a
 BGR->RGB swap, or a camera gives), and returns boxes (N, 4) xyxy in that image's pixels, scores (N,) and
-labels (N,) int64 in 1..K (`labels.json` beside the file maps them to class names and dataset ids). Inside:
-the resize of the longest side to the checkpoint's image size, the backbone's normalisation, the fitted
-anchors, the detector, and the mapping of boxes back to the input's pixels. For a study's best/ every member
+labels (N,) int64 in 1..K (`labels.json` beside the file maps them to class names and dataset ids, and keeps
+the checkpoint's config, so `detector evaluate` scores the file itself). Inside: the resize of the longest
+side to the checkpoint's image size (data.resize.fit_to_model, the one `evaluate` and `predict` use), the
+backbone's normalisation, the fitted anchors, the detector, and the mapping of boxes back to the input's
+pixels. For a study's best/ every member
 is exported, with the WBF settings and thresholds written beside them (`ensemble.json`).
 """
 from __future__ import annotations
@@ -17,14 +19,12 @@ from pathlib import Path
 from typing import Any, Dict
 
 import torch
-import torch.nn.functional as F
-import torchvision
 from torch import nn
-from torch.onnx import operators
 from torchvision.models.detection.roi_heads import RoIHeads
 
 from .checkpoint import RestoredModel, restore_model
 from .data.coco import CocoIndex, load_coco
+from .data.resize import fit_to_model
 from .errors import ConfigError, DetectorError, WeightsError
 from .files import atomic_file, read_json, write_json
 from .layout import ENSEMBLE
@@ -55,15 +55,7 @@ class DeployedDetector(nn.Module):
 
     def prepare(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The image resized to the model's input, and the (w, h, w, h) ratio back to its pixels."""
-        x = image.permute(2, 0, 1).to(torch.float32) / 255.0
-        size = _size(x)
-        scale = float(self.image_size) / torch.max(size).to(torch.float32)
-        new = torch.clamp(torch.round(size.to(torch.float32) * scale), min=1.0).to(torch.int64)
-        if torch.jit.is_scripting():
-            x = F.interpolate(x[None], size=[int(new[0]), int(new[1])], mode="bilinear", align_corners=False)[0]
-        else:
-            x = _resize(x, new)
-        return x, (size.to(torch.float32) / new.to(torch.float32)).flip(0).repeat(2)
+        return fit_to_model(image, self.image_size)
 
     @torch.jit.unused
     def many(self, images: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -85,19 +77,6 @@ class DeployedDetector(nn.Module):
         proposals, _ = m.rpn(images, features)
         detections, _ = m.roi_heads(features, proposals, images.image_sizes)
         return detections[0]
-
-
-def _size(x: torch.Tensor) -> torch.Tensor:
-    """(height, width) of a (C, H, W) tensor, symbolic while the ONNX exporter traces."""
-    if torchvision._is_tracing():
-        return operators.shape_as_tensor(x)[-2:]
-    return torch.tensor(x.shape[-2:])
-
-
-def _resize(x: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    """Bilinear resize to `new` (height, width): sizes stay symbolic while the ONNX exporter traces."""
-    size = [new[0], new[1]] if torchvision._is_tracing() else [int(new[0]), int(new[1])]
-    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
 def deployed(restored: RestoredModel, image_size: int | None = None) -> DeployedDetector:
@@ -135,8 +114,15 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, *, samp
                                   "tile": tile_size("auto", restored.train_side, restored.image_size),
                                   "input": "uint8 RGB image, shape (height, width, 3)",
                                   "outputs": ["boxes (N, 4) xyxy pixels", "scores (N,)", "labels (N,) 1..K"],
-                                  **extra})
+                                  **extra, **_scoring(restored)})
     return out
+
+
+def _scoring(restored: RestoredModel) -> dict[str, Any]:
+    """What `detector evaluate` and `predict` need to run the exported file as they run the checkpoint
+    (exported.load_exported reads it back)."""
+    return {"label_map": restored.label_map.to_dict(), "train_side": restored.train_side,
+            "config": restored.config.to_dict()}
 
 
 def _check_options(fmt: str, quantize: str | None, half: bool) -> None:

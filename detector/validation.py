@@ -30,7 +30,8 @@ def validate(model: nn.Module, loader: Iterable, gt: dict[str, Any], label_map: 
     results = to_coco_results(predictions, label_map)
     w = process.world
     if w.active:  # each rank predicted its shard of the validation images
-        results = sorted((r for part in distributed.gather(w, results) for r in part), key=lambda r: r["image_id"])
+        results = [r for part in distributed.gather(w, results) for r in part]
+    results = sorted(results, key=lambda r: r["image_id"])  # the loader's order is by aspect ratio
     metrics = evaluate_detections(gt, results, score_threshold=None, iou_threshold=cfg.eval.iou_threshold,
                                   score=cfg.score)
     return metrics, results

@@ -8,7 +8,6 @@ from detector.callbacks import Callback, EpochEnd
 from detector.data.sample import SampleSpec, write_sample_dataset
 from detector.data.dataset import CocoDetection, collate
 from detector.data.splits import load_splits
-from detector.data.transforms import build_eval_transforms
 from detector.engine import MAX_SKIPPED_STEPS, Precision, train_one_epoch
 from detector.errors import TrainingError
 from detector.models.faster_rcnn import build
@@ -22,7 +21,7 @@ SIZE = 64  # fp16 is slow on CPU
 def _batches(sample, n: int):
     cfg = tiny_cfg(sample, "model.anchors=default")
     train_index, _ = load_splits(cfg)
-    ds = CocoDetection(train_index.subset(r.id for r in train_index.images[:n]), build_eval_transforms(SIZE))
+    ds = CocoDetection(train_index.subset(r.id for r in train_index.images[:n]), size=SIZE)
     return cfg, list(torch.utils.data.DataLoader(ds, batch_size=1, collate_fn=collate))
 
 

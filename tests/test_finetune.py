@@ -136,3 +136,48 @@ def test_benchmark_times_each_runtime_and_the_exports_find_eagers_boxes(pretrain
     exported = [r for r in rows if r["runtime"] != "eager"]
     assert all(r["found"] >= 0.98 and r["max_box_px"] < 1.0 for r in exported), exported
     assert "onnxruntime" in capsys.readouterr().out
+
+
+def _confident_matches(ours, boxes, scores, labels, floor=0.1):
+    """(how many of `ours`'s boxes scoring >= floor, how many an exported model gave within 1 px and 1e-3)."""
+    want = ours.scores >= floor
+    found = 0
+    for box, score, label in zip(ours.boxes[want], ours.scores[want], ours.labels[want]):
+        near = (np.abs(boxes - box).max(1) <= 1.0) & (np.abs(scores - score) <= 1e-3) & (labels == label)
+        found += bool(near.any())
+    return int(want.sum()), found
+
+
+@pytest.mark.slow
+def test_the_exported_files_score_what_evaluate_reports_for_their_checkpoint(pretrained_run, tmp_path, capsys):
+    import onnxruntime
+    import torch
+
+    from detector.data.images import read_image
+    from detector.evaluate import evaluate_models
+
+    test = ROOT / "examples" / "rbc" / "test" / "_annotations.coco.json"
+    checkpoint = pretrained_run.best_path
+    expected = evaluate_models(checkpoint, test, progress=False)
+    assert expected["map_50"] >= 0.7, expected  # a real detector, resized: the test photos are 416 px, it takes 320
+    files = [r.path for r in load_coco(test).images]
+    predicted = Ensemble.load(checkpoint).predict(files)  # `detector predict`'s boxes
+    onnx_file, ts_file = tmp_path / "model.onnx", tmp_path / "model.pt"
+    for fmt, out in (("onnx", onnx_file), ("torchscript", ts_file)):
+        assert main(["export", str(checkpoint), "--format", fmt, "--out", str(out)]) == 0
+        capsys.readouterr()
+        assert main(["evaluate", str(out), str(test), "--json", "--quiet"]) == 0
+        got = json.loads(capsys.readouterr().out)
+        for key in ("map", "map_50"):  # measured: equal to 4 decimals
+            assert abs(got[key] - expected[key]) <= 0.002, (fmt, key, got[key], expected[key])
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    scripted = torch.jit.load(str(ts_file))
+    total = matched_onnx = matched_ts = 0
+    for path, ours in zip(files, predicted):
+        image = read_image(path)
+        with torch.no_grad():
+            ts = [t.numpy() for t in scripted(torch.from_numpy(image))]
+        n, found = _confident_matches(ours, *session.run(None, {"image": image}))
+        _, found_ts = _confident_matches(ours, *ts)
+        total, matched_onnx, matched_ts = total + n, matched_onnx + found, matched_ts + found_ts
+    assert total > 100 and matched_onnx == total and matched_ts == total, (total, matched_onnx, matched_ts)

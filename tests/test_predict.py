@@ -12,7 +12,6 @@ from detector.checkpoint import restore_model
 from detector.cv import run_cv
 from detector.data.coco import load_coco
 from detector.data.dataset import CocoDetection, collate
-from detector.data.transforms import build_eval_transforms
 from detector.engine import Precision, predict
 from detector.metrics import Thresholds
 from detector.ensemble import Ensemble
@@ -97,7 +96,7 @@ def test_an_ensemble_of_one_equals_the_models_own_predictions(rbc, rbc_run):
     index = load_coco(rbc / "test" / "_annotations.coco.json")
     ours = Ensemble.load(checkpoint).predict([r.path for r in index.images], batch_size=4)
     restored = restore_model(checkpoint)
-    loader = DataLoader(CocoDetection(index, build_eval_transforms(restored.image_size)), batch_size=4,
+    loader = DataLoader(CocoDetection(index, size=restored.image_size), batch_size=4,
                         collate_fn=collate)
     direct = predict(restored.model, loader, device=torch.device("cpu"), precision=Precision("cpu", None))
     assert len(ours) == len(direct) == len(index.images)
@@ -244,10 +243,11 @@ def test_exported_models_match_the_eager_model_on_real_images(rbc, rbc_run, tmp_
         np.testing.assert_allclose(o_boxes, boxes.numpy(), atol=1e-3)
         np.testing.assert_allclose(o_scores, scores.numpy(), atol=1e-4)
         assert (o_labels == labels.numpy()).all() and (s_labels == labels).all()
-        # the same detector as `detector predict`'s: its confident boxes, up to the resize's interpolation
+        # the same detector as `detector predict`'s, with the same resize: its confident boxes, exactly
         [ours] = ensemble.predict([image], score_threshold=0.5)
         keep = scores.numpy() >= 0.5
-        assert abs(int(keep.sum()) - len(ours.boxes)) <= max(2, len(ours.boxes) // 10)
+        assert int(keep.sum()) == len(ours.boxes)
+        np.testing.assert_allclose(boxes.numpy()[keep], ours.boxes, atol=1e-3)
     assert read_labels(ox)["labels"]["2"]["name"] == "wbc"
     best = tmp_path / "best"  # a study's best/ folder: every member, with the ensemble's settings beside them
     best.mkdir()
@@ -262,6 +262,17 @@ def test_exported_models_match_the_eager_model_on_real_images(rbc, rbc_run, tmp_
     assert [p.name for p in written] == ["model_0.onnx", "model_1.onnx", "ensemble.json"]
     meta = json.loads((tmp_path / "deploy" / "ensemble.json").read_text())
     assert meta["class_thresholds"] == {"2": 0.2} and meta["members"] == ["model_0.onnx", "model_1.onnx"]
+    # the exported folder predicts and scores as the best/ folder it came from (WBF of the ONNX files)
+    files = sorted((rbc / "test").glob("*.jpg"))[:4]
+    for ours, theirs in zip(Ensemble.load(best).predict(files, score_threshold=0.1),
+                            Ensemble.load(tmp_path / "deploy").predict(files, score_threshold=0.1)):
+        assert abs(len(ours.boxes) - len(theirs.boxes)) <= 1 and len(ours.boxes) > 5  # one may cross 0.1
+        for box, score in zip(ours.boxes[ours.scores >= 0.11], ours.scores[ours.scores >= 0.11]):
+            assert ((np.abs(theirs.boxes - box).max(1) <= 1.0) & (np.abs(theirs.scores - score) <= 1e-3)).any()
+    gt = rbc / "test" / "_annotations.coco.json"
+    done = run_cli("evaluate", str(tmp_path / "deploy"), str(gt), "--json", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["class_thresholds"] == {"2": 0.2}  # the folder's own operating point
 
 
 def _prediction(source):

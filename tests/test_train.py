@@ -9,10 +9,10 @@ import torch
 from detector import config
 from detector.checkpoint import load_checkpoint, restore_model, save_checkpoint
 from detector.data.dataset import CocoDetection, collate
-from detector.data.transforms import build_eval_transforms, build_train_transforms
+from detector.data.transforms import build_train_transforms
 from detector.engine import Precision, predict, to_coco_results, train_one_epoch
 from detector.errors import NonFiniteLossError
-from detector.evaluate import evaluate_checkpoint
+from detector.evaluate import evaluate_models
 from detector.optim import LrSchedule, build_optimizer
 from detector.data.sampling import balanced_weights
 from detector.callbacks import (BestCheckpoint, Callback, EarlyStopping, EpochEnd, Progress, image_size_at,
@@ -63,14 +63,14 @@ def test_fit_writes_the_run_and_checkpoint_round_trip(sample, tmp_path):
     assert restore_model(tmp_path / "legacy.pt").model.transform.image_mean == pytest.approx([0.485, 0.456, 0.406])
     # the restored model reproduces the predictions it was scored on during training
     # (training scores each epoch at its best threshold, recorded as `threshold`)
-    again = evaluate_checkpoint(RunPaths(run).best, sample["val"], score_threshold=result.best_metrics["threshold"],
+    again = evaluate_models(RunPaths(run).best, sample["val"], score_threshold=result.best_metrics["threshold"],
                                 progress=False)
     for key in ("map", "map_50", "precision", "recall", "f1", "score"):
         assert again[key] == pytest.approx(result.best_metrics[key], abs=1e-9), key
 
     # the evaluation used in training equals pycocotools on the same (real, model-made) predictions
     restored = restore_model(RunPaths(run).best)
-    loader = torch.utils.data.DataLoader(CocoDetection(val_index, build_eval_transforms(128)), batch_size=4,
+    loader = torch.utils.data.DataLoader(CocoDetection(val_index, size=128), batch_size=4,
                                          collate_fn=collate)
     results = to_coco_results(predict(restored.model, loader, device=torch.device("cpu"),
                                       precision=Precision("cpu", None)), restored.label_map)
@@ -151,7 +151,7 @@ def test_grad_clip_bounds_each_step_of_the_unscaled_gradient_under_autocast(samp
 
     cfg = tiny_cfg(sample, "model.anchors=default")
     train_index, _ = load_splits(cfg)
-    ds = CocoDetection(train_index.subset(r.id for r in train_index.images[:4]), build_eval_transforms(128))
+    ds = CocoDetection(train_index.subset(r.id for r in train_index.images[:4]), size=128)
     results = {}
     for clip in (0.0, 1e-3):
         torch.manual_seed(0)

@@ -9,7 +9,8 @@ from torchvision.datasets import VisionDataset
 
 from .coco import CocoIndex
 from .images import read_image
-from .transforms import build_eval_transforms, mosaic_inputs
+from .resize import fit_array, fit_to_model
+from .transforms import mosaic_inputs
 
 
 class CocoDetection(VisionDataset):
@@ -19,12 +20,14 @@ class CocoDetection(VisionDataset):
     pascal_voc boxes; boxes it removes take their labels with them. With a `seed`, the augmentation of
     sample i in epoch e depends only on (seed, e, i): the same in any worker and after a resume. A Mosaic
     in the pipeline gets its other images (its metadata) drawn from that same (seed, e, i) stream.
+    With a `size` (evaluation), each image is then resized as every evaluated and deployed image is
+    (resize.fit_to_model: longest side `size`), its boxes with it; without, it keeps the pipeline's size.
     """
 
     def __init__(self, index: CocoIndex, transforms: Callable | None = None, seed: int | None = None,
-                 bit_depth: int = 16):
+                 bit_depth: int = 16, size: int | None = None):
         super().__init__(root=str(index.images_dir))
-        self.index, self.bit_depth = index, bit_depth
+        self.index, self.bit_depth, self.size = index, bit_depth, size
         self.pipeline = transforms
         self.mosaic = mosaic_inputs(list(transforms.transforms)) if hasattr(transforms, "transforms") else []
         self.seed = seed
@@ -48,7 +51,11 @@ class CocoDetection(VisionDataset):
             image = out["image"]
             boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
             labels = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
-        return image_tensor(image), make_target(rec.id, boxes, labels, (rec.height, rec.width))
+        if self.size is None:
+            return image_tensor(image), make_target(rec.id, boxes, labels, (rec.height, rec.width))
+        x, ratio = fit_to_model(torch.from_numpy(np.ascontiguousarray(image)), self.size)
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) / ratio.numpy()
+        return x, make_target(rec.id, boxes, labels, (rec.height, rec.width))
 
     def _mosaic_metadata(self, i: int, stream: np.random.SeedSequence | None) -> dict[str, list[dict]]:
         """Each Mosaic's other images: distinct from image i, drawn from the sample's own stream."""
@@ -88,14 +95,13 @@ def make_target(image_id: int, boxes: np.ndarray, labels: np.ndarray,
 
 
 def model_inputs(arrays: list[np.ndarray], size: int, flip: bool = False) -> tuple[tuple, tuple]:
-    """Resized (and flipped) image tensors with targets carrying each original size, as a loader batch."""
-    transform = build_eval_transforms(size)
+    """Resized (resize.fit_to_model) and optionally flipped image tensors, with targets carrying each
+    original size, as a loader batch."""
     images, targets = [], []
     no_boxes, no_labels = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
     for i, a in enumerate(arrays):
-        a = np.ascontiguousarray(a[:, ::-1]) if flip else a
-        out = transform(image=a, bboxes=no_boxes, labels=no_labels)["image"]
-        images.append(image_tensor(out))
+        a = a[:, ::-1] if flip else a
+        images.append(fit_array(a, size))
         targets.append(make_target(i, no_boxes, no_labels, a.shape[:2]))
     return tuple(images), tuple(targets)
 

@@ -2,6 +2,8 @@
 the balanced sampler), its datasets, and the loaders, whose training order depends only on (seed, epoch)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
@@ -10,7 +12,7 @@ from .. import distributed
 from ..config import Config
 from .coco import CocoIndex
 from .dataset import CocoDetection, collate
-from .transforms import build_eval_transforms, build_train_transforms
+from .transforms import build_train_transforms
 
 
 def box_shapes(index: CocoIndex, image_size: int, crop: int = 0) -> np.ndarray:
@@ -64,15 +66,17 @@ def train_set(cfg: Config, index: CocoIndex) -> CocoDetection:
 
 
 def val_loader(cfg: Config, index: CocoIndex, w: distributed.World) -> DataLoader:
-    """The validation images with eval transforms (this rank's shard of them under torchrun); whole, one at a
+    """The validation images resized as evaluation resizes them (this rank's shard of them under torchrun); whole, one at a
     time, when they are predicted on tiles (ensemble.slice)."""
-    shard = index.subset(r.id for r in index.images[w.rank::w.size]) if w.active else index
+    # in order of aspect ratio, so a batch holds images of one padded shape (engine.padding_groups)
+    images = sorted(index.images, key=lambda r: r.height / max(r.width, 1))
+    shard = replace(index, images=images[w.rank::w.size] if w.active else images)
     # made once per fit and read every epoch, with nothing that changes between epochs: on a GPU machine its
     # workers stay up between epochs (the training loader is rebuilt each epoch from its (seed, epoch) order)
     keep = dict(persistent_workers=torch.cuda.is_available() and cfg.train.num_workers > 0)
     if cfg.ensemble.slice:
         return loader(CocoDetection(shard, bit_depth=cfg.data.bit_depth), 1, cfg.train.num_workers, **keep)
-    return loader(CocoDetection(shard, build_eval_transforms(cfg.data.image_size), bit_depth=cfg.data.bit_depth),
+    return loader(CocoDetection(shard, bit_depth=cfg.data.bit_depth, size=cfg.data.image_size),
                   cfg.eval.batch_size, cfg.train.num_workers, **keep)
 
 

@@ -1,7 +1,6 @@
-"""Albumentations pipelines: training augmentation + resize, and an eval pipeline that only resizes.
-
-Both resize so the longest side equals `size` (aspect ratio kept, no padding): predictions map back to
-original pixels by the per-axis ratio of original to resized size. Boxes are pascal_voc (xyxy pixels).
+"""Albumentations pipelines: training augmentation, then the resize of the longest side to `size` (aspect
+ratio kept, no padding). Boxes are pascal_voc (xyxy pixels). Evaluation does not augment: it resizes with
+resize.fit_to_model, as exported models do.
 """
 from __future__ import annotations
 
@@ -22,10 +21,6 @@ def _bbox_params(min_visibility: float = 0.0) -> A.BboxParams:
         format="pascal_voc", label_fields=["labels"], min_visibility=min_visibility,
         clip=True, filter_invalid_bboxes=True,
     )
-
-
-def build_eval_transforms(size: int) -> A.Compose:
-    return A.Compose([A.LongestMaxSize(max_size=size, interpolation=cv2.INTER_LINEAR)], bbox_params=_bbox_params())
 
 
 def build_train_transforms(aug: AugmentConfig, size: int) -> A.Compose:
