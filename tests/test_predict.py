@@ -327,3 +327,17 @@ def test_ground_truth_matches_by_name_only_when_it_is_the_same_image(tiny_coco, 
         _image_ids([elsewhere / "im1.png"], gt)
     with pytest.raises(DatasetError, match="are the same image of"):
         _image_ids([gt.images[0].path, elsewhere / "im0.png"], gt)
+
+
+def test_an_images_detections_do_not_depend_on_the_images_batched_with_it(untrained_checkpoint):
+    # a batch pads every image to its largest one; a tall neighbour would pad a wide image's bottom edge
+    # (and change its boxes there) unless images are batched by padded shape, as an exported model sees them
+    restored = restore_model(untrained_checkpoint)
+    rng = np.random.default_rng(0)
+    wide, tall = (rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(60, 128, 3), (128, 50, 3)])
+    ensemble = Ensemble([restored])
+    [alone] = ensemble.predict([wide])
+    together = ensemble.predict([wide, tall], batch_size=2)[0]
+    assert len(alone.boxes) > 0
+    np.testing.assert_allclose(together.boxes, alone.boxes, atol=1e-4)
+    np.testing.assert_allclose(together.scores, alone.scores, atol=1e-6)
