@@ -49,14 +49,24 @@ def test_a_single_export_replaces_its_file_atomically(untrained_checkpoint, tmp_
 
 
 @pytest.mark.slow
-def test_a_torchscript_export_given_as_a_checkpoint_says_what_it_is(untrained_checkpoint, tmp_path):
+def test_a_torchscript_export_is_no_checkpoint_but_predict_runs_it_with_its_labels_file(untrained_checkpoint, tmp_path):
     [scripted] = _export(untrained_checkpoint, "torchscript", tmp_path / "model.ts.pt")
     with pytest.raises(WeightsError, match=r"model.ts.pt: a TorchScript export \(detector export") as e:
         load_checkpoint(scripted)
     assert "weights_only=False" not in str(e.value)
-    done = subprocess.run([*CLI, "predict", str(scripted), str(tmp_path),
-                           "--out", str(tmp_path / "out")], capture_output=True, text=True)
-    assert done.returncode == 2 and "TorchScript export" in done.stderr and "Traceback" not in done.stderr
+    images = tmp_path / "images"
+    images.mkdir()
+    from PIL import Image
+    Image.new("RGB", (90, 60), (120, 80, 40)).save(images / "a.png")
+    # predict and evaluate run the export itself (with its labels file), as they run the checkpoint
+    done = subprocess.run([*CLI, "predict", str(scripted), str(images), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    scripted.with_name("model.ts.labels.json").unlink()
+    done = subprocess.run([*CLI, "predict", str(scripted), str(images), "--out", str(tmp_path / "again")],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "model.ts.labels.json is not beside it" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.slow
