@@ -530,8 +530,8 @@ def _evaluate(args) -> int:
         metrics = evaluate_results_file(args.predictions, args.annotations, score_threshold=threshold)
     else:
         metrics = evaluate_models(args.models, args.annotations, args.images_dir,
-                                      score_threshold=args.score_threshold, batch_size=args.batch_size,
-                                      device=args.device, progress=_progress(args) and not args.json)
+                                  score_threshold=args.score_threshold, batch_size=args.batch_size,
+                                  device=args.device, progress=_progress(args) and not args.json)
     print(json.dumps(strict_json(metrics), indent=2) if args.json else format_metrics(metrics))
     for warning in metrics.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)

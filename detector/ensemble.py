@@ -31,6 +31,7 @@ from .slicing import predict_tiles, tile_size
 
 Member = Union[RestoredModel, ExportedModel]  # a checkpoint, or an exported file run as it is deployed
 
+
 def check_weights(weights: Sequence[float] | None, models: int) -> None:
     """WBF weights fit the models fused: one each, or None (ensemble-boxes would only warn and drop them)."""
     if weights is not None and len(weights) != models:

@@ -6,8 +6,8 @@ labels (N,) int64 in 1..K (`labels.json` beside the file maps them to class name
 the checkpoint's config, so `detector evaluate` scores the file itself). Inside: the resize of the longest
 side to the checkpoint's image size (data.resize.fit_to_model, the one `evaluate` and `predict` use), the
 backbone's normalisation, the fitted anchors, the detector, and the mapping of boxes back to the input's
-pixels. For a study's best/ every member
-is exported, with the WBF settings and thresholds written beside them (`ensemble.json`).
+pixels. For a study's best/ every member is exported, with the WBF settings and thresholds written beside
+them (`ensemble.json`).
 """
 from __future__ import annotations
 

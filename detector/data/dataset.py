@@ -9,7 +9,7 @@ from torchvision.datasets import VisionDataset
 
 from .coco import CocoIndex
 from .images import read_image
-from .resize import fit_array, fit_to_model
+from .resize import fit_array
 from .transforms import mosaic_inputs
 
 
@@ -53,7 +53,7 @@ class CocoDetection(VisionDataset):
             labels = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
         if self.size is None:
             return image_tensor(image), make_target(rec.id, boxes, labels, (rec.height, rec.width))
-        x, ratio = fit_to_model(torch.from_numpy(np.ascontiguousarray(image)), self.size)
+        x, ratio = fit_array(image, self.size)
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) / ratio.numpy()
         return x, make_target(rec.id, boxes, labels, (rec.height, rec.width))
 
@@ -101,7 +101,7 @@ def model_inputs(arrays: list[np.ndarray], size: int, flip: bool = False) -> tup
     no_boxes, no_labels = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
     for i, a in enumerate(arrays):
         a = a[:, ::-1] if flip else a
-        images.append(fit_array(a, size))
+        images.append(fit_array(a, size)[0])
         targets.append(make_target(i, no_boxes, no_labels, a.shape[:2]))
     return tuple(images), tuple(targets)
 

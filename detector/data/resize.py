@@ -31,9 +31,9 @@ def fit_to_model(image: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Te
     return x, (shape.to(torch.float32) / new.to(torch.float32)).flip(0).repeat(2)
 
 
-def fit_array(image: np.ndarray, size: int) -> torch.Tensor:
-    """fit_to_model's resized tensor of an (H, W, 3) uint8 RGB array."""
-    return fit_to_model(torch.from_numpy(np.ascontiguousarray(image)), size)[0]
+def fit_array(image: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """fit_to_model of an (H, W, 3) uint8 RGB array (any strides: a flipped view is copied first)."""
+    return fit_to_model(torch.from_numpy(np.ascontiguousarray(image)), size)
 
 
 def _shape(x: torch.Tensor) -> torch.Tensor:

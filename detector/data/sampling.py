@@ -66,8 +66,8 @@ def train_set(cfg: Config, index: CocoIndex) -> CocoDetection:
 
 
 def val_loader(cfg: Config, index: CocoIndex, w: distributed.World) -> DataLoader:
-    """The validation images resized as evaluation resizes them (this rank's shard of them under torchrun); whole, one at a
-    time, when they are predicted on tiles (ensemble.slice)."""
+    """The validation images resized as evaluation resizes them (this rank's shard of them under torchrun);
+    whole, one at a time, when they are predicted on tiles (ensemble.slice)."""
     # in order of aspect ratio, so a batch holds images of one padded shape (engine.padding_groups)
     images = sorted(index.images, key=lambda r: r.height / max(r.width, 1))
     shard = replace(index, images=images[w.rank::w.size] if w.active else images)
