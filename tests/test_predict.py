@@ -341,3 +341,20 @@ def test_an_images_detections_do_not_depend_on_the_images_batched_with_it(untrai
     assert len(alone.boxes) > 0
     np.testing.assert_allclose(together.boxes, alone.boxes, atol=1e-4)
     np.testing.assert_allclose(together.scores, alone.scores, atol=1e-6)
+
+
+def test_a_read_only_or_flipped_image_resizes_like_a_fresh_copy_without_a_warning():
+    import warnings
+
+    from detector.data.resize import fit_array
+
+    image = np.random.default_rng(0).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    read_only = image.copy()
+    read_only.flags.writeable = False  # as a tile of a memory-mapped or decoded-once image arrives
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when it wraps memory it may not write
+        for view, same_as in ((read_only, image), (image[:, ::-1], np.ascontiguousarray(image[:, ::-1]))):
+            got, ratio = fit_array(view, 20)
+            want, _ = fit_array(same_as, 20)
+            assert got.shape == (3, 20, 15) and torch.equal(got, want)
+    assert ratio.tolist() == [2.0, 2.0, 2.0, 2.0]

@@ -32,8 +32,11 @@ def fit_to_model(image: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Te
 
 
 def fit_array(image: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """fit_to_model of an (H, W, 3) uint8 RGB array (any strides: a flipped view is copied first)."""
-    return fit_to_model(torch.from_numpy(np.ascontiguousarray(image)), size)
+    """fit_to_model of an (H, W, 3) uint8 RGB array (any strides or a read-only view, e.g. a tile of a
+    memory-mapped image: such an array is copied first, since torch only wraps writable memory)."""
+    if not (image.flags.c_contiguous and image.flags.writeable):
+        image = np.array(image, order="C")
+    return fit_to_model(torch.from_numpy(image), size)
 
 
 def _shape(x: torch.Tensor) -> torch.Tensor:
