@@ -173,6 +173,12 @@ def _evaluate_parser(sub) -> None:
     e.add_argument("--images-dir", help="folder file_name is relative to (default: the annotation file's)")
     e.add_argument("--score-threshold", type=_fraction(True), help="threshold for precision/recall/F1 "
                    "(default: a best/ folder's tuned thresholds, the model's eval.score_threshold, or 0.5)")
+    e.add_argument("--against", action="append", default=[], metavar="OTHER",
+                   help="another model (as MODELS) or COCO results .json scored on the same images: the paired "
+                   "difference of each metric with its 95%% bootstrap interval, and whether MODELS is better, "
+                   "worse or within noise (repeatable)")
+    e.add_argument("--bootstrap", type=_bootstrap_resamples, help="resamples of the images for the 95%% "
+                   "intervals (default: the model's eval.bootstrap, 2000; 0: none)")
     e.add_argument("--batch-size", type=_positive_int, default=8)
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true", help="print one JSON object")
@@ -257,6 +263,13 @@ def _audit(args) -> int:
 
 def _positive_int(text: str) -> int:
     return _int_at_least(text, 1, f"{text!r} is not a positive integer")
+
+
+def _bootstrap_resamples(text: str) -> int:
+    value = _int_at_least(text, 0, f"{text!r} is not 0 or a number of resamples from 100 to 100000")
+    if value != 0 and not 100 <= value <= 100_000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 0 or a number of resamples from 100 to 100000")
+    return value
 
 
 def _int_at_least(text: str, low: int, error: str) -> int:
@@ -417,13 +430,14 @@ def _ground_truth_report(args, run, gt, ensemble) -> None:
     written to OUT too, and its worst images drawn."""
     from .error_breakdown import Breakdown
     from .files import write_json
+    from .intervals import Bootstrap
     from .layout import PredictPaths
     from .predict import draw_worst, ground_truth_metrics, write_confusion
     from .report import format_comparison, format_confusion, format_errors, format_per_class
 
     cfg, thresholds, out = ensemble.members[0].config, ensemble.thresholds, PredictPaths(args.out)
     rows = ground_truth_metrics(run, gt, thresholds, len(ensemble.members), iou_threshold=cfg.eval.iou_threshold,
-                                score=cfg.score)
+                                score=cfg.score, bootstrap=Bootstrap(cfg.eval.bootstrap))
     print(format_comparison(rows))
     print("\nensemble per class at its operating point:\n" + format_per_class(rows[0][1]))
     confusion, errors = rows[0][1]["confusion"], rows[0][1]["errors"]
@@ -520,22 +534,40 @@ def _report(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .evaluate import evaluate_models, evaluate_results_file
-    from .report import format_metrics, strict_json
+    from .evaluate import paired
+    from .report import format_differences, format_metrics, strict_json
 
     if bool(args.predictions) == bool(args.models):
         raise DetectorError("give either MODELS ANNOTATIONS or --predictions RESULTS.json ANNOTATIONS")
-    if args.predictions:
-        threshold = 0.5 if args.score_threshold is None else args.score_threshold
-        metrics = evaluate_results_file(args.predictions, args.annotations, score_threshold=threshold)
+    first = _scored(args, args.models, args.predictions)
+    metrics = first.metrics()
+    versus = [(other.name, paired(first, other)) for other in (_scored(args, o) for o in args.against)]
+    if versus:
+        metrics["versus"] = [{"against": name, **{k: d.to_dict() for k, d in diffs.items()}} for name, diffs in versus]
+    if args.json:
+        print(json.dumps(strict_json(metrics), indent=2))
     else:
-        metrics = evaluate_models(args.models, args.annotations, args.images_dir,
-                                  score_threshold=args.score_threshold, batch_size=args.batch_size,
-                                  device=args.device, progress=_progress(args) and not args.json)
-    print(json.dumps(strict_json(metrics), indent=2) if args.json else format_metrics(metrics))
+        print(format_metrics(metrics))
+        for name, diffs in versus:
+            print(f"\n{first.name} minus {name} on the same {len(first.index.images)} images "
+                  f"({metrics.get('bootstrap', 'no bootstrap')}):\n" + format_differences(diffs))
     for warning in metrics.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _scored(args, models: str | None, results: str | None = None):
+    """What evaluate scores: a COCO results file, or models run on the annotation file's images."""
+    from .evaluate import predicted, scored_results_file
+
+    path = results or models
+    if results or (Path(path).suffix == ".json" and Path(path).is_file()):
+        threshold = 0.5 if args.score_threshold is None else args.score_threshold
+        return scored_results_file(path, args.annotations, score_threshold=threshold,
+                                   **({} if args.bootstrap is None else {"bootstrap": args.bootstrap}))
+    return predicted(path, args.annotations, args.images_dir, score_threshold=args.score_threshold,
+                     batch_size=args.batch_size, device=args.device, progress=_progress(args) and not args.json,
+                     bootstrap=args.bootstrap)
 
 
 def _check_data(args) -> int:

@@ -320,7 +320,11 @@ def resolve_models(path: str | Path | Sequence[str | Path],
                                "best trial's models (search.keep_models: best): use studies/NAME/best")
         path = RunPaths(p.parent).operating_point
         point = _read_point(path) if path.exists() else None
-        return ([p.parent / m.path for m in top], point.ensemble if point else None,
+        chosen = point.members if point is not None and point.members is not None else range(len(top))
+        if any(i >= len(top) for i in chosen):
+            raise WeightsError(f"{path}: chooses models {list(chosen)} of the {len(top)} that {p} lists; run the "
+                               "same detector cv command again to tune it afresh, or delete the file")
+        return ([p.parent / top[i].path for i in chosen], point.ensemble if point else None,
                 point.thresholds if point else None)
     if p.is_file():
         return [p], None, None

@@ -22,11 +22,34 @@ from .layout import RunPaths
 from .confusion import confusion_matrix
 from .error_breakdown import Breakdown, error_breakdown
 from .metrics import OperatingPoint, Thresholds, evaluate_detections
+from .intervals import PAIRED, RESAMPLES, Bootstrap, Difference, ImageParts, compare, with_intervals
 from .operating_point import fused_image, fused_results, tune
+from .selection import Selection, select
 from .predict import PredictionRun, coco_results, draw_worst, ground_truth_metrics, run_predictions
 
 
-def evaluate_models(
+@dataclass
+class Scored:
+    """One model's (or one results file's) detections of an annotation file's images, and how they are
+    scored: the thresholds, the IoU of a match, the score's weights and the bootstrap's resamples."""
+
+    name: str
+    index: CocoIndex
+    results: list[dict[str, Any]]
+    thresholds: Thresholds
+    iou_threshold: float
+    score: ScoreConfig
+    bootstrap: int
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    def metrics(self) -> dict[str, Any]:
+        """Every metric, with bootstrap intervals, the confusion matrix and the error breakdown."""
+        metrics = _metrics(self.index, self.results, self.thresholds, self.iou_threshold, self.score,
+                           Bootstrap(self.bootstrap))
+        return {**metrics, "warnings": self.warnings} if self.warnings else metrics
+
+
+def predicted(
     models: str | Path,
     annotations: str | Path,
     images_dir: str | Path | None = None,
@@ -35,11 +58,12 @@ def evaluate_models(
     batch_size: int = 8,
     device: str = "auto",
     progress: bool = True,
-) -> dict[str, Any]:
-    """Predict every image of `annotations` with `models` and return all metrics: a checkpoint, an exported
-    TorchScript or ONNX file (scored as deployed: through torch.jit or onnxruntime), or a best/ folder (a
-    study's, or its export) at its tuned thresholds. `score_threshold` replaces the thresholds (default: the
-    folder's, or the checkpoint's eval.score_threshold)."""
+    bootstrap: int | None = None,
+) -> Scored:
+    """Every image of `annotations` predicted by `models`: a checkpoint, an exported TorchScript or ONNX file
+    (run as deployed: through torch.jit or onnxruntime), or a best/ folder (a study's, or its export) at its
+    tuned thresholds. `score_threshold` replaces the thresholds (default: the folder's, or the checkpoint's
+    eval.score_threshold); `bootstrap` resamples give the intervals (default: eval.bootstrap; 0: none)."""
     ensemble = Ensemble.load(models, device=device)
     cfg = ensemble.members[0].config
     index = load_coco(annotations, images_dir, label_map=ensemble.label_map, keep_empty=True,
@@ -47,59 +71,100 @@ def evaluate_models(
     run = run_predictions(ensemble, [r.path for r in index.images], gt=index, batch_size=batch_size,
                           progress=progress)
     thresholds = ensemble.thresholds if score_threshold is None else Thresholds(score_threshold, {})
-    metrics = _metrics(index, coco_results(run), thresholds, cfg.eval.iou_threshold, cfg.score)
     warnings = [f"{path}: not predicted, scored as missed ({reason})" for path, reason in run.skipped]
     warnings += [w for w in [crowding_warning(index, cfg.model.max_detections)] if w]
-    return {**metrics, "warnings": warnings} if warnings else metrics
+    return Scored(str(models), index, coco_results(run), thresholds, cfg.eval.iou_threshold, cfg.score,
+                  cfg.eval.bootstrap if bootstrap is None else bootstrap, warnings)
+
+
+def evaluate_models(models: str | Path, annotations: str | Path, images_dir: str | Path | None = None,
+                    **options: Any) -> dict[str, Any]:
+    """All metrics of `models` on `annotations` (the options and models are predicted's)."""
+    return predicted(models, annotations, images_dir, **options).metrics()
+
+
+def paired(a: Scored, b: Scored) -> dict[str, Difference]:
+    """A minus B on the same images, each at its own thresholds: the paired bootstrap interval of each
+    difference (A's resamples) and its word: better, worse or within noise."""
+    if a.index.label_map.category_ids != b.index.label_map.category_ids:
+        raise DatasetError(f"{a.name} and {b.name} detect other classes ({', '.join(a.index.label_map.names)} vs "
+                           f"{', '.join(b.index.label_map.names)}); compare models of one label map")
+    ids = [r.id for r in a.index.images]
+    if ids != [r.id for r in b.index.images]:
+        raise DatasetError(f"{a.name} and {b.name} were scored on other images; compare them on one annotation file")
+    gt = a.index.to_coco()
+    parts = [ImageParts.of(gt, s.results, s.thresholds, s.iou_threshold, s.score) for s in (a, b)]
+    return compare(*parts, Bootstrap(a.bootstrap), PAIRED)
 
 
 @dataclass
 class HeldOutResult:
-    ensemble: dict[str, Any]  # metrics at the operating point
-    members: list[dict[str, Any]]  # each member alone, at its own tuned threshold
-    operating_point: OperatingPoint
+    ensemble: dict[str, Any]  # metrics of what is published, at its operating point
+    members: list[dict[str, Any]]  # each candidate member alone, at its own tuned threshold
+    operating_point: OperatingPoint  # its `members` say which candidates are published
     predictions: PredictionRun  # every member's raw predictions (scores from 0), kept for later tuning
+    selection: Selection | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"ensemble": self.ensemble, "members": self.members,
-                "operating_point": self.operating_point.to_dict()}
+                "operating_point": self.operating_point.to_dict(),
+                **({"selection": self.selection.to_dict()} if self.selection else {})}
+
+    @property
+    def published(self) -> list[int]:
+        """The candidate members published (by index)."""
+        return self.operating_point.members if self.operating_point.members is not None else \
+            list(range(len(self.members)))
 
 
 def evaluate_on_test(models: Path, test: CocoIndex, cfg: Config) -> dict[str, Any]:
-    """The ensemble in `models` (a study's best/), at its operating point, scored once on the test split."""
+    """The ensemble in `models` (a study's best/), at its operating point, scored once on the test split,
+    with bootstrap intervals, each member beside it and the paired difference to each."""
     ensemble = Ensemble.load(models, device=cfg.train.device)
-    run = run_predictions(ensemble, [r.path for r in test.images], gt=test, batch_size=cfg.eval.batch_size)
-    [(_, metrics)] = ground_truth_metrics(run, test, ensemble.thresholds, iou_threshold=cfg.eval.iou_threshold,
-                                          score=cfg.score)
+    run = run_predictions(ensemble, [r.path for r in test.images], gt=test, batch_size=cfg.eval.batch_size,
+                          with_members=len(ensemble.members) > 1)
+    rows = ground_truth_metrics(run, test, ensemble.thresholds, len(ensemble.members),
+                                iou_threshold=cfg.eval.iou_threshold, score=cfg.score,
+                                bootstrap=Bootstrap(cfg.eval.bootstrap))
     boxes = sum(len(r.boxes) for r in test.images if r.id in set(run.image_ids))
-    return {"annotations": str(test.path), "images": len(run.image_ids), "boxes": boxes, "metrics": metrics}
+    (_, metrics), members = rows[0], [m for _, m in rows[1:]]
+    return {"annotations": str(test.path), "images": len(run.image_ids), "boxes": boxes, "metrics": metrics,
+            **({"members_alone": members} if members else {})}
 
 
 def evaluate_held_out(cfg: Config, run: Path, top_models: list[TopEntry], held_out: CocoIndex,
                       *, progress: bool = False) -> HeldOutResult:
-    """Predict the held-out split with each of the run's top models once, then choose the ensemble's operating
-    point (WBF settings and thresholds, operating_point.tune) from those stored predictions; metrics of the
-    ensemble there and of each member alone."""
+    """Predict the held-out split with each of the run's top models once, then choose what to publish
+    (selection.select: the members' fusion where it beats the best member, else that member) and its
+    operating point (WBF settings and thresholds) from those stored predictions; metrics of the published
+    models there and of each member alone, with bootstrap intervals."""
     if not top_models:
         raise DetectorError(f"{run}: the run kept no model (every epoch scored NaN)")
     ensemble = Ensemble.from_checkpoints([run / m.path for m in top_models], cfg.ensemble, cfg.train.device)
     predictions = run_predictions(ensemble, [r.path for r in held_out.images], gt=held_out,
                                   batch_size=cfg.eval.batch_size, progress=progress, with_members=True)
-    gt = held_out.subset(predictions.image_ids).to_coco()
-    point = tune(gt, predictions.predictions, predictions.image_ids, cfg,
-                 source=f"data.val ({held_out.path}): the published members' predictions")
+    ids, gt = predictions.image_ids, held_out.subset(predictions.image_ids).to_coco()
     single = dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune, wbf=False))
+    alone = [tune(gt, predictions.member(i).predictions, ids, single) for i in range(len(top_models))]
+    source = f"data.val ({held_out.path}): the published members' predictions"
+    point, selection = select(gt, predictions.predictions, ids, cfg, alone, source)
+    point = dataclasses.replace(point, source=source)
+    bootstrap = Bootstrap(cfg.eval.bootstrap)
     members = []
-    for i, m in enumerate(top_models):
-        alone = tune(gt, predictions.member(i).predictions, predictions.image_ids, single)
+    for i, (m, a) in enumerate(zip(top_models, alone)):
+        results = fused_results(predictions.predictions, ids, cfg.ensemble, [i])
         members.append({"path": m.path, "member": m.member, "source": m.source, "fold": m.fold,
-                        "epoch": m.epoch, "cv_score": m.score, "metrics": alone.metrics,
-                        "score_threshold": alone.thresholds.default})
-    fused = fused_results(predictions.predictions, predictions.image_ids, point.ensemble)
+                        "epoch": m.epoch, "cv_score": m.score, "score_threshold": a.thresholds.default,
+                        "published": i in (point.members or []),
+                        "metrics": with_intervals(a.metrics, gt, results, a.thresholds, cfg.eval.iou_threshold,
+                                                  cfg.score, bootstrap)})
+    fused = fused_results(predictions.predictions, ids, point.ensemble, point.members)
     confusion = confusion_matrix(gt, fused, point.thresholds, cfg.eval.iou_threshold).to_dict()
-    metrics = {**point.metrics, "annotations": str(held_out.path), "images": len(predictions.image_ids),
-               "confusion": confusion, "errors": error_breakdown(gt, fused, point.thresholds).to_dict()}
-    return HeldOutResult(metrics, members, point, predictions)
+    metrics = {**with_intervals(point.metrics, gt, fused, point.thresholds, cfg.eval.iou_threshold, cfg.score,
+                                bootstrap),
+               "annotations": str(held_out.path), "images": len(ids), "confusion": confusion,
+               "errors": error_breakdown(gt, fused, point.thresholds).to_dict()}
+    return HeldOutResult(metrics, members, point, predictions, selection)
 
 
 def write_held_out(paths: RunPaths, result: HeldOutResult) -> None:
@@ -121,7 +186,7 @@ def draw_heldout_worst(heldout: Path, predictions: Path, out_dir: Path, n: int =
         return []
     gt = load_coco(metrics["annotations"])
     stored = read_json(predictions)
-    run = PredictionRun([fused_image(ImagePrediction.from_dict(d), point.ensemble) for d in stored],
+    run = PredictionRun([fused_image(ImagePrediction.from_dict(d), point.ensemble, point.members) for d in stored],
                         [d["image_id"] for d in stored])
     return draw_worst(run, gt, Breakdown.from_dict(metrics["errors"]), point.thresholds, out_dir, n)
 
@@ -136,18 +201,25 @@ def tune_run(cfg: Config, run: Path, held_out: CocoIndex) -> HeldOutResult:
     return result
 
 
-def evaluate_results_file(
+def scored_results_file(
     results_path: str | Path,
     annotations: str | Path,
     *,
     score_threshold: float = 0.5,
     iou_threshold: float = 0.5,
     score: ScoreConfig | None = None,
-) -> dict[str, Any]:
-    """Metrics of a COCO results file ([{image_id, category_id, bbox: [x, y, w, h], score}])."""
+    bootstrap: int = RESAMPLES,
+) -> Scored:
+    """A COCO results file ([{image_id, category_id, bbox: [x, y, w, h], score}]) of any detector, checked
+    against `annotations`, with intervals from `bootstrap` resamples of its images (0: none)."""
     index = load_coco(annotations, check_images=False)
-    results = read_results(results_path, index)
-    return _metrics(index, results, Thresholds(score_threshold, {}), iou_threshold, score or ScoreConfig())
+    return Scored(str(results_path), index, read_results(results_path, index), Thresholds(score_threshold, {}),
+                  iou_threshold, score or ScoreConfig(), bootstrap)
+
+
+def evaluate_results_file(results_path: str | Path, annotations: str | Path, **options: Any) -> dict[str, Any]:
+    """All metrics of a COCO results file (the options are scored_results_file's)."""
+    return scored_results_file(results_path, annotations, **options).metrics()
 
 
 def read_results(path: str | Path, index: CocoIndex) -> list[dict[str, Any]]:
@@ -183,10 +255,11 @@ def read_results(path: str | Path, index: CocoIndex) -> list[dict[str, Any]]:
 
 
 def _metrics(index: CocoIndex, results, thresholds: Thresholds, iou_threshold: float,
-             score: ScoreConfig) -> dict[str, Any]:
+             score: ScoreConfig, bootstrap: Bootstrap) -> dict[str, Any]:
     gt = index.to_coco()
     metrics = evaluate_detections(gt, results, score_threshold=thresholds.default,
                                   class_thresholds=thresholds.per_class, iou_threshold=iou_threshold, score=score)
+    metrics = with_intervals(metrics, gt, results, thresholds, iou_threshold, score, bootstrap)
     metrics.update(images=len(index.images), predictions=len(results), score_threshold=thresholds.default,
                    iou_threshold=iou_threshold,
                    confusion=confusion_matrix(gt, results, thresholds, iou_threshold).to_dict(),

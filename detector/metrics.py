@@ -27,7 +27,7 @@ import math
 from collections import defaultdict
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -101,18 +101,21 @@ class OperatingPoint:
     source: str  # which predictions those were
     evaluations: int = 1
     seconds: float = 0.0
+    members: list[int] | None = None  # which of the candidate models are fused (by index); None: all of them
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.thresholds.to_dict(), "ensemble": dataclasses.asdict(self.ensemble), "score": self.score,
                 "configured_score": self.configured_score, "images": self.images, "source": self.source,
-                "evaluations": self.evaluations, "seconds": round(self.seconds, 3), "metrics": self.metrics}
+                "evaluations": self.evaluations, "seconds": round(self.seconds, 3), "members": self.members,
+                "metrics": self.metrics}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "OperatingPoint":
         ensemble = config_mod.from_dict({"ensemble": d["ensemble"]}, "operating point").ensemble
         return cls(Thresholds.from_dict(d), ensemble, float(d["score"]), float(d["configured_score"]),
                    d.get("metrics", {}), int(d.get("images", 0)), d.get("source", ""), int(d.get("evaluations", 1)),
-                   float(d.get("seconds", 0.0)))
+                   float(d.get("seconds", 0.0)),
+                   None if d.get("members") is None else [int(i) for i in d["members"]])
 
 
 def metrics_from(coco: dict[str, Any], matched: "Matches", gt: dict[str, Any], score: ScoreConfig,
@@ -288,6 +291,22 @@ def match(gt: dict[str, Any], results: list[dict[str, Any]], iou_threshold: floa
         num_gt[key[1]] += n_gt
     return Matches({c: np.asarray(v, np.float64) for c, v in tp.items()},
                    {c: np.asarray(v, np.float64) for c, v in fp.items()}, dict(num_gt))
+
+
+def match_image(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]], iou_threshold: float,
+                thresholds: Thresholds) -> Iterator[tuple[int, int, int, int]]:
+    """(image id, tp, fp, fn) per image and category at the thresholds: `match`, image by image."""
+    gts: dict[tuple[int, int], list] = defaultdict(list)
+    for a in gt.get("annotations", []):
+        gts[(a["image_id"], a["category_id"])].append(a)
+    preds: dict[tuple[int, int], list] = defaultdict(list)
+    for r in results:
+        preds[(r["image_id"], r["category_id"])].append(r)
+    for key in gts.keys() | preds.keys():
+        t = thresholds.of(key[1])
+        hits, misses, n_gt = _match_one(gts.get(key, []), preds.get(key, []), iou_threshold)
+        tp = sum(s >= t for s in hits)
+        yield key[0], tp, sum(s >= t for s in misses), n_gt - tp
 
 
 def match_counts(gt: dict[str, Any], results: list[dict[str, Any]], *, score_threshold: float,

@@ -20,6 +20,7 @@ from .engine import coco_detections
 from .ensemble import Ensemble, ImagePrediction
 from .errors import DatasetError, DetectorError
 from .files import atomic_file, read_json, write_json
+from .intervals import PAIRED, Bootstrap, ImageParts, compare, intervals_dict
 from .layout import PredictPaths
 from .metrics import Thresholds, evaluate_detections
 from .plots import confusion_figure, save_figures
@@ -294,17 +295,27 @@ def draw_worst(run: PredictionRun, gt: CocoIndex, breakdown: Breakdown, threshol
 
 def ground_truth_metrics(run: PredictionRun, gt: CocoIndex, thresholds: Thresholds, members: int = 0, *,
                          iou_threshold: float = 0.5, score: ScoreConfig | None = None,
-                         ) -> list[tuple[str, dict[str, Any]]]:
+                         bootstrap: Bootstrap | None = None) -> list[tuple[str, dict[str, Any]]]:
     """[(name, metrics)] of the ensemble and, next to it, of each of its `members` alone, at `thresholds`;
-    the ensemble's metrics hold its confusion matrix and error breakdown there too."""
+    the ensemble's metrics hold its confusion matrix and error breakdown there too. With `bootstrap`, each
+    row holds bootstrap intervals, and the ensemble's its paired difference to each member
+    ("versus_members")."""
     coco = gt.subset(run.image_ids).to_coco()
+    score = score or ScoreConfig()
     runs = [("ensemble", run)] + [(f"member {i}", run.member(i)) for i in range(members if members > 1 else 0)]
-    rows = [(name, evaluate_detections(coco, coco_results(r), score_threshold=thresholds.default,
+    results = [coco_results(r) for _, r in runs]
+    rows = [(name, evaluate_detections(coco, r, score_threshold=thresholds.default,
                                        class_thresholds=thresholds.per_class, iou_threshold=iou_threshold,
-                                       score=score)) for name, r in runs]
-    results = coco_results(run)
-    rows[0][1]["confusion"] = confusion_matrix(coco, results, thresholds, iou_threshold).to_dict()
-    rows[0][1]["errors"] = error_breakdown(coco, results, thresholds).to_dict()
+                                       score=score)) for (name, _), r in zip(runs, results)]
+    rows[0][1]["confusion"] = confusion_matrix(coco, results[0], thresholds, iou_threshold).to_dict()
+    rows[0][1]["errors"] = error_breakdown(coco, results[0], thresholds).to_dict()
+    if bootstrap is None or bootstrap.resamples == 0:
+        return rows
+    parts = [ImageParts.of(coco, r, thresholds, iou_threshold, score) for r in results]
+    for (_, m), p in zip(rows, parts):
+        m.update(intervals=intervals_dict(p, bootstrap), bootstrap=bootstrap.describe(p.images))
+    rows[0][1]["versus_members"] = [{k: d.to_dict() for k, d in compare(parts[0], p, bootstrap, PAIRED).items()}
+                                    for p in parts[1:]]
     return rows
 
 

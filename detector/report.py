@@ -9,16 +9,19 @@ from .files import read_json
 from .metric_log import read_metric_rows
 from .layout import RunPaths
 from .confusion import ConfusionMatrix
+from .intervals import Difference, format_interval
 from .metrics import SIZES
 from .plots import pr_figure, run_figures, save_figures
 
 
 def format_metrics(m: dict[str, Any]) -> str:
+    iv = lambda k: format_interval(m[k], (m.get("intervals") or {}).get(k))
     lines = [
-        f"mAP@[.5:.95] {m['map']:.4f}   mAP@0.5 {m['map_50']:.4f}   mAP@0.75 {m['map_75']:.4f}",
+        f"mAP@[.5:.95] {iv('map')}   mAP@0.5 {iv('map_50')}   mAP@0.75 {iv('map_75')}",
         f"at score >= {m.get('score_threshold', float('nan')):.2f}, IoU >= {m.get('iou_threshold', 0.5):.2f}: "
-        f"precision {m['precision']:.4f}   recall {m['recall']:.4f}   F1 {m['f1']:.4f}",
-        f"score (w_map * mAP@0.5 + w_f1 * F_beta): {m['score']:.4f}",
+        f"precision {m['precision']:.4f}   recall {m['recall']:.4f}   F1 {iv('f1')}",
+        f"score (w_map * mAP@0.5 + w_f1 * F_beta): {iv('score')}",
+        *([f"[low, high]: {m['bootstrap']}"] if m.get("intervals") else []),
         "by object size (area in the image's pixels: small < 32^2 <= medium < 96^2 <= large; - = no box that size):",
         "  AP " + "   ".join(f"{s} {_cell(m.get(f'map_{s}'))}" for s in SIZES)
         + "      AR " + "   ".join(f"{s} {_cell(m.get(f'mar_{s}'))}" for s in SIZES),
@@ -63,25 +66,52 @@ COMPARED_COLUMNS = PUBLISHED_COLUMNS[:-1] + ("mar_100", "threshold")
 
 
 def format_published(heldout: dict[str, Any], fold_mean: dict[str, float] | None = None, fmt: str = "table") -> str:
-    """The published models on data.val (a run's or study's heldout.json): each member alone at its own tuned
-    threshold and their fused ensemble at its operating point, below the folds' estimate (each fold's best
-    epoch on its own validation images: other images, so a guide rather than a comparison)."""
+    """The published models on data.val (a run's or study's heldout.json): each candidate member alone at its
+    own tuned threshold and what was published at its operating point, below the folds' estimate (each fold's
+    best epoch on its own validation images: other images, so a guide rather than a comparison); then their
+    intervals and why these members were published."""
     rows = []
     if fold_mean:
         rows.append(["fold estimate (mean)", *(_cell(fold_mean.get(k)) for k in PUBLISHED_COLUMNS)])
+    named = []
     for m in heldout["members"]:
         metrics = {**m["metrics"], "threshold": m.get("score_threshold")}
-        rows.append([f"member {m.get('member') or m['path']}", *(_cell(metrics.get(k)) for k in PUBLISHED_COLUMNS)])
-    e = heldout["ensemble"]
-    rows.append([f"ensemble of {len(heldout['members'])}",
-                 *(_cell({**e, "threshold": heldout["operating_point"]["score_threshold"]}.get(k))
-                   for k in PUBLISHED_COLUMNS)])
+        name = f"member {m.get('member') or m['path']}" + (" (published)" if m.get("published") else "")
+        named.append((name, m["metrics"]))
+        rows.append([name, *(_cell(metrics.get(k)) for k in PUBLISHED_COLUMNS)])
+    e, chosen = heldout["ensemble"], heldout["operating_point"].get("members")
+    published = (f"published: fusion of {len(chosen)}" if chosen and len(chosen) > 1 else
+                 f"published: member {chosen[0]} alone" if chosen else f"ensemble of {len(heldout['members'])}")
+    named.append((published, e))
+    rows.append([published, *(_cell({**e, "threshold": heldout["operating_point"]["score_threshold"]}.get(k))
+                              for k in PUBLISHED_COLUMNS)])
     title = f"published models on data.val ({e.get('annotations', '?')}, {e.get('images', '?')} images):\n"
     table = render_table(("model", *PUBLISHED_COLUMNS), rows, fmt)
     if fmt != "table":
         return table
-    return (title + table + (f"\n\nthe ensemble's {format_confusion(e['confusion'])}" if e.get("confusion") else "")
-            + (f"\n\nthe ensemble's errors: {format_errors(e['errors'])}" if e.get("errors") else ""))
+    parts = [title + table]
+    if e.get("intervals"):
+        parts.append(format_intervals(named))
+    if heldout.get("selection"):
+        parts.append(format_selection(heldout["selection"]))
+    if e.get("confusion"):
+        parts.append(f"the published models' {format_confusion(e['confusion'])}")
+    if e.get("errors"):
+        parts.append(f"the published models' errors: {format_errors(e['errors'])}")
+    return "\n\n".join(parts)
+
+
+def format_selection(selection: dict[str, Any]) -> str:
+    """Why these members were published: each fusion tried minus the best member alone on data.val."""
+    best = selection["best_member"]
+    lines = [f"published: {selection['reason']}",
+             f"each fusion tried minus member {best} alone ({selection.get('bootstrap', '')}):"]
+    for o in selection["options"]:
+        cells = "; ".join(f"{k} {d['difference']:+.4f} [{d['interval'][0]:+.4f}, {d['interval'][1]:+.4f}] "
+                          f"{d['verdict']}" for k, d in o["versus_best"].items() if k in ("map", "map_50", "score"))
+        lines.append(f"  members {', '.join(map(str, o['members']))}: {cells}"
+                     + ("  <- passes" if o["passes"] else ""))
+    return "\n".join(lines)
 
 
 def strict_json(value: Any) -> Any:
@@ -252,10 +282,37 @@ def format_per_class(m: dict[str, Any]) -> str:
 
 
 def format_comparison(rows: list[tuple[str, dict[str, Any]]]) -> str:
-    """Metrics of an ensemble next to each member's, then per-class AP50 and F1 side by side."""
+    """Metrics of an ensemble next to each member's (with their intervals, and the ensemble's paired
+    difference to each), then per-class AP50 and F1 side by side."""
     keys = COMPARED_COLUMNS
     overall = render_table(("model", *keys), [[name, *(_cell(m.get(k)) for k in keys)] for name, m in rows])
     header = ["class", *(f"{name} {k}" for name, _ in rows for k in ("AP50", "F1"))]
     per_class = [[c, *(f"{m['per_class'][c][k]:.4f}" for _, m in rows for k in ("ap50", "f1"))]
                  for c in rows[0][1]["per_class"]]
-    return overall + "\n\n" + render_table(header, per_class)
+    parts = [overall]
+    if rows[0][1].get("intervals"):
+        parts.append(format_intervals(rows))
+    for (name, _), diffs in zip(rows[1:], rows[0][1].get("versus_members") or []):
+        parts.append(f"{rows[0][0]} minus {name} on the same images:\n"
+                     + format_differences({k: Difference.from_dict(d) for k, d in diffs.items()}))
+    return "\n\n".join(parts + [render_table(header, per_class)])
+
+
+INTERVAL_COLUMNS = ("map", "map_50", "map_75", "f1")
+
+
+def format_intervals(rows: list[tuple[str, dict[str, Any]]], fmt: str = "table") -> str:
+    """Each model's mAP, mAP@0.5, mAP@0.75 and F1 with their bootstrap intervals."""
+    table = render_table(("model", *INTERVAL_COLUMNS), [
+        [name, *(format_interval(m[k], (m.get("intervals") or {}).get(k)) for k in INTERVAL_COLUMNS)]
+        for name, m in rows], fmt)
+    described = next((m["bootstrap"] for _, m in rows if m.get("bootstrap")), None)
+    return table + (f"\n[low, high]: {described}" if described and fmt == "table" else "")
+
+
+def format_differences(diffs: dict[str, Difference], fmt: str = "table") -> str:
+    """A paired comparison (intervals.compare): per metric both values, the difference, its interval and the
+    word for it."""
+    rows = [[k, f"{d.a:.4f}", f"{d.b:.4f}", f"{d.value:+.4f}", f"[{d.interval.low:+.4f}, {d.interval.high:+.4f}]",
+             d.verdict] for k, d in diffs.items()]
+    return render_table(("metric", "A", "B", "A - B", "95% interval", "verdict"), rows, fmt)

@@ -22,6 +22,7 @@ from ..cv import read_summary
 from ..data.coco import CocoIndex
 from ..evaluate import HeldOutResult, evaluate_held_out, evaluate_on_test, write_held_out
 from ..files import read_json, write_json
+from ..intervals import format_interval
 from ..layout import CONFIG, ENSEMBLE, RunPaths, StudyPaths, member_file
 from ..refit import Member, fold_epochs, member, seed_members
 from .trial_record import TrialRecord, latency_of
@@ -113,16 +114,23 @@ def publish(plan_: Plan, entries: list[TopEntry], directory: Path, cfg: Config, 
     """Tune the members' ensemble on data.val and make STUDY/best hold it (unchanged if it already does)."""
     paths = StudyPaths(directory)
     sources = [str(plan_.root / e.path) for e in entries]
-    if paths.ensemble.exists() and [m.get("path") for m in read_json(paths.ensemble)["members"]] == sources:
+    if paths.ensemble.exists() and _candidates(read_json(paths.ensemble)) == sources:
         return paths.best
     result = evaluate_held_out(config_mod.load(plan_.run.config), plan_.root, entries, held_out)
     point = result.operating_point
-    log(f"published ensemble of {len(entries)} on data.val: operating point from {point.evaluations} settings in "
-        f"{point.seconds:.1f}s: threshold {point.thresholds.default:.3f}, score {point.score:.4f} (configured "
-        f"{point.configured_score:.4f}); members alone: "
-        + ", ".join(f"{m['metrics']['score']:.4f}" for m in result.members))
+    log(f"members alone on data.val (mAP, score): "
+        + ", ".join(f"{m['metrics']['map']:.4f} {m['metrics']['score']:.4f}" for m in result.members))
+    log(f"published {len(result.published)} of {len(entries)}: {result.selection.reason}")
+    log(f"operating point from {point.evaluations} settings in {point.seconds:.1f}s: threshold "
+        f"{point.thresholds.default:.3f}, mAP {point.metrics['map']:.4f}, score {point.score:.4f} (configured "
+        f"{point.configured_score:.4f})")
     _write_best(plan_, entries, result, cfg, paths)
     return paths.best
+
+
+def _candidates(meta: dict) -> list[str]:
+    """The refit members best/ was chosen from (older best/ folders published them all)."""
+    return meta.get("candidates") or [m.get("path") for m in meta["members"]]
 
 
 def _write_best(plan_: Plan, entries: list[TopEntry], result: HeldOutResult, cfg: Config,
@@ -132,7 +140,8 @@ def _write_best(plan_: Plan, entries: list[TopEntry], result: HeldOutResult, cfg
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     members = []
-    for i, (e, alone) in enumerate(zip(entries, result.members)):
+    for i, k in enumerate(result.published):
+        e, alone = entries[k], result.members[k]
         name = member_file(i)
         _link_or_copy(plan_.root / e.path, tmp / name)
         members.append({"file": name, "path": str(plan_.root / e.path), "source": e.source or
@@ -146,8 +155,9 @@ def _write_best(plan_: Plan, entries: list[TopEntry], result: HeldOutResult, cfg
         "trial": best.number, "value": best.values[0], "latency_ms": latency_of(best), "params": best.params,
         "run": run.root.name,
         "fold_estimate": TrialRecord.of(best).cv_mean, "refit": {**cfg.to_dict()["refit"], "epochs_trained":
-                                                                   [e.epoch + 1 for e in entries]},
-        "metrics": result.ensemble, "members": members, "ensemble": point["ensemble"],
+                                                                   [entries[k].epoch + 1 for k in result.published]},
+        "metrics": result.ensemble, "members": members, "candidates": [str(plan_.root / e.path) for e in entries],
+        "selection": result.selection.to_dict(), "ensemble": point["ensemble"],
         "score_threshold": point["score_threshold"], "class_thresholds": point["class_thresholds"],
         "iou_threshold": cfg.eval.iou_threshold, "operating_point": point, "label_map": label_map})
     write_held_out(RunPaths(tmp), result)
@@ -171,10 +181,14 @@ def score_best_on_test(directory: Path, test: CocoIndex, cfg: Config, log: Calla
         return read_json(paths.test)
     result = {"trial": meta["trial"], "members": published, **evaluate_on_test(paths.best, test, cfg)}
     write_json(paths.test, result)
-    m = result["metrics"]
-    log(f"test split ({result['images']} images, {result['boxes']} boxes), published ensemble: score "
-        f"{m['score']:.4f}, map_50 {m['map_50']:.4f}, map {m['map']:.4f}, recall {m['recall']:.4f}, precision "
-        f"{m['precision']:.4f}")
+    m, iv = result["metrics"], lambda k: format_interval(m[k], (m.get("intervals") or {}).get(k))
+    log(f"test split ({result['images']} images, {result['boxes']} boxes), published models: map {iv('map')}, "
+        f"map_50 {iv('map_50')}, map_75 {iv('map_75')}, f1 {iv('f1')}, score {m['score']:.4f}"
+        + (f" ({m['bootstrap']})" if m.get("bootstrap") else ""))
+    for i, diffs in enumerate(m.get("versus_members") or []):
+        log(f"  minus member {i} alone: " + ", ".join(f"{k} {d['difference']:+.4f} [{d['interval'][0]:+.4f}, "
+                                                        f"{d['interval'][1]:+.4f}] {d['verdict']}"
+                                                        for k, d in diffs.items() if k in ("map", "map_50")))
     return result
 
 

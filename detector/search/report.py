@@ -10,7 +10,9 @@ import optuna
 from ..layout import StudyPaths
 from ..plots import pareto_figure, save_figures, study_figures
 from ..files import read_json
-from ..report import format_per_class, format_published, format_trials, worst_line
+from ..intervals import Difference
+from ..report import (format_differences, format_intervals, format_per_class, format_published, format_trials,
+                      worst_line)
 from .objective import _format_params
 from .storage import load_study
 from .trial_record import TrialRecord
@@ -67,6 +69,12 @@ def _published(paths: StudyPaths, best: dict[str, Any]) -> list[str]:
         lines.append(f"test score on data.test ({test['annotations']}, {test['images']} images, {test['boxes']} "
                      f"boxes; never used to select or tune): {m['score']:.4f}  map_50 {m['map_50']:.4f}  map "
                      f"{m['map']:.4f}")
+        if m.get("intervals"):
+            alone = [(f"member {i} alone", x) for i, x in enumerate(test.get("members_alone") or [])]
+            lines.append(format_intervals([("published", m), *alone]))
+        for i, diffs in enumerate(m.get("versus_members") or []):
+            lines.append(f"published minus member {i} alone on data.test:\n"
+                         + format_differences({k: Difference.from_dict(d) for k, d in diffs.items()}))
         lines.append(format_per_class(m))
     else:
         lines.append("no data.test: the scores above are the only ones; set data.test to an untouched split for "
