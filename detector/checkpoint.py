@@ -165,8 +165,11 @@ def restore_model(path: str | Path, device: str | torch.device = "cpu") -> Resto
     state = load_checkpoint(path)
     cfg = config_mod.from_dict(state.config, source=str(path))
     label_map = LabelMap.from_dict(state.label_map)
-    model, _ = faster_rcnn.build(replace(cfg.model, pretrained=False), num_classes=label_map.num_classes,
-                                 image_size=state.image_size, anchor_shapes=state.anchors)
+    # no fitted anchors recorded: it trained with torchvision's (anchors default, or auto kept them)
+    anchors = cfg.model.anchors if state.anchors is not None else "default"
+    model, _ = faster_rcnn.build(replace(cfg.model, pretrained=False, anchors=anchors),
+                                 num_classes=label_map.num_classes, image_size=state.image_size,
+                                 anchor_shapes=state.anchors)
     try:
         model.load_state_dict(state.model)
     except RuntimeError as e:

@@ -159,3 +159,27 @@ def test_anchors_auto_keeps_the_defaults_where_k_means_fits_no_better():
     cells = np.random.default_rng(0).uniform(20, 28, size=(200, 2)).astype(np.float32)  # small, tight cells
     model, fit = build(cfg.model, num_classes=2, image_size=512, box_shapes=cells)
     assert fit.used and fit.beats_default and isinstance(model.rpn.anchor_generator, FittedAnchorGenerator)
+
+
+def test_a_checkpoint_that_kept_the_default_anchors_under_auto_is_restored(tmp_path):
+    """anchors auto that kept torchvision's anchors records none: restoring must not try to fit again (seen
+    on the cards photos: a study's publish stopped with 'needs training boxes to fit')."""
+    from dataclasses import replace
+
+    from detector.checkpoint import Checkpoint, restore_model, save_checkpoint
+    from detector.models import faster_rcnn
+
+    cfg = config.load(None, ["model.backbone=resnet18", "model.anchors=auto", "model.fpn_channels=16",
+                             "model.representation_size=32", "model.pretrained=false"])
+    sizes = np.array([32, 64, 128, 256, 512], np.float32)
+    model, fit = build(cfg.model, num_classes=2, image_size=512, box_shapes=np.repeat(np.stack([sizes, sizes], 1), 20, 0))
+    assert not fit.used
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, Checkpoint(model=model.state_dict(), epoch=0, image_size=512, config=cfg.to_dict(),
+                                     label_map={"category_ids": [1, 2], "names": ["a", "b"]},
+                                     normalization=faster_rcnn.normalization(model), anchors=None))
+    restored = restore_model(path)
+    assert restored.config.model.anchors == "auto" and restored.anchors is None
+    images = [torch.rand(3, 96, 128)]
+    with torch.no_grad():
+        assert restored.model(images)[0]["boxes"].shape[1] == 4

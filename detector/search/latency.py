@@ -47,7 +47,7 @@ class LatencyProbe(Callback):
         if not main:
             return 0.0
         if self.ms is None:
-            model, _ = faster_rcnn.build(replace(self.cfg.model, pretrained=False),
+            model, _ = faster_rcnn.build(replace(self.cfg.model, pretrained=False, anchors="default"),  # no boxes
                                          num_classes=index.label_map.num_classes, image_size=self.cfg.data.image_size)
             member = RestoredModel(model, index.label_map, self.cfg.data.image_size, self.cfg, None, {}, "", 0)
             self.ms = ensemble_ms(member, self.cfg, self.images, self.device)
