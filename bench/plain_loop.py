@@ -47,8 +47,8 @@ class Backbone(torch.nn.Module):
 
 
 class Coco(torch.utils.data.Dataset):
-    def __init__(self, annotations: str):
-        self.coco, self.root = COCO(annotations), Path(annotations).parent
+    def __init__(self, annotations: str, images: str | None = None):
+        self.coco, self.root = COCO(annotations), Path(images or Path(annotations).parent)
         self.ids = [i for i in sorted(self.coco.imgs) if self.coco.getAnnIds(imgIds=i)]
         self.labels = {c: k + 1 for k, c in enumerate(sorted({a["category_id"] for a in self.coco.anns.values()}))}
 
@@ -70,9 +70,10 @@ def build(num_classes: int, size: int) -> FasterRCNN:
                       max_size=size, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
-def train(train_json: str, size: int, epochs: int, seed: int = 0) -> tuple[FasterRCNN, dict[int, int]]:
+def train(train_json: str, size: int, epochs: int, seed: int = 0, images: str | None = None,
+          ) -> tuple[FasterRCNN, dict[int, int]]:
     torch.manual_seed(seed)
-    data = Coco(train_json)
+    data = Coco(train_json, images)
     loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=True, collate_fn=lambda b: tuple(zip(*b)))
     model = build(len(data.labels) + 1, size)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4, weight_decay=1e-4)
@@ -90,9 +91,9 @@ def train(train_json: str, size: int, epochs: int, seed: int = 0) -> tuple[Faste
 
 
 @torch.inference_mode()
-def predict(model: FasterRCNN, labels: dict[int, int], test_json: str) -> list[dict]:
+def predict(model: FasterRCNN, labels: dict[int, int], test_json: str, images: str | None = None) -> list[dict]:
     model.eval()
-    coco, root, back = COCO(test_json), Path(test_json).parent, {v: k for k, v in labels.items()}
+    coco, root, back = COCO(test_json), Path(images or Path(test_json).parent), {v: k for k, v in labels.items()}
     results = []
     for image_id, info in coco.imgs.items():
         image = ImageOps.exif_transpose(Image.open(root / info["file_name"])).convert("RGB")
@@ -113,14 +114,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("train")
     parser.add_argument("test")
+    parser.add_argument("--train-images", help="folder the training file names are relative to (default: its folder)")
+    parser.add_argument("--test-images", help="folder the test file names are relative to (default: its folder)")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=384)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--json", help="write the result here")
     parser.add_argument("--predictions", help="write the test predictions here (COCO results)")
     args = parser.parse_args()
     started = time.perf_counter()
-    model, labels = train(args.train, args.size, args.epochs)
-    results = predict(model, labels, args.test)
+    model, labels = train(args.train, args.size, args.epochs, args.seed, args.train_images)
+    results = predict(model, labels, args.test, args.test_images)
     result = {**score(results, args.test), "seconds": round(time.perf_counter() - started, 1)}
     if args.predictions:
         Path(args.predictions).write_text(json.dumps(results))

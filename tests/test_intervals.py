@@ -184,3 +184,67 @@ def test_members_that_find_what_the_others_miss_are_published_fused():
     chosen = next(o for o in selection.options if o.members == selection.chosen)
     assert chosen.passes and chosen.versus_best["map_50"].verdict == "better"
     assert chosen.point.metrics["map"] >= max(o.point.metrics["map"] for o in selection.options if o.passes)
+
+
+def test_evaluate_prints_intervals_and_the_paired_difference_to_another_model(tmp_path):
+    from tests.helpers import run_cli
+
+    gt, results = _scene(6, images=40, crowd=False)
+    rng = np.random.default_rng(1)
+    loose = [{**r, "bbox": [r["bbox"][0] + rng.normal(0, 9), r["bbox"][1] + rng.normal(0, 9), *r["bbox"][2:]]}
+             for r in results]
+    gt_path, tight_path, loose_path = tmp_path / "gt.json", tmp_path / "tight.json", tmp_path / "loose.json"
+    for path, doc in ((gt_path, gt), (tight_path, results), (loose_path, loose)):
+        path.write_text(json.dumps(doc))
+    done = run_cli("evaluate", "--predictions", str(tight_path), str(gt_path), "--against", str(loose_path),
+                   "--against", str(tight_path), "--json", "--bootstrap", "500")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    low, high = out["intervals"]["map"]
+    assert low <= out["map"] <= high and "500 resamples" in out["bootstrap"]
+    versus_loose, versus_itself = out["versus"]
+    assert versus_loose["against"] == str(loose_path) and versus_loose["map"]["verdict"] == "better"
+    assert versus_itself["map"]["verdict"] == "within noise" and versus_itself["map"]["difference"] == 0
+    text = run_cli("evaluate", "--predictions", str(tight_path), str(gt_path), "--against", str(loose_path))
+    assert text.returncode == 0, text.stderr
+    again = json.loads(run_cli("evaluate", "--predictions", str(tight_path), str(gt_path), "--json").stdout)
+    low, high = again["intervals"]["map"]  # the default 2000 resamples, seed 0: the same every time
+    assert f"mAP@[.5:.95] {out['map']:.4f} [{low:.4f}, {high:.4f}]" in text.stdout
+    assert "minus" in text.stdout and "better" in text.stdout and "2000 resamples" in text.stdout
+    off = json.loads(run_cli("evaluate", "--predictions", str(tight_path), str(gt_path), "--json",
+                             "--bootstrap", "0").stdout)
+    assert "intervals" not in off and off["map"] == out["map"]
+    bad = run_cli("evaluate", "--predictions", str(tight_path), str(gt_path), "--bootstrap", "5")
+    assert bad.returncode == 2 and "--bootstrap" in bad.stderr and "Traceback" not in bad.stderr
+
+
+class _TightAndLoose:
+    """Two members that find every box: member 0 within a pixel, member 1 7 px off, as confident (scores
+    drawn alike, so no threshold tells their boxes apart)."""
+
+    members = (0, 1)
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, m, i, k):
+        score = float(self.rng.uniform(0.5, 1.0))
+        if m == 0:
+            return float(self.rng.normal(0, 0.5)), float(self.rng.normal(0, 0.5)), score
+        return 7.0 * float(self.rng.choice([-1.0, 1.0])), 7.0, score
+
+
+def test_a_wbf_setting_that_raises_the_score_but_loosens_the_boxes_is_not_kept():
+    import dataclasses
+
+    from detector.operating_point import _candidate, fused_results, tune
+
+    gt, stored = _members(_TightAndLoose(0))
+    ids = [i["id"] for i in gt["images"]]
+    cfg = config.load(None, ["tune.min_class_boxes=1000", "ensemble.iou_thr=0.7", "ensemble.conf_type=avg"])
+    merged = dataclasses.replace(cfg.ensemble, iou_thr=0.4)  # merges the loose boxes into the tight ones
+    configured = _candidate(gt, fused_results(stored, ids, cfg.ensemble), cfg.ensemble, cfg)
+    loose = _candidate(gt, fused_results(stored, ids, merged), merged, cfg)
+    assert loose.score > configured.score and loose.metrics["map"] < configured.metrics["map"]  # the trap
+    point = tune(gt, stored, ids, cfg)
+    assert point.metrics["map"] >= configured.metrics["map"] and point.ensemble.iou_thr != 0.4

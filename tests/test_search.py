@@ -163,7 +163,10 @@ def test_study_end_to_end_with_a_killed_trial_resumed(sample, tmp_path):
     assert meta["fold_estimate"]["score"] == pytest.approx(best.value)
     # published: the best config refit on all of data.train with 2 seeds, for the epochs its folds chose
     run_dir = best.user_attrs["run_dir"]
-    assert [m["source"] for m in meta["members"]] == [f"{run_dir}, seed 0", f"{run_dir}, seed 1"]
+    assert meta["candidates"] == [str(study_dir / "refit" / f"{run_dir}_seed_{s}" / "model.pt") for s in (0, 1)]
+    chosen = meta["selection"]["chosen"]  # the fusion where data.val says it beats the best member, else that one
+    assert chosen == meta["operating_point"]["members"] and chosen in ([0, 1], [meta["selection"]["best_member"]])
+    assert [m["source"] for m in meta["members"]] == [f"{run_dir}, seed {s}" for s in chosen]
     assert all((study_dir / "best" / m["file"]).exists() for m in meta["members"])
     train_images = len(json.loads(sample["train"].read_text())["images"])
     for seed in (0, 1):
@@ -171,7 +174,7 @@ def test_study_end_to_end_with_a_killed_trial_resumed(sample, tmp_path):
         assert config.load(member / "config.yaml").train.seed == seed
         assert json.loads(RunPaths(member).summary.read_text())["train_images"] == train_images
     epochs = round(sum(f + 1 for f in best.user_attrs["best_epochs"]) / 2 + 1e-9)
-    assert meta["refit"]["epochs_trained"] == [epochs, epochs]
+    assert meta["refit"]["epochs_trained"] == [epochs] * len(chosen)
     heldout = json.loads(RunPaths(study_dir / "best").heldout.read_text())  # tuned on the members' val boxes
     assert heldout["operating_point"]["ensemble"] == meta["ensemble"]
     assert heldout["operating_point"]["score_threshold"] == meta["score_threshold"]
