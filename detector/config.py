@@ -200,6 +200,10 @@ class RefitConfig:
     # trials: the configs of the `members` best trials (a cv run has one config: seeds)
     members: int = at_least(3, 1)
     epochs: int = at_least(0, 0, "be 0 (the epochs the folds chose) or more")  # 0: the epochs the folds chose (their mean best epoch, rounded); else this many
+    # with refit.epochs 0, when every fold's best epoch was its last (still improving when the epoch limit
+    # stopped it), the refit trains this many times the folds' epochs (bench/refit_epochs.py: 2x gave
+    # members +0.04 mAP on RBC and +0.12 on the cards photos); 1: as the folds
+    capped_factor: float = checked(2.0, lambda v: 1.0 <= v <= 10.0, "lie in [1, 10]")
 
 
 def _default_space() -> dict[str, Any]:

@@ -27,7 +27,7 @@ from .layout import RunPaths
 from .metrics import METRIC_KEYS, OperatingPoint, Thresholds, coco_map, match, metrics_from
 from .thresholds import tune_thresholds
 from . import distributed, preflight
-from .refit import fold_epochs, refit as refit_members, seed_members
+from .refit import refit as refit_members, refit_epochs, seed_members
 from .runs import owned_run
 from .data.splits import load_splits
 from .train import fit
@@ -111,8 +111,7 @@ def _refit(cfg: Config, paths: RunPaths, index: CocoIndex, val_index: CocoIndex,
            progress, log) -> None:
     """The run's published members: its config with refit.members seeds, trained on all of `index` for the
     epochs the folds chose; top_models.json lists them."""
-    epochs = fold_epochs(read_summary(paths.root).folds, cfg.refit.epochs)
-    why = "refit.epochs" if cfg.refit.epochs else "the folds' mean best epoch"
+    epochs, why = refit_epochs(read_summary(paths.root).folds, cfg.refit.epochs, cfg.refit.capped_factor)
     log(f"refit: {cfg.refit.members} member(s) on all {len(index.images)} training images, {epochs} epochs ({why})")
     entries = refit_members(seed_members(cfg, epochs, cfg.refit.members), index, val_index, paths.refit,
                             progress=progress, log=log, process=process)

@@ -15,6 +15,8 @@ from detector.errors import ConfigError, DatasetError
 from detector.layout import RunPaths, StudyPaths
 from detector.search import Objective, PruningHook, check_space, load_study, run_study, suggest
 from detector.data.splits import load_splits
+from detector.cv import read_summary
+from detector.refit import fold_epochs
 from tests.helpers import CLI, wait_until
 from tests.test_train import TINY
 
@@ -173,7 +175,7 @@ def test_study_end_to_end_with_a_killed_trial_resumed(sample, tmp_path):
         member = study_dir / "refit" / f"{run_dir}_seed_{seed}"
         assert config.load(member / "config.yaml").train.seed == seed
         assert json.loads(RunPaths(member).summary.read_text())["train_images"] == train_images
-    epochs = round(sum(f + 1 for f in best.user_attrs["best_epochs"]) / 2 + 1e-9)
+    epochs = fold_epochs(read_summary(study_dir / run_dir).folds, 0, 2.0)
     assert meta["refit"]["epochs_trained"] == [epochs] * len(chosen)
     heldout = json.loads(RunPaths(study_dir / "best").heldout.read_text())  # tuned on the members' val boxes
     assert heldout["operating_point"]["ensemble"] == meta["ensemble"]
@@ -398,10 +400,13 @@ def test_refit_plans_follow_the_strategy_and_the_ranked_trials(tmp_path):
         study.tell(trial, value)
     seeds = plan(study, tmp_path, config.load(None, ["refit.members=2"]))
     assert seeds.best.number == 1 and [m.name for m in seeds.members] == ["trial_0001_seed_0", "trial_0001_seed_1"]
-    assert all(m.config.train.lr == 2e-3 and m.config.train.epochs == 4 for m in seeds.members)  # folds chose 4
+    # its folds chose 4 of 4: the limit stopped them still improving, so the refit trains 2x (refit.capped_factor)
+    assert all(m.config.train.lr == 2e-3 and m.config.train.epochs == 8 for m in seeds.members)
+    as_folds = plan(study, tmp_path, config.load(None, ["refit.members=2", "refit.capped_factor=1"]))
+    assert all(m.config.train.epochs == 4 for m in as_folds.members)
     trials = plan(study, tmp_path, config.load(None, ["refit.strategy=trials", "refit.members=2"]))
     assert [(m.name, m.config.train.lr, m.config.train.epochs) for m in trials.members] == [
-        ("trial_0001", 2e-3, 4), ("trial_0002", 3e-3, 2)]  # by value; each trial's own folds choose its epochs
+        ("trial_0001", 2e-3, 8), ("trial_0002", 3e-3, 2)]  # by value; each trial's own folds choose its epochs
     write_json(RunPaths(tmp_path / "trial_0001").top_models, [{"path": "top/fold0_epoch003.pt", "fold": 0}])
     folds = plan(study, tmp_path, config.load(None, ["refit.strategy=folds"]))
     assert folds.members == [] and folds.entries[0].path == "top/fold0_epoch003.pt"
@@ -511,3 +516,18 @@ def test_a_study_of_score_and_latency_times_each_trial_and_reports_its_pareto_fr
     text, plots = report_study(tmp_path / "pareto")
     assert "Pareto front (" in text and "<- best/" in text and "ms/image" in text
     assert any(p.name == "pareto_front.png" and p.stat().st_size > 0 for p in plots)
+
+
+def test_a_refit_trains_longer_only_when_the_epoch_limit_stopped_every_fold():
+    from detector.refit import capped, refit_epochs
+
+    capped_folds = [{"best_epoch": 2, "epochs_run": 3, "stopped_early": False}] * 2
+    assert capped(capped_folds) and refit_epochs(capped_folds, 0, 2.0)[0] == 6
+    assert "still improving" in refit_epochs(capped_folds, 0, 2.0)[1]
+    assert refit_epochs(capped_folds, 0, 1.0) == (3, "the folds' mean best epoch")
+    assert refit_epochs(capped_folds, 5, 2.0) == (5, "refit.epochs")
+    peaked = [{"best_epoch": 2, "epochs_run": 3, "stopped_early": False},
+              {"best_epoch": 1, "epochs_run": 3, "stopped_early": False}]  # one fold peaked before the limit
+    assert not capped(peaked) and refit_epochs(peaked, 0, 2.0)[0] == 3
+    stopped = [{"best_epoch": 4, "epochs_run": 5, "stopped_early": True}]
+    assert not capped(stopped) and refit_epochs(stopped, 0, 2.0)[0] == 5

@@ -24,7 +24,7 @@ from ..evaluate import HeldOutResult, evaluate_held_out, evaluate_on_test, write
 from ..files import read_json, write_json
 from ..intervals import format_interval
 from ..layout import CONFIG, ENSEMBLE, RunPaths, StudyPaths, member_file
-from ..refit import Member, fold_epochs, member, seed_members
+from ..refit import Member, member, refit_epochs, seed_members
 from .trial_record import TrialRecord, latency_of
 from .objective import free_checkpoints
 
@@ -83,6 +83,7 @@ class Plan:
     root: Path
     members: list[Member]
     entries: list[TopEntry]
+    why: str = ""  # how the members' epochs were chosen
 
 
 def plan(study: optuna.Study, directory: Path, cfg: Config) -> Plan | None:
@@ -94,19 +95,20 @@ def plan(study: optuna.Study, directory: Path, cfg: Config) -> Plan | None:
     if cfg.refit.strategy == "folds":
         return Plan(ranked[0], runs[0], runs[0].root, [], read_index(runs[0])[0])
     if cfg.refit.strategy == "seeds":
-        trial_cfg, epochs = _trial_recipe(runs[0], cfg)
+        trial_cfg, epochs, why = _trial_recipe(runs[0], cfg)
         members = seed_members(trial_cfg, epochs, cfg.refit.members, prefix=f"{runs[0].root.name}_")
     else:
         members = []
         for t, run in list(zip(ranked, runs))[: cfg.refit.members]:
-            trial_cfg, epochs = _trial_recipe(run, cfg)
+            trial_cfg, epochs, why = _trial_recipe(run, cfg)
             members.append(member(trial_cfg, epochs, trial_cfg.train.seed, run.root.name, f"trial {t.number}"))
-    return Plan(ranked[0], runs[0], paths.refit, members, [])
+    return Plan(ranked[0], runs[0], paths.refit, members, [], why)
 
 
-def _trial_recipe(run: RunPaths, cfg: Config) -> tuple[Config, int]:
-    """A trial's config (its parameters applied) and the epochs its folds chose."""
-    return config_mod.load(run.config), fold_epochs(read_summary(run.root).folds, cfg.refit.epochs)
+def _trial_recipe(run: RunPaths, cfg: Config) -> tuple[Config, int, str]:
+    """A trial's config (its parameters applied), the epochs its folds chose and why."""
+    return (config_mod.load(run.config),
+            *refit_epochs(read_summary(run.root).folds, cfg.refit.epochs, cfg.refit.capped_factor))
 
 
 def publish(plan_: Plan, entries: list[TopEntry], directory: Path, cfg: Config, held_out: CocoIndex,

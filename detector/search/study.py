@@ -124,6 +124,8 @@ def _publish(study: optuna.Study, directory: Path, cfg: Config, held_out, w: dis
             return None
         entries = planned.entries
         if planned.members:
+            log(f"refit: {len(planned.members)} member(s) on all of data.train, "
+                f"{planned.members[0].config.train.epochs} epochs ({planned.why})")
             ranks.announce_refit(w, planned.members, planned.root)
             entries = refit_members(planned.members, planned.root)
         return publish(planned, entries, directory, cfg, held_out, log)
