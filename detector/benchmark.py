@@ -19,7 +19,7 @@ import torch
 from torchvision.ops import box_iou
 
 from .checkpoint import restore_model
-from .errors import ConfigError
+from .errors import ConfigError, DetectorError
 from .export import deployed, serialize
 from .quantize import quantize_int8
 from .runtimes import Outputs, Runtime, eager, onnx, seconds_per_image, torchscript
@@ -46,6 +46,7 @@ class Benchmark:
     images: int
     threads: int
     rows: list[Row] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # runtimes this machine cannot run, and why
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,6 +59,7 @@ class Benchmark:
         for r in self.rows:
             lines.append(f"{r.runtime:<12} {r.device:<7} {r.image_size:>5} {r.batch_size:>5} {r.ms_per_image:>9.1f} "
                          f"{r.images_per_second:>9.2f} {r.found:>6.3f} {r.max_box_px:>7.3f}")
+        lines += [f"not measured: {why}" for why in self.skipped]
         return "\n".join(lines)
 
 
@@ -78,32 +80,41 @@ def benchmark(checkpoint: str | Path, images: Sequence[np.ndarray], *, sizes: Se
             module = deployed(restored, size)
             reference = eager(module, target)
             expected = [reference.run(im) for im in images]
-            for runtime in _runtimes(module, runtimes, target, Path(tmp) / str(size), images):
+            for runtime in _runtimes(module, runtimes, target, Path(tmp) / str(size), images, report.skipped):
                 for batch in batch_sizes if runtime.run_batch is not None else [1]:
                     report.rows.append(_row(runtime, size, batch, images, expected, repeats))
     return report
 
 
 def _runtimes(module: torch.nn.Module, names: Sequence[str], device: torch.device, folder: Path,
-              images: Sequence[np.ndarray]) -> list[Runtime]:
-    """Each runtime asked for, its file exported from `module` into `folder` (INT8 calibrated on `images`)."""
+              images: Sequence[np.ndarray], skipped: list[str]) -> list[Runtime]:
+    """Each runtime asked for, its file exported from `module` into `folder` (INT8 calibrated on `images`);
+    one this machine cannot build (onnx or onnxruntime not installed) is added to `skipped` with the reason,
+    and the others are still measured."""
     folder.mkdir(parents=True)
     out = []
     for name in names:
-        if name == "eager":
-            out.append(eager(module, device))
-        elif name == "torchscript":
-            (folder / "model.pt").write_bytes(serialize(copy.deepcopy(module).cpu(), "torchscript"))
-            out.append(torchscript(folder / "model.pt", device))
-        else:
-            fp32 = folder / "model.onnx"
-            if not fp32.exists():
-                fp32.write_bytes(serialize(copy.deepcopy(module).cpu(), "onnx"))
-            if name == "int8":
-                quantize_int8(fp32, folder / "int8.onnx", images)
-            out.append(onnx(folder / ("int8.onnx" if name == "int8" else "model.onnx"), device,
-                            "onnx-int8" if name == "int8" else "onnxruntime"))
+        try:
+            out.append(_runtime(module, name, device, folder, images))
+        except DetectorError as e:
+            skipped.append(f"{name} at {module.image_size} px: {e}")
     return out
+
+
+def _runtime(module: torch.nn.Module, name: str, device: torch.device, folder: Path,
+             images: Sequence[np.ndarray]) -> Runtime:
+    if name == "eager":
+        return eager(module, device)
+    if name == "torchscript":
+        (folder / "model.pt").write_bytes(serialize(copy.deepcopy(module).cpu(), "torchscript"))
+        return torchscript(folder / "model.pt", device)
+    fp32 = folder / "model.onnx"
+    if not fp32.exists():
+        fp32.write_bytes(serialize(copy.deepcopy(module).cpu(), "onnx"))
+    if name == "int8":
+        quantize_int8(fp32, folder / "int8.onnx", images)
+    return onnx(folder / ("int8.onnx" if name == "int8" else "model.onnx"), device,
+                "onnx-int8" if name == "int8" else "onnxruntime")
 
 
 def _row(runtime: Runtime, size: int, batch: int, images: Sequence[np.ndarray], expected: list[Outputs],

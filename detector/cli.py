@@ -96,6 +96,7 @@ def _export_parser(sub) -> None:
                    help="TorchScript with fp16 weights for CUDA GPUs (built on a machine with one)")
     x.add_argument("--calibration", metavar="COCO_JSON", default=None,
                    help="with --quantize: the images to calibrate and score on (default: the checkpoint's data.val)")
+    x.add_argument("--force", action="store_true", help="replace an existing --out (never the model itself)")
     x.set_defaults(func=_export)
 
 
@@ -109,11 +110,12 @@ def _benchmark_parser(sub) -> None:
     b.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes for eager, e.g. 1,4")
     b.add_argument("--runtimes", default="eager,torchscript,onnx,int8", help="comma-separated, from "
                                                                              "eager,torchscript,onnx,int8")
-    b.add_argument("--limit", type=int, default=16, help="at most this many images (default 16)")
-    b.add_argument("--repeats", type=int, default=3, help="timed passes; the best counts (default 3)")
+    b.add_argument("--limit", type=_positive_int, default=16, help="at most this many images (default 16)")
+    b.add_argument("--repeats", type=_positive_int, default=3, help="timed passes; the best counts (default 3)")
     b.add_argument("--device", default="auto", help="auto, cpu or cuda (ONNX Runtime uses its CUDA provider "
                                                     "when installed)")
     b.add_argument("--json", metavar="PATH", help="also write the table as JSON")
+    b.add_argument("--force", action="store_true", help="replace an existing --json file")
     b.set_defaults(func=_benchmark)
 
 
@@ -457,7 +459,7 @@ def _export(args) -> int:
         raise ConfigError("--calibration only applies with --quantize int8")
     calibration = load_coco(args.calibration, check_images=False) if args.calibration else None
     for path in export_models(args.model, args.format, args.out, quantize=args.quantize, calibration=calibration,
-                              half=args.half):
+                              half=args.half, force=args.force):
         print(f"wrote {path}")
         if args.quantize and path.suffix == ".onnx":
             print("  " + QuantizationReport.from_dict(read_labels(path)["int8"]).summary())
@@ -470,9 +472,13 @@ def _benchmark(args) -> int:
     from .data.coco import load_coco
     from .engine import resolve_device
     from .files import write_json
+    from .outputs import claim_file
     from .predict import collect_images
     from .runtimes import image_array
 
+    sizes = _ints(args.sizes, "--sizes", most=MAX_SIDE, least=32)
+    if args.json:
+        claim_file(args.json, [args.model], force=args.force, flag="--json")
     if args.images:
         paths = collect_images(args.images)
     else:
@@ -481,11 +487,11 @@ def _benchmark(args) -> int:
             raise ConfigError(f"{args.model}: its data.val ({val.annotations or 'none'}) is not on this machine; "
                               "pass the images to time it on")
         paths = [r.path for r in load_coco(val.annotations, images_dir=val.images_dir, check_images=False).images]
-    images = [image_array(p) for p in paths[:max(args.limit, 1)]]
-    report = benchmark(args.model, images, sizes=_ints(args.sizes, "--sizes"),
-                       batch_sizes=_ints(args.batch_sizes, "--batch-sizes") or [1],
+    images = [image_array(p) for p in paths[:args.limit]]
+    report = benchmark(args.model, images, sizes=sizes,
+                       batch_sizes=_ints(args.batch_sizes, "--batch-sizes", most=256) or [1],
                        runtimes=[r for r in args.runtimes.split(",") if r], device=str(resolve_device(args.device)),
-                       repeats=max(args.repeats, 1))
+                       repeats=args.repeats)
     print(report.table())
     if args.json:
         write_json(Path(args.json), report.to_dict())
@@ -493,13 +499,16 @@ def _benchmark(args) -> int:
     return 0
 
 
-def _ints(text: str, flag: str) -> list[int]:
+MAX_SIDE = 4096  # a longer side than any detector here trains at; 100000 asked torch for 93 GB
+
+
+def _ints(text: str, flag: str, most: int, least: int = 1) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ConfigError(f"{flag} {text!r}: comma-separated whole numbers, e.g. 1,4") from None
-    if any(v < 1 for v in values):
-        raise ConfigError(f"{flag} {text!r}: every value must be at least 1")
+    if any(not least <= v <= most for v in values):
+        raise ConfigError(f"{flag} {text!r}: every value must lie in [{least}, {most}]")
     return values
 
 
@@ -618,7 +627,8 @@ def _init(args) -> int:
     out = Path(args.out)
     starter = plan_config(Path(args.annotations), out, Path(args.val) if args.val else None,
                           Path(args.test) if args.test else None, Path(args.images_dir) if args.images_dir else None)
-    written = write(starter, out, Path(args.annotations), force=args.force)
+    inputs = [Path(a) for a in (args.val, args.test) if a]
+    written = write(starter, out, Path(args.annotations), force=args.force, inputs=inputs)
     print("\n".join(starter.header))
     print("\n".join(f"{k}: {starter.get(k)}  ({why})" for k, why in starter.reasons.items()))
     print(f"wrote {', '.join(map(str, written))}\nnext: detector train {out} --out runs/{out.stem}   or   "
@@ -630,18 +640,19 @@ def _convert(args) -> int:
     from .data.coco import load_coco
     from .data.convert import images_root, read_dataset, to_coco, write_yolo
     from .files import write_json
+    from .outputs import claim_file
 
     source, out = Path(args.source), Path(args.out)
     if (args.fmt == "coco") != (args.to == "yolo"):
         raise ConfigError("convert reads VOC, YOLO, LabelMe, CVAT or Open Images into COCO (--to coco), or COCO "
                           f"into YOLO (--from coco --to yolo); got --from {args.fmt} --to {args.to}")
-    if out.exists() and not args.force and (out.is_file() or any(out.iterdir())):
-        raise ConfigError(f"{out} exists; pass --force to overwrite it, or choose another --out")
     if args.to == "yolo":
+        _claim_labels_folder(out, args.force)
         index = load_coco(source, args.images_dir)
         written = write_yolo(index.to_coco(), out)
         print(f"wrote {len(written) - 1} label files and {written[0]} ({len(index.label_map.names)} classes) to {out}")
         return 0
+    claim_file(out, [source, *([Path(args.names)] if args.names else [])], force=args.force)
     images, classes = read_dataset(args.fmt, source, Path(args.images_dir) if args.images_dir else None,
                                    Path(args.names) if args.names else None)
     root = images_root(images, out)
@@ -653,6 +664,14 @@ def _convert(args) -> int:
           f"boxes), {boxes} boxes, classes {', '.join(classes)}; file names relative to {root}\n"
           f"next: detector check-data {out}{where}   or   detector init {out}{where} --out my.yaml")
     return 0
+
+
+def _claim_labels_folder(out: Path, force: bool) -> None:
+    """A YOLO labels folder: new, empty, or (with --force) one whose label files are replaced; never a file."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: is a file; --to yolo writes a labels folder, give --out a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ConfigError(f"{out} exists; pass --force to overwrite it, or choose another --out")
 
 
 def _sample_data(args) -> int:

@@ -28,6 +28,7 @@ from .data.resize import fit_to_model
 from .errors import ConfigError, DetectorError, WeightsError
 from .files import atomic_file, read_json, write_json
 from .layout import ENSEMBLE
+from .outputs import claim_files, same_file
 from .quantize import QuantizationReport, calibration_images, quantize_int8, score_file
 from .slicing import tile_size
 
@@ -179,24 +180,41 @@ def _val_split(restored: RestoredModel, checkpoint: str | Path) -> CocoIndex:
 
 
 def export_models(models: str | Path, fmt: str, out: str | Path, *, quantize: str | None = None,
-                  calibration: CocoIndex | None = None, half: bool = False) -> list[Path]:
+                  calibration: CocoIndex | None = None, half: bool = False, force: bool = False) -> list[Path]:
     """A checkpoint -> `out`; a study's best/ folder -> `out`/model_I.EXT for each member, with the
     ensemble's WBF settings and thresholds (ensemble.json) beside them. `quantize`, `calibration`: as
-    export_checkpoint's, for every member."""
+    export_checkpoint's, for every member. An existing `out` is replaced only with `force`, and only when it
+    holds nothing but a previous export; the model itself never."""
     models, out = Path(models), Path(out)
     options = dict(quantize=quantize, calibration=calibration, half=half)
     if models.is_dir() and (models / ENSEMBLE).exists():
+        _claim_folder(out, models, force)
         return _export_ensemble(models, fmt, out, options)
     if models.is_file():
+        claim_files([out, labels_file(out)], [models, labels_file(models), *([calibration.path] if calibration else [])],
+                    force=force)
         return [export_checkpoint(models, fmt, out, **options)]
     raise WeightsError(f"{models}: not a checkpoint or a study's best/ folder")
+
+
+def _claim_folder(out: Path, best: Path, force: bool) -> None:
+    """Refuse an ensemble export's `out` that is (or holds, or lies in) the best/ folder, that holds anything
+    but a previous export, or that exists without `force`."""
+    if same_file(out, best) or best.resolve() in out.resolve().parents or out.resolve() in best.resolve().parents:
+        raise DetectorError(f"{out}: is, holds or lies in the input {best}; choose another --out folder")
+    if not (out.exists() or out.is_symlink()):
+        return
+    foreign = _foreign_entries(out)
+    if foreign:
+        raise DetectorError(f"{out}: holds files this export did not write ({', '.join(foreign[:5])}); they are "
+                            "kept: choose another --out folder")
+    if not force:
+        raise DetectorError(f"{out}: holds a previous export; pass --force to replace it, or choose another --out")
 
 
 def _export_ensemble(best: Path, fmt: str, out: Path, options: dict[str, Any]) -> list[Path]:
     """Every member and ensemble.json, built in a folder beside `out` and swapped in only when all are
     written: a killed export leaves the old export whole (and a hidden .NAME.*.export folder to delete)."""
-    if out.exists() and not _is_export(out):
-        raise DetectorError(f"{out}: holds files that are not an export of detector; use a new --out folder")
     meta = read_json(best / ENSEMBLE)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".export", dir=out.parent))
@@ -219,11 +237,17 @@ def _export_ensemble(best: Path, fmt: str, out: Path, options: dict[str, Any]) -
     return [*(out / name for name in names), out / ENSEMBLE]
 
 
-def _is_export(folder: Path) -> bool:
-    """Whether `folder` holds only what an ensemble export writes (so replacing it loses nothing else)."""
-    if not folder.is_dir():
-        return False
-    return all(p.name == ENSEMBLE or p.name.startswith("model_") for p in folder.iterdir())
+def _foreign_entries(folder: Path) -> list[str]:
+    """The entries of `folder` that its export's ensemble.json does not list (all of them when it is not an
+    export): what replacing the folder would lose."""
+    if folder.is_symlink() or not folder.is_dir():
+        return [folder.name]
+    try:
+        listed = read_json(folder / ENSEMBLE)["members"]
+        names = {ENSEMBLE, *(str(n) for n in listed), *(labels_file(Path(str(n))).name for n in listed)}
+    except (DetectorError, KeyError, TypeError):
+        names = set()
+    return sorted(p.name for p in folder.iterdir() if p.name not in names)
 
 
 def labels_file(model_file: Path) -> Path:

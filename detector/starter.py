@@ -12,7 +12,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import yaml
@@ -24,6 +24,7 @@ from .data.sampling import box_shapes
 from .data.summary import copies_within, summarize
 from .errors import DatasetError
 from .files import write_json, write_text
+from .outputs import claim_files
 from .typed_yaml import read_with_bases
 
 RECIPE = Path(__file__).parent / "recipes" / "finetune.yaml"
@@ -179,12 +180,10 @@ def render(starter: Starter, source: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(starter: Starter, out: Path, source: Path, force: bool = False) -> list[Path]:
-    """Write the config (and any carved split files); an existing file is kept unless `force`."""
-    targets = [out, *starter.carved]
-    existing = [p for p in targets if p.exists()]
-    if existing and not force:
-        raise DatasetError(f"{existing[0]}: exists; choose another --out or pass --force to overwrite it")
+def write(starter: Starter, out: Path, source: Path, force: bool = False, inputs: Sequence[Path] = ()) -> list[Path]:
+    """Write the config (and any carved split files); an existing file is kept unless `force`, and one of the
+    user's `inputs` (the annotation files read, `source` among them) always."""
+    targets = claim_files([out, *starter.carved], [source, *inputs], force=force)
     for path, coco in starter.carved.items():
         write_json(path, coco, indent=None)
     write_text(out, render(starter, source))

@@ -13,10 +13,10 @@ from detector.export import export_models
 from tests.helpers import CLI
 
 
-def _export(*args):
+def _export(*args, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit's deprecation notice
-        return export_models(*args)
+        return export_models(*args, **kwargs)
 
 
 def test_a_best_folder_export_is_swapped_in_whole_or_not_at_all(untrained_checkpoint, tmp_path):
@@ -31,19 +31,19 @@ def test_a_best_folder_export_is_swapped_in_whole_or_not_at_all(untrained_checkp
     before = {p.name: p.read_bytes() for p in (tmp_path / "deploy").iterdir()}
     (best / "model_1.pt").write_bytes((best / "model_1.pt").read_bytes()[:1000])  # a member that fails midway
     with pytest.raises(WeightsError, match="model_1.pt: cannot load checkpoint"):
-        _export(best, "torchscript", tmp_path / "deploy")
+        _export(best, "torchscript", tmp_path / "deploy", force=True)
     assert {p.name: p.read_bytes() for p in (tmp_path / "deploy").iterdir()} == before  # the old export, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "deploy"]  # no half-built folder left
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
-    with pytest.raises(DetectorError, match="mine: holds files that are not an export of detector"):
+    with pytest.raises(DetectorError, match=r"mine: holds files this export did not write \(notes.txt\)"):
         _export(best, "torchscript", tmp_path / "mine")
 
 
 def test_a_single_export_replaces_its_file_atomically(untrained_checkpoint, tmp_path):
     out = tmp_path / "model.pt"
     out.write_bytes(b"the previous export")
-    [written] = _export(untrained_checkpoint, "torchscript", out)
+    [written] = _export(untrained_checkpoint, "torchscript", out, force=True)
     assert torch.jit.load(str(written)) is not None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.labels.json", "model.pt"]  # no temporary left
 

@@ -5,7 +5,7 @@ import pytest
 
 from detector import config
 from detector.data.sample import SampleSpec, write_sample_dataset
-from detector.errors import DatasetError
+from detector.errors import DatasetError, DetectorError
 from detector.starter import find_split, plan_config, write
 from detector.layout import RunPaths
 from tests.helpers import run_cli
@@ -28,7 +28,7 @@ def test_init_on_a_roboflow_export_finds_its_splits_and_explains_each_choice(rbc
         assert text.splitlines()[line - 1].strip().startswith("#"), key
     assert "4947 boxes: rbc 4725, wbc 222" in text  # what check-data found
     assert "210 images are copies of 69 photos" in text  # image-49 and image-8 are one photo
-    with pytest.raises(DatasetError, match="exists"):
+    with pytest.raises(DetectorError, match="exists"):
         write(starter, out, rbc / "train" / "_annotations.coco.json")
 
 

@@ -15,7 +15,7 @@ import csv
 import os
 import xml.etree.ElementTree as et
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 import yaml
@@ -89,8 +89,9 @@ def to_coco(images: list[Labelled], classes: list[str], root: Path) -> dict[str,
 
 
 def write_yolo(coco: dict[str, Any], out_dir: Path) -> list[Path]:
-    """OUT_DIR/NAME.txt per image (class cx cy w h, relative; an empty file for an image without boxes) and
-    OUT_DIR/classes.txt (one name per line, in category id order)."""
+    """OUT_DIR/FOLDERS/NAME.txt per image, in the folders of its file_name (as Ultralytics pairs labels/ with
+    images/; cam1/0001.jpg and cam2/0001.jpg stay two files), with lines class cx cy w h, relative (an empty
+    file for an image without boxes), and OUT_DIR/classes.txt (one name per line, in category id order)."""
     categories = sorted(coco["categories"], key=lambda c: c["id"])
     index = {c["id"]: k for k, c in enumerate(categories)}
     lines: dict[int, list[str]] = {im["id"]: [] for im in coco["images"]}
@@ -103,7 +104,7 @@ def write_yolo(coco: dict[str, Any], out_dir: Path) -> list[Path]:
                                     f"{bw / w:.6f} {bh / h:.6f}")
     written = [write_text(out_dir / "classes.txt", "".join(f"{c['name']}\n" for c in categories))]
     for im in coco["images"]:
-        target = out_dir / Path(im["file_name"]).with_suffix(".txt").name
+        target = out_dir / PurePosixPath(im["file_name"]).with_suffix(".txt")  # load_coco refused ../ and /
         written.append(write_text(target, "".join(f"{line}\n" for line in lines[im["id"]])))
     return written
 
