@@ -256,10 +256,10 @@ def _audit(args) -> int:
     print(f"{len(issues)} suspected label issues in {len(index.images)} training images ({counts})")
     for i in issues[:10]:
         print(f"  {i.confidence:.2f}  {i.kind:<11} {i.file_name}  box {[round(v) for v in i.bbox]}  fix {i.suggestion}")
-    print(f"wrote {paths.label_issues}, {paths.label_fixes} (the training file with every fix applied, to review; "
+    print(f"wrote {written.issues}, {written.fixes} (the training file with every fix applied, to review; "
           f"its file names are relative to {index.images_dir}: train on it with --set "
-          f"data.train.annotations={paths.label_fixes} --set data.train.images={index.images_dir}) and "
-          f"{len(drawn)} drawings in {paths.label_drawings}/")
+          f"data.train.annotations={written.fixes} --set data.train.images={index.images_dir}) and "
+          f"{len(written.drawings)} drawings in {written.fixes.parent / 'label_issues'}/")
     return 0
 
 
@@ -638,8 +638,7 @@ def _init(args) -> int:
 
 def _convert(args) -> int:
     from .data.coco import load_coco
-    from .data.convert import images_root, read_dataset, to_coco, write_yolo
-    from .files import write_json
+    from .data.convert import convert_to_coco, read_dataset, write_yolo
     from .outputs import claim_file
 
     source, out = Path(args.source), Path(args.out)
@@ -653,15 +652,15 @@ def _convert(args) -> int:
         print(f"wrote {len(written) - 1} label files and {written[0]} ({len(index.label_map.names)} classes) to {out}")
         return 0
     claim_file(out, [source, *([Path(args.names)] if args.names else [])], force=args.force)
-    images, classes = read_dataset(args.fmt, source, Path(args.images_dir) if args.images_dir else None,
-                                   Path(args.names) if args.names else None)
-    root = images_root(images, out)
-    write_json(out, to_coco(images, classes, root))
-    index = load_coco(out, root)  # what check-data and training read
+    converted = read_dataset(args.fmt, source, Path(args.images_dir) if args.images_dir else None,
+                             Path(args.names) if args.names else None)
+    index, root = convert_to_coco(converted, out)
+    for warning in converted.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     boxes = sum(len(r.boxes) for r in index.images)
     where = "" if root == out.parent.resolve() else f" --images-dir {root}"
     print(f"wrote {out}: {len(index.images)} images ({sum(1 for r in index.images if not len(r.boxes))} without "
-          f"boxes), {boxes} boxes, classes {', '.join(classes)}; file names relative to {root}\n"
+          f"boxes), {boxes} boxes, classes {', '.join(converted.classes)}; file names relative to {root}\n"
           f"next: detector check-data {out}{where}   or   detector init {out}{where} --out my.yaml")
     return 0
 

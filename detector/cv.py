@@ -127,10 +127,10 @@ def out_of_fold_results(run: RunPaths, folds: list[list[int]]) -> tuple[list[dic
     results), and those images' ids; None until every fold is done."""
     results, ids = [], []
     for k, val_ids in enumerate(folds):
-        predictions = run.fold(k).best_predictions
-        if not predictions.exists():
+        fold = run.fold(k)  # best_predictions.json is rewritten at every better epoch: done is its summary
+        if not (fold.summary.exists() and fold.best_predictions.exists()):
             return None
-        results += read_json(predictions)
+        results += read_json(fold.best_predictions)
         ids += val_ids
     return results, ids
 

@@ -15,7 +15,9 @@ issues: missing, spurious and swapped boxes, and badly placed ones):
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,9 @@ from .data.coco import CocoIndex
 from .data.splits import load_splits
 from .errors import DetectorError
 from .files import read_json
+from .audit_files import AuditFiles, write_audit
 from .layout import RunPaths
+from .runs import hold_run
 
 KINDS = ("missing", "class", "unconfirmed", "loose")
 LOOSE_OVERLAP = 0.1  # a confident own-class prediction overlapping a box this much, and no other box more, is
@@ -155,6 +159,20 @@ def apply_fixes(raw: dict[str, Any], issues: list[LabelIssue]) -> dict[str, Any]
                 a["area"] = s["bbox"][2] * s["bbox"][3]
     fixed["annotations"] = [a for a in fixed["annotations"] if a.get("id") not in removed]
     return fixed
+
+
+def audit_into(run: str | Path, out: str | Path | None = None, settings: AuditSettings = AuditSettings(), *,
+               top: int = 20, force: bool = False) -> tuple[CocoIndex, list[LabelIssue], AuditFiles]:
+    """Audit a finished k-fold run and write the issues, the fixed training file and the first `top` drawings
+    into `out` (default: the run folder, locked against a `detector cv` running there meanwhile)."""
+    folder = Path(out) if out is not None else Path(run)
+    with contextlib.ExitStack() as stack:
+        if out is None and os.access(run, os.W_OK):  # a read-only run has no writer to wait for
+            stack.enter_context(hold_run(run))
+        index, issues = audit_run(run, settings)
+        written = write_audit(folder, [i.to_dict() for i in issues], apply_fixes(read_json(index.path), issues),
+                              lambda drawings: draw_issues(index, issues, drawings, top), force=force)
+    return index, issues, written
 
 
 def audit_run(run: str | Path, settings: AuditSettings = AuditSettings()) -> tuple[CocoIndex, list[LabelIssue]]:

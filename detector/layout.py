@@ -66,6 +66,7 @@ RUN_FILES = {
     "operating_point": "operating_point.json", "plots": "plots", "tensorboard": "tensorboard",
     "augment": "augment.json", "refit": "refit", "model": "model.pt",
     "label_issues": "label_issues.json", "label_fixes": "label_fixes.coco.json", "label_drawings": "label_issues",
+    "label_audit": "label_audit.json",
 }
 RUN_ENTRIES = tuple(name for attr, name in RUN_FILES.items() if attr != "lock")
 STUDY_FILES = {"meta": "study.json", "config": CONFIG, "database": "study.db", "lock": ".lock", "best": "best",

@@ -19,7 +19,7 @@ from filelock import FileLock, Timeout
 
 from . import config as config_mod
 from .config import Config
-from . import distributed
+from . import audit_files, distributed
 from .errors import ConfigError, DetectorError
 from .files import read_json, sweep_temp_files, temp_target, write_json
 from .layout import LOCK, MARKER, RUN_ENTRIES, RunPaths, StudyPaths, is_top_checkpoint
@@ -203,6 +203,8 @@ def clear_run(run: Path, cfg: Config) -> None:
 def _remove_entries(folder: Path) -> None:
     folds = {f.root for _, f in RunPaths(folder).fold_runs() if f.marker.exists()}
     entries = set(marked_entries(folder))
+    if audit_files.edited(folder):  # the user's review of audit-labels' fixes is theirs, not the run's
+        entries.discard(RunPaths(folder).label_fixes.name)
     for child in folder.iterdir():
         if child in folds:
             _remove_entries(child)

@@ -1,6 +1,8 @@
 """Label audit on hand-made labels with one known error of each kind, and the fixed COCO file."""
 import json
 
+import pytest
+
 from detector.data.coco import load_coco
 from detector.label_audit import AuditSettings, apply_fixes, audit
 
@@ -45,3 +47,31 @@ def test_each_injected_label_error_is_found_with_its_fix(tmp_path):
     added = [a for a in fixed["annotations"] if a["id"] > 104]
     assert [(a["image_id"], a["category_id"], a["bbox"]) for a in added] == [(1, 1, [250, 20, 30, 30])]
     assert len(raw["annotations"]) == 5  # the user's own file is left as it is
+
+
+def test_a_second_audit_replaces_only_what_the_first_wrote_as_it_was_written(tmp_path):
+    from detector.audit_files import edited, write_audit
+    from detector.errors import DetectorError
+    from detector.layout import RunPaths
+
+    def drawings(n):
+        def draw(folder):
+            folder.mkdir(exist_ok=True)
+            for k in range(n):
+                (folder / f"{k:03d}.png").write_bytes(b"png")
+            return [folder / f"{k:03d}.png" for k in range(n)]
+        return draw
+
+    paths = RunPaths(tmp_path)
+    write_audit(tmp_path, [{"kind": "missing"}], {"images": []}, drawings(5))
+    (paths.label_drawings / "mine.png").write_bytes(b"the user's")
+    written = write_audit(tmp_path, [], {"images": [1]}, drawings(2))
+    assert sorted(p.name for p in paths.label_drawings.iterdir()) == ["000.png", "001.png", "mine.png"]
+    assert [p.name for p in written.drawings] == ["000.png", "001.png"] and not edited(tmp_path)
+    paths.label_fixes.write_text('{"images": [1, 2]}')  # the user's review of the fixes
+    assert edited(tmp_path)
+    with pytest.raises(DetectorError, match="edited since audit-labels wrote it"):
+        write_audit(tmp_path, [], {"images": []}, drawings(1))
+    assert paths.label_fixes.read_text() == '{"images": [1, 2]}'
+    write_audit(tmp_path, [], {"images": []}, drawings(1), force=True)
+    assert json.loads(paths.label_fixes.read_text()) == {"images": []}

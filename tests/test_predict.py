@@ -88,6 +88,18 @@ def test_audit_labels_of_a_cv_run_writes_issues_a_fixed_file_and_drawings(rbc, r
     fixed = load_coco(RunPaths(rbc_run).label_fixes, rbc / "train")  # what check-data and training accept
     assert len(fixed.images) == 210 and len(list(RunPaths(rbc_run).label_drawings.glob("*.png"))) == min(5, len(issues))
     assert "suspected label issues in 48 training images" in done.stdout  # the out-of-fold images only
+    again = run_cli("audit-labels", str(rbc_run), "--top", "2")  # W9: the first audit's 5 drawings go
+    assert again.returncode == 0, again.stderr
+    assert len(list(RunPaths(rbc_run).label_drawings.glob("*.png"))) == min(2, len(issues))
+    fixes = RunPaths(rbc_run).label_fixes
+    fixes.write_text(fixes.read_text().replace('"iscrowd": 0', '"iscrowd": 0 ', 1))  # D5: the user's review
+    reviewed = fixes.read_bytes()
+    refused = run_cli("audit-labels", str(rbc_run))
+    assert refused.returncode == 2 and "edited since audit-labels wrote it" in refused.stderr
+    assert fixes.read_bytes() == reviewed
+    elsewhere = run_cli("audit-labels", str(rbc_run), "--out", str(rbc_run.parent / "audit"), "--top", "1")
+    assert elsewhere.returncode == 0 and (rbc_run.parent / "audit" / "label_fixes.coco.json").is_file()
+    assert fixes.read_bytes() == reviewed
 
 
 @pytest.mark.slow

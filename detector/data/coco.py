@@ -82,8 +82,16 @@ def load_coco(
     Raises DatasetError listing every error found unless `raise_on_error` is False.
     """
     path = Path(annotations)
+    return coco_index(_read_json(path), path, images_dir, keep_empty=keep_empty,
+                      drop_placeholder_categories=drop_placeholder_categories, strict_boxes=strict_boxes,
+                      check_images=check_images, label_map=label_map, raise_on_error=raise_on_error)
+
+
+def coco_index(raw: Any, path: Path, images_dir: str | Path | None = None, *, keep_empty: bool = True,
+               drop_placeholder_categories: bool = True, strict_boxes: bool = False, check_images: bool = True,
+               label_map: LabelMap | None = None, raise_on_error: bool = True) -> CocoIndex:
+    """load_coco of a COCO document already read (or about to be written) as `path`."""
     root = Path(images_dir) if images_dir is not None else path.parent
-    raw = _read_json(path)
     problems = check_structure(raw, path)
     fatal = [p for p in problems if p.severity == "error"]
     if fatal:

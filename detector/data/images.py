@@ -1,13 +1,16 @@
 """Reading image files as RGB uint8 arrays in their displayed orientation."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DatasetError
 
+ORIENTATION = 0x0112  # the EXIF tag; 5-8 turn the image by 90 degrees
 _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
@@ -22,13 +25,30 @@ def read_image(path: str | Path, bit_depth: int = 16, draft: int | None = None) 
     decompression-bomb limit (Image.MAX_IMAGE_PIXELS). With `draft`, a JPEG is decoded at the smallest of its
     built-in reduced scales whose sides stay at least `draft` pixels (much faster; for thumbnails).
     """
-    try:
+    with decoding(path):
         with Image.open(path) as img:
             if draft is not None:
                 img.draft("RGB", (draft, draft))
             img.load()
             img = ImageOps.exif_transpose(img)
             return np.array(_to_rgb_array(img, bit_depth, path))
+
+
+def displayed_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of `path` as shown, EXIF orientation applied (what read_image returns; what YOLO's and
+    Open Images' relative boxes are fractions of), read from its header; errors as read_image's."""
+    with decoding(path):
+        with Image.open(path) as img:
+            width, height = img.size
+            turned = img.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)
+            return (height, width) if turned else (width, height)
+
+
+@contextlib.contextmanager
+def decoding(path: str | Path) -> Iterator[None]:
+    """Turn what PIL raises for a missing, damaged, foreign or oversized image into one DatasetError."""
+    try:
+        yield
     except FileNotFoundError:
         raise DatasetError(f"{path}: image file not found; check `file_name` and the images folder") from None
     except Image.DecompressionBombError as e:
