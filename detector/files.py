@@ -107,7 +107,7 @@ def read_json(path: str | Path, fix: str = "delete it and run the same command a
     path = Path(path)
     try:
         return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise DetectorError(f"{path}: damaged state file ({type(e).__name__}: {e}); {fix}") from None
 
 

@@ -92,10 +92,16 @@ def test_unreadable_and_non_json(tmp_path):
         load_coco(bad)
 
 
-def test_undecodable_image(tiny_coco):
+def test_an_undecodable_image_is_left_out_with_a_warning_that_names_it(tiny_coco):
     path = tiny_coco()
     (tiny_coco.root / "images" / "im1.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    with pytest.raises(DatasetError, match=r"image id 2 \(images/im1.png\).*cannot decode"):
+    index = load_coco(path)  # one damaged file of many no longer stops the whole dataset
+    assert [r.file_name for r in index.images] == ["images/im0.png", "images/im2.png"]
+    [warning] = index.file_warnings()
+    assert "1 image(s) left out: they cannot be decoded (image id 2 (images/im1.png))" in warning
+    for name in ("im0.png", "im2.png"):
+        (tiny_coco.root / "images" / name).write_bytes(b"garbage")
+    with pytest.raises(DatasetError, match="no image file can be used"):
         load_coco(path)
 
 
@@ -106,14 +112,30 @@ def test_an_over_large_image_is_a_problem_not_a_crash(tiny_coco):
     Image.new("L", (14000, 14000)).save(tiny_coco.root / "images" / "im2.png")  # 196 Mpx: PIL's bomb guard
     index = load_coco(path, raise_on_error=False)
     assert any("im2.png" in p.field and "too large to decode safely" in p.message for p in index.problems)
+    assert "images/im2.png" not in [r.file_name for r in index.images]
 
 
-def test_truncated_image(tiny_coco):
-    path = tiny_coco()
-    f = tiny_coco.root / "images" / "im0.png"
-    f.write_bytes(f.read_bytes()[:200])
-    with pytest.raises(DatasetError, match="cannot decode"):
-        load_coco(path)
+def test_a_truncated_image_that_pil_decodes_is_used_with_a_warning(tiny_coco):
+    path = tiny_coco(lambda d: d["images"][0].update(file_name="images/im0.jpg"))
+    whole = tiny_coco.root / "images" / "im0.jpg"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(whole, quality=95)
+    whole.write_bytes(whole.read_bytes()[:-20])  # the last 20 bytes missing: every viewer still shows it
+    index = load_coco(path)
+    assert len(index.images) == 3 and read_image(whole).shape == (40, 60, 3)
+    assert "1 image(s) used truncated (image id 1 (images/im0.jpg))" in index.file_warnings()[0]
+
+
+def test_missing_empty_and_deeply_nested_files_are_listed_by_check_data(tiny_coco, tmp_path):
+    path = tiny_coco(lambda d: d["images"][0].update(file_name="images/gone.png"))
+    done = run_cli("check-data", str(path))  # the copies check stopped at the missing file
+    assert done.returncode == 1 and "file not found" in done.stdout and "Traceback" not in done.stderr
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100000 + "]" * 100000)
+    for bad, said in ((empty, "the file lists no images"), (deep, "nested deeper than any COCO file")):
+        done = run_cli("check-data", str(bad))
+        assert done.returncode == 1 and said in done.stdout and "Traceback" not in done.stderr, done.stderr
 
 
 def test_box_outside_clipped_with_warning_or_strict_error(tiny_coco):

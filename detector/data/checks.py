@@ -10,7 +10,7 @@ from typing import Any
 
 from ..boxes import xywh_to_xyxy
 from ..errors import DatasetError
-from .images import read_image
+from .images import decode_check, read_image
 
 from .records import ImageRecord, LabelMap
 
@@ -31,9 +31,13 @@ class Problem:
     message: str
     fix: str
     severity: str = "error"  # "error" or "warning"
+    kind: str = ""  # UNUSABLE or TRUNCATED for an image file that is left out or used damaged
 
     def __str__(self) -> str:
         return f"{self.file}: {self.field}: {self.message}; {self.fix}"
+
+
+UNUSABLE, TRUNCATED = "unusable image", "truncated image"
 
 
 def format_problems(path: Path, errors: list[Problem]) -> str:
@@ -139,25 +143,35 @@ def check_box(ann: dict, w: int, h: int, path: Path, strict: bool) -> tuple[list
                                           severity="warning")]
 
 
-def check_files(records: list[ImageRecord], path: Path) -> list[Problem]:
+def check_files(records: list[ImageRecord], path: Path) -> tuple[list[Problem], set[int]]:
+    """Every image file's problems, and the ids of the images that cannot be used: a missing file (an error:
+    usually a wrong images folder), a file that cannot be decoded (a warning: the image is left out, the rest
+    goes on), a size other than the JSON's (an error). A truncated file PIL still decodes is a warning."""
     def check(rec: ImageRecord) -> Problem | None:
         where = f"image id {rec.id} ({rec.file_name})"
         if not rec.path.is_file():
             return Problem(str(path), where, f"file not found at {rec.path}",
                            "fix file_name or pass the images folder (--images-dir / data.*.images)")
         try:
+            damage = decode_check(rec.path)
             arr = read_image(rec.path)
         except DatasetError as e:
-            return Problem(str(path), where, str(e), "re-export or remove this image")
+            return Problem(str(path), where, f"left out: {e}", "or remove its entry from the JSON", severity="warning",
+                           kind=UNUSABLE)
         if arr.shape[:2] != (rec.height, rec.width):
             hint = " (EXIF rotation swaps them)" if arr.shape[:2] == (rec.width, rec.height) else ""
             return Problem(str(path), where,
                            f"JSON says {rec.width}x{rec.height} but the file is {arr.shape[1]}x{arr.shape[0]}{hint}",
                            "fix width/height in the JSON (or re-export the dataset)")
+        if damage:
+            return Problem(str(path), where, damage, "re-export the image to silence this", severity="warning",
+                           kind=TRUNCATED)
         return None
 
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        return [p for p in pool.map(check, records) if p is not None]
+        found = list(pool.map(check, records))
+    unusable = {rec.id for rec, p in zip(records, found) if p is not None and p.kind != TRUNCATED}
+    return [p for p in found if p is not None], unusable
 
 
 def is_int(v: Any) -> bool:

@@ -16,8 +16,8 @@ import numpy as np
 from ..errors import DatasetError
 from .copies import fingerprints
 from .records import ImageRecord, LabelMap
-from .checks import (Problem, check_box, check_categories, check_files, check_structure, format_problems,
-                     is_int)
+from .checks import (TRUNCATED, UNUSABLE, Problem, check_box, check_categories, check_files, check_structure,
+                     format_problems, is_int)
 
 
 
@@ -41,6 +41,18 @@ class CocoIndex:
     @property
     def warnings(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == "warning"]
+
+    def file_warnings(self) -> list[str]:
+        """One line per kind of damaged image file: those left out (they cannot be decoded) and those used
+        truncated, counted and named (the first few), so that no image is dropped silently."""
+        lines = []
+        for kind, what in ((UNUSABLE, "left out: they cannot be decoded"), (TRUNCATED, "used truncated")):
+            found = [p for p in self.problems if p.kind == kind]
+            if found:
+                names = ", ".join(p.field for p in found[:3]) + (", ..." if len(found) > 3 else "")
+                lines.append(f"{self.path}: {len(found)} image(s) {what} ({names}); re-export them, or see "
+                             f"`detector check-data {self.path}`")
+        return lines
 
     def subset(self, image_ids: Iterable[int]) -> "CocoIndex":
         wanted = set(image_ids)
@@ -143,6 +155,9 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise DatasetError(f"{path}: cannot read annotation file ({e}); check its permissions/encoding") from None
     try:
         raw = json.loads(text)
+    except RecursionError:
+        raise DatasetError(f"{path}: nested deeper than any COCO file (Python's JSON reader gave up); "
+                           "re-export the annotations") from None
     except json.JSONDecodeError as e:
         raise DatasetError(
             f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); re-export the annotations"
@@ -179,8 +194,14 @@ def _collect_images(raw, path, root, lmap, strict, check_images) -> tuple[list[I
         problems += found
         if rec is not None:
             records.append(rec)
+    if not raw["images"]:
+        problems.append(Problem(str(path), "images", "the file lists no images", "export the split with its images"))
     if check_images:
-        problems += check_files(records, path)
+        found, unusable = check_files(records, path)
+        problems += found
+        records = [r for r in records if r.id not in unusable]
+        if unusable and not records:
+            problems.append(Problem(str(path), "images", "no image file can be used", "fix the images folder"))
     return records, problems
 
 

@@ -65,6 +65,8 @@ def copy_pairs(a: np.ndarray, b: np.ndarray | None, threshold: float) -> list[Co
     """Pairs (i of a, j of b) at or above `threshold`; with b None, the pairs i < j within a."""
     within = b is None
     b = a if within else b
+    if not len(a) or not len(b):
+        return []
     flat_b = b.reshape(len(b), -1).T
     pairs = []
     for start in range(0, len(a), _CHUNK):

@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..errors import DatasetError
 
 ORIENTATION = 0x0112  # the EXIF tag; 5-8 turn the image by 90 degrees
+_TRUNCATED = threading.Lock()
 _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
@@ -21,17 +23,54 @@ def read_image(path: str | Path, bit_depth: int = 16, draft: int | None = None) 
     (or 32-bit integer) grayscale image is scaled by one fixed rule, its `bit_depth` (data.bit_depth: 16, or
     12 for a 12-bit camera's files), never by its own maximum, so every image of a dataset maps alike; a
     value above 2**bit_depth - 1, a negative one or a floating-point image is a DatasetError.
-    Raises DatasetError naming the file when it is missing, truncated, not an image, or larger than PIL's
-    decompression-bomb limit (Image.MAX_IMAGE_PIXELS). With `draft`, a JPEG is decoded at the smallest of its
-    built-in reduced scales whose sides stay at least `draft` pixels (much faster; for thumbnails).
+    A truncated file that PIL can still decode (every viewer shows it; its missing end is grey) is read; see
+    `decode_check`. Raises DatasetError naming the file when it is missing, not an image, undecodable, or
+    larger than PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS). With `draft`, a JPEG is decoded at
+    the smallest of its built-in reduced scales whose sides stay at least `draft` pixels (for thumbnails).
     """
     with decoding(path):
-        with Image.open(path) as img:
-            if draft is not None:
-                img.draft("RGB", (draft, draft))
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return np.array(_to_rgb_array(img, bit_depth, path))
+        try:
+            return _decode(path, bit_depth, draft)
+        except OSError as e:
+            if "truncated" not in str(e):
+                raise
+            with _truncated_allowed():
+                return _decode(path, bit_depth, draft)
+
+
+def decode_check(path: str | Path) -> str | None:
+    """None when `path` decodes whole; what is wrong when it decodes only as a truncated file; a DatasetError
+    when it cannot be decoded at all."""
+    with decoding(path):
+        try:
+            _decode(path, 16, None)
+            return None
+        except OSError as e:
+            if "truncated" not in str(e):
+                raise
+            with _truncated_allowed():
+                _decode(path, 16, None)
+            return f"truncated ({e}): used as PIL decodes it, the missing part grey"
+
+
+def _decode(path: str | Path, bit_depth: int, draft: int | None) -> np.ndarray:
+    with Image.open(path) as img:
+        if draft is not None:
+            img.draft("RGB", (draft, draft))
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return np.array(_to_rgb_array(img, bit_depth, path))
+
+
+@contextlib.contextmanager
+def _truncated_allowed() -> Iterator[None]:
+    """PIL's switch for truncated files is a module global: set it for one decode at a time."""
+    with _TRUNCATED:
+        before, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, True
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = before
 
 
 def displayed_size(path: str | Path) -> tuple[int, int]:

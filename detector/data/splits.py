@@ -22,7 +22,8 @@ def load_splits(cfg: Config, log: Callable[[str], None] = print) -> tuple[CocoIn
                            "check its 'annotations' list (`detector check-data` shows what it holds)")
     val = load_coco(d.val.annotations, d.val.images_dir, label_map=train.label_map, **options)
     _require_boxes("data.val", val)
-    for warning in check_disjoint(("data.val", val), [("data.train", train)], d.copy_similarity):
+    for warning in [*train.file_warnings(), *val.file_warnings(),
+                    *check_disjoint(("data.val", val), [("data.train", train)], d.copy_similarity)]:
         log(f"warning: {warning}")
     return train, val
 
@@ -38,8 +39,9 @@ def load_test(cfg: Config, train: CocoIndex, val: CocoIndex, log: Callable[[str]
     test = load_coco(d.test.annotations, d.test.images_dir, label_map=train.label_map, keep_empty=True,
                      drop_placeholder_categories=d.drop_placeholder_categories, strict_boxes=d.strict_boxes)
     _require_boxes("data.test", test)
-    for warning in check_disjoint(("data.test", test), [("data.train", train), ("data.val", val)],
-                                  d.copy_similarity, error_at=d.test_copy_error):
+    shared = check_disjoint(("data.test", test), [("data.train", train), ("data.val", val)], d.copy_similarity,
+                            error_at=d.test_copy_error)
+    for warning in [*test.file_warnings(), *shared]:
         log(f"warning: {warning}")
     return test
 
