@@ -140,8 +140,8 @@ def _predict_parser(sub) -> None:
     pr.add_argument("--conf-type", choices=CONF_TYPES)
     pr.add_argument("--slice", type=_slice_size, help="predict overlapping tiles at full resolution: auto (tiles "
                     "of the side each model trained at) or a tile side in px; for small objects in large images")
-    pr.add_argument("--overlap", type=_fraction(True), help="with --slice: the share of a tile's side its "
-                    "neighbour overlaps (default 0.3; it should exceed the largest object's side)")
+    pr.add_argument("--overlap", type=_overlap, help="with --slice: the share of a tile's side its neighbour "
+                    "overlaps, in [0, 0.75] (default 0.3; it should exceed the largest object's side)")
     pr.add_argument("--slice-whole", action=argparse.BooleanOptionalAction, default=None,
                     help="with --slice: the whole image, resized, as one more tile (for objects larger than a tile)")
     pr.add_argument("--batch-size", type=_positive_int, default=8)
@@ -154,6 +154,16 @@ def _predict_parser(sub) -> None:
 def _slice_size(value: str) -> int | str:
     return value if value == "auto" else _int_at_least(value, 32, f"must be auto or a tile side of at least "
                                                                    f"32 px, got {value!r}")
+
+
+def _overlap(text: str) -> float:
+    from .config import MAX_OVERLAP
+
+    value = _fraction(True)(text)
+    if value > MAX_OVERLAP:
+        raise argparse.ArgumentTypeError(f"{text!r} must lie in [0, {MAX_OVERLAP}]: more shares almost all of "
+                                         "every tile with the next (0.99 made 124,609 tiles of one 416 px image)")
+    return value
 
 
 def _report_parser(sub) -> None:
@@ -655,7 +665,7 @@ def _convert(args) -> int:
     converted = read_dataset(args.fmt, source, Path(args.images_dir) if args.images_dir else None,
                              Path(args.names) if args.names else None)
     index, root = convert_to_coco(converted, out)
-    for warning in converted.warnings:
+    for warning in [*converted.warnings, *index.file_warnings()]:
         print(f"warning: {warning}", file=sys.stderr)
     boxes = sum(len(r.boxes) for r in index.images)
     where = "" if root == out.parent.resolve() else f" --images-dir {root}"
