@@ -85,7 +85,10 @@ def _study_parser(sub) -> None:
 
 
 def _export_parser(sub) -> None:
-    x = sub.add_parser("export", help="a checkpoint (or each model of a study's best/) as TorchScript or ONNX")
+    x = sub.add_parser("export", help="a checkpoint (or each model of a study's best/) as TorchScript or ONNX",
+                       description="Loading a TorchScript file runs the program inside it: detector loads only the "
+                       "TorchScript files whose labels file (written by this command) records their sha256, and "
+                       "you should load only your own.")
     x.add_argument("model", help="a .pt checkpoint, or a study's best/ folder")
     x.add_argument("--format", required=True, choices=("onnx", "torchscript"))
     x.add_argument("--out", required=True, help="the file to write (a folder for a best/ folder)")

@@ -11,6 +11,7 @@ them (`ensemble.json`).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import shutil
 import tempfile
@@ -100,6 +101,8 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, *, samp
     _check_options(fmt, quantize, half)
     out = Path(out)
     restored = restore_model(checkpoint, "cpu")
+    if quantize:  # checked before the minutes of export and calibration
+        calibration = _same_classes(calibration or _val_split(restored, checkpoint), restored, checkpoint)
     module = deployed(restored)
     if half:
         module.model.half().cuda()
@@ -107,11 +110,12 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, *, samp
     buffer = io.BytesIO(serialize(module, fmt, sample))  # written atomically below
     extra: dict[str, Any] = {"precision": "fp16", "device": "cuda"} if half else {"precision": "fp32"}
     if quantize:
-        data, report = _int8(buffer.getvalue(), calibration or _val_split(restored, checkpoint), restored)
+        data, report = _int8(buffer.getvalue(), calibration, restored)
         buffer, extra = io.BytesIO(data), {"precision": "int8", "int8": report.to_dict()}
     with atomic_file(out) as f:
         f.write(buffer.getbuffer())
     write_json(labels_file(out), {"labels": _labels(restored), "image_size": restored.image_size,
+                                  "sha256": hashlib.sha256(buffer.getbuffer()).hexdigest(),
                                   "tile": tile_size("auto", restored.train_side, restored.image_size),
                                   "input": "uint8 RGB image, shape (height, width, 3)",
                                   "outputs": ["boxes (N, 4) xyxy pixels", "scores (N,)", "labels (N,) 1..K"],
@@ -167,6 +171,20 @@ def _int8(fp32: bytes, index: CocoIndex, restored: RestoredModel) -> tuple[bytes
         report = QuantizationReport(str(index.path), len(index.images), len(images),
                                     score_file(source, index, depth), score_file(target, index, depth))
         return target.read_bytes(), report
+
+
+def _same_classes(index: CocoIndex, restored: RestoredModel, checkpoint: str | Path) -> CocoIndex:
+    """`index` if each of its classes is the model's (same category id, same name): INT8 is scored on it, and
+    a file of other classes scored nothing meaningful (or failed after calibrating)."""
+    ours = dict(zip(restored.label_map.category_ids, restored.label_map.names))
+    theirs = dict(zip(index.label_map.category_ids, index.label_map.names))
+    other = {c: n for c, n in theirs.items() if ours.get(c) != n}
+    if other:
+        shown = ", ".join(f"{c}: {n}" for c, n in list(other.items())[:5])
+        raise DetectorError(f"{index.path}: its categories ({shown}) are not {checkpoint}'s ("
+                            + ", ".join(f"{c}: {n}" for c, n in ours.items()) + "); calibrate on images labelled "
+                            "with the model's categories, such as its data.val")
+    return index
 
 
 def _val_split(restored: RestoredModel, checkpoint: str | Path) -> CocoIndex:

@@ -56,10 +56,15 @@ def load_exported(path: str | Path, device: torch.device) -> ExportedModel:
     if sidecar.get("device") == "cuda" and device.type != "cuda":
         raise DetectorError(f"{path}: an fp16 export (export --half) that runs on a CUDA GPU only; use --device "
                             "cuda on a GPU machine, or score the fp32 export")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if path.suffix != ".onnx" and sidecar.get("sha256") != digest:  # torch.jit.load runs the file's program
+        raise WeightsError(f"{path}: not the TorchScript file detector exported beside {labels_file(path).name} "
+                           "(its sha256 differs, or the labels file predates the check); a TorchScript file runs "
+                           "code when loaded, so only your own exports are: export the checkpoint again")
     runtime = onnx(path, device) if path.suffix == ".onnx" else torchscript(path, device)
     cfg = config_mod.from_dict(sidecar["config"], source=str(labels_file(path)))
     return ExportedModel(path, runtime, LabelMap.from_dict(sidecar["label_map"]), int(sidecar["image_size"]), cfg,
-                         hashlib.sha256(path.read_bytes()).hexdigest(), int(sidecar.get("train_side", 0)))
+                         digest, int(sidecar.get("train_side", 0)))
 
 
 def _sidecar(path: Path) -> dict[str, Any]:

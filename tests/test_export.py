@@ -147,3 +147,31 @@ def test_half_and_int8_are_refused_with_the_reason_where_they_cannot_run(untrain
         half = says("--format", "torchscript", "--half")
         assert half.returncode == 2 and "--half needs a CUDA GPU on this machine" in half.stderr
     assert "Traceback" not in onnx_half.stderr + int8_ts.stderr and not list(tmp_path.glob("m*"))
+
+
+def test_int8_calibration_on_other_classes_is_refused_before_any_work(untrained_checkpoint, tmp_path):
+    from PIL import Image
+
+    from tests.helpers import run_cli
+
+    Image.new("RGB", (64, 48), (90, 90, 90)).save(tmp_path / "a.png")
+    other = {"images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 48}],
+             "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [1, 1, 9, 9], "area": 81, "iscrowd": 0}],
+             "categories": [{"id": 7, "name": "zebra"}]}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    done = run_cli("export", str(untrained_checkpoint), "--format", "onnx", "--quantize", "int8", "--calibration",
+                   str(tmp_path / "other.json"), "--out", str(tmp_path / "m.onnx"))  # C10: IndexError after calibrating
+    assert done.returncode == 2 and "its categories (7: zebra) are not" in done.stderr, done.stderr
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_torchscript_file_is_loaded_only_beside_the_labels_file_that_records_it(untrained_checkpoint, tmp_path):
+    from detector.exported import load_exported
+
+    [scripted] = _export(untrained_checkpoint, "torchscript", tmp_path / "model.pt")
+    assert load_exported(scripted, torch.device("cpu")).path == scripted
+    foreign = tmp_path / "foreign.pt"  # S2: any TorchScript file with a copied labels file ran its program
+    torch.jit.save(torch.jit.script(torch.nn.Identity()), str(foreign))
+    shutil.copy(tmp_path / "model.labels.json", tmp_path / "foreign.labels.json")
+    with pytest.raises(WeightsError, match="foreign.pt: not the TorchScript file detector exported"):
+        load_exported(foreign, torch.device("cpu"))
