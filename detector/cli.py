@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .errors import ConfigError, DetectorError
+from .errors import ConfigError, DetectorError, StorageError
+from .files import STORAGE_ERRNOS, storage_error
 
 
 _KEPT = "what finished is kept: the same command resumes train, cv and study from the last finished epoch"
@@ -36,7 +37,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         done = True
         return code
     except DetectorError as e:
-        print(f"error: {e}", file=sys.stderr)
+        resumes = isinstance(e, StorageError) and args.command in ("train", "cv", "study")
+        print(f"error: {e}{' (it resumes from the last finished epoch)' if resumes else ''}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in STORAGE_ERRNOS:  # anything else is a bug: its traceback shows
+            raise
+        print(f"error: {storage_error(e.filename or 'a file', e)}", file=sys.stderr)
         return 2
     except Terminated:
         print(f"terminated (SIGTERM); {_KEPT}", file=sys.stderr)

@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
@@ -24,6 +25,9 @@ _TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")  # tempfile.mk
 _FIXES = {errno.ENOSPC: "free some disk space", errno.EDQUOT: "free some of your disk quota",
           errno.EROFS: "make the folder writable", errno.EACCES: "make the folder writable",
           errno.EPERM: "make the folder writable", errno.EFBIG: "raise the file size limit (ulimit -f)"}
+
+
+STORAGE_ERRNOS = frozenset(_FIXES)  # a full disk, a read-only folder: the machine's, not detector's
 
 
 @contextlib.contextmanager
@@ -40,7 +44,7 @@ def storage_error(path: str | Path, e: OSError) -> StorageError:
     cause = os.strerror(e.errno) if e.errno else str(e)
     fix = _FIXES.get(e.errno, "fix the cause")
     return StorageError(f"{path}: cannot write it ({cause}); everything written before is kept: {fix} and run "
-                        "the same command again (train, cv and study resume from the last finished epoch)")
+                        "the same command again")
 
 
 class _Recording:
@@ -109,6 +113,15 @@ def read_json(path: str | Path, fix: str = "delete it and run the same command a
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise DetectorError(f"{path}: damaged state file ({type(e).__name__}: {e}); {fix}") from None
+
+
+def remove_entry(path: str | Path) -> None:
+    """Delete a file, a link (never what it points to) or a folder with what it holds."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def temp_target(path: str | Path) -> str | None:

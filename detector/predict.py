@@ -5,7 +5,6 @@ import csv
 import filecmp
 import glob
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -19,7 +18,7 @@ from .data.images import read_image
 from .engine import coco_detections
 from .ensemble import Ensemble, ImagePrediction
 from .errors import DatasetError, DetectorError
-from .files import atomic_file, read_json, write_json
+from .files import atomic_file, read_json, remove_entry, write_json
 from .intervals import PAIRED, Bootstrap, ImageParts, compare, intervals_dict
 from .layout import PredictPaths
 from .metrics import Thresholds, evaluate_detections
@@ -207,7 +206,7 @@ class OutputWriter:
             raise DetectorError(f"{self.out}: holds the outputs of another predict job "
                                 f"({', '.join(p.name for p in old)}); use another --out, or --force to replace them")
         for p in old:
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            remove_entry(p)
         write_json(job, header)
 
     def _drawing_name(self, source: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,7 +20,7 @@ from . import config as config_mod
 from .config import Config
 from . import audit_files, distributed
 from .errors import ConfigError, DetectorError
-from .files import read_json, sweep_temp_files, temp_target, write_json
+from .files import read_json, remove_entry, sweep_temp_files, temp_target, write_json
 from .layout import LOCK, MARKER, RUN_ENTRIES, RunPaths, StudyPaths, is_top_checkpoint
 
 # Keys that may change between the runs of one folder: budget, place and speed, not what is trained.
@@ -210,7 +209,7 @@ def _remove_entries(folder: Path) -> None:
             _remove_entries(child)
             _rmdir_if_empty(child)
         elif child.name in entries or temp_target(child) in entries:
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
+            remove_entry(child)
 
 
 def _rmdir_if_empty(folder: Path) -> None:

@@ -122,3 +122,37 @@ def test_init_and_convert_never_replace_the_annotations_they_read(tmp_path, caps
     _fails(["convert", str(voc / "a.xml"), "--from", "voc", "--out", str(voc / "a.xml"), "--force"], capsys,
            "a.xml: is the input")  # D4
     assert (voc / "a.xml").read_text() == "<annotation/>" and _bytes(data) == before
+
+
+_FILE_SIZE_LIMIT = """
+import resource, runpy, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (3000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+sys.argv = ["detector"] + sys.argv[1:]
+runpy.run_module("detector.cli", run_name="__main__")
+"""
+
+
+def test_predict_on_a_full_disk_is_one_error_and_force_unlinks_a_link_without_following_it(untrained_checkpoint,
+                                                                                           tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers import run_cli
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    out = tmp_path / "preds"
+    args = ["predict", str(untrained_checkpoint), str(tmp_path / "a.png"), "--out", str(out), "--draw"]
+    full = subprocess.run([sys.executable, "-c", _FILE_SIZE_LIMIT, *args], capture_output=True, text=True)
+    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr  # C12: a raw OSError from PIL
+    assert "cannot write it (File too large)" in full.stderr and "resumes from the last" not in full.stderr
+    assert run_cli(*args).returncode == 0
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.png").write_bytes(b"the user's")
+    shutil.rmtree(out / "drawn")
+    (out / "drawn").symlink_to(mine, target_is_directory=True)  # C13: --force stopped half-way in rmtree
+    again = run_cli("predict", str(untrained_checkpoint), str(tmp_path / "a.png"), "--out", str(out), "--force",
+                    "--score-threshold", "0.9")
+    assert again.returncode == 0, again.stderr
+    assert (mine / "keep.png").read_bytes() == b"the user's" and not (out / "drawn").is_symlink()
