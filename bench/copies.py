@@ -9,7 +9,10 @@
    each turned into copies (rotated and shrunk, flipped, re-encoded at JPEG quality 50, 30% brighter,
    squashed to 3/4 height, 5% cropped: not promised), against distinct photos and a 3 x 3 grid of crops
    of every photo (neighbouring crops of one scene are hard negatives; mirror-symmetric ones are copies).
-3. Speed: a fingerprint (JPEG decoded at a reduced scale) against a full decode of the same files.
+3. Frames: the same photos between one set of letterbox bars, and above one white footer with a
+   watermark: distinct photos must stay apart (whole-image fingerprints join them; framed_copies compares
+   what lies inside the shared frame), and each framed photo's re-encoded copy must still be found.
+4. Speed: a fingerprint (JPEG decoded at a reduced scale) against a full decode of the same files.
 
     python bench/copies.py
 """
@@ -33,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from detector.config import DataConfig  # noqa: E402
 from detector.data.coco import load_coco  # noqa: E402
-from detector.data.copies import components, copy_pairs, fingerprint, fingerprints  # noqa: E402
+from detector.data.copies import components, copy_pairs, fingerprint, fingerprints, framed_copies  # noqa: E402
 from detector.data.folds import group_key  # noqa: E402
 from detector.data.images import read_image  # noqa: E402
 
@@ -165,6 +168,43 @@ def _crop_pairs(named: list[tuple[str, Image.Image]], grids: tuple[int, ...], wh
               f"({np.mean(sims >= SIM):.2%} at {SIM}; 99th percentile {np.percentile(sims, 99):.2f})")
 
 
+def _framed(image: Image.Image, frame: str) -> Image.Image:
+    """`image` (shrunk to 320 px) between black letterbox bars, or above a white footer with a watermark."""
+    from PIL import ImageDraw
+
+    photo = image.convert("RGB")
+    photo.thumbnail((320, 320))
+    w, h = photo.size
+    canvas = Image.new("RGB", (w, 2 * h) if frame == "bars" else (w, h + h // 3),
+                       (0, 0, 0) if frame == "bars" else (255, 255, 255))
+    canvas.paste(photo, (0, h // 2) if frame == "bars" else (0, 0))
+    if frame == "footer":
+        ImageDraw.Draw(canvas).text((8, h + h // 8), "(c) STOCK PHOTO WATERMARK  www.example.com", fill=(90, 90, 90))
+    return canvas
+
+
+def frames(folder: Path) -> None:
+    """Distinct photos in one frame (the same letterbox bars, the same watermarked footer) must stay apart,
+    and a framed photo's re-encoded copy must still be found: whole-image likeness and framed_copies."""
+    named = everyday_photos()
+    print(f"\nDistinct photos in one frame ({len(named)} photos, {len(named) * (len(named) - 1) // 2} pairs), at {SIM}:")
+    for frame in ("bars", "footer"):
+        framed = [_framed(i, frame) for _, i in named]
+        copies = [_jpeg(i, 40) for i in framed]
+        paths = []
+        for k, image in enumerate([*framed, *copies]):
+            paths.append(folder / f"{frame}{k}.png")
+            image.save(paths[-1])
+        prints = fingerprints(paths)
+        n = len(framed)
+        whole = [p for p in copy_pairs(prints, None, SIM)]
+        kept = framed_copies(whole, paths, paths, SIM)
+        wrong = lambda pairs: sum(p.b - p.a != n for p in pairs)  # noqa: E731  (a framed photo and its copy: n apart)
+        right = lambda pairs: sum(p.b - p.a == n for p in pairs)  # noqa: E731
+        print(f"  {frame:<7} distinct photos joined: whole images {wrong(whole)}, framed_copies {wrong(kept)}; "
+              f"re-encoded copies found: whole images {right(whole)}/{n}, framed_copies {right(kept)}/{n}")
+
+
 def speed() -> None:
     files = sorted((rbc_root() / "train").glob("*.jpg"))
     photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
@@ -185,4 +225,5 @@ if __name__ == "__main__":
     rbc()
     with tempfile.TemporaryDirectory() as tmp:
         photos(Path(tmp))
+        frames(Path(tmp))
     speed()

@@ -10,7 +10,7 @@ from PIL import Image, ImageEnhance
 
 from detector import config
 from detector.data.coco import load_coco
-from detector.data.copies import copy_pairs, fingerprints
+from detector.data.copies import copy_pairs, fingerprints, framed_copies
 from detector.data.folds import make_folds, photo_groups
 from detector.data.splits import load_splits, load_test
 from detector.errors import DatasetError
@@ -116,3 +116,49 @@ def test_copies_of_one_photo_under_unrelated_names_share_a_fold(rbc, tmp_path):
     for fold in make_folds(small, n_folds=2, strategy="auto", similarity=SIM, seed=0):
         files = {r.file_name for r in small.images if r.id in fold}
         assert ("shot_0.jpg" in files) == ("shot_9.jpg" in files) and ("shot_1.jpg" in files) == ("other.jpg" in files)
+
+
+CARDS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cards" / "test"
+
+
+def _framed(source: Path, frame: str, out: Path) -> Path:
+    """`source` (shrunk to 320 px) letterboxed between black bars, or above a white footer with a watermark."""
+    from PIL import ImageDraw
+
+    photo = Image.open(source).convert("RGB")
+    photo.thumbnail((320, 320))
+    w, h = photo.size
+    if frame == "bars":
+        canvas = Image.new("RGB", (w, 2 * h), (0, 0, 0))
+        canvas.paste(photo, (0, h // 2))
+    else:
+        canvas = Image.new("RGB", (w, h + h // 3), (255, 255, 255))
+        canvas.paste(photo, (0, 0))
+        ImageDraw.Draw(canvas).text((8, h + h // 8), "(c) STOCK PHOTO WATERMARK  www.example.com", fill=(90, 90, 90))
+    canvas.save(out, quality=90)
+    return out
+
+
+def test_distinct_photos_in_one_frame_stay_apart_and_true_copies_are_still_found(tmp_path):
+    from PIL import ImageDraw
+
+    cards = sorted(p for p in CARDS.iterdir() if p.suffix.lower() == ".jpg")[:40:10]  # one table, other cards
+    photos = [CHINA, FLOWER, HOPPER, *cards]
+    for frame in ("bars", "footer"):  # each distinct photo in the same frame: one "photo" before
+        framed = [_framed(p, frame, tmp_path / f"{frame}{k}.jpg") for k, p in enumerate(photos)]
+        assert copy_pairs(fingerprints(framed), None, SIM), frame  # alike as whole images: the frame dominates
+        assert framed_copies(copy_pairs(fingerprints(framed), None, SIM), framed, framed, SIM) == [], frame
+    china = Image.open(CHINA).convert("RGB")
+    w, h = china.size
+    meme = china.copy()
+    ImageDraw.Draw(meme).text((20, 20), "WHEN THE CODE WORKS ON THE FIRST TRY", fill=(255, 255, 255))
+    made = {"recrop.jpg": china.crop((w // 20, h // 20, w - w // 20, h - h // 20)), "meme.jpg": meme}
+    for name, image in made.items():
+        image.save(tmp_path / name, quality=50)
+    copies = [tmp_path / "recrop.jpg", tmp_path / "meme.jpg", *_copies_of_china(tmp_path)]
+    found = framed_copies(copy_pairs(fingerprints([CHINA]), fingerprints(copies), SIM), [CHINA], copies, SIM)
+    assert sorted(p.b for p in found) == [0, 1, 2, 3, 4]  # a re-crop, a meme, rotated, flipped, brightened
+    framed = [_framed(CHINA, "bars", tmp_path / "china_bars.jpg"), tmp_path / "china_bars_again.jpg"]
+    Image.open(framed[0]).save(framed[1], quality=40)  # one framed photo re-encoded: still a copy
+    assert [(p.a, p.b) for p in framed_copies(copy_pairs(fingerprints(framed), None, SIM), framed, framed, SIM)
+            ] == [(0, 1)]

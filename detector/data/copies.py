@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -31,6 +31,7 @@ VIEWS = {(False, 1, 1): "as is", (False, 1, -1): "flipped left-right", (False, -
          (True, -1, 1): "rotated 90 degrees counterclockwise", (True, 1, -1): "rotated 90 degrees clockwise",
          (True, -1, -1): "transposed across the other diagonal"}
 _CHUNK = 256
+TOLERANCE = 1e-4  # float32 products of one fingerprint with itself reach 0.99997: a threshold of 1 means "same"
 
 
 @dataclass(frozen=True)
@@ -45,14 +46,80 @@ class CopyPair:
 
 def fingerprint(path: str | Path) -> np.ndarray:
     """The (KEEP, KEEP) fingerprint of one image file (unit norm; all zeros for a flat image)."""
-    rgb = read_image(path, draft=2 * SIDE)
-    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    return _print(_gray(path))
+
+
+def _gray(path: str | Path) -> np.ndarray:
+    return cv2.cvtColor(read_image(path, draft=2 * SIDE), cv2.COLOR_RGB2GRAY).astype(np.float32)
+
+
+def _print(gray: np.ndarray) -> np.ndarray:
     thumb = cv2.resize(gray, (SIDE, SIDE), interpolation=cv2.INTER_AREA)
     coeffs = cv2.dct(thumb)[:KEEP, :KEEP]
     u = np.arange(KEEP, dtype=np.float32)
     coeffs = coeffs * np.hypot(u[:, None], u[None, :])  # also zeroes the mean (0, 0)
     norm = float(np.linalg.norm(coeffs))
     return coeffs / norm if norm > 1e-6 * SIDE else np.zeros_like(coeffs)
+
+
+def framed_copies(pairs: list[CopyPair], paths_a: Sequence[Path], paths_b: Sequence[Path], threshold: float
+                  ) -> list[CopyPair]:
+    """`pairs` (of images `paths_a` and `paths_b`) less those alike only by their frame: where both images
+    lose the same strips to `trim_borders` (letterbox bars, a white footer with a watermark), what lies
+    inside is compared instead, in the pair's view. Otherwise the step from a strip to the photo dominates
+    the fingerprint, and distinct photos sharing a frame looked like one (4 video frames, 10 stock photos on
+    two real sets). Only where both share a frame: a brightened copy whose sky turns into a white strip is
+    still its photo's copy."""
+    found: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
+
+    def framed(path: Path) -> tuple[np.ndarray, np.ndarray]:
+        if path not in found:
+            gray = _gray(path)
+            inside, strips = trim_borders(gray)
+            found[path] = (_print(inside), strips)
+        return found[path]
+
+    kept = []
+    views = list(VIEWS.values())
+    for p in pairs:
+        (print_a, strips_a), (print_b, strips_b) = framed(paths_a[p.a]), framed(paths_b[p.b])
+        if not ((strips_a >= 0.03) & (np.abs(strips_a - strips_b) <= 0.05)).any():
+            kept.append(p)  # no strip of one size on one side of both: the whole images' likeness stands
+            continue
+        inside = float((_views(print_a[None])[views.index(p.view), 0] * print_b).sum())
+        if inside >= threshold - TOLERANCE:
+            kept.append(CopyPair(p.a, p.b, round(inside, 4), p.view))
+    return kept
+
+
+def trim_borders(gray: np.ndarray, tolerance: float = 12.0) -> tuple[np.ndarray, np.ndarray]:
+    """`gray` without the uniform strips along its edges (a footer's few text rows bridged), and the share
+    of the image each strip took (top, bottom, left, right)."""
+    height, width = gray.shape
+    top, bottom = _strip(gray, tolerance), _strip(gray[::-1], tolerance)
+    left, right = _strip(gray.T, tolerance), _strip(gray.T[::-1], tolerance)
+    if height - top - bottom < 8 or width - left - right < 8:  # a flat image, or nothing but strips
+        return gray, np.zeros(4)
+    strips = np.array([top / height, bottom / height, left / width, right / width])
+    return gray[top:height - bottom, left:width - right], strips
+
+
+def _strip(lines: np.ndarray, tolerance: float) -> int:
+    """How many of the first `lines` (rows, from an edge) form a strip of the edge's colour: lines whose
+    30th and 70th percentiles lie within `tolerance` of it, across gaps of at most 6% of the lines (the text
+    on a footer), up to 45% of them."""
+    edge = float(np.median(lines[0]))
+    lows, highs = np.percentile(lines[: int(len(lines) * 0.45)], [30, 70], axis=1)
+    flat = (np.abs(lows - edge) <= tolerance) & (np.abs(highs - edge) <= tolerance)
+    cut, gap = 0, 0
+    for i, is_flat in enumerate(flat):
+        if is_flat:
+            cut, gap = i + 1, 0
+        else:
+            gap += 1
+            if gap > max(2, 0.06 * len(lines)):
+                break
+    return cut
 
 
 def fingerprints(paths: Iterable[str | Path]) -> np.ndarray:
@@ -75,7 +142,7 @@ def copy_pairs(a: np.ndarray, b: np.ndarray | None, threshold: float) -> list[Co
         best, which = sims.max(0), sims.argmax(0)
         if within:  # each pair once, and no image with itself
             best[start + np.arange(len(best))[:, None] >= np.arange(len(b))[None, :]] = -np.inf
-        for i, j in zip(*np.nonzero(best >= threshold)):
+        for i, j in zip(*np.nonzero(best >= threshold - TOLERANCE)):
             pairs.append(CopyPair(start + int(i), int(j), round(float(best[i, j]), 4),
                                   list(VIEWS.values())[int(which[i, j])]))
     return pairs

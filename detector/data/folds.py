@@ -18,7 +18,7 @@ from sklearn.model_selection import KFold
 
 from ..errors import ConfigError
 from .coco import CocoIndex
-from .copies import components, copy_pairs
+from .copies import components, copy_pairs, framed_copies
 from .overlap import file_digest
 from .records import ImageRecord
 
@@ -99,7 +99,9 @@ def photo_groups(index: CocoIndex, group_by: str, similarity: float) -> PhotoGro
     by_digest: dict[str, int] = {}
     for i in (i for same in by_size.values() if len(same) > 1 for i in same):  # only sizes seen twice are read
         links.append((by_digest.setdefault(file_digest(index.images[i].path), i), i))
-    content = [(p.a, p.b) for p in copy_pairs(index.fingerprints, None, similarity)]
+    paths = [r.path for r in index.images]
+    content = [(p.a, p.b) for p in framed_copies(copy_pairs(index.fingerprints, None, similarity), paths, paths,
+                                                 similarity)]
     labels = components(len(names), links + content)
     key: dict[int, str] = {}
     for i in sorted(range(len(names)), key=lambda i: names[i]):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import DatasetError
 from .coco import CocoIndex
-from .copies import copy_pairs
+from .copies import copy_pairs, framed_copies
 
 LISTED = 3  # copies named in an error or a warning; `detector check-data` lists them all
 
@@ -98,7 +98,8 @@ def shared_files(a: CocoIndex, b: CocoIndex) -> list[SharedImage]:
 def shared_content(a: CocoIndex, b: CocoIndex, similarity: float) -> list[SharedImage]:
     """Images of b whose content is a photo of a, each with its most similar image of a."""
     best: dict[int, tuple[float, int, str]] = {}
-    for p in copy_pairs(a.fingerprints, b.fingerprints, similarity):
+    pairs = copy_pairs(a.fingerprints, b.fingerprints, similarity)
+    for p in framed_copies(pairs, [r.path for r in a.images], [r.path for r in b.images], similarity):
         if p.b not in best or p.similarity > best[p.b][0]:
             best[p.b] = (p.similarity, p.a, p.view)
     return [SharedImage(b.images[i].path, a.images[j].path, f"{view}, similarity {s:.2f}", s)
