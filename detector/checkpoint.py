@@ -104,6 +104,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise WeightsError(f"{path}: a TorchScript export (detector export --format torchscript), not a checkpoint; "
                            "give the .pt file from detector train or cv it was exported from, or load the export "
                            "with torch.jit.load in your own code")
+    foreign = _foreign_kind(path)
+    if foreign:
+        raise WeightsError(f"{path}: {foreign}, not a checkpoint; pass a .pt file written by detector train or cv")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # a truncated or foreign file is a user error; torch's advice to load unsafely is not ours
@@ -117,6 +120,25 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise WeightsError(f"{path}: damaged checkpoint: its tensors do not match the checksum saved with them; "
                            "delete it (a run then restarts its folder or fold) or restore a copy")
     return replace(Checkpoint.from_dict(state), checksum=recorded or tensor_checksum(state))
+
+
+def _foreign_kind(path: Path) -> str | None:
+    """What a file that torch.save did not write is (an image, an ONNX or text file), or None: every
+    checkpoint since PyTorch 1.6 is a zip archive (older ones a pickle, starting with byte 0x80)."""
+    if zipfile.is_zipfile(path):
+        return None
+    with path.open("rb") as f:
+        head = f.read(16)
+    if head[:1] == b"\x80":
+        return None
+    kinds = {b"\xff\xd8\xff": "a JPEG image", b"\x89PNG": "a PNG image", b"GIF8": "a GIF image", b"BM": "a BMP image",
+             b"II*\x00": "a TIFF image", b"MM\x00*": "a TIFF image", b"RIFF": "a WebP image"}
+    found = next((kind for magic, kind in kinds.items() if head.startswith(magic)), None)
+    if found:
+        return found
+    if path.suffix == ".onnx":
+        return "an ONNX file (score it with detector evaluate, or run it with onnxruntime)"
+    return "not a complete PyTorch file (truncated, or another kind of file)"
 
 
 def is_torchscript(path: Path) -> bool:

@@ -22,7 +22,7 @@ from .data.coco import CocoIndex, load_coco
 from .data.folds import make_folds
 from .data.sampling import box_shapes
 from .data.summary import copies_within, summarize
-from .errors import DatasetError
+from .errors import ConfigError, DatasetError
 from .files import write_json, write_text
 from .outputs import claim_files
 from .typed_yaml import read_with_bases
@@ -116,7 +116,12 @@ def _findings(index: CocoIndex) -> list[str]:
 def _carve(train: CocoIndex, out: Path, starter: Starter) -> tuple[Path, Path]:
     """No validation split: a fifth of the training images (grouped by source photo) become one."""
     similarity = config_mod.DataConfig().copy_similarity
-    val_ids = set(make_folds(train, n_folds=5, strategy="auto", similarity=similarity, seed=0)[0])
+    try:
+        val_ids = set(make_folds(train, n_folds=5, strategy="auto", similarity=similarity, seed=0)[0])
+    except ConfigError:
+        raise DatasetError(f"{train.path}: too few distinct photos to carve a validation fifth off (fewer than 5 "
+                           "after keeping copies of one photo together); label more images, or pass --val with a "
+                           "validation split of your own") from None
     raw = train.to_coco()
     parts = {}
     for kind, keep in (("train", lambda i: i not in val_ids), ("val", lambda i: i in val_ids)):

@@ -30,7 +30,7 @@ def test_a_best_folder_export_is_swapped_in_whole_or_not_at_all(untrained_checkp
     assert [p.name for p in written] == ["model_0.pt", "model_1.pt", "ensemble.json"]
     before = {p.name: p.read_bytes() for p in (tmp_path / "deploy").iterdir()}
     (best / "model_1.pt").write_bytes((best / "model_1.pt").read_bytes()[:1000])  # a member that fails midway
-    with pytest.raises(WeightsError, match="model_1.pt: cannot load checkpoint"):
+    with pytest.raises(WeightsError, match="model_1.pt: not a complete PyTorch file"):
         _export(best, "torchscript", tmp_path / "deploy", force=True)
     assert {p.name: p.read_bytes() for p in (tmp_path / "deploy").iterdir()} == before  # the old export, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "deploy"]  # no half-built folder left

@@ -74,3 +74,12 @@ def test_the_config_init_writes_trains_a_new_dataset_without_edits(tmp_path):
     assert trained.returncode == 0, trained.stderr
     best = json.loads(RunPaths(tmp_path / "run").summary.read_text())["best_metrics"]
     assert best["map_50"] > 0.5, best  # fine-tuned from the packaged ImageNet weights, it learns
+
+
+def test_init_on_too_few_photos_to_carve_says_what_init_can_do(tmp_path):
+    from tests.test_outputs import _coco
+
+    (tmp_path / "data").mkdir()
+    source = _coco(tmp_path / "data" / "three.json", 3)
+    done = run_cli("init", str(source), "--out", str(tmp_path / "t.yaml"))
+    assert done.returncode == 2 and "pass --val" in done.stderr and "cv.folds" not in done.stderr, done.stderr

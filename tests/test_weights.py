@@ -103,3 +103,17 @@ def test_a_timm_file_loads_into_a_wrapped_feature_extractor(tmp_path, caplog):
     assert torch.equal(body.state_dict()["stages_3.blocks.1.mlp.fc2.weight"],
                        source.state_dict()["stages.3.blocks.1.mlp.fc2.weight"])
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_an_image_or_a_cut_file_given_as_a_model_says_what_it_is(tmp_path):
+    from PIL import Image
+
+    from detector.checkpoint import load_checkpoint
+    from detector.errors import WeightsError
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.pt", "JPEG")  # said "UnpicklingError" before
+    with pytest.raises(WeightsError, match="photo.pt: a JPEG image, not a checkpoint"):
+        load_checkpoint(tmp_path / "photo.pt")
+    (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04" + bytes(50))
+    with pytest.raises(WeightsError, match="cut.pt: not a complete PyTorch file"):
+        load_checkpoint(tmp_path / "cut.pt")
