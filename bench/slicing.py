@@ -20,6 +20,7 @@ of prediction alone.
 
     python bench/slicing.py                   # 3 epochs, about 40 minutes on 2 CPU cores
     python bench/slicing.py --side 3328 --models canvas-whole,canvas-crop   # cells of 5-7 px when resized
+    python bench/slicing.py --large runs/rbc/best.pt       # peak memory of --slice auto on a 6000x4000 image
 """
 from __future__ import annotations
 
@@ -108,8 +109,43 @@ def score(checkpoint: Path, test_json: Path, slice_setting: int | str, overlap: 
     return {"map": m["map"], "map_50": m["map_50"], "mar_100": m["mar_100"], "seconds": seconds}
 
 
+def large_photo(checkpoint: Path, width: int, height: int, folder: Path) -> None:
+    """Peak memory and seconds of `detector predict --slice auto` on one width x height image (RBC images
+    tiled edge to edge: cells everywhere, as many boxes as tiles can hold), against plain predict of the same
+    image in the same run. Each runs in a process of its own; its peak resident memory is its ru_maxrss."""
+    import resource
+    import subprocess
+    import sys
+
+    sources = sorted((RBC / "train").glob("*.jpg"))
+    canvas = Image.new("RGB", (width, height))
+    for k, (y, x) in enumerate((y, x) for y in range(0, height, 416) for x in range(0, width, 416)):
+        canvas.paste(Image.open(sources[k % len(sources)]).convert("RGB"), (x, y))
+    image = folder / "large.jpg"
+    canvas.save(image, quality=90)
+    print(f"one {width}x{height} image of tiled RBC photos; {checkpoint}", flush=True)
+    rows = {}
+    for how, extra in (("plain", []), ("sliced", ["--slice", "auto"])):
+        out = folder / f"preds_{how}"
+        code = ("import resource, runpy, sys, time; sys.argv = ['detector'] + sys.argv[1:]; start = time.time()\n"
+                "try:\n    runpy.run_module('detector.cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+                "print('SECONDS', time.time() - start, 'PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+        done = subprocess.run([sys.executable, "-c", code, "predict", str(checkpoint), str(image), "--out", str(out),
+                               "--quiet", *extra], capture_output=True, text=True)
+        fields = done.stdout.split()
+        seconds, peak = float(fields[fields.index("SECONDS") + 1]), int(fields[fields.index("PEAK_KB") + 1])
+        boxes = len(json.loads((out / "predictions.json").read_text()))
+        rows[how] = (seconds, peak / 1024, boxes)
+        print(f"  {how:<7} {seconds:7.1f} s   peak {peak / 1024:7.0f} MiB   {boxes} boxes", flush=True)
+    print(f"  sliced / plain: {rows['sliced'][0] / rows['plain'][0]:.1f}x the seconds, "
+          f"{rows['sliced'][1] / rows['plain'][1]:.2f}x the peak memory")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--large", metavar="CHECKPOINT", help="only measure peak memory and seconds of --slice auto "
+                        "on one --large-size image with this checkpoint")
+    parser.add_argument("--large-size", default="6000x4000", help="WIDTHxHEIGHT of the --large image")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--side", type=int, default=1664)
     parser.add_argument("--per-canvas", type=int, default=3)
@@ -120,6 +156,11 @@ def main() -> None:
                         help="ensemble.slice_whole: the whole canvas as one more tile")
     parser.add_argument("--keep", help="a folder for the canvases and runs (default: a temporary one)")
     args = parser.parse_args()
+    if args.large:
+        with tempfile.TemporaryDirectory() as tmp:
+            width, height = (int(v) for v in args.large_size.lower().split("x"))
+            large_photo(Path(args.large), width, height, Path(tmp))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.keep or tmp)
         splits = {s: RBC / s / "_annotations.coco.json" for s in ("train", "valid", "test")}

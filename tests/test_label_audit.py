@@ -75,3 +75,19 @@ def test_a_second_audit_replaces_only_what_the_first_wrote_as_it_was_written(tmp
     assert paths.label_fixes.read_text() == '{"images": [1, 2]}'
     write_audit(tmp_path, [], {"images": []}, drawings(1), force=True)
     assert json.loads(paths.label_fixes.read_text()) == {"images": []}
+
+
+def test_an_unfinished_fold_is_not_audited_even_with_its_best_predictions_so_far(tmp_path):
+    from detector.cv import out_of_fold_results
+    from detector.files import write_json
+    from detector.layout import RunPaths
+
+    run = RunPaths(tmp_path)
+    for k in (0, 1):
+        write_json(run.fold(k).best_predictions, [{"image_id": k + 1, "category_id": 1, "bbox": [0, 0, 5, 5],
+                                                   "score": 0.9}])
+    write_json(run.fold(0).summary, {"best_epoch": 2})
+    assert out_of_fold_results(run, [[1], [2]]) is None  # W1: fold 1 stopped after epoch 0 of 3
+    write_json(run.fold(1).summary, {"best_epoch": 2})
+    results, ids = out_of_fold_results(run, [[1], [2]])
+    assert ids == [1, 2] and len(results) == 2

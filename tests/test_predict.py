@@ -97,6 +97,11 @@ def test_audit_labels_of_a_cv_run_writes_issues_a_fixed_file_and_drawings(rbc, r
     refused = run_cli("audit-labels", str(rbc_run))
     assert refused.returncode == 2 and "edited since audit-labels wrote it" in refused.stderr
     assert fixes.read_bytes() == reviewed
+    from detector.runs import hold_run
+
+    with hold_run(rbc_run):  # W1: as a `detector cv` still training in the folder holds it
+        busy = run_cli("audit-labels", str(rbc_run), "--force")
+    assert busy.returncode == 2 and "another detector process is running" in busy.stderr, busy.stderr
     elsewhere = run_cli("audit-labels", str(rbc_run), "--out", str(rbc_run.parent / "audit"), "--top", "1")
     assert elsewhere.returncode == 0 and (rbc_run.parent / "audit" / "label_fixes.coco.json").is_file()
     assert fixes.read_bytes() == reviewed
