@@ -146,6 +146,8 @@ class OutputWriter:
                  job: dict[str, Any] | None = None, force: bool = False):
         self.out, self.thresholds, self.draw = Path(out), thresholds, draw
         self.paths = PredictPaths(out)
+        if self.out.exists() and not self.out.is_dir():
+            raise DetectorError(f"{self.out}: is a file; --out is the folder predict writes its outputs to")
         self.out.mkdir(parents=True, exist_ok=True)
         self.partial = self.paths.partial
         header = {"job": {**(job or {}), **thresholds.to_dict(), "draw": draw}}

@@ -156,3 +156,24 @@ def test_predict_on_a_full_disk_is_one_error_and_force_unlinks_a_link_without_fo
                     "--score-threshold", "0.9")
     assert again.returncode == 0, again.stderr
     assert (mine / "keep.png").read_bytes() == b"the user's" and not (out / "drawn").is_symlink()
+
+
+def test_sample_data_and_predict_never_write_over_a_file_or_into_a_users_dataset(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "annotations.json").write_text("my labels")
+    before = _bytes(mine)
+    _fails(["sample-data", str(mine), "--images", "3"], capsys, "already holds annotations.json")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    _fails(["sample-data", str(notes), "--images", "3"], capsys, "is a file")
+    _fails(["predict", str(notes), str(notes), "--out", str(notes)], capsys, "not a")
+    assert _bytes(mine) == before and notes.read_text() == "mine"
+
+
+def test_predict_into_a_file_is_refused(untrained_checkpoint, tmp_path, capsys):
+    Image.new("RGB", (64, 48)).save(tmp_path / "a.png")
+    (tmp_path / "out").write_text("mine")
+    _fails(["predict", str(untrained_checkpoint), str(tmp_path / "a.png"), "--out", str(tmp_path / "out")], capsys,
+           "is a file; --out is the folder")
+    assert (tmp_path / "out").read_text() == "mine"

@@ -5,12 +5,14 @@ DIR/train.json / DIR/val.json (the same images split 80/20). Same seed, same byt
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from ..errors import DetectorError, StorageError
+from ..files import write_json, writing
 
 CLASSES = ("circle", "rectangle", "triangle")
 SIZES = ((256, 256), (224, 288), (288, 224))  # (height, width)
@@ -28,13 +30,23 @@ class SampleSpec:
 def write_sample_dataset(out_dir: str | Path, spec: SampleSpec = SampleSpec()) -> dict[str, Path]:
     """Write the dataset and return the paths of the three annotation files."""
     out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    taken = [out / n for n in ("annotations.json", "train.json", "val.json", "images")
+             if (out / n).exists() or (out / n).is_symlink()]
+    if out.exists() and not out.is_dir():
+        raise DetectorError(f"{out}: is a file; sample-data writes a folder, give it a folder name")
+    if taken:
+        raise DetectorError(f"{out}: already holds {', '.join(p.name for p in taken)}; sample-data writes only into a "
+                            "folder without them (it never replaces files): choose another folder")
+    with writing(out):
+        (out / "images").mkdir(parents=True)
     rng = np.random.default_rng(spec.seed)
     images, annotations = [], []
     for i in range(spec.images):
         image, objects = _draw_image(rng, empty=rng.random() < spec.empty_fraction, max_objects=spec.max_objects)
         name = f"images/sample_{i:05d}.png"
-        cv2.imwrite(str(out / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        if not cv2.imwrite(str(out / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):  # cv2 says only False
+            raise StorageError(f"{out / name}: cannot write it (a full disk or a read-only folder?); fix the cause "
+                               "and write the sample to a new folder")
         images.append({"id": i + 1, "file_name": name, "width": image.shape[1], "height": image.shape[0]})
         for cls, (x, y, w, h) in objects:
             annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": cls + 1,
@@ -59,8 +71,7 @@ def _write(path: Path, images, annotations, categories, keep) -> Path:
         "annotations": [a for a in annotations if a["image_id"] in ids],
         "categories": categories,
     }
-    path.write_text(json.dumps(doc, indent=1))
-    return path
+    return write_json(path, doc, indent=1)
 
 
 def _draw_image(rng: np.random.Generator, empty: bool, max_objects: int):
