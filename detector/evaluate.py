@@ -228,8 +228,8 @@ def read_results(path: str | Path, index: CocoIndex) -> list[dict[str, Any]]:
         results = json.loads(path.read_text())
     except FileNotFoundError:
         raise DatasetError(f"{path}: results file not found") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise DatasetError(f"{path}: not a readable JSON results file ({e})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise DatasetError(f"{path}: not a readable JSON results file ({type(e).__name__}: {e})") from None
     if not isinstance(results, list):
         raise DatasetError(f"{path}: a COCO results file is a JSON list of detections")
     image_ids = {r.id for r in index.images}

@@ -132,3 +132,14 @@ def test_off_reads_as_the_word_where_a_choice_expects_it(tmp_path):
     assert config.load(path).train.amp == "off"
     with pytest.raises(ConfigError, match="train.amp must be one of auto, off, bf16, fp16; got True"):
         config.load(None, ["train.amp=true"])
+
+
+def test_a_config_nested_too_deep_or_not_utf8_is_one_error(tmp_path):
+    from tests.helpers import run_cli
+
+    (tmp_path / "deep.yaml").write_text("a: " + "[" * 5000 + "]" * 5000)  # RecursionError before
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00train:")
+    for name, said in (("deep.yaml", "nested deeper than any config"), ("binary.yaml", "not a UTF-8 text file")):
+        done = run_cli("train", str(tmp_path / name), "--out", str(tmp_path / "run"))
+        assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "run").exists()
