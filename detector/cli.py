@@ -259,19 +259,18 @@ def _audit_parser(sub) -> None:
     a.add_argument("--top", type=_positive_int, default=20, help="how many issues to draw (default 20)")
     a.add_argument("--confident", type=_fraction(False), default=0.5,
                    help="the score from which a prediction counts as evidence (default 0.5)")
+    a.add_argument("--out", help="write the audit into this folder instead of the run folder (for a run you "
+                   "cannot or would rather not write to)")
+    a.add_argument("--force", action="store_true",
+                   help="replace a label_fixes.coco.json edited since the last audit wrote it")
     a.set_defaults(func=_audit)
 
 
 def _audit(args) -> int:
-    from .files import read_json, write_json
-    from .label_audit import KINDS, AuditSettings, apply_fixes, audit_run, draw_issues
-    from .layout import RunPaths
+    from .label_audit import KINDS, AuditSettings, audit_into
 
-    index, issues = audit_run(args.run, AuditSettings(confident=args.confident))
-    paths = RunPaths(args.run)
-    write_json(paths.label_issues, [i.to_dict() for i in issues])
-    write_json(paths.label_fixes, apply_fixes(read_json(index.path), issues))
-    drawn = draw_issues(index, issues, paths.label_drawings, args.top)
+    index, issues, written = audit_into(args.run, args.out, AuditSettings(confident=args.confident), top=args.top,
+                                        force=args.force)
     counts = ", ".join(f"{sum(i.kind == k for i in issues)} {k}" for k in KINDS)
     print(f"{len(issues)} suspected label issues in {len(index.images)} training images ({counts})")
     for i in issues[:10]:
@@ -439,6 +438,8 @@ def _predict(args) -> int:
         print(f"skipped {len(run.skipped)} unreadable file(s):", file=sys.stderr)
         for path, reason in run.skipped:
             print(f"  {reason}", file=sys.stderr)
+    for path, note in run.truncated:
+        print(f"warning: {path}: {note}", file=sys.stderr)
     if run.by_name:
         print(f"{run.by_name} image(s) matched to their --gt entry by file name only (the entry's own file "
               "is not there)")

@@ -342,6 +342,16 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
     return cfg
 
 
+def ensemble_from_dict(raw: dict[str, Any], source: str) -> EnsembleConfig:
+    """An `ensemble` section on its own (an operating point, a best/ folder's ensemble.json), its fields
+    checked; its weights are checked against the models they weigh where those are loaded."""
+    cfg = build(Config, {"ensemble": raw}, "", source)
+    for key, value, (ok, rule) in _checked_fields(cfg.ensemble, "ensemble."):
+        if not ok(value):
+            raise ConfigError(f"{source}: {key} must {rule}")
+    return cfg.ensemble
+
+
 def with_values(cfg: Config, values: dict[str, Any], source: str = "<values>") -> Config:
     """A copy of `cfg` with dotted keys set (`{"train.lr": 0.001}`), type-checked like a config file."""
     raw = resolve_paths(cfg).to_dict() if _inside_pipeline(values) else cfg.to_dict()

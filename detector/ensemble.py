@@ -169,7 +169,7 @@ class Ensemble:
         if not extra:
             return ensemble
         merged = {**dataclasses.asdict(ensemble.settings), **extra}
-        settings = config_mod.from_dict({"ensemble": merged}, "ensemble overrides").ensemble
+        settings = config_mod.ensemble_from_dict(merged, "ensemble overrides")
         return cls(ensemble.members, settings, ensemble.device, ensemble.thresholds)
 
     def predict(self, images: Sequence[str | Path | np.ndarray], *, batch_size: int = 8, tta: bool = False,
@@ -182,16 +182,18 @@ class Ensemble:
     def iter_predict(self, images: Sequence[str | Path | np.ndarray], *, batch_size: int = 8, tta: bool = False,
                      score_threshold: float | None = 0.0, progress: bool = False, with_members: bool = False,
                      ) -> Iterator[tuple[ImagePrediction | None, str | None]]:
-        """(prediction, None) per readable image and (None, reason) per unreadable file, in input order."""
+        """(prediction, None) per readable image, (None, reason) per unreadable file and (prediction, note) per
+        file read only as a truncated one, in input order."""
         from tqdm import tqdm
 
         bar = tqdm(total=len(images), desc="predict", unit="image", disable=not progress)
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
-            arrays, sources, errors = [], [], {}
+            arrays, sources, errors, notes = [], [], {}, {}
             for j, item in enumerate(chunk):
                 try:
-                    arrays.append(item if isinstance(item, np.ndarray) else read_image(item, self.bit_depth))
+                    arrays.append(item if isinstance(item, np.ndarray) else
+                                  read_image(item, self.bit_depth, on_truncated=lambda n, j=j: notes.update({j: n})))
                     sources.append(j)
                 except DatasetError as e:
                     errors[j] = str(e)
@@ -206,7 +208,7 @@ class Ensemble:
                 out = self._image_prediction(fused[k], source, w, h, score_threshold)
                 if with_members:
                     out.members = [self._image_prediction(m, source, w, h, score_threshold) for m in per_member[k]]
-                yield out, None
+                yield out, notes.get(j)
             bar.update(len(chunk))
         bar.close()
 
@@ -307,7 +309,7 @@ def resolve_models(path: str | Path | Sequence[str | Path],
     p = Path(path)
     if p.is_dir() and (p / ENSEMBLE).exists():
         meta = read_json(p / ENSEMBLE)
-        settings = config_mod.from_dict({"ensemble": meta["ensemble"]}, str(p / ENSEMBLE)).ensemble
+        settings = config_mod.ensemble_from_dict(meta["ensemble"], str(p / ENSEMBLE))
         files = [m if isinstance(m, str) else m["file"] for m in meta["members"]]  # an export lists names
         return [p / f for f in files], settings, Thresholds.from_dict(meta)
     if p.is_dir() and RunPaths(p).top_models.exists():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import shutil
 import tempfile
 import warnings
@@ -91,8 +92,10 @@ def deployed(restored: RestoredModel, image_size: int | None = None) -> Deployed
 
 
 def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, *, sample: torch.Tensor | None = None,
-                      quantize: str | None = None, calibration: CocoIndex | None = None, half: bool = False) -> Path:
-    """Write `checkpoint` as `fmt` (torchscript or onnx) to `out`, with labels.json beside it.
+                      quantize: str | None = None, calibration: CocoIndex | None = None, half: bool = False,
+                      force: bool = False) -> Path:
+    """Write `checkpoint` as `fmt` (torchscript or onnx) to `out`, with NAME.labels.json beside it (shared
+    by NAME.pt and NAME.onnx of one checkpoint; `force` replaces one that is not theirs).
 
     `quantize="int8"` (ONNX only) writes ONNX Runtime's static INT8 version instead, calibrated on
     `calibration` (default: the checkpoint's data.val); labels.json then records its mAP and speed on those
@@ -103,6 +106,7 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, *, samp
     restored = restore_model(checkpoint, "cpu")
     if quantize:  # checked before the minutes of export and calibration
         calibration = _same_classes(calibration or _val_split(restored, checkpoint), restored, checkpoint)
+    sidecar = _shared_sidecar(out, _common(restored), force)
     module = deployed(restored)
     if half:
         module.model.half().cuda()
@@ -114,13 +118,40 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, *, samp
         buffer, extra = io.BytesIO(data), {"precision": "int8", "int8": report.to_dict()}
     with atomic_file(out) as f:
         f.write(buffer.getbuffer())
-    write_json(labels_file(out), {"labels": _labels(restored), "image_size": restored.image_size,
-                                  "sha256": hashlib.sha256(buffer.getbuffer()).hexdigest(),
-                                  "tile": tile_size("auto", restored.train_side, restored.image_size),
-                                  "input": "uint8 RGB image, shape (height, width, 3)",
-                                  "outputs": ["boxes (N, 4) xyxy pixels", "scores (N,)", "labels (N,) 1..K"],
-                                  **extra, **_scoring(restored)})
+    extra["sha256"] = hashlib.sha256(buffer.getbuffer()).hexdigest()
+    write_json(labels_file(out), sidecar | {"files": {**sidecar.get("files", {}), out.name: extra}})
     return out
+
+
+def _common(restored: RestoredModel) -> dict[str, Any]:
+    """What NAME.labels.json says of every file exported from one checkpoint under NAME (NAME.pt, NAME.onnx)."""
+    return {"labels": _labels(restored), "image_size": restored.image_size,
+            "tile": tile_size("auto", restored.train_side, restored.image_size),
+            "input": "uint8 RGB image, shape (height, width, 3)",
+            "outputs": ["boxes (N, 4) xyxy pixels", "scores (N,)", "labels (N,) 1..K"], **_scoring(restored)}
+
+
+def _shared_sidecar(out: Path, common: dict[str, Any], force: bool) -> dict[str, Any]:
+    """The labels file `out` will have: `common`, with the entries of the other files beside `out` that
+    share it (NAME.onnx and NAME.pt of one checkpoint) kept. One written for another checkpoint or by
+    someone else is replaced only with `force`."""
+    where = labels_file(out)
+    if not where.exists():
+        return common
+    try:
+        old = json.loads(where.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        old = None
+    shared = isinstance(old, dict) and isinstance(old.get("files"), dict) and \
+        {k: v for k, v in old.items() if k != "files"} == json.loads(json.dumps(common))
+    if not shared:
+        if not force:
+            raise DetectorError(f"{where}: exists and is not the labels file of this checkpoint's exports; pass "
+                                "--force to replace it (the model files it describes then cannot be scored), "
+                                "or choose another --out name")
+        return common
+    kept = {n: e for n, e in old["files"].items() if n != out.name and (out.parent / str(n)).is_file()}
+    return common | {"files": kept}
 
 
 def _scoring(restored: RestoredModel) -> dict[str, Any]:
@@ -209,9 +240,10 @@ def export_models(models: str | Path, fmt: str, out: str | Path, *, quantize: st
         _claim_folder(out, models, force)
         return _export_ensemble(models, fmt, out, options)
     if models.is_file():
-        claim_files([out, labels_file(out)], [models, labels_file(models), *([calibration.path] if calibration else [])],
-                    force=force)
-        return [export_checkpoint(models, fmt, out, **options)]
+        sources = [models, labels_file(models), *([calibration.path] if calibration else [])]
+        claim_files([out], sources, force=force)
+        claim_files([labels_file(out)], sources, force=True)  # an input or a folder; an existing one: as shared
+        return [export_checkpoint(models, fmt, out, force=force, **options)]
     raise WeightsError(f"{models}: not a checkpoint or a study's best/ folder")
 
 
@@ -290,4 +322,11 @@ def _export_onnx(module: DeployedDetector, out: io.BytesIO, sample: torch.Tensor
 
 
 def read_labels(model_file: str | Path) -> dict[str, Any]:
-    return read_json(labels_file(Path(model_file)))
+    """NAME.labels.json as it applies to `model_file`: what all of NAME's files share, with this file's own
+    entry (sha256, precision, int8 report) beside it."""
+    model_file = Path(model_file)
+    sidecar = read_json(labels_file(model_file), fix="export the checkpoint again")
+    if not isinstance(sidecar, dict):
+        raise WeightsError(f"{labels_file(model_file)}: not a labels file; export the checkpoint again")
+    own = sidecar.pop("files", {}).get(model_file.name, {})
+    return sidecar | (own if isinstance(own, dict) else {})

@@ -111,7 +111,7 @@ class OperatingPoint:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "OperatingPoint":
-        ensemble = config_mod.from_dict({"ensemble": d["ensemble"]}, "operating point").ensemble
+        ensemble = config_mod.ensemble_from_dict(d["ensemble"], "operating point")
         return cls(Thresholds.from_dict(d), ensemble, float(d["score"]), float(d["configured_score"]),
                    d.get("metrics", {}), int(d.get("images", 0)), d.get("source", ""), int(d.get("evaluations", 1)),
                    float(d.get("seconds", 0.0)),

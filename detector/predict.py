@@ -33,10 +33,12 @@ class PredictionRun:
     image_ids: list[int]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     by_name: int = 0  # images matched to their --gt entry by file name alone (the entry's own file is absent)
+    truncated: list[tuple[str, str]] = field(default_factory=list)  # (file, what is wrong): predicted all the same
 
     def member(self, i: int) -> "PredictionRun":
         """The same images as predicted by member i alone (needs run_predictions(with_members=True))."""
-        return PredictionRun([p.members[i] for p in self.predictions], self.image_ids, self.skipped, self.by_name)
+        return PredictionRun([p.members[i] for p in self.predictions], self.image_ids, self.skipped, self.by_name,
+                             self.truncated)
 
 
 def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -75,7 +77,7 @@ def run_predictions(ensemble: Ensemble, images: Sequence[Path], *, gt: CocoIndex
     todo = [p for p in images if str(p) not in done]
     stream = ensemble.iter_predict(todo, batch_size=batch_size, tta=tta, score_threshold=0.0, progress=progress,
                                    with_members=with_members)
-    predictions, kept_ids, skipped = [], [], []
+    predictions, kept_ids, skipped, truncated = [], [], [], []
     for path, image_id in zip(images, ids):
         if str(path) in done:
             predictions.append(done[str(path)])
@@ -85,11 +87,13 @@ def run_predictions(ensemble: Ensemble, images: Sequence[Path], *, gt: CocoIndex
         if p is None:
             skipped.append((str(path), error))
             continue
+        if error is not None:
+            truncated.append((str(path), error))
         predictions.append(p)
         kept_ids.append(image_id)
         if on_image is not None:
             on_image(p, image_id)
-    return PredictionRun(predictions, kept_ids, skipped, by_name)
+    return PredictionRun(predictions, kept_ids, skipped, by_name, truncated)
 
 
 def _image_ids(images: Sequence[Path], gt: CocoIndex | None) -> tuple[list[int], int]:

@@ -175,3 +175,21 @@ def test_a_torchscript_file_is_loaded_only_beside_the_labels_file_that_records_i
     shutil.copy(tmp_path / "model.labels.json", tmp_path / "foreign.labels.json")
     with pytest.raises(WeightsError, match="foreign.pt: not the TorchScript file detector exported"):
         load_exported(foreign, torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_the_onnx_and_torchscript_files_of_one_checkpoint_share_their_labels_file(untrained_checkpoint, tmp_path):
+    from detector.exported import load_exported
+
+    [scripted] = _export(untrained_checkpoint, "torchscript", tmp_path / "model.pt")
+    [traced] = _export(untrained_checkpoint, "onnx", tmp_path / "model.onnx")  # refused before: the labels existed
+    for path in (scripted, traced):  # both still load: the second export kept the first one's sha256
+        assert load_exported(path, torch.device("cpu")).path == path
+    assert sorted(json.loads((tmp_path / "model.labels.json").read_text())["files"]) == ["model.onnx", "model.pt"]
+    mine = tmp_path / "mine.labels.json"
+    mine.write_text("my own notes")  # not a labels file export wrote: kept unless --force
+    with pytest.raises(DetectorError, match="mine.labels.json: exists and is not the labels file"):
+        _export(untrained_checkpoint, "torchscript", tmp_path / "mine.pt")
+    assert mine.read_text() == "my own notes" and not (tmp_path / "mine.pt").exists()
+    _export(untrained_checkpoint, "torchscript", tmp_path / "mine.pt", force=True)
+    assert load_exported(tmp_path / "mine.pt", torch.device("cpu")) is not None

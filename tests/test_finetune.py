@@ -106,7 +106,7 @@ def test_int8_export_is_quantized_scored_beside_fp32_and_warns_what_it_costs(pre
     assert main(["export", str(pretrained_run.best_path), "--format", "onnx", "--quantize", "int8",
                  "--out", str(out)]) == 0
     said = capsys.readouterr().out
-    labels = json.loads((tmp_path / "int8.labels.json").read_text())
+    labels = json.loads((tmp_path / "int8.labels.json").read_text())["files"]["int8.onnx"]
     report = labels["int8"]
     assert labels["precision"] == "int8" and report["images"] == report["calibration_images"] == 20  # its data.val
     assert report["fp32"]["map_50"] >= 0.7, report  # the fine-tuned model, exported

@@ -146,19 +146,21 @@ def test_unusual_and_broken_files(rbc, rbc_run, tmp_path):
     done = run_cli("predict", str(rbc_run), str(d), "--out", str(out), "--draw", "--tta", "hflip",
                "--score-threshold", "0.05", "--quiet")
     assert done.returncode == 0, done.stderr
-    assert "skipped 3 unreadable" in done.stderr and "notes.jpg" in done.stderr and "truncated.jpg" in done.stderr
+    assert "skipped 2 unreadable" in done.stderr and "notes.jpg" in done.stderr
+    assert "warning: " in done.stderr and "truncated.jpg: truncated" in done.stderr  # predicted as viewers show it
     assert "huge.png: too large to decode safely" in done.stderr
     records = json.loads(PredictPaths(out).images.read_text())
     assert sorted(r["drawing"] for r in records if Path(r["file_name"]).name == "plain.jpg") == \
         ["drawn/plain.png", "drawn/plain_2.png"]
     images = {Path(i["file_name"]).name: i for i in records}
-    assert set(images) == {"plain.jpg", "gray.png", "rgba.png", "deep16.png", "rotated.jpg", "large.jpg", "tiny.png"}
+    assert set(images) == {"plain.jpg", "gray.png", "rgba.png", "deep16.png", "rotated.jpg", "large.jpg", "tiny.png",
+                           "truncated.jpg"}
     assert (images["rotated.jpg"]["width"], images["rotated.jpg"]["height"]) == (416, 300)  # EXIF applied
     for r in json.loads(PredictPaths(out).predictions.read_text()):
         im = next(i for i in records if i["id"] == r["image_id"])
         x, y, w, h = r["bbox"]
         assert x >= 0 and y >= 0 and x + w <= im["width"] + 1e-3 and y + h <= im["height"] + 1e-3
-    assert len(list((out / "drawn").glob("*.png"))) == 8
+    assert len(list((out / "drawn").glob("*.png"))) == 9
     assert run_cli("predict", str(rbc_run), str(tmp_path / "nothing*.jpg"), "--out", str(out)).returncode == 2
 
 

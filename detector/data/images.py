@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -16,7 +16,8 @@ _TRUNCATED = threading.Lock()
 _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
-def read_image(path: str | Path, bit_depth: int = 16, draft: int | None = None) -> np.ndarray:
+def read_image(path: str | Path, bit_depth: int = 16, draft: int | None = None,
+               on_truncated: Callable[[str], None] | None = None) -> np.ndarray:
     """Decode `path` into an (H, W, 3) uint8 RGB array, EXIF orientation applied.
 
     Grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit images all come back as 8-bit RGB. A 16-bit
@@ -24,7 +25,7 @@ def read_image(path: str | Path, bit_depth: int = 16, draft: int | None = None) 
     12 for a 12-bit camera's files), never by its own maximum, so every image of a dataset maps alike; a
     value above 2**bit_depth - 1, a negative one or a floating-point image is a DatasetError.
     A truncated file that PIL can still decode (every viewer shows it; its missing end is grey) is read; see
-    `decode_check`. Raises DatasetError naming the file when it is missing, not an image, undecodable, or
+    `decode_check`; `on_truncated` is then called with what is wrong. Raises DatasetError naming the file when it is missing, not an image, undecodable, or
     larger than PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS). With `draft`, a JPEG is decoded at
     the smallest of its built-in reduced scales whose sides stay at least `draft` pixels (for thumbnails).
     """
@@ -35,7 +36,10 @@ def read_image(path: str | Path, bit_depth: int = 16, draft: int | None = None) 
             if "truncated" not in str(e):
                 raise
             with _truncated_allowed():
-                return _decode(path, bit_depth, draft)
+                image = _decode(path, bit_depth, draft)
+            if on_truncated is not None:
+                on_truncated(_truncated_note(e))
+            return image
 
 
 def decode_check(path: str | Path) -> str | None:
@@ -50,7 +54,11 @@ def decode_check(path: str | Path) -> str | None:
                 raise
             with _truncated_allowed():
                 _decode(path, 16, None)
-            return f"truncated ({e}): used as PIL decodes it, the missing part grey"
+            return _truncated_note(e)
+
+
+def _truncated_note(e: OSError) -> str:
+    return f"truncated ({e}): used as PIL decodes it, the missing part grey"
 
 
 def _decode(path: str | Path, bit_depth: int, draft: int | None) -> np.ndarray:
