@@ -321,6 +321,22 @@ def test_a_new_predict_job_never_mixes_with_another_jobs_outputs(tmp_path):
     assert "a1.png" not in PredictPaths(out).table.read_text()
 
 
+def test_force_unlinks_a_linked_output_and_keeps_the_file_it_points_to(tmp_path):
+    out = tmp_path / "out"
+    first = OutputWriter(out, Thresholds(0.3, {}), draw=False, job={"images": "a"})
+    first.add(_prediction("a1.png"), 1)
+    first.close()
+    mine = tmp_path / "mine.csv"  # C13: a link among the outputs; --force must not write through it
+    mine.write_text("my own table")
+    PredictPaths(out).table.unlink()
+    PredictPaths(out).table.symlink_to(mine)
+    second = OutputWriter(out, Thresholds(0.3, {}), job={"images": "b"}, force=True)
+    second.add(_prediction("b1.png"), 1)
+    second.close()
+    assert mine.read_text() == "my own table" and not PredictPaths(out).table.is_symlink()
+    assert "b1.png" in PredictPaths(out).table.read_text()
+
+
 def test_one_file_under_two_spellings_is_predicted_once(tmp_path):
     (tmp_path / "a").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "a" / "x.jpg")

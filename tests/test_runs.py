@@ -97,6 +97,23 @@ def test_a_folder_detector_did_not_make_is_never_adopted(sample, tmp_path, monke
     assert (prepare_run(tmp_path / "empty", cfg, **QUIET) / MARKER).exists()  # an empty folder is fine
 
 
+def test_force_unlinks_a_link_among_a_runs_entries_and_keeps_what_it_points_to(sample, tmp_path):
+    cfg = tiny_cfg(sample)
+    run = prepare_run(tmp_path / "run", cfg, **QUIET)
+    mine = tmp_path / "mine"  # C13: --force followed a linked top/ into rmtree, a linked file into unlink
+    mine.mkdir()
+    (mine / "model.pt").write_bytes(b"my only model")
+    (mine / "notes.csv").write_text("mine")
+    (run / "top").symlink_to(mine, target_is_directory=True)
+    RunPaths(run).metrics.symlink_to(mine / "notes.csv")
+    (run / "fold_0").mkdir()
+    prepare_run(run / "fold_0", cfg, **QUIET)
+    (run / "fold_0" / "top").symlink_to(mine, target_is_directory=True)
+    prepare_run(run, config.with_values(cfg, {"train.lr": 0.5}), force=True, **QUIET)
+    assert sorted(p.name for p in run.iterdir()) == [MARKER, "config.yaml", "data.json"]
+    assert (mine / "model.pt").read_bytes() == b"my only model" and (mine / "notes.csv").read_text() == "mine"
+
+
 def test_force_deletes_only_the_entries_the_marker_lists(sample, tmp_path):
     cfg = tiny_cfg(sample)
     run = prepare_run(tmp_path / "run", cfg, **QUIET)
