@@ -46,6 +46,7 @@ class Checkpoint:
     image_size: int = 0
     train_side: int = 0  # the training images' median longest side (0: unknown): the scale objects were seen at
     normalization: dict[str, list[float]] | None = None
+    precision: str = ""  # what it trained in: fp32, bf16 or fp16 ("": written before it was recorded)
     optimizer: dict[str, Any] | None = None
     scheduler: dict[str, Any] | None = None
     scaler: dict[str, Any] | None = None

@@ -62,7 +62,7 @@ def run_cv(
     study refits its best trial's config only.
     """
     preflight.check(cfg)
-    process = distributed.setup(cfg.train.device, cfg.train.amp)
+    process = distributed.setup(cfg.train.device, cfg.train.amp, log)
     with owned_run(run_dir, cfg, force=force, log=log) as run:
         return _run_cv(cfg, run, process, callbacks=callbacks, progress=progress,
                        log=distributed.main_only(process.world, log), index=index, val_index=val_index, refit=refit)
@@ -76,7 +76,7 @@ def _run_cv(cfg: Config, run: Path, process: distributed.Process, *, callbacks, 
         index, val_index = load_splits(cfg, log)
     paths = RunPaths(run)
     if w.main:
-        write_json(paths.env, environment())
+        write_json(paths.env, environment(process))
     folds = distributed.broadcast(w, _folds(paths, index, cfg, log) if w.main else None)
     top = TopK(run, cfg.cv.top_k, log) if w.main and fold_models else None
     for k, val_ids in enumerate(folds):
@@ -176,7 +176,7 @@ def read_summary(run: Path) -> CVResult:
     return CVResult(run, folds, mean, std, read_index(paths)[0])
 
 
-def environment() -> dict[str, Any]:
+def environment(process: distributed.Process | None = None) -> dict[str, Any]:
     import albumentations
     import timm
     import torchvision
@@ -188,7 +188,19 @@ def environment() -> dict[str, Any]:
         "albumentations": albumentations.__version__,
         "device": torch.cuda.get_device_name(0) if cuda else "cpu", "cuda": torch.version.cuda if cuda else None,
         "threads": torch.get_num_threads(), "git_commit": _git_commit(),
+        "cpu": _cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        **({"precision": process.precision.name, "precision_reason": process.precision.reason} if process else {}),
     }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _git_commit() -> str | None:

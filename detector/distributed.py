@@ -86,14 +86,18 @@ class Process:
     precision: Precision
 
 
-def setup(device: str, amp: str) -> Process:
-    """train.device and train.amp resolved, the process group joined (once per process)."""
+def setup(device: str, amp: str, log: Callable[[str], None] | None = None) -> Process:
+    """train.device and train.amp resolved, the process group joined (once per process); the choice and
+    its reason logged (by rank 0) when `log` is given."""
     resolved = resolve_device(device)
     w = start(resolved)
     resolved = device_of(w, resolved)
     if resolved.type == "cuda":  # images share a longest side and pad to multiples of 32: few input shapes,
         torch.backends.cudnn.benchmark = True  # each convolution tuned once per shape
-    return Process(w, resolved, resolve_precision(amp, resolved))
+    process = Process(w, resolved, resolve_precision(amp, resolved))
+    if log is not None and w.main:
+        log(f"device {resolved}, precision {process.precision.reason}")
+    return process
 
 
 def wrap(model: torch.nn.Module, process: Process, sync_bn: bool) -> torch.nn.Module:

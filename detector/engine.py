@@ -4,7 +4,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -23,6 +23,11 @@ class Precision:
 
     device_type: str
     dtype: torch.dtype | None
+    reason: str = field(default="", compare=False)  # why this precision (train.amp: auto's choice)
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
 
     @property
     def scaled(self) -> bool:
@@ -45,14 +50,20 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(amp: str, device: torch.device) -> Precision:
-    """auto: bf16 (or fp16 with a GradScaler where bf16 is missing) on CUDA, fp32 on CPU. bf16 and fp16
-    also run on CPU, through the same autocast and scaler code (slower than fp32 on most CPUs)."""
+    """auto: on CUDA bf16 (fp16 with a GradScaler where bf16 is missing); on CPU fp32 here, and bf16 for a
+    model where train.fit_precision's probe finds it native and faster. off (or fp32), bf16 and fp16 are
+    taken as said, on either device."""
     cuda = device.type == "cuda"
-    if amp == "off" or (amp == "auto" and not cuda):
-        return Precision(device.type, None)
-    if amp == "auto":
-        return Precision("cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-    return Precision(device.type, torch.bfloat16 if amp == "bf16" else torch.float16)
+    if amp in ("off", "fp32"):
+        return Precision(device.type, None, "fp32: train.amp is " + amp)
+    if amp == "auto" and cuda:
+        bf16 = torch.cuda.is_bf16_supported()
+        return Precision("cuda", torch.bfloat16 if bf16 else torch.float16,
+                         "bf16 autocast on CUDA" if bf16 else "fp16 autocast with a GradScaler: this GPU lacks bf16")
+    if amp == "auto":  # fp32 until the model is built: train.fit_precision probes it (hardware.py)
+        return Precision("cpu", None, "auto: bf16 where this CPU computes it natively and a probe of the model "
+                                      "finds it faster, else fp32 (decided as each model is built)")
+    return Precision(device.type, torch.bfloat16 if amp == "bf16" else torch.float16, f"train.amp is {amp}")
 
 
 # consecutive steps the fp16 GradScaler may skip (non-finite gradients, each halving its scale) before the

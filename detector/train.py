@@ -23,7 +23,8 @@ from .callbacks import BestCheckpoint, Callback, FitResult, FitState, ResumeFile
 from .config import Config
 from .data.coco import CocoIndex
 from .data.sampling import balanced_weights, box_shapes, class_counts, train_loader, train_set, train_side, val_loader
-from .engine import train_one_epoch
+from . import hardware
+from .engine import Precision, train_one_epoch
 from .layout import RunPaths
 from .metric_log import LOSS_KEYS, epoch_row
 from .models import faster_rcnn
@@ -63,7 +64,7 @@ def fit(
     every rank calls fit; rank 0 alone writes. `process` is the caller's once-per-process setup.
     """
     preflight.check(cfg)
-    process = process or distributed.setup(cfg.train.device, cfg.train.amp)
+    process = process or distributed.setup(cfg.train.device, cfg.train.amp, log)
     extra = [BestCheckpoint()] if callbacks is None else list(callbacks)
     with owned_run(run_dir, cfg, force=force, log=log) as run:
         return _fit(cfg, train_index, val_index, RunPaths(run), process, extra, progress=progress and process.world.main,
@@ -75,7 +76,8 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, paths: RunPa
     seed_everything(cfg.train.seed)
     w = process.world
     resume = ResumeFile.read(paths)
-    state = _setup(cfg, train_index, val_index, paths, process, resume.anchors if resume else None, log)
+    state = _setup(cfg, train_index, val_index, paths, process, resume.anchors if resume else None, log,
+                   resume.precision if resume else "")
     state.callbacks = cbs = ordered(standard(cfg) + extra, w)
     if resume is not None:
         ResumeFile.restore(state, resume)
@@ -97,7 +99,7 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, paths: RunPa
         lr = state.optimizer.param_groups[0]["lr"]
         losses = train_one_epoch(
             state.trained, train_loader(state.train_set, cfg, epoch, sample_weights, w), state.optimizer,
-            state.scheduler, state.scaler, device=process.device, precision=process.precision, epoch=epoch,
+            state.scheduler, state.scaler, device=process.device, precision=state.precision, epoch=epoch,
             grad_clip=cfg.train.grad_clip, progress=progress, first_failure=lambda failure: distributed.first_failure(w, failure),
             after_step=lambda: [cb.after_step(state) for cb in cbs])
         losses.update(distributed.mean(w, {k: losses[k] for k in LOSS_KEYS if k in losses}))
@@ -118,8 +120,24 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, paths: RunPa
     return FitResult.of(state)
 
 
+def fit_precision(cfg: Config, process: distributed.Process, model: torch.nn.Module, resumed: str,
+                  log: Callable[[str], None]) -> Precision:
+    """The precision this fit trains in: train.amp auto on a CPU probes the model (hardware.cpu_precision); a
+    resumed run keeps the one it started with, so it goes on as it began. Validation keeps the process's
+    (fp32 for auto on a CPU), so the scores that pick the best epoch are the ones `evaluate` reproduces."""
+    if cfg.train.amp != "auto" or process.device.type != "cpu":
+        return process.precision
+    if resumed:
+        return Precision("cpu", torch.bfloat16 if resumed == "bf16" else None, f"{resumed}: as the run started")
+    key = (repr(cfg.model), cfg.data.image_size)
+    choice = hardware.cpu_precision(getattr(model, "backbone", model), cfg.data.image_size, key)
+    chosen = Precision("cpu", torch.bfloat16 if choice.bf16 else None, choice.reason)
+    log(f"precision {chosen.reason}")
+    return chosen
+
+
 def _setup(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, paths: RunPaths, process: distributed.Process,
-           resumed_anchors: list | None, log: Callable[[str], None]) -> FitState:
+           resumed_anchors: list | None, log: Callable[[str], None], resumed_precision: str = "") -> FitState:
     """The model (its anchors fitted now, or the resumed run's), optimizer, schedule, scaler and datasets."""
     size, w = cfg.data.image_size, process.world
     label_map = train_index.label_map
@@ -128,6 +146,7 @@ def _setup(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, paths: Run
         anchor_shapes=resumed_anchors, box_shapes=box_shapes(train_index, size, cfg.data.augment.crop), class_counts=class_counts(train_index))
     anchors = resumed_anchors or (anchor_fit.shapes if anchor_fit and anchor_fit.used else None)
     model.to(process.device)
+    precision = fit_precision(cfg, process, model, resumed_precision, log)
     images = train_set(cfg, train_index)
     steps_per_epoch = math.ceil(math.ceil(len(images) / w.size) / distributed.local_batch(w, cfg.train.batch_size))
     optimizer = build_optimizer(cfg.train, model)
@@ -135,12 +154,12 @@ def _setup(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, paths: Run
                           round(steps_per_epoch * cfg.train.warmup_epochs))
     described = dict(config=config_mod.resolve_paths(cfg).to_dict(), label_map=label_map.to_dict(),
                      anchors=_plain_anchors(anchors), image_size=size, normalization=faster_rcnn.normalization(model),
-                     train_side=train_side(train_index, cfg.data.augment.crop))
+                     train_side=train_side(train_index, cfg.data.augment.crop), precision=precision.name)
     return FitState(cfg=cfg, paths=paths, world=w, model=model, trained=model, optimizer=optimizer,
                     scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
-                    scaler=torch.amp.GradScaler(process.device.type, enabled=process.precision.scaled),
+                    scaler=torch.amp.GradScaler(process.device.type, enabled=precision.scaled),
                     train_set=images, val_index=val_index, gt=val_index.to_coco(), described=described, log=log,
-                    image_size=size, anchor_fit=anchor_fit if resumed_anchors is None else None)
+                    image_size=size, anchor_fit=anchor_fit if resumed_anchors is None else None, precision=precision)
 
 
 def _plain_anchors(anchors) -> list | None:

@@ -130,7 +130,7 @@ def test_off_reads_as_the_word_where_a_choice_expects_it(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  amp: off\n")
     assert config.load(path).train.amp == "off"
-    with pytest.raises(ConfigError, match="train.amp must be one of auto, off, bf16, fp16; got True"):
+    with pytest.raises(ConfigError, match="train.amp must be one of auto, off, fp32, bf16, fp16; got True"):
         config.load(None, ["train.amp=true"])
 
 

@@ -140,6 +140,8 @@ def test_two_fold_run_end_to_end(sample, tmp_path):
     result = run_cv(cfg, run, progress=False, log=lambda s: None)
     for name in ("config.yaml", "env.json", "folds.json", "summary.json", "top_models.json"):
         assert (run / name).exists(), name
+    env = json.loads(RunPaths(run).env.read_text())  # the precision auto chose on this machine, and why
+    assert env["precision"] in ("fp32", "bf16") and env["precision"] in env["precision_reason"]
     folds = json.loads(RunPaths(run).folds.read_text())["folds"]
     assert len(folds) == 2 and not set(folds[0]) & set(folds[1])
     for k in (0, 1):

@@ -45,7 +45,7 @@ def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None,
     are retried. `storage` is an Optuna RDB URL; default: SQLite in the study folder.
     """
     directory = Path(study_dir)
-    w = distributed.setup(cfg.train.device, cfg.train.amp).world
+    w = distributed.setup(cfg.train.device, cfg.train.amp, log).world
     preflight.check(cfg)
     check_space(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our log lines say what optuna's INFO lines would

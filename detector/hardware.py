@@ -1,0 +1,82 @@
+"""What the CPU computes natively, decided where the program runs: whether bf16 autocast trains faster than
+fp32 here. Machines differ (some CPUs have AVX-512 bf16 and AMX units, others emulate bf16 in software and
+run it several times slower than fp32), and models differ too (bf16 speeds up dense convolutions, not the
+depthwise ones of EfficientNet-lite, which are memory-bound), so `train.amp: auto` probes the model to be
+trained on this CPU instead of assuming."""
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+# bf16 is chosen when the model's probe step takes at most this share of fp32's time. Measured on 2 Zen 4
+# cores (bench/precision.py): a dense ResNet-50 backbone 0.6 (bf16 pays), the main job's depthwise
+# tf_efficientnet_lite0 0.9-1.0 (memory-bound: bf16 saves nothing and costs precision); emulated bf16 above 1
+BF16_FASTER = 0.8
+
+
+@dataclass(frozen=True)
+class CpuPrecision:
+    """The CPU's choice for autocast and why (logged at a run's start, kept in env.json)."""
+
+    bf16: bool
+    reason: str
+    ratio: float | None = None  # bf16 / fp32 probe time, where measured
+
+
+_CHOSEN: dict[tuple, CpuPrecision] = {}
+
+
+def cpu_precision(backbone: nn.Module, image_size: int, key: tuple = ()) -> CpuPrecision:
+    """bf16 where oneDNN has native bf16 kernels for this CPU and a probe of `backbone` (a copy: one forward
+    and backward of random images at `image_size`, each precision twice) runs it at most BF16_FASTER of
+    fp32's time; fp32 otherwise. Probed once per process for each `key` (the model's config)."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if not native_bf16():
+        return CpuPrecision(False, f"fp32: this CPU has no native bf16 ({capability}), where bf16 runs slower")
+    if key and key in _CHOSEN:
+        return _CHOSEN[key]
+    ratio = _ratio(copy.deepcopy(backbone).float().eval(), image_size)
+    if ratio > BF16_FASTER:
+        chosen = CpuPrecision(False, f"fp32: bf16 took {ratio:.2f}x fp32's time in a probe of this model on this "
+                                     f"CPU ({capability}), not faster enough to pay", ratio)
+    else:
+        chosen = CpuPrecision(True, f"bf16 autocast: this CPU computes bf16 natively ({capability}) and a probe "
+                                    f"of this model took {ratio:.2f}x fp32's time", ratio)
+    if key:
+        _CHOSEN[key] = chosen
+    return chosen
+
+
+def native_bf16() -> bool:
+    """Whether oneDNN runs bf16 on this CPU's own units (AVX-512 bf16 or AMX), not emulated."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _ratio(backbone: nn.Module, image_size: int, rounds: int = 5, least: float = 0.15) -> float:
+    """bf16 / fp32 seconds of one forward and backward of `backbone`: the median over rounds of the two
+    timed back to back (pairs cancel the drift of other work on the cores), each timing at least `least`
+    seconds of repeated steps (a small model's single step is too short to time)."""
+    x = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    _step(backbone, x, None), _step(backbone, x, torch.bfloat16)  # oneDNN builds its kernels on first use
+    repeats = max(1, math.ceil(least / _step(backbone, x, None)))
+    ratios = []
+    for _ in range(rounds):
+        fp32 = sum(_step(backbone, x, None) for _ in range(repeats))
+        ratios.append(sum(_step(backbone, x, torch.bfloat16) for _ in range(repeats)) / fp32)
+    return statistics.median(ratios)
+
+
+def _step(backbone: nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> float:
+    start = time.perf_counter()
+    with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        out = backbone(x)
+    features = out.values() if isinstance(out, dict) else out
+    sum(f.float().mean() for f in features).backward()
+    backbone.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
