@@ -48,6 +48,8 @@ def speed(batches: int, rounds: int, overrides: list[str]) -> dict[str, dict[str
     data = [b for _, b in zip(range(batches), loader)]
     model, _ = build(cfg.model, num_classes=train_index.label_map.num_classes, image_size=cfg.data.image_size,
                      box_shapes=box_shapes(train_index, cfg.data.image_size))
+    print(f"{cfg.model.backbone} at {cfg.data.image_size} px, train.amp auto: "
+          f"{cpu_precision(model.backbone, cfg.data.image_size).reason}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LrSchedule("cosine", 10_000, 0))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
@@ -112,8 +114,7 @@ def main() -> None:
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("Model name")), "?")
     flags = [f for f in ("avx512_bf16", "amx_bf16", "avx512_vnni", "avx2") if f in cpu]
-    print(f"CPU {model} ({', '.join(flags)}), {torch.get_num_threads()} threads; train.amp auto: "
-          f"{cpu_precision().reason}")
+    print(f"CPU {model} ({', '.join(flags)}), {torch.get_num_threads()} threads")
     t = speed(args.batches, args.rounds, args.set)
     for kind in ("train", "predict"):
         print(f"{kind:<8} s per batch of 4: fp32 {t['fp32'][kind]:.2f}, bf16 {t['bf16'][kind]:.2f}, "

@@ -4,7 +4,9 @@ For the main job's model (configs/quickstart.yaml) on RBC images at its size: th
 image (forward and backward) and one inference image, counted by torch.utils.flop_counter; the seconds of a
 training step (batch of 4, engine.train_one_epoch) and of an inference batch, per precision (fp32, bf16
 autocast); and the machine's peak per precision, measured here: a 2048 x 2048 matmul and a 3x3 convolution
-(64 -> 64 channels on 4 x 64 x 96 x 96). The share printed is achieved / the better of the two peaks.
+(64 -> 64 channels on 4 x 64 x 96 x 96). The share printed is achieved / the better of the two peaks: far
+below 100%, the model is bound by memory traffic (depthwise convolutions, RoI ops), which a faster
+arithmetic unit (bf16) does not help.
 
     python bench/roofline.py            # about 3 minutes on 2 cores
 """
@@ -90,12 +92,20 @@ def main() -> None:
     def infer(precision: Precision) -> Callable[[], object]:
         return lambda: predict(model, inference, device=cpu, precision=precision)
 
-    flops = {"train": counted(step(PRECISIONS["fp32"])) / len(images),
-             "predict": counted(infer(PRECISIONS["fp32"])) / len(images)}
+    def forward() -> object:
+        model.train()
+        return model(list(images), [{k: v for k, v in t.items()} for t in targets])
+
+    # training = the forward in training mode, and a backward of twice its FLOPs (the usual 3x); counting the
+    # step itself overstates it: torch's counter ignores `groups` in a convolution's backward, so each
+    # depthwise convolution's gradient counts as a dense one (measured 80 G per image for this model)
+    raw = counted(step(PRECISIONS["fp32"])) / len(images)
+    flops = {"train": 3 * counted(forward) / len(images), "predict": counted(infer(PRECISIONS["fp32"])) / len(images)}
     print(f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}; "
           f"train.amp auto: {cpu_precision().reason}")
-    print(f"FLOPs per image at {cfg.data.image_size} px: training {flops['train'] / 1e9:.1f} G (forward and "
-          f"backward), inference {flops['predict'] / 1e9:.1f} G")
+    print(f"FLOPs per image at {cfg.data.image_size} px: training {flops['train'] / 1e9:.1f} G (3x its training "
+          f"forward; torch's counter says {raw / 1e9:.1f} G, counting depthwise gradients as dense), inference "
+          f"{flops['predict'] / 1e9:.1f} G")
     for name, precision in PRECISIONS.items():
         peak = peaks(precision, args.rounds)
         roof = max(peak.values())
