@@ -102,7 +102,7 @@ def main() -> None:
     raw = counted(step(PRECISIONS["fp32"])) / len(images)
     flops = {"train": 3 * counted(forward) / len(images), "predict": counted(infer(PRECISIONS["fp32"])) / len(images)}
     print(f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}; "
-          f"train.amp auto: {cpu_precision().reason}")
+          f"probe: {cpu_precision(model.backbone, cfg.data.image_size).reason}")
     print(f"FLOPs per image at {cfg.data.image_size} px: training {flops['train'] / 1e9:.1f} G (3x its training "
           f"forward; torch's counter says {raw / 1e9:.1f} G, counting depthwise gradients as dense), inference "
           f"{flops['predict'] / 1e9:.1f} G")

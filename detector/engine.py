@@ -50,9 +50,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(amp: str, device: torch.device) -> Precision:
-    """auto: on CUDA bf16 (fp16 with a GradScaler where bf16 is missing); on CPU fp32 here, and bf16 for a
-    model where train.fit_precision's probe finds it native and faster. off (or fp32), bf16 and fp16 are
-    taken as said, on either device."""
+    """auto: on CUDA bf16 (fp16 with a GradScaler where bf16 is missing); on CPU fp32. off (or fp32), bf16
+    and fp16 are taken as said, on either device."""
     cuda = device.type == "cuda"
     if amp in ("off", "fp32"):
         return Precision(device.type, None, "fp32: train.amp is " + amp)
@@ -60,9 +59,8 @@ def resolve_precision(amp: str, device: torch.device) -> Precision:
         bf16 = torch.cuda.is_bf16_supported()
         return Precision("cuda", torch.bfloat16 if bf16 else torch.float16,
                          "bf16 autocast on CUDA" if bf16 else "fp16 autocast with a GradScaler: this GPU lacks bf16")
-    if amp == "auto":  # fp32 until the model is built: train.fit_precision probes it (hardware.py)
-        return Precision("cpu", None, "auto: bf16 where this CPU computes it natively and a probe of the model "
-                                      "finds it faster, else fp32 (decided as each model is built)")
+    if amp == "auto":  # train.fit_precision probes each model and says what bf16 would save (hardware.py)
+        return Precision("cpu", None, "auto: fp32 on a CPU; what bf16 would save is probed as each model is built")
     return Precision(device.type, torch.bfloat16 if amp == "bf16" else torch.float16, f"train.amp is {amp}")
 
 

@@ -120,10 +120,16 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, paths: RunPa
     return FitResult.of(state)
 
 
+# bf16 - fp32 test mAP of `detector train` at equal epochs, tf_efficientnet_lite0 on RBC, seeds 0 and 1
+# (bench/precision.py, AMD EPYC Zen 4): mAP@0.5 the same (+0.006, -0.006), mAP beyond the seed spread of 0.020
+BF16_COST = "0.024-0.039"
+
+
 def fit_precision(cfg: Config, process: distributed.Process, model: torch.nn.Module, resumed: str,
                   log: Callable[[str], None]) -> Precision:
-    """The precision this fit trains in: train.amp auto on a CPU probes the model (hardware.cpu_precision); a
-    resumed run keeps the one it started with, so it goes on as it began. Validation keeps the process's
+    """The precision this fit trains in: train.amp auto on a CPU is fp32, and says when a probe of the model
+    (hardware.cpu_precision) finds bf16 faster here, what that would cost; a resumed run keeps the one it
+    started with, so it goes on as it began. Validation keeps the process's
     (fp32 for auto on a CPU), so the scores that pick the best epoch are the ones `evaluate` reproduces."""
     if cfg.train.amp != "auto" or process.device.type != "cpu":
         return process.precision
@@ -131,7 +137,11 @@ def fit_precision(cfg: Config, process: distributed.Process, model: torch.nn.Mod
         return Precision("cpu", torch.bfloat16 if resumed == "bf16" else None, f"{resumed}: as the run started")
     key = (repr(cfg.model), cfg.data.image_size)
     choice = hardware.cpu_precision(getattr(model, "backbone", model), cfg.data.image_size, key)
-    chosen = Precision("cpu", torch.bfloat16 if choice.bf16 else None, choice.reason)
+    reason = choice.reason
+    if choice.bf16:  # faster here, but not free: measured, bf16 training loses accuracy (bench/precision.py)
+        reason = (f"fp32: bf16 would take {choice.ratio:.2f}x fp32's time on this CPU, but training in bf16 lost "
+                  f"{BF16_COST} test mAP at equal epochs (RBC, 2 seeds); set train.amp: bf16 to trade it for the speed")
+    chosen = Precision("cpu", None, reason)
     log(f"precision {chosen.reason}")
     return chosen
 
