@@ -39,8 +39,9 @@ from detector.optim import LrSchedule  # noqa: E402
 PRECISIONS = {"fp32": Precision("cpu", None), "bf16": Precision("cpu", torch.bfloat16)}
 
 
-def speed(batches: int, rounds: int, overrides: list[str]) -> dict[str, dict[str, float]]:
-    """Seconds per training step and per inference batch, per precision (best of `rounds`)."""
+def quickstart_parts(batches: int, overrides: list[str]):
+    """The main job's model (configs/quickstart.yaml), `batches` RBC training batches of 4 at its size, and
+    what a training step needs: (cfg, model, batches, optimizer, scheduler, scaler). bench/roofline.py too."""
     cfg = config.load(ROOT / "configs" / "quickstart.yaml", ["train.batch_size=4", *overrides])
     train_index, _ = load_splits(cfg, log=lambda s: None)
     ds = CocoDetection(train_index, build_train_transforms(cfg.data.augment, cfg.data.image_size), seed=0)
@@ -48,11 +49,16 @@ def speed(batches: int, rounds: int, overrides: list[str]) -> dict[str, dict[str
     data = [b for _, b in zip(range(batches), loader)]
     model, _ = build(cfg.model, num_classes=train_index.label_map.num_classes, image_size=cfg.data.image_size,
                      box_shapes=box_shapes(train_index, cfg.data.image_size))
-    print(f"{cfg.model.backbone} at {cfg.data.image_size} px, train.amp auto: "
-          f"{cpu_precision(model.backbone, cfg.data.image_size).reason}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LrSchedule("cosine", 10_000, 0))
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    return cfg, model, data, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False)
+
+
+def speed(batches: int, rounds: int, overrides: list[str]) -> dict[str, dict[str, float]]:
+    """Seconds per training step and per inference batch, per precision (best of `rounds`)."""
+    cfg, model, data, optimizer, scheduler, scaler = quickstart_parts(batches, overrides)
+    print(f"{cfg.model.backbone} at {cfg.data.image_size} px, bf16 probe: "
+          f"{cpu_precision(model.backbone, cfg.data.image_size).reason}")
     inference = [(images, [{"image_id": 0, "orig_size": im.shape[-2:]} for im in images]) for images, _ in data]
     times: dict[str, dict[str, list[float]]] = {p: {"train": [], "predict": []} for p in PRECISIONS}
     for _ in range(rounds + 1):  # the first round warms up (oneDNN's kernel cache) and is not counted

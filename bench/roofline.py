@@ -13,24 +13,21 @@ arithmetic unit (bf16) does not help.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from detector import config
-from detector.data.dataset import CocoDetection, collate
-from detector.data.sampling import box_shapes
-from detector.data.splits import load_splits
-from detector.data.transforms import build_train_transforms
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from precision import quickstart_parts  # noqa: E402  (bench/precision.py)
+
 from detector.engine import Precision, predict, train_one_epoch
 from detector.hardware import cpu_precision
-from detector.models.faster_rcnn import build
-from detector.optim import LrSchedule
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 PRECISIONS = {"fp32": Precision("cpu", None), "bf16": Precision("cpu", torch.bfloat16)}
 
 
@@ -72,15 +69,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    cfg = config.load(ROOT / "configs" / "quickstart.yaml", ["train.batch_size=4"])
-    index, _ = load_splits(cfg, log=lambda s: None)
-    ds = CocoDetection(index, build_train_transforms(cfg.data.augment, cfg.data.image_size), seed=0)
-    images, targets = next(iter(torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=collate)))
-    model, _ = build(cfg.model, num_classes=index.label_map.num_classes, image_size=cfg.data.image_size,
-                     box_shapes=box_shapes(index, cfg.data.image_size))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LrSchedule("cosine", 10_000, 0))
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    cfg, model, data, optimizer, scheduler, scaler = quickstart_parts(1, [])
+    images, targets = data[0]
     batch = [(images, targets)]
     inference = [(images, [{"image_id": 0, "orig_size": im.shape[-2:]} for im in images])]
     cpu = torch.device("cpu")

@@ -25,7 +25,6 @@ from .config import Config
 from .data.coco import CocoIndex
 from .data.dataset import CocoDetection
 from .data.images import read_image
-from .engine import Precision
 from .data.summary import aspect_warning, crowding_warning
 from .data.transforms import build_train_transforms, pipeline_dict
 from .errors import TrainingError
@@ -90,7 +89,6 @@ class FitState:
     evaluated: torch.nn.Module | None = None  # what is validated, kept and predicted with (None: the model)
     progress: Progress = field(default_factory=Progress)
     image_size: int = 0
-    precision: Precision | None = None  # what it trains in (train.fit_precision)
     anchor_fit: AnchorFit | None = None  # anchors fitted by this fit (None: defaults, or a resumed run's)
     fold: int | None = None
     columns: tuple[str, ...] = CSV_COLUMNS

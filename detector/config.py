@@ -136,7 +136,7 @@ class TrainConfig:
     momentum: float = 0.9
     scheduler: Literal["onecycle", "cosine"] = "onecycle"
     warmup_epochs: float = 1.0
-    # auto: bf16 on CUDA; fp32 on a CPU, logging what bf16 would save there (train.fit_precision); fp32 = off
+    # auto: bf16 on CUDA; fp32 on a CPU, logging what bf16 would save there (train.report_bf16); fp32 = off
     amp: Literal["auto", "off", "fp32", "bf16", "fp16"] = "auto"
     grad_clip: float = 10.0  # max gradient norm; 0 = off
     progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)

@@ -59,7 +59,7 @@ def resolve_precision(amp: str, device: torch.device) -> Precision:
         bf16 = torch.cuda.is_bf16_supported()
         return Precision("cuda", torch.bfloat16 if bf16 else torch.float16,
                          "bf16 autocast on CUDA" if bf16 else "fp16 autocast with a GradScaler: this GPU lacks bf16")
-    if amp == "auto":  # train.fit_precision probes each model and says what bf16 would save (hardware.py)
+    if amp == "auto":  # train.report_bf16 probes each model and says what bf16 would save (hardware.py)
         return Precision("cpu", None, "auto: fp32 on a CPU; what bf16 would save is probed as each model is built")
     return Precision(device.type, torch.bfloat16 if amp == "bf16" else torch.float16, f"train.amp is {amp}")
 

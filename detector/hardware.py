@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-# bf16 is chosen when the model's probe step takes at most this share of fp32's time. Measured on 2 Zen 4
+# bf16 counts as faster when the model's probe step takes at most this share of fp32's time. Measured on 2 Zen 4
 # cores (bench/precision.py): a dense ResNet-50 backbone 0.6 (bf16 pays), the main job's depthwise
 # tf_efficientnet_lite0 0.9-1.0 (memory-bound: bf16 saves nothing and costs precision); emulated bf16 above 1
 BF16_FASTER = 0.8
@@ -23,7 +23,7 @@ BF16_FASTER = 0.8
 
 @dataclass(frozen=True)
 class CpuPrecision:
-    """The CPU's choice for autocast and why (logged at a run's start, kept in env.json)."""
+    """Whether bf16 autocast runs a model faster than fp32 on this CPU, and why (train.report_bf16 logs it)."""
 
     bf16: bool
     reason: str

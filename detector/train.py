@@ -24,7 +24,7 @@ from .config import Config
 from .data.coco import CocoIndex
 from .data.sampling import balanced_weights, box_shapes, class_counts, train_loader, train_set, train_side, val_loader
 from . import hardware
-from .engine import Precision, train_one_epoch
+from .engine import train_one_epoch
 from .layout import RunPaths
 from .metric_log import LOSS_KEYS, epoch_row
 from .models import faster_rcnn
@@ -76,8 +76,7 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, paths: RunPa
     seed_everything(cfg.train.seed)
     w = process.world
     resume = ResumeFile.read(paths)
-    state = _setup(cfg, train_index, val_index, paths, process, resume.anchors if resume else None, log,
-                   resume.precision if resume else "")
+    state = _setup(cfg, train_index, val_index, paths, process, resume.anchors if resume else None, log)
     state.callbacks = cbs = ordered(standard(cfg) + extra, w)
     if resume is not None:
         ResumeFile.restore(state, resume)
@@ -99,7 +98,7 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, paths: RunPa
         lr = state.optimizer.param_groups[0]["lr"]
         losses = train_one_epoch(
             state.trained, train_loader(state.train_set, cfg, epoch, sample_weights, w), state.optimizer,
-            state.scheduler, state.scaler, device=process.device, precision=state.precision, epoch=epoch,
+            state.scheduler, state.scaler, device=process.device, precision=process.precision, epoch=epoch,
             grad_clip=cfg.train.grad_clip, progress=progress, first_failure=lambda failure: distributed.first_failure(w, failure),
             after_step=lambda: [cb.after_step(state) for cb in cbs])
         losses.update(distributed.mean(w, {k: losses[k] for k in LOSS_KEYS if k in losses}))
@@ -125,29 +124,22 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, paths: RunPa
 BF16_COST = "0.024-0.039"
 
 
-def fit_precision(cfg: Config, process: distributed.Process, model: torch.nn.Module, resumed: str,
-                  log: Callable[[str], None]) -> Precision:
-    """The precision this fit trains in: train.amp auto on a CPU is fp32, and says when a probe of the model
-    (hardware.cpu_precision) finds bf16 faster here, what that would cost; a resumed run keeps the one it
-    started with, so it goes on as it began. Validation keeps the process's
-    (fp32 for auto on a CPU), so the scores that pick the best epoch are the ones `evaluate` reproduces."""
+def report_bf16(cfg: Config, process: distributed.Process, model: torch.nn.Module, log: Callable[[str], None]) -> None:
+    """With train.amp auto on a CPU (which trains in fp32), log what a probe of the model finds bf16 would
+    save here (hardware.cpu_precision) and, where it is faster, what it cost in accuracy where measured."""
     if cfg.train.amp != "auto" or process.device.type != "cpu":
-        return process.precision
-    if resumed:
-        return Precision("cpu", torch.bfloat16 if resumed == "bf16" else None, f"{resumed}: as the run started")
+        return
     key = (repr(cfg.model), cfg.data.image_size)
     choice = hardware.cpu_precision(getattr(model, "backbone", model), cfg.data.image_size, key)
     reason = choice.reason
     if choice.bf16:  # faster here, but not free: measured, bf16 training loses accuracy (bench/precision.py)
         reason = (f"fp32: bf16 would take {choice.ratio:.2f}x fp32's time on this CPU, but training in bf16 lost "
                   f"{BF16_COST} test mAP at equal epochs (RBC, 2 seeds); set train.amp: bf16 to trade it for the speed")
-    chosen = Precision("cpu", None, reason)
-    log(f"precision {chosen.reason}")
-    return chosen
+    log(f"precision {reason}")
 
 
 def _setup(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, paths: RunPaths, process: distributed.Process,
-           resumed_anchors: list | None, log: Callable[[str], None], resumed_precision: str = "") -> FitState:
+           resumed_anchors: list | None, log: Callable[[str], None]) -> FitState:
     """The model (its anchors fitted now, or the resumed run's), optimizer, schedule, scaler and datasets."""
     size, w = cfg.data.image_size, process.world
     label_map = train_index.label_map
@@ -156,7 +148,7 @@ def _setup(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, paths: Run
         anchor_shapes=resumed_anchors, box_shapes=box_shapes(train_index, size, cfg.data.augment.crop), class_counts=class_counts(train_index))
     anchors = resumed_anchors or (anchor_fit.shapes if anchor_fit and anchor_fit.used else None)
     model.to(process.device)
-    precision = fit_precision(cfg, process, model, resumed_precision, log)
+    report_bf16(cfg, process, model, log)
     images = train_set(cfg, train_index)
     steps_per_epoch = math.ceil(math.ceil(len(images) / w.size) / distributed.local_batch(w, cfg.train.batch_size))
     optimizer = build_optimizer(cfg.train, model)
@@ -164,12 +156,12 @@ def _setup(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, paths: Run
                           round(steps_per_epoch * cfg.train.warmup_epochs))
     described = dict(config=config_mod.resolve_paths(cfg).to_dict(), label_map=label_map.to_dict(),
                      anchors=_plain_anchors(anchors), image_size=size, normalization=faster_rcnn.normalization(model),
-                     train_side=train_side(train_index, cfg.data.augment.crop), precision=precision.name)
+                     train_side=train_side(train_index, cfg.data.augment.crop), precision=process.precision.name)
     return FitState(cfg=cfg, paths=paths, world=w, model=model, trained=model, optimizer=optimizer,
                     scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
-                    scaler=torch.amp.GradScaler(process.device.type, enabled=precision.scaled),
+                    scaler=torch.amp.GradScaler(process.device.type, enabled=process.precision.scaled),
                     train_set=images, val_index=val_index, gt=val_index.to_coco(), described=described, log=log,
-                    image_size=size, anchor_fit=anchor_fit if resumed_anchors is None else None, precision=precision)
+                    image_size=size, anchor_fit=anchor_fit if resumed_anchors is None else None)
 
 
 def _plain_anchors(anchors) -> list | None:
