@@ -28,7 +28,8 @@ from detector.data.dataset import CocoDetection, collate
 from detector.data.sampling import box_shapes
 from detector.data.splits import load_splits
 from detector.data.transforms import build_train_transforms
-from detector.engine import Precision, predict, train_one_epoch
+from detector.engine import predict, train_one_epoch
+from detector.hardware import Precision
 from detector.models.faster_rcnn import build
 from detector.optim import LrSchedule
 from detector.train import fit

@@ -31,7 +31,8 @@ from detector.data.dataset import CocoDetection, collate  # noqa: E402
 from detector.data.sampling import box_shapes  # noqa: E402
 from detector.data.splits import load_splits  # noqa: E402
 from detector.data.transforms import build_train_transforms  # noqa: E402
-from detector.engine import Precision, predict as predict_batches, train_one_epoch  # noqa: E402
+from detector.engine import predict as predict_batches, train_one_epoch  # noqa: E402
+from detector.hardware import Precision  # noqa: E402
 from detector.hardware import cpu_precision  # noqa: E402
 from detector.models.faster_rcnn import build  # noqa: E402
 from detector.optim import LrSchedule  # noqa: E402

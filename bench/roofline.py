@@ -25,7 +25,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from precision import quickstart_parts  # noqa: E402  (bench/precision.py)
 
-from detector.engine import Precision, predict, train_one_epoch
+from detector.engine import predict, train_one_epoch
+from detector.hardware import Precision
 from detector.hardware import cpu_precision
 
 PRECISIONS = {"fp32": Precision("cpu", None), "bf16": Precision("cpu", torch.bfloat16)}

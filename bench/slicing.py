@@ -36,7 +36,7 @@ from PIL import Image
 from detector import config
 from detector.data.coco import load_coco
 from detector.data.splits import load_splits
-from detector.engine import coco_detections
+from detector.data.results import coco_detections
 from detector.ensemble import Ensemble
 from detector.metrics import evaluate_detections
 from detector.train import fit

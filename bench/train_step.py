@@ -15,7 +15,8 @@ from detector import config
 from detector.data.dataset import CocoDetection, collate
 from detector.data.sample import SampleSpec, write_sample_dataset
 from detector.data.transforms import build_train_transforms
-from detector.engine import resolve_device, resolve_precision, train_one_epoch
+from detector.engine import train_one_epoch
+from detector.hardware import resolve_device, resolve_precision
 from detector.models.faster_rcnn import build
 from detector.optim import LrSchedule
 from detector.data.sampling import box_shapes

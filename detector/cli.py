@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -327,15 +325,11 @@ def _run_arguments(p: argparse.ArgumentParser, config_help: str) -> argparse.Arg
 
 
 def _train(args) -> int:
-    from . import config
-    from .data.splits import load_splits
-    from .train import fit
+    from . import api
 
-    cfg = config.load(args.config, args.overrides)
     run = _run_dir(args)
-    train_index, val_index = load_splits(cfg)
     print(f"run directory: {run}")
-    result = fit(cfg, train_index, val_index, run, force=args.force, progress=_progress(args))
+    result = api.train(args.config, run, overrides=args.overrides, force=args.force, progress=_progress(args), log=print)
     m = result.best_metrics
     print(f"best epoch {result.best_epoch}: map_50 {m.get('map_50', 0):.4f}  f1 {m.get('f1', 0):.4f}  "
           f"score {m.get('score', 0):.4f}  -> {result.best_path}")
@@ -343,22 +337,15 @@ def _train(args) -> int:
 
 
 def _cv(args) -> int:
-    from . import config
-    from .cv import run_cv
-    from .distributed import world
+    from . import api
     from .report import format_cv, format_published
-    from .data.splits import load_splits
 
-    cfg = config.load(args.config, args.overrides)
     run = _run_dir(args)
     print(f"run directory: {run}")
-    train_index, val_index = load_splits(cfg)
-    result = run_cv(cfg, run, force=args.force, progress=_progress(args), index=train_index, val_index=val_index)
+    result = api.cv(args.config, run, overrides=args.overrides, force=args.force, progress=_progress(args), log=print)
     print(format_cv(result.folds, result.mean, result.std))
-    if cfg.refit.strategy != "folds" and world().main:  # one process tunes and writes the operating point
-        from .evaluate import tune_run
-
-        print(format_published(tune_run(cfg, run, val_index).to_dict(), result.mean))
+    if result.published is not None:
+        print(format_published(result.published.to_dict(), result.mean))
     return 0
 
 
@@ -368,34 +355,24 @@ def _progress(args) -> bool:
 
 
 def _run_dir(args) -> Path:
-    if args.out:
-        return Path(args.out)
-    return Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    from .api import default_run_dir
+
+    return Path(args.out) if args.out else default_run_dir(args.config)
 
 
 def _study(args) -> int:
-    from . import config
+    from . import api
     from .distributed import world
-    from .search import run_study
 
-    overrides = list(args.overrides)
-    overrides += [f"search.n_trials={args.n_trials}"] if args.n_trials is not None else []
-    overrides += [f"search.timeout={args.timeout}"] if args.timeout is not None else []
-    cfg = config.load(args.config, overrides)
     directory = Path(args.studies_dir) / args.name
     print(f"study folder: {directory}")
-    result = run_study(cfg, directory, storage=args.storage, progress=_progress(args))
+    result = api.study(args.config, args.name, studies_dir=args.studies_dir, storage=args.storage,
+                       n_trials=args.n_trials, timeout=args.timeout, overrides=args.overrides,
+                       progress=_progress(args), log=print)
     if not world().main:  # under torchrun rank 0 speaks for the study
         return 0
     states = ", ".join(f"{n} {s.lower()}" for s, n in result.states.items())
     print(f"study {result.name}: {states}")
-    if result.best_trial is None and result.states.get("COMPLETE"):
-        raise DetectorError(f"study {result.name}: no trial is within search.max_latency_ms "
-                            f"{cfg.search.max_latency_ms:g}, so nothing is published; see the front: detector "
-                            f"report {directory}")
-    if result.best_trial is None:
-        raise DetectorError(f"study {result.name}: no trial completed ({states}), so nothing is published; "
-                            f"why each trial ended: detector report {directory}")
     latency = f", {result.best_latency_ms:.1f} ms per image" if result.best_latency_ms is not None else ""
     print(f"best trial {result.best_trial}: value {result.best_value:.4f}{latency}; models in {directory / 'best'}")
     print(f"details: detector report {directory}")
@@ -403,37 +380,24 @@ def _study(args) -> int:
 
 
 def _predict(args) -> int:
-    from .ensemble import Ensemble
-    from .predict import OutputWriter, collect_images, load_ground_truth, run_predictions
+    from . import api
 
     models, images = _split_models(args.inputs)
-    overrides = {k: v for k, v in (("iou_thr", args.iou_thr), ("skip_box_thr", args.skip_box_thr),
-                                   ("conf_type", args.conf_type), ("slice", args.slice),
-                                   ("slice_overlap", args.overlap), ("slice_whole", args.slice_whole)) if v is not None}
-    if args.score_threshold is not None:
-        overrides["score_threshold"] = args.score_threshold
-    ensemble = Ensemble.load(models if len(models) > 1 else models[0], device=args.device, overrides=overrides)
-    thresholds = ensemble.thresholds
-    gt = load_ground_truth(args.gt, ensemble, args.images_dir) if args.gt else None
-    if not images and gt is None:
-        raise DetectorError("no images given: predict MODELS IMAGES... (files, folders or globs)")
-    paths = collect_images(images) if images else [r.path for r in gt.images]
-    job = {"models": ensemble.identity(), "tta": args.tta, "gt": str(args.gt) if args.gt else None,
-           "images": hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()}
-    writer = OutputWriter(args.out, thresholds, draw=args.draw, job=job, force=args.force)
-    if writer.done:
-        print(f"resuming: {len(writer.done)} of {len(paths)} images were predicted by an interrupted run "
-              f"in {args.out}")
-    run = run_predictions(ensemble, paths, gt=gt, batch_size=args.batch_size, tta=args.tta == "hflip",
-                          progress=_progress(args), with_members=gt is not None, done=writer.done,
-                          on_image=writer.add)
-    written = writer.close()
+    options = {k: v for k, v in (("iou_thr", args.iou_thr), ("skip_box_thr", args.skip_box_thr),
+                                 ("conf_type", args.conf_type), ("slice", args.slice), ("slice_overlap", args.overlap),
+                                 ("slice_whole", args.slice_whole), ("score_threshold", args.score_threshold))
+               if v is not None}
+    ensemble = api.load(models, device=args.device, **options)
+    found = api.predict(ensemble, images, out=args.out, gt=args.gt, images_dir=args.images_dir, tta=args.tta == "hflip",
+                        draw=args.draw, batch_size=args.batch_size, force=args.force, progress=_progress(args),
+                        log=print)
+    run, thresholds = found.run, ensemble.thresholds
     boxes = sum(s >= thresholds.of(c) for p in run.predictions for s, c in zip(p.scores.tolist(), p.category_ids))
     per_class = f" ({len(thresholds.per_class)} class(es) with thresholds of their own)" if thresholds.per_class else ""
     print(f"{len(run.predictions)} images, {boxes} boxes with score >= {thresholds.default:.2f}{per_class} from "
           f"{len(ensemble.members)} model(s){' with hflip TTA' if args.tta else ''} -> {args.out}")
-    drawings = sum("drawing" in image for image in writer.images)
-    print("  " + ", ".join(p.name for p in written) + (f", {drawings} drawings in drawn/" if args.draw else ""))
+    print("  " + ", ".join(p.name for p in found.written)
+          + (f", {found.drawings} drawings in drawn/" if args.draw else ""))
     if run.skipped:
         print(f"skipped {len(run.skipped)} unreadable file(s):", file=sys.stderr)
         for path, reason in run.skipped:
@@ -443,44 +407,29 @@ def _predict(args) -> int:
     if run.by_name:
         print(f"{run.by_name} image(s) matched to their --gt entry by file name only (the entry's own file "
               "is not there)")
-    if gt is not None:
-        _ground_truth_report(args, run, gt, ensemble)
+    if found.report is not None:
+        _print_ground_truth(found.report)
     return 0
 
 
-def _ground_truth_report(args, run, gt, ensemble) -> None:
-    """predict --gt: the ensemble beside its members, per class, its confusion matrix and error breakdown,
-    written to OUT too, and its worst images drawn."""
-    from .error_breakdown import Breakdown
-    from .files import write_json
-    from .intervals import Bootstrap
-    from .layout import PredictPaths
-    from .predict import draw_worst, ground_truth_metrics, write_confusion
+def _print_ground_truth(report) -> None:
+    """predict --gt: the ensemble beside its members, per class, its confusion matrix and error breakdown."""
     from .report import format_comparison, format_confusion, format_errors, format_per_class
 
-    cfg, thresholds, out = ensemble.members[0].config, ensemble.thresholds, PredictPaths(args.out)
-    rows = ground_truth_metrics(run, gt, thresholds, len(ensemble.members), iou_threshold=cfg.eval.iou_threshold,
-                                score=cfg.score, bootstrap=Bootstrap(cfg.eval.bootstrap))
-    print(format_comparison(rows))
-    print("\nensemble per class at its operating point:\n" + format_per_class(rows[0][1]))
-    confusion, errors = rows[0][1]["confusion"], rows[0][1]["errors"]
-    print("\n" + format_confusion(confusion) + "\n\n" + format_errors(errors))
-    worst = draw_worst(run, gt, Breakdown.from_dict(errors), thresholds, out.root)
-    write_json(out.errors, errors)
-    print("  " + ", ".join(p.name for p in write_confusion(out.root, confusion))
-          + f", {out.errors.name}, {len(worst)} drawings of the images with the most errors in {out.worst.name}/")
+    print(format_comparison(report.rows))
+    print("\nensemble per class at its operating point:\n" + format_per_class(report.metrics))
+    print("\n" + format_confusion(report.metrics["confusion"]) + "\n\n" + format_errors(report.metrics["errors"]))
+    print("  " + ", ".join(p.name for p in report.written)
+          + f", {len(report.worst)} drawings of the images with the most errors in worst/")
 
 
 def _export(args) -> int:
-    from .data.coco import load_coco
-    from .export import export_models, read_labels
+    from . import api
+    from .export import read_labels
     from .quantize import QuantizationReport
 
-    if args.calibration and not args.quantize:
-        raise ConfigError("--calibration only applies with --quantize int8")
-    calibration = load_coco(args.calibration, check_images=False) if args.calibration else None
-    for path in export_models(args.model, args.format, args.out, quantize=args.quantize, calibration=calibration,
-                              half=args.half, force=args.force):
+    for path in api.export(args.model, args.format, args.out, quantize=args.quantize, calibration=args.calibration,
+                           half=args.half, force=args.force):
         print(f"wrote {path}")
         if args.quantize and path.suffix == ".onnx":
             print("  " + QuantizationReport.from_dict(read_labels(path)["int8"]).summary())
@@ -488,39 +437,21 @@ def _export(args) -> int:
 
 
 def _benchmark(args) -> int:
-    from .benchmark import benchmark
-    from .checkpoint import restore_model
-    from .data.coco import load_coco
-    from .engine import resolve_device
+    from . import api
     from .files import write_json
     from .outputs import claim_file
-    from .predict import collect_images
-    from .runtimes import image_array
 
-    sizes = _ints(args.sizes, "--sizes", most=MAX_SIDE, least=32)
     if args.json:
         claim_file(args.json, [args.model], force=args.force, flag="--json")
-    if args.images:
-        paths = collect_images(args.images)
-    else:
-        val = restore_model(args.model).config.data.val
-        if not val.annotations or not Path(val.annotations).is_file():
-            raise ConfigError(f"{args.model}: its data.val ({val.annotations or 'none'}) is not on this machine; "
-                              "pass the images to time it on")
-        paths = [r.path for r in load_coco(val.annotations, images_dir=val.images_dir, check_images=False).images]
-    images = [image_array(p) for p in paths[:args.limit]]
-    report = benchmark(args.model, images, sizes=sizes,
-                       batch_sizes=_ints(args.batch_sizes, "--batch-sizes", most=256) or [1],
-                       runtimes=[r for r in args.runtimes.split(",") if r], device=str(resolve_device(args.device)),
-                       repeats=args.repeats)
+    report = api.benchmark(args.model, args.images, sizes=_ints(args.sizes, "--sizes", most=api.MAX_SIDE, least=32),
+                           batch_sizes=_ints(args.batch_sizes, "--batch-sizes", most=256) or [1],
+                           runtimes=args.runtimes.split(","), limit=args.limit, repeats=args.repeats,
+                           device=args.device)
     print(report.table())
     if args.json:
         write_json(Path(args.json), report.to_dict())
         print(f"wrote {args.json}")
     return 0
-
-
-MAX_SIDE = 4096  # a longer side than any detector here trains at; 100000 asked torch for 93 GB
 
 
 def _ints(text: str, flag: str, most: int, least: int = 1) -> list[int]:
@@ -564,73 +495,44 @@ def _report(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .evaluate import paired
+    from . import api
     from .report import format_differences, format_metrics, strict_json
 
-    if bool(args.predictions) == bool(args.models):
-        raise DetectorError("give either MODELS ANNOTATIONS or --predictions RESULTS.json ANNOTATIONS")
-    first = _scored(args, args.models, args.predictions)
-    metrics = first.metrics()
-    versus = [(other.name, paired(first, other)) for other in (_scored(args, o) for o in args.against)]
-    if versus:
-        metrics["versus"] = [{"against": name, **{k: d.to_dict() for k, d in diffs.items()}} for name, diffs in versus]
+    scored = api.evaluate(args.models, args.annotations, predictions=args.predictions, against=args.against,
+                          images_dir=args.images_dir, score_threshold=args.score_threshold, bootstrap=args.bootstrap,
+                          batch_size=args.batch_size, device=args.device, progress=_progress(args) and not args.json)
+    metrics = scored.metrics
     if args.json:
         print(json.dumps(strict_json(metrics), indent=2))
     else:
         print(format_metrics(metrics))
-        for name, diffs in versus:
-            print(f"\n{first.name} minus {name} on the same {len(first.index.images)} images "
+        for name, diffs in scored.versus:
+            print(f"\n{scored.name} minus {name} on the same {scored.images} images "
                   f"({metrics.get('bootstrap', 'no bootstrap')}):\n" + format_differences(diffs))
     for warning in metrics.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
-def _scored(args, models: str | None, results: str | None = None):
-    """What evaluate scores: a COCO results file, or models run on the annotation file's images."""
-    from .evaluate import predicted, scored_results_file
-
-    path = results or models
-    if results or (Path(path).suffix == ".json" and Path(path).is_file()):
-        threshold = 0.5 if args.score_threshold is None else args.score_threshold
-        return scored_results_file(path, args.annotations, score_threshold=threshold,
-                                   **({} if args.bootstrap is None else {"bootstrap": args.bootstrap}))
-    return predicted(path, args.annotations, args.images_dir, score_threshold=args.score_threshold,
-                     batch_size=args.batch_size, device=args.device, progress=_progress(args) and not args.json,
-                     bootstrap=args.bootstrap)
-
-
 def _check_data(args) -> int:
+    from . import api
     from .config import DataConfig
-    from .data.coco import load_coco
-    from .data.overlap import shared_across
-    from .data.summary import copies_within, format_summary, summarize
+    from .data.summary import format_summary
 
-    similarity = DataConfig().copy_similarity if args.copy_similarity is None else args.copy_similarity
-    if not 0 < similarity <= 1:
-        raise ConfigError(f"--copy-similarity must lie in (0, 1]; got {similarity}")
-    indices, summaries = [], []
-    for path in args.annotations:
-        try:
-            index = load_coco(path, args.images_dir, strict_boxes=args.strict, raise_on_error=False)
-        except DetectorError as e:  # the file itself is unreadable: nothing to summarise
-            summaries.append({"annotations": path, "usable": False, "errors": [str(e)]})
-            continue
-        indices.append(index)
-        summaries.append(summarize(index) | {"copies": copies_within(index, similarity)})
-    shared = [{"file": str(a.path), "image": str(s.image), "copy_of_file": str(b.path), "copy_of": str(s.copy_of),
-               "how": s.how, "similarity": s.similarity} for a, b, s in shared_across(indices, similarity)]
-    certain = DataConfig().test_copy_error  # what would stop a study, were the later file its data.test
-    usable = all(s["usable"] for s in summaries) and not any(s["similarity"] >= certain for s in shared)
+    found = api.check_data(*args.annotations, images_dir=args.images_dir, strict=args.strict,
+                           copy_similarity=args.copy_similarity)
+    summaries = found.summaries
     if args.json:
-        doc = summaries[0] if len(summaries) == 1 else {"files": summaries, "shared": shared, "usable": usable}
+        doc = summaries[0] if len(summaries) == 1 else {"files": summaries, "shared": found.shared,
+                                                         "usable": found.usable}
         print(json.dumps(doc, indent=2))
-        return 0 if usable else 1
+        return 0 if found.usable else 1
     for s in summaries:
         print(format_summary(s) if "images" in s else f"{s['annotations']}: error: {s['errors'][0]}")
     if len(summaries) > 1:
-        print(_format_shared(shared, certain) + ("\nusable together: yes" if usable else "\nusable together: NO"))
-    return 0 if usable else 1
+        print(_format_shared(found.shared, DataConfig().test_copy_error)
+              + ("\nusable together: yes" if found.usable else "\nusable together: NO"))
+    return 0 if found.usable else 1
 
 
 def _format_shared(shared: list[dict], certain: float) -> str:
@@ -643,55 +545,36 @@ def _format_shared(shared: list[dict], certain: float) -> str:
 
 
 def _init(args) -> int:
-    from .starter import plan_config, write
+    from . import api
 
-    out = Path(args.out)
-    starter = plan_config(Path(args.annotations), out, Path(args.val) if args.val else None,
-                          Path(args.test) if args.test else None, Path(args.images_dir) if args.images_dir else None)
-    inputs = [Path(a) for a in (args.val, args.test) if a]
-    written = write(starter, out, Path(args.annotations), force=args.force, inputs=inputs)
+    started = api.init(args.annotations, args.out, val=args.val, test=args.test, images_dir=args.images_dir,
+                       force=args.force)
+    starter, out = started.starter, Path(args.out)
     print("\n".join(starter.header))
     print("\n".join(f"{k}: {starter.get(k)}  ({why})" for k, why in starter.reasons.items()))
-    print(f"wrote {', '.join(map(str, written))}\nnext: detector train {out} --out runs/{out.stem}   or   "
+    print(f"wrote {', '.join(map(str, started.written))}\nnext: detector train {out} --out runs/{out.stem}   or   "
           f"detector study {out} --name {out.stem}")
     return 0
 
 
 def _convert(args) -> int:
-    from .data.coco import load_coco
-    from .data.convert import convert_to_coco, read_dataset, write_yolo
-    from .outputs import claim_file
+    from . import api
 
-    source, out = Path(args.source), Path(args.out)
-    if (args.fmt == "coco") != (args.to == "yolo"):
-        raise ConfigError("convert reads VOC, YOLO, LabelMe, CVAT or Open Images into COCO (--to coco), or COCO "
-                          f"into YOLO (--from coco --to yolo); got --from {args.fmt} --to {args.to}")
+    out = Path(args.out)
+    done = api.convert(args.source, out, fmt=args.fmt, to=args.to, images_dir=args.images_dir, names=args.names,
+                       force=args.force)
     if args.to == "yolo":
-        _claim_labels_folder(out, args.force)
-        index = load_coco(source, args.images_dir)
-        written = write_yolo(index.to_coco(), out)
-        print(f"wrote {len(written) - 1} label files and {written[0]} ({len(index.label_map.names)} classes) to {out}")
+        print(f"wrote {len(done.written) - 1} label files and {done.written[0]} ({len(done.classes)} classes) to {out}")
         return 0
-    claim_file(out, [source, *([Path(args.names)] if args.names else [])], force=args.force)
-    converted = read_dataset(args.fmt, source, Path(args.images_dir) if args.images_dir else None,
-                             Path(args.names) if args.names else None)
-    index, root = convert_to_coco(converted, out)
-    for warning in [*converted.warnings, *index.file_warnings()]:
+    for warning in done.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    index, root = done.index, done.root
     boxes = sum(len(r.boxes) for r in index.images)
     where = "" if root == out.parent.resolve() else f" --images-dir {root}"
     print(f"wrote {out}: {len(index.images)} images ({sum(1 for r in index.images if not len(r.boxes))} without "
-          f"boxes), {boxes} boxes, classes {', '.join(converted.classes)}; file names relative to {root}\n"
+          f"boxes), {boxes} boxes, classes {', '.join(done.classes)}; file names relative to {root}\n"
           f"next: detector check-data {out}{where}   or   detector init {out}{where} --out my.yaml")
     return 0
-
-
-def _claim_labels_folder(out: Path, force: bool) -> None:
-    """A YOLO labels folder: new, empty, or (with --force) one whose label files are replaced; never a file."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: is a file; --to yolo writes a labels folder, give --out a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ConfigError(f"{out} exists; pass --force to overwrite it, or choose another --out")
 
 
 def _sample_data(args) -> int:

@@ -6,8 +6,10 @@ and the dotted key. Dataset and weight paths resolve against the current directo
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Union, get_args
@@ -16,7 +18,7 @@ import yaml
 
 from .errors import ConfigError
 from .files import write_text
-from .typed_yaml import apply_override, build, read_with_bases
+from .typed_yaml import apply_override, build, read_with_bases, set_key
 
 PACKAGED = "packaged"  # model.pretrained: the weights a pip package installed (models/weights.py)
 
@@ -323,17 +325,36 @@ def _checked_fields(section: Any, prefix: str):
             yield f"{prefix}{f.name}", value, f.metadata["check"]
 
 
-def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML config (or start from defaults when `path` is None) and apply `key=value` overrides."""
-    source = str(path) if path is not None else "<defaults>"
-    raw: dict[str, Any] = {}
-    if path is not None:
-        raw = read_with_bases(Path(path), ())
-    for item in overrides:
-        apply_override(raw, item)
-    cfg = from_dict(raw, source)
-    check_ranges(cfg, source)
-    return cfg
+ConfigSource = Union[str, Path, Mapping[str, Any], Config, None]
+Overrides = Union[Mapping[str, Any], Sequence[str]]
+
+
+def load(path: str | Path | None = None, overrides: Overrides = ()) -> Config:
+    """Read a YAML config (or start from defaults when `path` is None) and apply the overrides."""
+    return resolve(path, overrides)
+
+
+def resolve(source: ConfigSource = None, overrides: Overrides = ()) -> Config:
+    """The one Config a job runs: from a YAML file (its `base:` files merged), a mapping of sections, a Config,
+    or None (the defaults); then the overrides, dotted keys to values ({"train.lr": 1e-3}) or the CLI's
+    `key=value` strings; type- and range-checked, errors naming the source and the key."""
+    if isinstance(source, Config):
+        raw, name = source.to_dict(), "<Config>"
+    elif isinstance(source, Mapping):
+        raw, name = copy.deepcopy(dict(source)), "<dict>"
+    elif source is None or isinstance(source, (str, Path)):
+        raw, name = (read_with_bases(Path(source), ()) if source is not None else {}), str(source or "<defaults>")
+    else:
+        raise ConfigError(f"a config is a YAML path, a mapping of sections or a Config; got {type(source).__name__}")
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    if isinstance(overrides, Mapping):
+        for key, value in overrides.items():
+            set_key(raw, key, value)
+    else:
+        for item in overrides:
+            apply_override(raw, item)
+    return from_dict(raw, name)
 
 
 def from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:

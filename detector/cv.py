@@ -22,6 +22,7 @@ from .checkpoint import TopEntry, TopK, read_index
 from .config import Config
 from .data.coco import CocoIndex
 from .data.folds import PhotoGroups, make_folds, photo_groups, resolve_strategy
+from .evaluate import tune_run
 from .files import read_json, write_json
 from .layout import RunPaths
 from .metrics import METRIC_KEYS, OperatingPoint, Thresholds, coco_map, match, metrics_from
@@ -40,6 +41,7 @@ class CVResult:
     mean: dict[str, float]
     std: dict[str, float]
     top_models: list[TopEntry]
+    published: Any = None  # evaluate.HeldOutResult: the refit members on data.val and their operating point
 
 
 def run_cv(
@@ -94,11 +96,15 @@ def _run_cv(cfg: Config, run: Path, process: distributed.Process, *, callbacks, 
             fold.last.unlink(missing_ok=True)
             write_summary(run)
         distributed.barrier(w)
-    if refit and not fold_models:
-        _refit(cfg, paths, index, load_splits(cfg, log)[1] if val_index is None else val_index, process,
-               progress=progress, log=log)
+    refitted = refit and not fold_models
+    if refitted:
+        val_index = load_splits(cfg, log)[1] if val_index is None else val_index
+        _refit(cfg, paths, index, val_index, process, progress=progress, log=log)
     if not w.main:
         return read_summary(run)
+    if refitted:  # the published members' operating point, chosen on data.val (what `predict RUN` uses)
+        published = tune_run(cfg, run, val_index)
+        return replace(write_summary(run), published=published)
     point = out_of_fold_operating_point(paths, index, folds, cfg) if fold_models else None
     if point is not None:
         write_json(paths.operating_point, point.to_dict())

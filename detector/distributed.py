@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from .engine import Precision, resolve_device, resolve_precision
+from .hardware import Precision, resolve_device, resolve_precision
 from .errors import ConfigError
 
 T = TypeVar("T")

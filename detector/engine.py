@@ -4,7 +4,6 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -12,56 +11,8 @@ from torch import nn
 from torchvision.ops import clip_boxes_to_image
 from tqdm import tqdm
 
-from .boxes import xyxy_to_xywh
-from .data.records import LabelMap
-from .errors import ConfigError, NonFiniteLossError, TrainingError
-
-
-@dataclass(frozen=True)
-class Precision:
-    """Autocast settings: `dtype` None means full fp32; `scaled` means a GradScaler is needed (fp16)."""
-
-    device_type: str
-    dtype: torch.dtype | None
-    reason: str = field(default="", compare=False)  # why this precision (train.amp: auto's choice)
-
-    @property
-    def name(self) -> str:
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
-
-    @property
-    def scaled(self) -> bool:
-        return self.dtype == torch.float16
-
-    def autocast(self):
-        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"train.device: unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is cuda but no CUDA GPU is visible; use train.device=auto or cpu")
-    return device
-
-
-def resolve_precision(amp: str, device: torch.device) -> Precision:
-    """auto: on CUDA bf16 (fp16 with a GradScaler where bf16 is missing); on CPU fp32. off (or fp32), bf16
-    and fp16 are taken as said, on either device."""
-    cuda = device.type == "cuda"
-    if amp in ("off", "fp32"):
-        return Precision(device.type, None, "fp32: train.amp is " + amp)
-    if amp == "auto" and cuda:
-        bf16 = torch.cuda.is_bf16_supported()
-        return Precision("cuda", torch.bfloat16 if bf16 else torch.float16,
-                         "bf16 autocast on CUDA" if bf16 else "fp16 autocast with a GradScaler: this GPU lacks bf16")
-    if amp == "auto":  # train.report_bf16 probes each model and says what bf16 would save (hardware.py)
-        return Precision("cpu", None, "auto: fp32 on a CPU; what bf16 would save is probed as each model is built")
-    return Precision(device.type, torch.bfloat16 if amp == "bf16" else torch.float16, f"train.amp is {amp}")
+from .errors import NonFiniteLossError, TrainingError
+from .hardware import Precision
 
 
 # consecutive steps the fp16 GradScaler may skip (non-finite gradients, each halving its scale) before the
@@ -239,18 +190,3 @@ def padding_groups(images: list[torch.Tensor], divisible: int) -> list[list[int]
         h, w = im.shape[-2:]
         groups.setdefault((-(-h // divisible), -(-w // divisible)), []).append(i)
     return list(groups.values())
-
-
-def to_coco_results(predictions: list[dict[str, Any]], label_map: LabelMap) -> list[dict[str, Any]]:
-    """Model predictions -> COCO results (xywh pixels, the dataset's own category ids)."""
-    return [r for p in predictions for r in coco_detections(
-        p["image_id"], p["boxes"].numpy(), p["scores"].tolist(),
-        [label_map.category_id(int(label)) for label in p["labels"].tolist()])]
-
-
-def coco_detections(image_id: int, boxes: Any, scores: Iterable[float], category_ids: Iterable[int],
-                    ) -> list[dict[str, Any]]:
-    """One image's boxes (xyxy pixels) as COCO result records (xywh, rounded)."""
-    return [{"image_id": image_id, "category_id": int(cid), "bbox": [round(v, 3) for v in box],
-             "score": round(float(score), 5)}
-            for box, score, cid in zip(xyxy_to_xywh(boxes).tolist(), scores, category_ids)]

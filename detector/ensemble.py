@@ -21,7 +21,8 @@ from .checkpoint import RestoredModel, read_index, restore_model
 from .config import EnsembleConfig
 from .data.dataset import model_inputs
 from .data.images import read_image
-from .engine import Precision, predict, resolve_device
+from .engine import predict
+from .hardware import Precision, resolve_device
 from .exported import ExportedModel, is_exported, load_exported
 from .errors import ConfigError, DatasetError, WeightsError
 from .files import read_json

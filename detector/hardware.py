@@ -1,5 +1,5 @@
-"""What the CPU computes natively, decided where the program runs: whether bf16 autocast trains faster than
-fp32 here. Machines differ (some CPUs have AVX-512 bf16 and AMX units, others emulate bf16 in software and
+"""The device and precision a run uses (train.device, train.amp), and what the CPU computes natively,
+decided where the program runs: whether bf16 autocast trains faster than fp32 here. Machines differ (some CPUs have AVX-512 bf16 and AMX units, others emulate bf16 in software and
 run it several times slower than fp32), and models differ too (bf16 speeds up dense convolutions, not the
 depthwise ones of EfficientNet-lite, which are memory-bound), so the model to be trained is probed on this
 CPU instead of assuming. `train.amp: auto` still trains in fp32 (bf16 training lost accuracy where measured:
@@ -10,10 +10,60 @@ import copy
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from .errors import ConfigError
+
+@dataclass(frozen=True)
+class Precision:
+    """Autocast settings: `dtype` None means full fp32; `scaled` means a GradScaler is needed (fp16)."""
+
+    device_type: str
+    dtype: torch.dtype | None
+    reason: str = field(default="", compare=False)  # why this precision (train.amp: auto's choice)
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    @property
+    def scaled(self) -> bool:
+        return self.dtype == torch.float16
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device: unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is cuda but no CUDA GPU is visible; use train.device=auto or cpu")
+    return device
+
+
+def resolve_precision(amp: str, device: torch.device) -> Precision:
+    """auto: on CUDA bf16 (fp16 with a GradScaler where bf16 is missing); on CPU fp32. off (or fp32), bf16
+    and fp16 are taken as said, on either device."""
+    cuda = device.type == "cuda"
+    if amp in ("off", "fp32"):
+        return Precision(device.type, None, "fp32: train.amp is " + amp)
+    if amp == "auto" and cuda:
+        bf16 = torch.cuda.is_bf16_supported()
+        return Precision("cuda", torch.bfloat16 if bf16 else torch.float16,
+                         "bf16 autocast on CUDA" if bf16 else "fp16 autocast with a GradScaler: this GPU lacks bf16")
+    if amp == "auto":  # train.report_bf16 probes each model and says what bf16 would save (hardware.py)
+        return Precision("cpu", None, "auto: fp32 on a CPU; what bf16 would save is probed as each model is built")
+    return Precision(device.type, torch.bfloat16 if amp == "bf16" else torch.float16, f"train.amp is {amp}")
+
+
 
 # bf16 counts as faster when the model's probe step takes at most this share of fp32's time. Measured on 2 Zen 4
 # cores (bench/precision.py): a dense ResNet-50 backbone 0.6 (bf16 pays), the main job's depthwise

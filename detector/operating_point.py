@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 
 from .config import CONF_TYPES, Config, EnsembleConfig
-from .engine import coco_detections
+from .data.results import coco_detections
 from .ensemble import ImagePrediction, fuse_wbf
 from .metrics import OperatingPoint, Thresholds, coco_map, match, metrics_from
 from .thresholds import tune_thresholds

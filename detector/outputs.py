@@ -44,3 +44,14 @@ def claim_files(targets: Iterable[str | Path], sources: Iterable[str | Path], *,
 
 def claim_file(target: str | Path, sources: Iterable[str | Path] = (), *, force: bool, flag: str = "--out") -> Path:
     return claim_files([target], sources, force=force, flag=flag)[0]
+
+
+def claim_folder(target: str | Path, *, force: bool, what: str, flag: str = "--out") -> Path:
+    """A folder the command fills with files of its own: new, empty, or (with `force`) one whose files of
+    those names it replaces; never a file."""
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise DetectorError(f"{target}: is a file; {what}, give {flag} a folder")
+    if target.is_dir() and any(target.iterdir()) and not force:
+        raise DetectorError(f"{target} exists; pass --force to overwrite it, or choose another {flag}")
+    return target

@@ -15,7 +15,7 @@ from .confusion import confusion_matrix
 from .error_breakdown import Breakdown, error_breakdown
 from .data.coco import CocoIndex, load_coco
 from .data.images import read_image
-from .engine import coco_detections
+from .data.results import coco_detections
 from .ensemble import Ensemble, ImagePrediction
 from .errors import DatasetError, DetectorError
 from .files import atomic_file, read_json, remove_entry, write_json
@@ -334,3 +334,30 @@ def write_confusion(out_dir: str | Path, confusion: dict[str, Any]) -> list[Path
 
 def load_ground_truth(path: str | Path, ensemble: Ensemble, images_dir: str | Path | None = None) -> CocoIndex:
     return load_coco(path, images_dir, label_map=ensemble.label_map, keep_empty=True)
+
+
+@dataclass
+class GroundTruthReport:
+    """predict with ground truth: the ensemble and each member alone [(name, metrics)], the files written
+    beside the predictions (confusion.json/.png, errors.json) and the drawings of the worst images."""
+
+    rows: list[tuple[str, dict[str, Any]]]
+    written: list[Path]
+    worst: list[Path]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The ensemble's, with its per-class rows, confusion matrix and error breakdown."""
+        return self.rows[0][1]
+
+
+def ground_truth_report(run: PredictionRun, gt: CocoIndex, ensemble: Ensemble, out: str | Path) -> GroundTruthReport:
+    """The ensemble beside its members at its operating point, with the members' config's scoring and
+    bootstrap; its confusion matrix and error breakdown written to `out`, its worst images drawn there."""
+    cfg, thresholds, paths = ensemble.members[0].config, ensemble.thresholds, PredictPaths(out)
+    rows = ground_truth_metrics(run, gt, thresholds, len(ensemble.members), iou_threshold=cfg.eval.iou_threshold,
+                                score=cfg.score, bootstrap=Bootstrap(cfg.eval.bootstrap))
+    confusion, errors = rows[0][1]["confusion"], rows[0][1]["errors"]
+    worst = draw_worst(run, gt, Breakdown.from_dict(errors), thresholds, paths.root)
+    written = [*write_confusion(paths.root, confusion), write_json(paths.errors, errors)]
+    return GroundTruthReport(rows, written, worst)

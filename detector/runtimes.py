@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 import time
+import warnings
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 
 from .data.coco import CocoIndex
 from .data.images import read_image
-from .engine import coco_detections
+from .data.results import coco_detections
 from .errors import DetectorError, WeightsError
 
 Outputs = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes (N, 4) xyxy pixels, scores (N,), labels (N,) 1..K
@@ -47,7 +48,9 @@ def eager(module: torch.nn.Module, device: torch.device) -> Runtime:
 
 
 def torchscript(path: str | Path, device: torch.device) -> Runtime:
-    scripted = torch.jit.load(str(path), map_location=device)
+    with warnings.catch_warnings():  # TorchScript is the format this file is in; torch's advice to move is not the user's
+        warnings.filterwarnings("ignore", message=".*torch.jit.load. is deprecated", category=FutureWarning)
+        scripted = torch.jit.load(str(path), map_location=device)
 
     def run(image: np.ndarray) -> Outputs:
         with torch.inference_mode():

@@ -61,6 +61,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
+    """A CLI `--set key=value`: the value read as YAML (`1e-3`, `[a, b]`, `null`), else kept as text."""
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=0.001")
@@ -68,12 +69,20 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         value = yaml.safe_load(text)
     except (yaml.YAMLError, RecursionError):
         value = text
+    set_key(raw, key, value, item)
+
+
+def set_key(raw: dict[str, Any], key: str, value: Any, item: str | None = None) -> None:
+    """Set the dotted `key` (train.lr) of a raw config mapping to `value`, making its sections as needed."""
+    said = item or f"{key}={value!r}"
+    if not isinstance(key, str) or not key.strip():
+        raise ConfigError(f"override {said}: the key must be a dotted config key, e.g. train.lr")
     node = raw
     parts = key.strip().split(".")
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"override {item!r}: {part} is not a section")
+            raise ConfigError(f"override {said}: {part} is not a section")
         node = child
     node[parts[-1]] = value
 

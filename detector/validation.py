@@ -12,7 +12,8 @@ from . import distributed
 from .config import Config
 from .data.dataset import model_inputs
 from .data.records import LabelMap
-from .engine import predict, to_coco_results
+from .data.results import to_coco_results
+from .engine import predict
 from .metrics import evaluate_detections
 from .slicing import predict_tiles
 

@@ -8,7 +8,8 @@ from detector.callbacks import Callback, EpochEnd
 from detector.data.sample import SampleSpec, write_sample_dataset
 from detector.data.dataset import CocoDetection, collate
 from detector.data.splits import load_splits
-from detector.engine import MAX_SKIPPED_STEPS, Precision, train_one_epoch
+from detector.engine import MAX_SKIPPED_STEPS, train_one_epoch
+from detector.hardware import Precision
 from detector.errors import TrainingError
 from detector.models.faster_rcnn import build
 from detector.train import fit

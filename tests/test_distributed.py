@@ -179,7 +179,8 @@ def _rank_of_an_epoch(rank, port, case, results):
     import torch
 
     from detector import distributed
-    from detector.engine import Precision, train_one_epoch
+    from detector.engine import train_one_epoch
+    from detector.hardware import Precision
     from detector.errors import DetectorError
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank))

@@ -7,7 +7,8 @@ import socket
 import pytest
 import torch
 
-from detector.engine import Precision, train_one_epoch
+from detector.engine import train_one_epoch
+from detector.hardware import Precision
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import torch
 
 from detector import config, hardware
 from detector.checkpoint import load_checkpoint
-from detector.engine import resolve_precision
+from detector.hardware import resolve_precision
 from detector.models.faster_rcnn import build
 from tests.helpers import run_cli
 

@@ -12,7 +12,8 @@ from detector.checkpoint import restore_model
 from detector.cv import run_cv
 from detector.data.coco import load_coco
 from detector.data.dataset import CocoDetection, collate
-from detector.engine import Precision, predict
+from detector.engine import predict
+from detector.hardware import Precision
 from detector.metrics import Thresholds
 from detector.ensemble import Ensemble
 from detector.errors import DetectorError

@@ -4,10 +4,8 @@ import json
 import pytest
 
 from detector import config
-from detector.data.sample import SampleSpec, write_sample_dataset
 from detector.errors import DatasetError, DetectorError
 from detector.starter import find_split, plan_config, write
-from detector.layout import RunPaths
 from tests.helpers import run_cli
 
 
@@ -56,24 +54,6 @@ def test_init_refuses_data_it_cannot_train_on(tmp_path):
     bad.write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
     with pytest.raises(DatasetError, match="cannot train on it"):
         plan_config(bad, tmp_path / "x.yaml")
-
-
-@pytest.mark.slow
-def test_the_config_init_writes_trains_a_new_dataset_without_edits(tmp_path):
-    data = write_sample_dataset(tmp_path / "shapes", SampleSpec(images=80, seed=3))
-    out = tmp_path / "shapes.yaml"
-    run = lambda *a: run_cli(*a,
-                                    cwd=tmp_path)
-    done = run("init", str(data["train"]), "--out", str(out), "--val", str(data["val"]))
-    assert done.returncode == 0, done.stderr
-    cfg = config.load(out)
-    assert 320 <= cfg.data.image_size <= 640 and cfg.train.epochs >= 6
-    # its own recipe, only shortened for the test
-    trained = run("train", str(out), "--out", str(tmp_path / "run"), "--quiet", "--set", "train.epochs=2",
-                  "--set", "train.num_workers=0")
-    assert trained.returncode == 0, trained.stderr
-    best = json.loads(RunPaths(tmp_path / "run").summary.read_text())["best_metrics"]
-    assert best["map_50"] > 0.5, best  # fine-tuned from the packaged ImageNet weights, it learns
 
 
 def test_init_on_too_few_photos_to_carve_says_what_init_can_do(tmp_path):

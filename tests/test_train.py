@@ -10,7 +10,9 @@ from detector import config
 from detector.checkpoint import load_checkpoint, restore_model, save_checkpoint
 from detector.data.dataset import CocoDetection, collate
 from detector.data.transforms import build_train_transforms
-from detector.engine import Precision, predict, to_coco_results, train_one_epoch
+from detector.data.results import to_coco_results
+from detector.engine import predict, train_one_epoch
+from detector.hardware import Precision
 from detector.errors import NonFiniteLossError
 from detector.evaluate import evaluate_models
 from detector.optim import LrSchedule, build_optimizer

@@ -18,7 +18,7 @@ from .. import distributed
 from ..callbacks import CONTROL, Callback, FitState
 from ..config import Config
 from ..cv import run_cv
-from ..engine import resolve_device
+from ..hardware import resolve_device
 from ..layout import RunPaths, trial_folder
 from ..metrics import METRIC_KEYS
 from ..metric_log import read_metric_rows
