@@ -20,7 +20,7 @@ import torch
 
 from detector.checkpoint import restore_model
 from detector.data.images import read_image
-from detector.export import deployed, export_models
+from detector.deploy.export import deployed, export_models
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -32,7 +32,7 @@ from detector.engine import predict, train_one_epoch
 from detector.hardware import Precision
 from detector.models.faster_rcnn import build
 from detector.optim import LrSchedule
-from detector.train import fit
+from detector.training.fit import fit
 from train_step import plain_loop  # bench/: the plain torchvision loop a user writes
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,8 +23,8 @@ import numpy as np
 
 from detector import config
 from detector.boxes import box_iou, xywh_to_xyxy
-from detector.cv import run_cv
-from detector.label_audit import KINDS, audit_run
+from detector.training.cv import run_cv
+from detector.analysis.label_audit import KINDS, audit_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARE = 0.05

@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 
 from detector import config
-from detector.cv import run_cv
-from detector.ensemble import Ensemble
-from detector.evaluate import evaluate_held_out
+from detector.training.cv import run_cv
+from detector.inference.ensemble import Ensemble
+from detector.analysis.evaluate import evaluate_held_out
 from detector.metrics import Thresholds
-from detector.predict import ground_truth_metrics, run_predictions
+from detector.inference.predict import ground_truth_metrics, run_predictions
 from detector.data.splits import load_splits, load_test
 
 ROOT = Path(__file__).resolve().parents[1]

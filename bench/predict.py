@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 from detector import config
-from detector.cv import run_cv
+from detector.training.cv import run_cv
 from detector.data.sample import SampleSpec, write_sample_dataset
-from detector.ensemble import Ensemble, fuse_wbf
-from detector.predict import collect_images
+from detector.inference.ensemble import Ensemble, fuse_wbf
+from detector.inference.predict import collect_images
 
 
 def timed(fn):

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from detector import config
 from detector.data.splits import load_splits, load_test
-from detector.ensemble import Ensemble
-from detector.evaluate import evaluate_held_out
+from detector.inference.ensemble import Ensemble
+from detector.analysis.evaluate import evaluate_held_out
 from detector.intervals import Bootstrap
-from detector.predict import ground_truth_metrics, run_predictions
-from detector.refit import refit, seed_members
+from detector.inference.predict import ground_truth_metrics, run_predictions
+from detector.training.refit import refit, seed_members
 
 
 def one_count(cfg, epochs: int, seeds: int, root: Path, train, val, test) -> dict:

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from detector import config
-from detector.cv import run_cv
+from detector.training.cv import run_cv
 from detector.data.sample import SampleSpec, write_sample_dataset
 from detector.report import read_metric_rows
 

@@ -37,9 +37,9 @@ from detector import config
 from detector.data.coco import load_coco
 from detector.data.splits import load_splits
 from detector.data.results import coco_detections
-from detector.ensemble import Ensemble
+from detector.inference.ensemble import Ensemble
 from detector.metrics import evaluate_detections
-from detector.train import fit
+from detector.training.fit import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 RBC = ROOT / "examples" / "rbc"

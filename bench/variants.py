@@ -7,7 +7,7 @@ from typing import Any
 
 from detector import config
 from detector.data.splits import load_splits
-from detector.train import fit
+from detector.training.fit import fit
 
 
 def train_variants(config_path: str, epochs: int, overrides: list[str],

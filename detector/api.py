@@ -37,7 +37,7 @@ def train(config: ConfigSource, out: str | Path | None = None, *, overrides: Ove
     """Train one model on the config's train split, validated on its val split every epoch; an existing `out`
     of the same config resumes. Returns the FitResult (best epoch, its metrics, best_path)."""
     from .data.splits import load_splits
-    from .train import fit
+    from .training.fit import fit
 
     cfg = resolve(config, overrides)
     train_index, val_index = load_splits(cfg, log)
@@ -48,7 +48,7 @@ def cv(config: ConfigSource, out: str | Path | None = None, *, overrides: Overri
        progress: bool = False, log: Log = _quiet):
     """k-fold cross-validation, then the published members (refit, or the folds' top models) with their
     operating point chosen on data.val. Returns the CVResult (folds, mean, std, top models, `published`)."""
-    from .cv import run_cv
+    from .training.cv import run_cv
 
     return run_cv(resolve(config, overrides), out or default_run_dir(config), force=force, progress=progress, log=log)
 
@@ -90,7 +90,7 @@ def load(models: str | Path | Sequence[str | Path], *, device: str = "auto", **o
     """The models for prediction: a study's best/ folder, a run's top_models.json (or folder), checkpoints or
     exported files; `overrides` replace fusion settings (iou_thr, skip_box_thr, conf_type, weights, slice,
     slice_overlap, slice_whole) and score_threshold. Returns an Ensemble (`.predict(images)`)."""
-    from .ensemble import Ensemble
+    from .inference.ensemble import Ensemble
 
     if not isinstance(models, (str, Path)):
         models = list(models)
@@ -119,8 +119,8 @@ def predict(models: Any, images: Sequence[str | Path] = (), *, out: str | Path, 
     """Predict image files, folders or globs (with `gt`, none = all of its images) with `models` (as `load`
     takes them, or an Ensemble), writing predictions.csv, predictions.json and images.json (and drawings) to
     `out` as images finish; an interrupted job of the same models and images resumes there."""
-    from .ensemble import Ensemble
-    from .predict import OutputWriter, collect_images, ground_truth_report, load_ground_truth, run_predictions
+    from .inference.ensemble import Ensemble
+    from .inference.predict import OutputWriter, collect_images, ground_truth_report, load_ground_truth, run_predictions
 
     ensemble = models if isinstance(models, Ensemble) else load(models, device=device, **overrides)
     truth = load_ground_truth(gt, ensemble, images_dir) if gt else None
@@ -159,7 +159,7 @@ def evaluate(models: str | Path | None, annotations: str | Path, *, predictions:
     """Score a checkpoint, an exported file, a best/ folder, or (`predictions`) a COCO results file from any
     detector against `annotations`: COCO mAPs, per class, precision/recall/F1 at the thresholds, confusion
     matrix and error breakdown, 95% bootstrap intervals; and the paired difference to each of `against`."""
-    from .evaluate import paired, predicted, scored_results_file
+    from .analysis.evaluate import paired, predicted, scored_results_file
 
     if (predictions is None) == (models is None):
         raise DetectorError("give either MODELS ANNOTATIONS or --predictions RESULTS.json ANNOTATIONS")
@@ -187,7 +187,7 @@ def export(model: str | Path, format: str, out: str | Path, *, quantize: str | N
     """A checkpoint (or each model of a best/ folder) as TorchScript or ONNX, with its labels file; the
     written model files. `quantize="int8"` (ONNX) also scores the INT8 file against fp32 (read_labels)."""
     from .data.coco import load_coco
-    from .export import export_models
+    from .deploy.export import export_models
 
     if calibration and not quantize:
         raise ConfigError("--calibration only applies with --quantize int8")
@@ -203,12 +203,12 @@ def benchmark(model: str | Path, images: Sequence[str | Path] = (), *, sizes: Se
               limit: int = 16, repeats: int = 3, device: str = "auto"):
     """Milliseconds per image of a checkpoint in eager PyTorch, TorchScript, ONNX Runtime and INT8 at each
     size, each runtime's boxes checked against eager's, on `images` (default: its data.val). A Benchmark."""
-    from .benchmark import benchmark as run_benchmark
+    from .deploy.benchmark import benchmark as run_benchmark
     from .checkpoint import restore_model
     from .data.coco import load_coco
     from .hardware import resolve_device
-    from .predict import collect_images
-    from .runtimes import image_array
+    from .inference.predict import collect_images
+    from .deploy.runtimes import image_array
 
     if any(not 32 <= s <= MAX_SIDE for s in sizes):
         raise ConfigError(f"sizes {list(sizes)}: every size must lie in [32, {MAX_SIDE}]")

@@ -265,7 +265,7 @@ def _audit_parser(sub) -> None:
 
 
 def _audit(args) -> int:
-    from .label_audit import KINDS, AuditSettings, audit_into
+    from .analysis.label_audit import KINDS, AuditSettings, audit_into
 
     index, issues, written = audit_into(args.run, args.out, AuditSettings(confident=args.confident), top=args.top,
                                         force=args.force)
@@ -425,8 +425,8 @@ def _print_ground_truth(report) -> None:
 
 def _export(args) -> int:
     from . import api
-    from .export import read_labels
-    from .quantize import QuantizationReport
+    from .deploy.export import read_labels
+    from .deploy.quantize import QuantizationReport
 
     for path in api.export(args.model, args.format, args.out, quantize=args.quantize, calibration=args.calibration,
                            half=args.half, force=args.force):
@@ -466,7 +466,7 @@ def _ints(text: str, flag: str, most: int, least: int = 1) -> list[int]:
 
 def _split_models(inputs: list[str]) -> tuple[list[str], list[str]]:
     """Leading checkpoints / best folders / top_models.json are models; the rest are images."""
-    from .ensemble import is_models_path
+    from .inference.ensemble import is_models_path
 
     n = 0
     while n < len(inputs) and is_models_path(inputs[n]):

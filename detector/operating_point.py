@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from .config import CONF_TYPES, Config, EnsembleConfig
 from .data.results import coco_detections
-from .ensemble import ImagePrediction, fuse_wbf
+from .inference.ensemble import ImagePrediction, fuse_wbf
 from .metrics import OperatingPoint, Thresholds, coco_map, match, metrics_from
 from .thresholds import tune_thresholds
 

@@ -15,7 +15,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .metric_log import LOSS_KEYS
+from .training.metric_log import LOSS_KEYS
 
 LOSS_PANELS = LOSS_KEYS
 

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .files import read_json
-from .metric_log import read_metric_rows
+from .training.metric_log import read_metric_rows
 from .layout import RunPaths
-from .confusion import ConfusionMatrix
+from .analysis.confusion import ConfusionMatrix
 from .intervals import Difference, format_interval
 from .metrics import SIZES
 from .plots import pr_figure, run_figures, save_figures
@@ -44,7 +44,7 @@ def format_metrics(m: dict[str, Any]) -> str:
 def format_errors(errors: dict[str, Any]) -> str:
     """The error breakdown (error_breakdown.Breakdown.to_dict's form): per cause its count at the operating
     point and the mAP@0.5 fixing it would gain."""
-    from .error_breakdown import CAUSES
+    from .analysis.error_breakdown import CAUSES
 
     rows = [[kind, str(errors["counts"].get(kind, 0)), f"{errors['gains'].get(kind, 0.0):+.4f}"] for kind in CAUSES]
     return (f"where the errors come from (mAP@0.5 {errors['map_50']:.4f}; count at the operating point, and the "
@@ -161,7 +161,7 @@ def render_table(header: Sequence[str], rows: list[list[str]], fmt: str = "table
 
 def report_run(run: Path, fmt: str = "table") -> tuple[str, list[Path]]:
     """Text report of a cv run (finished or not) and the plots written to RUN/plots/."""
-    from .cv import read_summary
+    from .training.cv import read_summary
 
     summary = read_summary(run)
     rows = read_metric_rows(run)
@@ -208,7 +208,7 @@ def report_run(run: Path, fmt: str = "table") -> tuple[str, list[Path]]:
 
 def worst_line(heldout: Path, predictions: Path, plots: Path) -> str:
     """Draws the published ensemble's worst images on data.val into PLOTS/worst/ and says where they are."""
-    from .evaluate import draw_heldout_worst
+    from .analysis.evaluate import draw_heldout_worst
 
     drawn = draw_heldout_worst(heldout, predictions, plots) if predictions.exists() else []
     if not drawn:

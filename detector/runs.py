@@ -18,7 +18,8 @@ from filelock import FileLock, Timeout
 
 from . import config as config_mod
 from .config import Config
-from . import audit_files, distributed
+from .analysis import audit_files
+from . import distributed
 from .errors import ConfigError, DetectorError
 from .files import read_json, remove_entry, sweep_temp_files, temp_target, write_json
 from .layout import LOCK, MARKER, RUN_ENTRIES, RunPaths, StudyPaths, is_top_checkpoint

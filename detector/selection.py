@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .config import Config, ScoreConfig
-from .ensemble import ImagePrediction
+from .inference.ensemble import ImagePrediction
 from .intervals import PAIRED, Bootstrap, Difference, ImageParts, compare
 from .metrics import OperatingPoint
 from .operating_point import fused_results, only, tune

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
-from .metric_log import LOSS_KEYS
+from .training.metric_log import LOSS_KEYS
 from .metrics import METRIC_KEYS, pr_curves
 
 SCALARS = (*LOSS_KEYS, "lr", *(k for k in METRIC_KEYS if k != "threshold"))

@@ -4,7 +4,7 @@ clipped, and a step with non-finite gradients is skipped rather than stopping th
 import pytest
 import torch
 
-from detector.callbacks import Callback, EpochEnd
+from detector.training.callbacks import Callback, EpochEnd
 from detector.data.sample import SampleSpec, write_sample_dataset
 from detector.data.dataset import CocoDetection, collate
 from detector.data.splits import load_splits
@@ -12,7 +12,7 @@ from detector.engine import MAX_SKIPPED_STEPS, train_one_epoch
 from detector.hardware import Precision
 from detector.errors import TrainingError
 from detector.models.faster_rcnn import build
-from detector.train import fit
+from detector.training.fit import fit
 from tests.test_train import Stop, tiny_cfg
 
 FP16 = Precision("cpu", torch.float16)

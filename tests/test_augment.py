@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from detector import config
-from detector.callbacks import EpochEnd
+from detector.training.callbacks import EpochEnd
 from detector.data.coco import load_coco
 from detector.data.dataset import CocoDetection
 from detector.data.sampling import box_shapes, train_side
@@ -14,7 +14,7 @@ from detector.data.transforms import build_train_transforms, check_pipeline
 from detector.errors import ConfigError
 from detector.search import check_space
 from detector.data.splits import load_splits
-from detector.train import fit
+from detector.training.fit import fit
 from detector.layout import RunPaths
 from tests.test_train import TINY, Stop
 
@@ -171,7 +171,7 @@ def test_training_crops_keep_the_files_resolution_around_a_box_and_set_the_tile_
 
 @pytest.mark.slow
 def test_a_run_trained_on_crops_validates_on_tiles_as_predict_does(sample, tmp_path):
-    from detector.ensemble import Ensemble
+    from detector.inference.ensemble import Ensemble
 
     cfg = config.load(None, [f"data.train.annotations={sample['train']}", f"data.val.annotations={sample['val']}",
                              *TINY, "train.epochs=2", "data.augment.crop=96", "ensemble.slice=auto"])

@@ -1,7 +1,7 @@
 """The confusion matrix on hand-made boxes whose every cell is known."""
 import numpy as np
 
-from detector.confusion import confusion_matrix
+from detector.analysis.confusion import confusion_matrix
 from detector.metrics import Thresholds, match_counts
 
 

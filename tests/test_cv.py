@@ -3,9 +3,9 @@ import json
 import pytest
 
 from detector import config
-from detector.refit import fold_epochs
+from detector.training.refit import fold_epochs
 from detector.checkpoint import TopK
-from detector.cv import read_summary, run_cv
+from detector.training.cv import read_summary, run_cv
 from detector.data.coco import load_coco
 from detector.data.folds import group_key, make_folds, resolve_strategy
 from detector.errors import ConfigError
@@ -113,8 +113,8 @@ def test_top_k_keeps_exactly_the_k_best_of_each_fold(tmp_path):
 
 def test_an_unreadable_model_index_is_rebuilt_from_the_checkpoints_never_emptied(tmp_path):
     from detector.checkpoint import Checkpoint, save_checkpoint
-    from detector.cv import read_summary
-    from detector.ensemble import resolve_models
+    from detector.training.cv import read_summary
+    from detector.inference.ensemble import resolve_models
 
     label_map = {"category_ids": [1], "names": ["cell"]}
     for fold, epoch, score in ((0, 1, 0.4), (0, 3, 0.6), (1, 2, 0.5)):
@@ -279,7 +279,7 @@ def test_a_cv_run_publishes_members_refit_on_all_of_its_training_data(sample, tm
     assert "published: " in done.stdout and "fold estimate" in done.stdout
     val_images = len(json.loads(sample["val"].read_text())["images"])
     assert heldout["ensemble"]["images"] == val_images and len(heldout["members"]) == 2  # (learning: test_finetune)
-    from detector.ensemble import Ensemble
+    from detector.inference.ensemble import Ensemble
 
     ensemble = Ensemble.load(run)  # the members data.val chose: both fused, or the better one alone
     assert point["members"] == heldout["selection"]["chosen"] and point["members"] in ([0, 1], [0], [1])

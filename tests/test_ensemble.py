@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from detector.ensemble import Ensemble, fuse_wbf
+from detector.inference.ensemble import Ensemble, fuse_wbf
 from detector.errors import ConfigError
 
 

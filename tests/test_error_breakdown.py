@@ -1,7 +1,7 @@
 """The error breakdown on a hand-made image with one error of every kind."""
 import pytest
 
-from detector.error_breakdown import CAUSES, error_breakdown
+from detector.analysis.error_breakdown import CAUSES, error_breakdown
 from detector.metrics import Thresholds
 
 CAT, DOG = 1, 2

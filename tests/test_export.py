@@ -9,7 +9,7 @@ import torch
 
 from detector.checkpoint import load_checkpoint, restore_model, save_checkpoint
 from detector.errors import DetectorError, WeightsError
-from detector.export import export_models
+from detector.deploy.export import export_models
 from tests.helpers import CLI
 
 
@@ -166,7 +166,7 @@ def test_int8_calibration_on_other_classes_is_refused_before_any_work(untrained_
 
 
 def test_a_torchscript_file_is_loaded_only_beside_the_labels_file_that_records_it(untrained_checkpoint, tmp_path):
-    from detector.exported import load_exported
+    from detector.deploy.exported import load_exported
 
     [scripted] = _export(untrained_checkpoint, "torchscript", tmp_path / "model.pt")
     assert load_exported(scripted, torch.device("cpu")).path == scripted
@@ -179,7 +179,7 @@ def test_a_torchscript_file_is_loaded_only_beside_the_labels_file_that_records_i
 
 @pytest.mark.slow
 def test_the_onnx_and_torchscript_files_of_one_checkpoint_share_their_labels_file(untrained_checkpoint, tmp_path):
-    from detector.exported import load_exported
+    from detector.deploy.exported import load_exported
 
     [scripted] = _export(untrained_checkpoint, "torchscript", tmp_path / "model.pt")
     [traced] = _export(untrained_checkpoint, "onnx", tmp_path / "model.onnx")  # refused before: the labels existed

@@ -17,10 +17,10 @@ from detector import config
 from detector.boxes import box_iou
 from detector.cli import main
 from detector.data.coco import load_coco
-from detector.ensemble import Ensemble
+from detector.inference.ensemble import Ensemble
 from detector.data.folds import group_key
 from detector.data.splits import load_splits
-from detector.train import fit
+from detector.training.fit import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ["data.image_size=320", "train.epochs=2", "train.patience=0", "train.num_workers=0"]
@@ -154,7 +154,7 @@ def test_the_exported_files_score_what_evaluate_reports_for_their_checkpoint(pre
     import torch
 
     from detector.data.images import read_image
-    from detector.evaluate import evaluate_models
+    from detector.analysis.evaluate import evaluate_models
 
     test = ROOT / "examples" / "rbc" / "test" / "_annotations.coco.json"
     checkpoint = pretrained_run.best_path

@@ -65,11 +65,11 @@ def test_autocast_steps_on_cuda_clip_the_unscaled_gradient_and_skip_overflows(cu
 
 
 def test_a_half_torchscript_export_runs_on_the_gpu_and_finds_eagers_boxes(cuda, tmp_path):
-    from detector.benchmark import agreement
+    from detector.deploy.benchmark import agreement
     from detector.checkpoint import restore_model
     from detector.data.coco import load_coco
-    from detector.export import deployed, export_models
-    from detector.runtimes import eager, image_array, torchscript
+    from detector.deploy.export import deployed, export_models
+    from detector.deploy.runtimes import eager, image_array, torchscript
     from tests.conftest import RBC
 
     checkpoint = os.environ.get("DETECTOR_GPU_CHECKPOINT")  # bench/gpu.sh: its fine-tuned model

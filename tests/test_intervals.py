@@ -7,7 +7,7 @@ import pytest
 
 from detector import config
 from detector.config import ScoreConfig
-from detector.ensemble import ImagePrediction
+from detector.inference.ensemble import ImagePrediction
 from detector.intervals import Bootstrap, ImageParts, compare, intervals
 from detector.metrics import Thresholds, coco_map, evaluate_detections
 
@@ -134,7 +134,7 @@ def _members(boxes_of, images: int = 24):
 
 def _select(gt, stored, *values):
     from detector.operating_point import tune
-    from detector.ensemble import ImagePrediction as P
+    from detector.inference.ensemble import ImagePrediction as P
     from detector.selection import select
 
     cfg = config.load(None, ["tune.min_class_boxes=1000", "eval.bootstrap=500", *values])

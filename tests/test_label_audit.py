@@ -4,7 +4,7 @@ import json
 import pytest
 
 from detector.data.coco import load_coco
-from detector.label_audit import AuditSettings, apply_fixes, audit
+from detector.analysis.label_audit import AuditSettings, apply_fixes, audit
 
 
 def labelled(tmp_path):
@@ -50,7 +50,7 @@ def test_each_injected_label_error_is_found_with_its_fix(tmp_path):
 
 
 def test_a_second_audit_replaces_only_what_the_first_wrote_as_it_was_written(tmp_path):
-    from detector.audit_files import edited, write_audit
+    from detector.analysis.audit_files import edited, write_audit
     from detector.errors import DetectorError
     from detector.layout import RunPaths
 
@@ -78,7 +78,7 @@ def test_a_second_audit_replaces_only_what_the_first_wrote_as_it_was_written(tmp
 
 
 def test_an_unfinished_fold_is_not_audited_even_with_its_best_predictions_so_far(tmp_path):
-    from detector.cv import out_of_fold_results
+    from detector.training.cv import out_of_fold_results
     from detector.files import write_json
     from detector.layout import RunPaths
 

@@ -146,7 +146,7 @@ def test_cli_evaluate_predictions_matches_pycocotools(rbc, rbc_valid, tmp_path):
 
 def test_predictions_of_another_label_map_are_refused_not_scored_zero(rbc, rbc_valid, tmp_path):
     from detector.errors import DatasetError
-    from detector.evaluate import evaluate_results_file
+    from detector.analysis.evaluate import evaluate_results_file
 
     results = [{**r, "category_id": r["category_id"] + 10} for r in jittered_predictions(rbc_valid.to_coco(), 3)]
     path = tmp_path / "shifted.json"

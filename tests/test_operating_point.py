@@ -182,7 +182,7 @@ def test_per_class_thresholds_are_chosen_where_one_threshold_cannot_serve_every_
 
 
 def _two_members_off_by_six_pixels():
-    from detector.ensemble import ImagePrediction
+    from detector.inference.ensemble import ImagePrediction
 
     images = []
     for i in range(1, 11):

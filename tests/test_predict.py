@@ -9,15 +9,15 @@ from torch.utils.data import DataLoader
 
 from detector import config
 from detector.checkpoint import restore_model
-from detector.cv import run_cv
+from detector.training.cv import run_cv
 from detector.data.coco import load_coco
 from detector.data.dataset import CocoDetection, collate
 from detector.engine import predict
 from detector.hardware import Precision
 from detector.metrics import Thresholds
-from detector.ensemble import Ensemble
+from detector.inference.ensemble import Ensemble
 from detector.errors import DetectorError
-from detector.predict import OutputWriter, collect_images, ground_truth_metrics, load_ground_truth, run_predictions
+from detector.inference.predict import OutputWriter, collect_images, ground_truth_metrics, load_ground_truth, run_predictions
 from detector.layout import PredictPaths, RunPaths
 from tests.helpers import run_cli
 from tests.test_train import TINY
@@ -239,7 +239,7 @@ def test_exported_models_match_the_eager_model_on_real_images(rbc, rbc_run, tmp_
     import onnxruntime
 
     from detector.data.images import read_image
-    from detector.export import deployed, export_models, read_labels
+    from detector.deploy.export import deployed, export_models, read_labels
 
     top = json.loads(RunPaths(rbc_run).top_models.read_text())
     checkpoint = rbc_run / top[0]["path"]
@@ -296,7 +296,7 @@ def test_exported_models_match_the_eager_model_on_real_images(rbc, rbc_run, tmp_
 
 
 def _prediction(source):
-    from detector.ensemble import ImagePrediction
+    from detector.inference.ensemble import ImagePrediction
 
     return ImagePrediction(str(source), 60, 40, np.array([[1, 2, 30, 20]], np.float32), np.array([0.9], np.float32),
                            np.array([1]), ["cell"], [1])
@@ -351,7 +351,7 @@ def test_ground_truth_matches_by_name_only_when_it_is_the_same_image(tiny_coco, 
     import shutil
 
     from detector.errors import DatasetError
-    from detector.predict import _image_ids
+    from detector.inference.predict import _image_ids
 
     gt = load_coco(tiny_coco())
     elsewhere = tmp_path / "elsewhere"

@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from detector import config
-from detector.callbacks import (CONTROL, LOG, MODEL, RESUME, SAVE, BestCheckpoint, Callback, CsvLog, EarlyStopping,
+from detector.training.callbacks import (CONTROL, LOG, MODEL, RESUME, SAVE, BestCheckpoint, Callback, CsvLog, EarlyStopping,
                                 Ema, EpochEnd, EpochLine, ResumeFile, ordered, standard)
 from detector.checkpoint import Checkpoint, TopEntry
 from detector.distributed import World

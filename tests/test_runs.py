@@ -7,12 +7,12 @@ import sys
 import pytest
 
 from detector import config
-from detector.cv import read_summary
+from detector.training.cv import read_summary
 from detector.errors import ConfigError, DetectorError
 from detector.layout import RunPaths, StudyPaths
 from detector.runs import MARKER, clear_run, prepare_run
 from detector.data.splits import load_splits
-from detector.train import fit
+from detector.training.fit import fit
 from tests.helpers import CLI, run_cli
 from tests.test_train import TINY, tiny_cfg
 

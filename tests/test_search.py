@@ -10,13 +10,13 @@ from PIL import Image
 from optuna.trial import TrialState
 
 from detector import config
-from detector.error_breakdown import Breakdown
+from detector.analysis.error_breakdown import Breakdown
 from detector.errors import ConfigError, DatasetError
 from detector.layout import RunPaths, StudyPaths
 from detector.search import Objective, PruningHook, check_space, load_study, run_study, suggest
 from detector.data.splits import load_splits
-from detector.cv import read_summary
-from detector.refit import fold_epochs
+from detector.training.cv import read_summary
+from detector.training.refit import fold_epochs
 from tests.helpers import CLI, wait_until
 from tests.test_train import TINY
 
@@ -520,7 +520,7 @@ def test_a_study_of_score_and_latency_times_each_trial_and_reports_its_pareto_fr
 
 
 def test_a_refit_trains_longer_only_when_the_epoch_limit_stopped_every_fold():
-    from detector.refit import capped, refit_epochs
+    from detector.training.refit import capped, refit_epochs
 
     capped_folds = [{"best_epoch": 2, "epochs_run": 3, "stopped_early": False}] * 2
     assert capped(capped_folds) and refit_epochs(capped_folds, 0, 2.0)[0] == 6

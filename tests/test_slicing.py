@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from detector.slicing import merge_tiles, tile_origins, tiles
+from detector.inference.slicing import merge_tiles, tile_origins, tiles
 
 
 def test_tiles_cover_the_image_overlap_their_neighbours_and_end_flush():
@@ -38,7 +38,7 @@ def test_a_cut_piece_joins_its_whole_view_and_no_large_box_swallows_the_cells_in
 
 
 def test_pieces_judged_window_by_window_match_all_boxes_against_all():
-    from detector.slicing import _covered, _covered_pieces, _cut
+    from detector.inference.slicing import _covered, _covered_pieces, _cut
 
     rng = np.random.default_rng(0)
     windows = tiles(1200, 1600, 416, 0.3)
@@ -60,7 +60,7 @@ def test_pieces_judged_window_by_window_match_all_boxes_against_all():
 def test_too_many_tiles_and_too_much_overlap_are_refused_with_the_fix():
     from detector import config
     from detector.errors import ConfigError, DetectorError
-    from detector.slicing import predict_tiles
+    from detector.inference.slicing import predict_tiles
 
     with pytest.raises(DetectorError, match=r"makes 5929 tiles of 32 px at overlap 0.75 .* larger tile"):
         predict_tiles(lambda crops: [], np.zeros((640, 640, 3), np.uint8), 32, 0.75, False)

@@ -14,13 +14,13 @@ from detector.data.results import to_coco_results
 from detector.engine import predict, train_one_epoch
 from detector.hardware import Precision
 from detector.errors import NonFiniteLossError
-from detector.evaluate import evaluate_models
+from detector.analysis.evaluate import evaluate_models
 from detector.optim import LrSchedule, build_optimizer
 from detector.data.sampling import balanced_weights
-from detector.callbacks import (BestCheckpoint, Callback, EarlyStopping, EpochEnd, Progress, image_size_at,
+from detector.training.callbacks import (BestCheckpoint, Callback, EarlyStopping, EpochEnd, Progress, image_size_at,
                                  standard)
 from detector.data.splits import load_splits
-from detector.train import fit
+from detector.training.fit import fit
 from detector.layout import RunPaths
 from tests.helpers import pycocotools_stats, run_cli
 
@@ -338,7 +338,7 @@ def test_ema_weights_are_evaluated_and_kept_and_a_resume_is_exact(sample, tmp_pa
 def test_tensorboard_event_files_of_each_fold_hold_losses_metrics_curves_and_drawn_images(sample, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from detector.cv import run_cv
+    from detector.training.cv import run_cv
 
     cfg = tiny_cfg(sample, "train.epochs=2", "cv.folds=2", "train.tensorboard=true")
     run_cv(cfg, tmp_path / "cv", progress=False, log=lambda s: None)

@@ -18,13 +18,13 @@ from optuna.trial import TrialState
 from .. import config as config_mod
 from ..checkpoint import TopEntry, load_checkpoint, read_index
 from ..config import Config
-from ..cv import read_summary
+from ..training.cv import read_summary
 from ..data.coco import CocoIndex
-from ..evaluate import HeldOutResult, evaluate_held_out, evaluate_on_test, write_held_out
+from ..analysis.evaluate import HeldOutResult, evaluate_held_out, evaluate_on_test, write_held_out
 from ..files import read_json, write_json
 from ..intervals import format_interval
 from ..layout import CONFIG, ENSEMBLE, RunPaths, StudyPaths, member_file
-from ..refit import Member, member, refit_epochs, seed_members
+from ..training.refit import Member, member, refit_epochs, seed_members
 from .trial_record import TrialRecord, latency_of
 from .objective import free_checkpoints
 

@@ -12,14 +12,14 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from ..callbacks import CONTROL, Callback, FitState
+from ..training.callbacks import CONTROL, Callback, FitState
 from ..checkpoint import RestoredModel
 from ..config import Config
 from ..data.coco import CocoIndex
 from ..data.records import LabelMap
-from ..ensemble import Ensemble
+from ..inference.ensemble import Ensemble
 from ..models import faster_rcnn
-from ..runtimes import image_array
+from ..deploy.runtimes import image_array
 
 
 def timing_images(index: CocoIndex, cfg: Config) -> list[np.ndarray]:

@@ -15,13 +15,13 @@ import optuna
 
 from .. import config as config_mod
 from .. import distributed
-from ..callbacks import CONTROL, Callback, FitState
+from ..training.callbacks import CONTROL, Callback, FitState
 from ..config import Config
-from ..cv import run_cv
+from ..training.cv import run_cv
 from ..hardware import resolve_device
 from ..layout import RunPaths, trial_folder
 from ..metrics import METRIC_KEYS
-from ..metric_log import read_metric_rows
+from ..training.metric_log import read_metric_rows
 from ..data.splits import load_splits
 from .latency import LatencyProbe, timing_images
 from .space import suggest

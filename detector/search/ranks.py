@@ -61,7 +61,7 @@ def follow(objective: Callable, w: distributed.World, refit: Callable[[list, Pat
     """Ranks other than 0: run every trial and refit rank 0 announces, until it stops."""
     from optuna_integration import TorchDistributedTrial
 
-    from ..refit import Member
+    from ..training.refit import Member
 
     while True:
         command, payload = distributed.broadcast(w, None)

@@ -17,7 +17,7 @@ from ..errors import ConfigError
 from ..layout import StudyPaths
 from ..runs import data_fingerprint, describe_differences, resume_differences
 from ..data.splits import load_test
-from ..refit import Member, refit
+from ..training.refit import Member, refit
 from .best import best_trial, free_other_trials, plan, publish, score_best_on_test
 from . import ranks
 from .objective import Objective

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .boxes import box_iou, xywh_to_xyxy
-from .metrics import Thresholds, coco_map, greedy_match
+from ..boxes import box_iou, xywh_to_xyxy
+from ..metrics import Thresholds, coco_map, greedy_match
 
 FG, BG = 0.5, 0.1
 DETECTION_CAUSES = ("classification", "localisation", "both", "duplicate", "background")

@@ -10,19 +10,19 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 
-from .config import ScoreConfig
-from .confusion import confusion_matrix
-from .error_breakdown import Breakdown, error_breakdown
-from .data.coco import CocoIndex, load_coco
-from .data.images import read_image
-from .data.results import coco_detections
+from ..config import ScoreConfig
+from ..analysis.confusion import confusion_matrix
+from ..analysis.error_breakdown import Breakdown, error_breakdown
+from ..data.coco import CocoIndex, load_coco
+from ..data.images import read_image
+from ..data.results import coco_detections
 from .ensemble import Ensemble, ImagePrediction
-from .errors import DatasetError, DetectorError
-from .files import atomic_file, read_json, remove_entry, write_json
-from .intervals import PAIRED, Bootstrap, ImageParts, compare, intervals_dict
-from .layout import PredictPaths
-from .metrics import Thresholds, evaluate_detections
-from .plots import confusion_figure, save_figures
+from ..errors import DatasetError, DetectorError
+from ..files import atomic_file, read_json, remove_entry, write_json
+from ..intervals import PAIRED, Bootstrap, ImageParts, compare, intervals_dict
+from ..layout import PredictPaths
+from ..metrics import Thresholds, evaluate_detections
+from ..plots import confusion_figure, save_figures
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 

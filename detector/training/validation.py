@@ -8,14 +8,14 @@ from typing import Any, Iterable
 import numpy as np
 from torch import nn
 
-from . import distributed
-from .config import Config
-from .data.dataset import model_inputs
-from .data.records import LabelMap
-from .data.results import to_coco_results
-from .engine import predict
-from .metrics import evaluate_detections
-from .slicing import predict_tiles
+from .. import distributed
+from ..config import Config
+from ..data.dataset import model_inputs
+from ..data.records import LabelMap
+from ..data.results import to_coco_results
+from ..engine import predict
+from ..metrics import evaluate_detections
+from ..inference.slicing import predict_tiles
 
 
 def validate(model: nn.Module, loader: Iterable, gt: dict[str, Any], label_map: LabelMap, cfg: Config,

@@ -19,19 +19,19 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from timm.utils import ModelEmaV3
 
-from . import distributed
-from .checkpoint import Checkpoint, TopK, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import Config
-from .data.coco import CocoIndex
-from .data.dataset import CocoDetection
-from .data.images import read_image
-from .data.summary import aspect_warning, crowding_warning
-from .data.transforms import build_train_transforms, pipeline_dict
-from .errors import TrainingError
-from .files import read_json, write_json
-from .layout import RunPaths
+from .. import distributed
+from ..checkpoint import Checkpoint, TopK, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..config import Config
+from ..data.coco import CocoIndex
+from ..data.dataset import CocoDetection
+from ..data.images import read_image
+from ..data.summary import aspect_warning, crowding_warning
+from ..data.transforms import build_train_transforms, pipeline_dict
+from ..errors import TrainingError
+from ..files import read_json, write_json
+from ..layout import RunPaths
 from .metric_log import CSV_COLUMNS, append_row, rewrite_rows
-from .models.anchors import AnchorFit
+from ..models.anchors import AnchorFit
 
 # The order of the stages, and why it is this order:
 MODEL = 0  # change what is trained or evaluated (EMA, image size) before anything reads it
@@ -397,7 +397,7 @@ class TensorBoard(Callback):
     stage, writes = LOG, True
 
     def on_fit_start(self, state: FitState) -> None:
-        from .tensorboard import DRAWN_IMAGES, RunBoard
+        from ..tensorboard import DRAWN_IMAGES, RunBoard
 
         self.board = RunBoard(state.paths.tensorboard)
         depth = state.cfg.data.bit_depth

@@ -17,20 +17,20 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from . import config as config_mod
-from . import distributed, preflight
+from .. import config as config_mod
+from .. import distributed, preflight
 from .callbacks import BestCheckpoint, Callback, FitResult, FitState, ResumeFile, ordered, standard
-from .config import Config
-from .data.coco import CocoIndex
-from .data.sampling import balanced_weights, box_shapes, class_counts, train_loader, train_set, train_side, val_loader
-from . import hardware
-from .engine import train_one_epoch
-from .layout import RunPaths
+from ..config import Config
+from ..data.coco import CocoIndex
+from ..data.sampling import balanced_weights, box_shapes, class_counts, train_loader, train_set, train_side, val_loader
+from .. import hardware
+from ..engine import train_one_epoch
+from ..layout import RunPaths
 from .metric_log import LOSS_KEYS, epoch_row
-from .models import faster_rcnn
-from .optim import LrSchedule, build_optimizer
-from .runs import owned_run
-from .slicing import tile_size
+from ..models import faster_rcnn
+from ..optim import LrSchedule, build_optimizer
+from ..runs import owned_run
+from ..inference.slicing import tile_size
 from .validation import validate
 
 __all__ = ["FitResult", "fit", "seed_everything"]

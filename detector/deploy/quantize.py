@@ -22,9 +22,9 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .data.coco import CocoIndex
-from .errors import DetectorError
-from .metrics import coco_map
+from ..data.coco import CocoIndex
+from ..errors import DetectorError
+from ..metrics import coco_map
 from .runtimes import image_array, onnx, results_of, seconds_per_image
 
 CALIBRATION_IMAGES = 32  # enough for stable activation ranges; calibration time grows with each image

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import DetectorError
-from .files import read_json, write_json, write_text
-from .layout import RunPaths
+from ..errors import DetectorError
+from ..files import read_json, write_json, write_text
+from ..layout import RunPaths
 
 
 @dataclass(frozen=True)

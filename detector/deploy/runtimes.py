@@ -12,10 +12,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .data.coco import CocoIndex
-from .data.images import read_image
-from .data.results import coco_detections
-from .errors import DetectorError, WeightsError
+from ..data.coco import CocoIndex
+from ..data.images import read_image
+from ..data.results import coco_detections
+from ..errors import DetectorError, WeightsError
 
 Outputs = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes (N, 4) xyxy pixels, scores (N,), labels (N,) 1..K
 

@@ -11,17 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import config as config_mod
-from . import distributed
+from .. import config as config_mod
+from .. import distributed
 from .callbacks import FinalModel
-from .checkpoint import TopEntry
-from .config import Config
-from .data.coco import CocoIndex
-from .files import read_json
-from .layout import RunPaths
+from ..checkpoint import TopEntry
+from ..config import Config
+from ..data.coco import CocoIndex
+from ..files import read_json
+from ..layout import RunPaths
 from .metric_log import read_metric_rows
-from .metrics import METRIC_KEYS
-from .train import fit
+from ..metrics import METRIC_KEYS
+from .fit import fit
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torchvision.ops import clip_boxes_to_image
 
-from . import config as config_mod
-from .checkpoint import is_torchscript
-from .data.records import LabelMap
-from .errors import DetectorError, WeightsError
+from .. import config as config_mod
+from ..checkpoint import is_torchscript
+from ..data.records import LabelMap
+from ..errors import DetectorError, WeightsError
 from .export import labels_file, read_labels
 from .runtimes import Runtime, onnx, torchscript
 

@@ -11,21 +11,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import TopEntry, read_index
-from .config import Config, ScoreConfig
-from .data.coco import CocoIndex, load_coco
-from .data.summary import crowding_warning
-from .ensemble import Ensemble, ImagePrediction
-from .errors import DatasetError, DetectorError
-from .files import read_json, write_json
-from .layout import RunPaths
+from ..checkpoint import TopEntry, read_index
+from ..config import Config, ScoreConfig
+from ..data.coco import CocoIndex, load_coco
+from ..data.summary import crowding_warning
+from ..inference.ensemble import Ensemble, ImagePrediction
+from ..errors import DatasetError, DetectorError
+from ..files import read_json, write_json
+from ..layout import RunPaths
 from .confusion import confusion_matrix
 from .error_breakdown import Breakdown, error_breakdown
-from .metrics import OperatingPoint, Thresholds, evaluate_detections
-from .intervals import PAIRED, RESAMPLES, Bootstrap, Difference, ImageParts, compare, with_intervals
-from .operating_point import fused_image, fused_results, tune
-from .selection import Selection, select
-from .predict import PredictionRun, coco_results, draw_worst, ground_truth_metrics, run_predictions
+from ..metrics import OperatingPoint, Thresholds, evaluate_detections
+from ..intervals import PAIRED, RESAMPLES, Bootstrap, Difference, ImageParts, compare, with_intervals
+from ..operating_point import fused_image, fused_results, tune
+from ..selection import Selection, select
+from ..inference.predict import PredictionRun, coco_results, draw_worst, ground_truth_metrics, run_predictions
 
 
 @dataclass

@@ -16,18 +16,18 @@ from typing import Any, Iterator, Sequence, Union
 import numpy as np
 import torch
 
-from . import config as config_mod
-from .checkpoint import RestoredModel, read_index, restore_model
-from .config import EnsembleConfig
-from .data.dataset import model_inputs
-from .data.images import read_image
-from .engine import predict
-from .hardware import Precision, resolve_device
-from .exported import ExportedModel, is_exported, load_exported
-from .errors import ConfigError, DatasetError, WeightsError
-from .files import read_json
-from .layout import ENSEMBLE, RunPaths
-from .metrics import OperatingPoint, Thresholds
+from .. import config as config_mod
+from ..checkpoint import RestoredModel, read_index, restore_model
+from ..config import EnsembleConfig
+from ..data.dataset import model_inputs
+from ..data.images import read_image
+from ..engine import predict
+from ..hardware import Precision, resolve_device
+from ..deploy.exported import ExportedModel, is_exported, load_exported
+from ..errors import ConfigError, DatasetError, WeightsError
+from ..files import read_json
+from ..layout import ENSEMBLE, RunPaths
+from ..metrics import OperatingPoint, Thresholds
 from .slicing import predict_tiles, tile_size
 
 Member = Union[RestoredModel, ExportedModel]  # a checkpoint, or an exported file run as it is deployed

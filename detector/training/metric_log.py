@@ -6,9 +6,9 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from .files import writing
-from .layout import RunPaths
-from .metrics import METRIC_KEYS
+from ..files import writing
+from ..layout import RunPaths
+from ..metrics import METRIC_KEYS
 
 LOSS_KEYS = ("loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")  # the epoch's means
 CSV_COLUMNS = ("epoch", "lr", *LOSS_KEYS, *METRIC_KEYS, "image_size", "train_seconds", "eval_seconds",

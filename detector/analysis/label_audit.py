@@ -24,16 +24,16 @@ from typing import Any
 
 import numpy as np
 
-from . import config as config_mod
-from .boxes import box_iou, xywh_to_xyxy
-from .cv import out_of_fold_results
-from .data.coco import CocoIndex
-from .data.splits import load_splits
-from .errors import DetectorError
-from .files import read_json
+from .. import config as config_mod
+from ..boxes import box_iou, xywh_to_xyxy
+from ..training.cv import out_of_fold_results
+from ..data.coco import CocoIndex
+from ..data.splits import load_splits
+from ..errors import DetectorError
+from ..files import read_json
 from .audit_files import AuditFiles, write_audit
-from .layout import RunPaths
-from .runs import hold_run
+from ..layout import RunPaths
+from ..runs import hold_run
 
 KINDS = ("missing", "class", "unconfirmed", "loose")
 LOOSE_OVERLAP = 0.1  # a confident own-class prediction overlapping a box this much, and no other box more, is
@@ -195,7 +195,7 @@ def draw_issues(index: CocoIndex, issues: list[LabelIssue], folder: Path, n: int
     yellow, the kind and confidence above."""
     from PIL import Image, ImageDraw
 
-    from .data.images import read_image
+    from ..data.images import read_image
 
     records = {r.id: r for r in index.images}
     folder.mkdir(parents=True, exist_ok=True)

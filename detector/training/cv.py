@@ -18,20 +18,20 @@ import numpy as np
 import torch
 
 from .callbacks import Callback, FoldColumn, KeepTopK
-from .checkpoint import TopEntry, TopK, read_index
-from .config import Config
-from .data.coco import CocoIndex
-from .data.folds import PhotoGroups, make_folds, photo_groups, resolve_strategy
-from .evaluate import tune_run
-from .files import read_json, write_json
-from .layout import RunPaths
-from .metrics import METRIC_KEYS, OperatingPoint, Thresholds, coco_map, match, metrics_from
-from .thresholds import tune_thresholds
-from . import distributed, preflight
+from ..checkpoint import TopEntry, TopK, read_index
+from ..config import Config
+from ..data.coco import CocoIndex
+from ..data.folds import PhotoGroups, make_folds, photo_groups, resolve_strategy
+from ..analysis.evaluate import tune_run
+from ..files import read_json, write_json
+from ..layout import RunPaths
+from ..metrics import METRIC_KEYS, OperatingPoint, Thresholds, coco_map, match, metrics_from
+from ..thresholds import tune_thresholds
+from .. import distributed, preflight
 from .refit import refit as refit_members, refit_epochs, seed_members
-from .runs import owned_run
-from .data.splits import load_splits
-from .train import fit
+from ..runs import owned_run
+from ..data.splits import load_splits
+from .fit import fit
 
 
 @dataclass

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
-from .errors import DetectorError
+from ..errors import DetectorError
 
 MATCH = 0.5  # a cut box lying this much inside a whole box of its class is that box's object
 NMS_IOU = 0.5  # two tiles' views of one object

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from .checkpoint import restore_model
-from .errors import ConfigError, DetectorError
+from ..checkpoint import restore_model
+from ..errors import ConfigError, DetectorError
 from .export import deployed, serialize
 from .quantize import quantize_int8
 from .runtimes import Outputs, Runtime, eager, onnx, seconds_per_image, torchscript

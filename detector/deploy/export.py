@@ -24,15 +24,15 @@ import torch
 from torch import nn
 from torchvision.models.detection.roi_heads import RoIHeads
 
-from .checkpoint import RestoredModel, restore_model
-from .data.coco import CocoIndex, load_coco
-from .data.resize import fit_to_model
-from .errors import ConfigError, DetectorError, WeightsError
-from .files import atomic_file, read_json, write_json
-from .layout import ENSEMBLE
-from .outputs import claim_files, same_file
+from ..checkpoint import RestoredModel, restore_model
+from ..data.coco import CocoIndex, load_coco
+from ..data.resize import fit_to_model
+from ..errors import ConfigError, DetectorError, WeightsError
+from ..files import atomic_file, read_json, write_json
+from ..layout import ENSEMBLE
+from ..outputs import claim_files, same_file
 from .quantize import QuantizationReport, calibration_images, quantize_int8, score_file
-from .slicing import tile_size
+from ..inference.slicing import tile_size
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .boxes import box_iou, xywh_to_xyxy
-from .metrics import Thresholds, greedy_match
+from ..boxes import box_iou, xywh_to_xyxy
+from ..metrics import Thresholds, greedy_match
 
 BACKGROUND = "background"
 
