@@ -122,6 +122,9 @@ def predict(models: Any, images: Sequence[str | Path] = (), *, out: str | Path, 
     from .inference.ensemble import Ensemble
     from .inference.predict import OutputWriter, collect_images, ground_truth_report, load_ground_truth, run_predictions
 
+    if isinstance(models, Ensemble) and overrides:
+        raise ConfigError(f"fusion settings ({', '.join(overrides)}) are given to detector.load, which builds the "
+                          "Ensemble; this one is already built")
     ensemble = models if isinstance(models, Ensemble) else load(models, device=device, **overrides)
     truth = load_ground_truth(gt, ensemble, images_dir) if gt else None
     if not images and truth is None:
@@ -165,6 +168,8 @@ def evaluate(models: str | Path | None, annotations: str | Path, *, predictions:
         raise DetectorError("give either MODELS ANNOTATIONS or --predictions RESULTS.json ANNOTATIONS")
     if score_threshold is not None and not 0 <= score_threshold <= 1:
         raise ConfigError(f"score_threshold {score_threshold}: must lie in [0, 1]")
+    if bootstrap is not None and bootstrap != 0 and not 100 <= bootstrap <= 100_000:
+        raise ConfigError(f"bootstrap {bootstrap}: 0 (no intervals) or a number of resamples from 100 to 100000")
 
     def scored(path, results: bool = False):
         if results or (Path(path).suffix == ".json" and Path(path).is_file()):

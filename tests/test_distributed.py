@@ -56,7 +56,8 @@ def test_two_processes_train_one_epoch_like_one_process_with_the_same_global_bat
 
 @pytest.mark.slow
 def test_a_killed_two_process_cv_run_resumes_and_loses_at_most_the_epoch_in_progress(sample, tmp_path):
-    cmd = command(tmp_path, 2, "cv", tmp_path / "cv", sample, "train.epochs=2", "cv.folds=2")
+    cmd = command(tmp_path, 2, "cv", tmp_path / "cv", sample, "train.epochs=2", "cv.folds=2",
+                  "refit.strategy=folds")  # the folds resume; no refit after them
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     log = RunPaths(tmp_path / "cv" / "fold_0").metrics
     wait_until(lambda: log.exists() and len(log.read_text().splitlines()) >= 2, first)

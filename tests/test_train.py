@@ -340,7 +340,7 @@ def test_tensorboard_event_files_of_each_fold_hold_losses_metrics_curves_and_dra
 
     from detector.training.cv import run_cv
 
-    cfg = tiny_cfg(sample, "train.epochs=2", "cv.folds=2", "train.tensorboard=true")
+    cfg = tiny_cfg(sample, "train.epochs=2", "cv.folds=2", "train.tensorboard=true", "refit.strategy=folds")
     run_cv(cfg, tmp_path / "cv", progress=False, log=lambda s: None)
     for k in (0, 1):
         events = EventAccumulator(str(tmp_path / "cv" / f"fold_{k}" / "tensorboard"),
