@@ -90,6 +90,33 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """A folder built whole or not at all: yields an empty staging folder beside `path` (.NAME.stage, left over
+    from a killed run and cleared first); on a clean exit it replaces `path` (the old one moved to .NAME.old
+    and removed after), on an error it is removed and `path` stays as it was."""
+    path = Path(path)
+    stage, old = path.with_name(f".{path.name}.stage"), path.with_name(f".{path.name}.old")
+    with writing(stage):
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir(parents=True)
+    try:
+        yield stage
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists() or path.is_symlink():
+            os.replace(path, old)
+        try:
+            os.replace(stage, path)
+        except BaseException:
+            if old.exists() or old.is_symlink():
+                os.replace(old, path)  # the old folder back where it was
+            raise
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def _umask() -> int:
     mask = os.umask(0)  # the only way to read it is to set it
     os.umask(mask)

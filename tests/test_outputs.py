@@ -177,3 +177,23 @@ def test_predict_into_a_file_is_refused(untrained_checkpoint, tmp_path, capsys):
     _fails(["predict", str(untrained_checkpoint), str(tmp_path / "a.png"), "--out", str(tmp_path / "out")], capsys,
            "is a file; --out is the folder")
     assert (tmp_path / "out").read_text() == "mine"
+
+
+def test_an_atomic_folder_replaces_the_old_one_whole_or_leaves_it_as_it_was(tmp_path):
+    from detector.files import atomic_folder
+
+    target = tmp_path / "best"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_folder(target) as stage:
+            (stage / "new.txt").write_text("half")
+            raise RuntimeError("killed while writing")
+    assert [p.name for p in target.iterdir()] == ["old.txt"]  # as it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]  # no stage left behind
+    (tmp_path / ".best.stage").mkdir()  # left by a kill in an earlier run: cleared, not mixed in
+    (tmp_path / ".best.stage" / "stale.txt").write_text("stale")
+    with atomic_folder(target) as stage:
+        (stage / "new.txt").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]

@@ -15,6 +15,10 @@ ORIENTATION = 0x0112  # the EXIF tag; 5-8 turn the image by 90 degrees
 _TRUNCATED = threading.Lock()
 _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
+# the files detector reads as images: predict's folders and globs, and the image folders of YOLO and Open Images
+# exports (the formats PIL decodes)
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
+
 
 def read_image(path: str | Path, bit_depth: int = 16, draft: int | None = None,
                on_truncated: Callable[[str], None] | None = None) -> np.ndarray:

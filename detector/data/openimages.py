@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import DatasetError
 from .images import displayed_size
 from .labelled import Converted, Labelled, checked_box
-from .yolo import IMAGE_SUFFIXES
+from .images import IMAGE_SUFFIXES
 
 COLUMNS = ("ImageID", "LabelName", "XMin", "XMax", "YMin", "YMax")
 

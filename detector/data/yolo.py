@@ -13,10 +13,9 @@ from pathlib import Path
 import yaml
 
 from ..errors import DatasetError
-from .images import displayed_size
+from .images import IMAGE_SUFFIXES, displayed_size
 from .labelled import Box, Converted, Labelled, checked_box
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 NAMES_FILES = ("classes.txt", "obj.names", "classes.names", "data.yaml", "dataset.yaml")
 
 

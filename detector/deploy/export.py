@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -28,7 +27,7 @@ from ..checkpoint import RestoredModel, restore_model
 from ..data.coco import CocoIndex, load_coco
 from ..data.resize import fit_to_model
 from ..errors import ConfigError, DetectorError, WeightsError
-from ..files import atomic_file, read_json, write_json
+from ..files import atomic_file, atomic_folder, read_json, write_json
 from ..layout import ENSEMBLE
 from ..outputs import claim_files, same_file
 from .quantize import QuantizationReport, calibration_images, quantize_int8, score_file
@@ -264,26 +263,14 @@ def _claim_folder(out: Path, best: Path, force: bool) -> None:
 
 def _export_ensemble(best: Path, fmt: str, out: Path, options: dict[str, Any]) -> list[Path]:
     """Every member and ensemble.json, built in a folder beside `out` and swapped in only when all are
-    written: a killed export leaves the old export whole (and a hidden .NAME.*.export folder to delete)."""
+    written (files.atomic_folder): a killed export leaves the old export whole."""
     meta = read_json(best / ENSEMBLE)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".export", dir=out.parent))
-    try:
-        names = [Path(m["file"]).stem + FORMATS[fmt] for m in meta["members"]]
+    names = [Path(m["file"]).stem + FORMATS[fmt] for m in meta["members"]]
+    with atomic_folder(out) as stage:
         for m, name in zip(meta["members"], names):
             export_checkpoint(best / m["file"], fmt, stage / name, **options)
         write_json(stage / ENSEMBLE, {k: meta[k] for k in ("ensemble", "score_threshold", "class_thresholds",
                                                            "label_map") if k in meta} | {"members": names})
-        old = out.with_name(f".{out.name}.old") if out.exists() else None
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-        stage.rename(out)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     return [*(out / name for name in names), out / ENSEMBLE]
 
 

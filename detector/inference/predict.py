@@ -14,7 +14,7 @@ from ..config import ScoreConfig
 from ..analysis.confusion import confusion_matrix
 from ..analysis.error_breakdown import Breakdown, error_breakdown
 from ..data.coco import CocoIndex, load_coco
-from ..data.images import read_image
+from ..data.images import IMAGE_SUFFIXES, read_image
 from ..data.results import coco_detections
 from .ensemble import Ensemble, ImagePrediction
 from ..errors import DatasetError, DetectorError
@@ -24,7 +24,6 @@ from ..layout import PredictPaths
 from ..metrics import Thresholds, evaluate_detections
 from ..plots import confusion_figure, save_figures
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
 
 @dataclass

@@ -21,7 +21,7 @@ from ..config import Config
 from ..training.cv import read_summary
 from ..data.coco import CocoIndex
 from ..analysis.evaluate import HeldOutResult, evaluate_held_out, evaluate_on_test, write_held_out
-from ..files import read_json, write_json
+from ..files import atomic_folder, read_json, write_json
 from ..intervals import format_interval
 from ..layout import CONFIG, ENSEMBLE, RunPaths, StudyPaths, member_file
 from ..training.refit import Member, member, refit_epochs, seed_members
@@ -120,7 +120,7 @@ def publish(plan_: Plan, entries: list[TopEntry], directory: Path, cfg: Config, 
         return paths.best
     result = evaluate_held_out(config_mod.load(plan_.run.config), plan_.root, entries, held_out)
     point = result.operating_point
-    log(f"members alone on data.val (mAP, score): "
+    log("members alone on data.val (mAP, score): "
         + ", ".join(f"{m['metrics']['map']:.4f} {m['metrics']['score']:.4f}" for m in result.members))
     log(f"published {len(result.published)} of {len(entries)}: {result.selection.reason}")
     log(f"operating point from {point.evaluations} settings in {point.seconds:.1f}s: threshold "
@@ -137,10 +137,13 @@ def _candidates(meta: dict) -> list[str]:
 
 def _write_best(plan_: Plan, entries: list[TopEntry], result: HeldOutResult, cfg: Config,
                 paths: StudyPaths) -> None:
-    target = paths.best
-    tmp = target.with_name(".best.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    with atomic_folder(paths.best) as tmp:
+        _fill_best(tmp, plan_, entries, result, cfg)
+
+
+def _fill_best(tmp: Path, plan_: Plan, entries: list[TopEntry], result: HeldOutResult, cfg: Config) -> None:
+    """best/'s files, written into the staging folder `tmp`: the published members, config.yaml,
+    ensemble.json and the held-out report."""
     members = []
     for i, k in enumerate(result.published):
         e, alone = entries[k], result.members[k]
@@ -163,12 +166,6 @@ def _write_best(plan_: Plan, entries: list[TopEntry], result: HeldOutResult, cfg
         "score_threshold": point["score_threshold"], "class_thresholds": point["class_thresholds"],
         "iou_threshold": cfg.eval.iou_threshold, "operating_point": point, "label_map": label_map})
     write_held_out(RunPaths(tmp), result)
-    old = target.with_name(".best.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def score_best_on_test(directory: Path, test: CocoIndex, cfg: Config, log: Callable[[str], None]) -> dict | None:
