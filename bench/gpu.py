@@ -97,7 +97,7 @@ def finetune(device: torch.device, keep: Path) -> dict:
     result = fit(cfg, train_index, val_index, keep, force=True, progress=False, log=print)
     seconds = time.perf_counter() - start
     m = result.best_metrics
-    return {"map_50": m["map_50"], "map": m["map"], "seconds": seconds, "learned": m["map_50"] >= 0.5}
+    return {"map_50": m.map_50, "map": m.map, "seconds": seconds, "learned": m.map_50 >= 0.5}
 
 
 def main() -> None:

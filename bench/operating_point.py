@@ -50,15 +50,17 @@ def main() -> None:
             held = evaluate_held_out(cfg, Path(tmp) / name, cv.top_models, val)
             trial_seconds = time.perf_counter() - started
             point = held.operating_point
-            paths = [Path(tmp) / name / m["path"] for m in cv.top_models]
+            paths = [Path(tmp) / name / m.path for m in cv.top_models]
             configured = Ensemble.from_checkpoints(paths, cfg.ensemble, cfg.train.device)
             tuned = Ensemble.from_checkpoints(paths, point.ensemble, cfg.train.device, point.thresholds)
             run = run_predictions(configured, [r.path for r in test.images], gt=test, with_members=True)
             [(_, before)] = ground_truth_metrics(run, test, Thresholds(cfg.eval.score_threshold, {}),
                                                  iou_threshold=cfg.eval.iou_threshold, score=cfg.score)
+            before = before.metrics
             run = run_predictions(tuned, [r.path for r in test.images], gt=test)
             [(_, after)] = ground_truth_metrics(run, test, tuned.thresholds, iou_threshold=cfg.eval.iou_threshold,
                                                 score=cfg.score)
+            after = after.metrics
             rows.append((name, before, after, point, trial_seconds))
             e = point.ensemble
             print(f"  operating point: threshold {point.thresholds.default:.3f} "
@@ -70,10 +72,10 @@ def main() -> None:
     print(f"\n{'loss':<14} {'test score':>10} {'-> tuned':>9} {'map_50':>7} {'F1':>6} {'-> tuned':>9} "
           f"{'wbc P':>6} {'wbc R':>6} {'tuning s':>9} {'share':>6}")
     for name, before, after, point, seconds in rows:
-        wbc = after["per_class"].get("wbc", {})
-        print(f"{name:<14} {before['score']:>10.4f} {after['score']:>9.4f} {after['map_50']:>7.4f} "
-              f"{before['f1']:>6.3f} {after['f1']:>9.3f} {wbc.get('precision', float('nan')):>6.3f} "
-              f"{wbc.get('recall', float('nan')):>6.3f} {point.seconds:>9.2f} {point.seconds / seconds:>6.2%}")
+        wbc = after.per_class.get("wbc")
+        print(f"{name:<14} {before.score:>10.4f} {after.score:>9.4f} {after.map_50:>7.4f} "
+              f"{before.f1:>6.3f} {after.f1:>9.3f} {wbc.precision if wbc else float('nan'):>6.3f} "
+              f"{wbc.recall if wbc else float('nan'):>6.3f} {point.seconds:>9.2f} {point.seconds / seconds:>6.2%}")
     print("test score: w_map * mAP@0.5 + w_f1 * F_beta on test/ (score.* of the config); 'share': tuning time "
           "over the trial's training, held-out prediction and tuning time")
 

@@ -36,17 +36,18 @@ def one_count(cfg, epochs: int, seeds: int, root: Path, train, val, test) -> dic
     run = run_predictions(every, [r.path for r in test.images], gt=test, with_members=True)
     boot = Bootstrap(cfg.eval.bootstrap)
     alone = [ground_truth_metrics(run.member(i), test, held.operating_point.thresholds, iou_threshold=0.5,
-                                  score=cfg.score, bootstrap=boot)[0][1] for i in range(len(entries))]
+                                  score=cfg.score, bootstrap=boot)[0][1].metrics for i in range(len(entries))]
     published = Ensemble.from_checkpoints([root / entries[i].path for i in held.published], held.operating_point.ensemble,
                                           cfg.train.device, held.operating_point.thresholds)
     prun = run_predictions(published, [r.path for r in test.images], gt=test)
-    [(_, pub)] = ground_truth_metrics(prun, test, published.thresholds, iou_threshold=0.5, score=cfg.score,
-                                      bootstrap=boot)
+    [(_, card)] = ground_truth_metrics(prun, test, published.thresholds, iou_threshold=0.5, score=cfg.score,
+                                       bootstrap=boot)
+    pub = card.metrics
     return {"epochs": epochs, "seconds": round(seconds, 1),
-            "val_map": [m["metrics"]["map"] for m in held.members], "test_map": [m["map"] for m in alone],
-            "test_map_50": [m["map_50"] for m in alone], "published": held.published,
-            "reason": held.selection.reason, "published_test": {k: pub[k] for k in ("map", "map_50", "map_75")},
-            "published_intervals": pub.get("intervals", {})}
+            "val_map": [m.metrics.map for m in held.members], "test_map": [m.map for m in alone],
+            "test_map_50": [m.map_50 for m in alone], "published": held.published,
+            "reason": held.selection.reason, "published_test": {k: pub.value(k) for k in ("map", "map_50", "map_75")},
+            "published_intervals": {k: list(v) for k, v in pub.intervals.items()}}
 
 
 def main() -> None:

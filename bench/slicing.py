@@ -106,7 +106,7 @@ def score(checkpoint: Path, test_json: Path, slice_setting: int | str, overlap: 
     results = [d for r, p in zip(test.images, predicted)
                for d in coco_detections(r.id, p.boxes, p.scores, [ids[int(k) - 1] for k in p.labels])]
     m = evaluate_detections(test.to_coco(), results, score_threshold=None)
-    return {"map": m["map"], "map_50": m["map_50"], "mar_100": m["mar_100"], "seconds": seconds}
+    return {"map": m.map, "map_50": m.map_50, "mar_100": m.value("mar_100"), "seconds": seconds}
 
 
 def large_photo(checkpoint: Path, width: int, height: int, folder: Path) -> None:

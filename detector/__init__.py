@@ -4,7 +4,7 @@ The public API (detector/api.py), one function per job, each what the CLI comman
 
     import detector
     run = detector.train("configs/quickstart.yaml", out="runs/q", overrides={"train.epochs": 2})
-    print(detector.evaluate(run.best_path, "examples/rbc/test/_annotations.coco.json").metrics["map_50"])
+    print(detector.evaluate(run.best_path, "examples/rbc/test/_annotations.coco.json").metrics.map_50)
     detector.predict(run.best_path, ["examples/rbc/test"], out="preds/q")
 
 The names load on first use, so `import detector` (and the CLI's start) stays light.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Config", "DetectorError", "benchmark", "check_data", "convert", "cv", "evaluate", "export", "init",
+__all__ = ["Config", "DetectorError", "Metrics", "benchmark", "check_data", "convert", "cv", "evaluate", "export", "init",
            "load", "predict", "study", "train"]
 
 

@@ -14,10 +14,18 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from .config import ConfigSource, Overrides, resolve
+from .config import Config, ConfigSource, Overrides, resolve
 from .errors import ConfigError, DetectorError
+from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from .analysis.scorecard import Scorecard
+    from .intervals import Difference
+
+__all__ = ["Config", "DetectorError", "Metrics", "benchmark", "check_data", "convert", "cv", "evaluate", "export",
+           "init", "load", "predict", "study", "train"]  # what `import detector` exposes (detector/__init__.py)
 
 Log = Callable[[str], None]
 
@@ -151,8 +159,20 @@ class Evaluation:
 
     name: str
     images: int
-    metrics: dict[str, Any]
-    versus: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (other, {metric: Difference})
+    scorecard: Scorecard  # metrics with intervals, operating point, confusion matrix, error breakdown
+    versus: list[tuple[str, dict[str, Difference]]] = field(default_factory=list)  # (other, {metric: Difference})
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.scorecard.metrics
+
+    def to_dict(self) -> dict[str, Any]:
+        """evaluate --json: the scorecard, and the paired differences to each `against`."""
+        out = self.scorecard.to_dict()
+        if self.versus:
+            out["versus"] = [{"against": name, **{k: d.to_dict() for k, d in diffs.items()}}
+                             for name, diffs in self.versus]
+        return out
 
 
 def evaluate(models: str | Path | None, annotations: str | Path, *, predictions: str | Path | None = None,
@@ -180,11 +200,8 @@ def evaluate(models: str | Path | None, annotations: str | Path, *, predictions:
                          device=device, progress=progress, bootstrap=bootstrap)
 
     first = scored(predictions or models, results=predictions is not None)
-    metrics = first.metrics()
     versus = [(other.name, paired(first, other)) for other in (scored(o) for o in against)]
-    if versus:
-        metrics["versus"] = [{"against": name, **{k: d.to_dict() for k, d in diffs.items()}} for name, diffs in versus]
-    return Evaluation(first.name, len(first.index.images), metrics, versus)
+    return Evaluation(first.name, len(first.index.images), first.scorecard(), versus)
 
 
 def export(model: str | Path, format: str, out: str | Path, *, quantize: str | None = None,

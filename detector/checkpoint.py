@@ -23,6 +23,7 @@ from .data.records import LabelMap
 from .errors import DetectorError, WeightsError
 from .files import atomic_file, read_json, write_json
 from .layout import RunPaths
+from .metrics import Metrics
 from .models import faster_rcnn
 from .models.backbones import IMAGENET_MEAN, IMAGENET_STD
 
@@ -178,7 +179,7 @@ class RestoredModel:
     image_size: int
     config: config_mod.Config
     anchors: list | None
-    metrics: dict[str, Any]
+    metrics: Metrics
     checksum: str  # of the checkpoint's tensors: what predictions made with it depend on
     train_side: int = 0  # the training images' median longest side, shrunk to image_size (0: unknown)
 
@@ -202,7 +203,7 @@ def restore_model(path: str | Path, device: str | torch.device = "cpu") -> Resto
                            "checkpoints: use a checkpoint as detector train or cv wrote it") from None
     faster_rcnn.set_normalization(model, state.normalization or LEGACY_NORMALIZATION)
     model.to(device).eval()
-    return RestoredModel(model, label_map, int(state.image_size), cfg, state.anchors, state.metrics,
+    return RestoredModel(model, label_map, int(state.image_size), cfg, state.anchors, Metrics.from_dict(state.metrics),
                          state.checksum or "", int(state.train_side))
 
 
@@ -217,19 +218,20 @@ class TopEntry:
     fold: int | None
     epoch: int
     score: float
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: Metrics | None = None
     member: str | None = None
     source: str | None = None
     train_images: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"fold": self.fold, "epoch": self.epoch, "score": self.score, "path": self.path, "metrics": self.metrics}
+        d = {"fold": self.fold, "epoch": self.epoch, "score": self.score, "path": self.path,
+             "metrics": self.metrics.to_dict() if self.metrics else {}}
         return {**d, **{k: getattr(self, k) for k in ("member", "source", "train_images") if getattr(self, k) is not None}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TopEntry":
         return cls(d["path"], d.get("fold"), int(d.get("epoch", -1)), float(d.get("score", math.nan)),
-                   d.get("metrics", {}), d.get("member"), d.get("source"), d.get("train_images"))
+                   Metrics.from_dict(d["metrics"]) if d.get("metrics") else None, d.get("member"), d.get("source"), d.get("train_images"))
 
 
 class TopK:
@@ -253,13 +255,12 @@ class TopK:
         else:
             self._remove_unlisted()
 
-    def offer(self, fold: int, epoch: int, metrics: dict[str, Any], save: Callable[[Path], Any]) -> bool:
-        score = float(metrics["score"])
+    def offer(self, fold: int, epoch: int, metrics: Metrics, save: Callable[[Path], Any]) -> bool:
+        score = float(metrics.score)
         if not math.isfinite(score):
             return False
         path = self.paths.top_checkpoint(fold, epoch)
-        candidate = TopEntry(str(path.relative_to(self.run)), fold, epoch, score,
-                             {k: v for k, v in metrics.items() if k != "per_class"})
+        candidate = TopEntry(str(path.relative_to(self.run)), fold, epoch, score, metrics.overall())
         others = [e for e in self.entries if (e.fold, e.epoch) != (fold, epoch)]
         kept = sorted([e for e in others if e.fold == fold] + [candidate], key=_rank)[: self.k]
         if candidate not in kept:
@@ -305,7 +306,7 @@ def _entry(paths: RunPaths, path: Path, fold: int | None = None, member: str | N
         state = load_checkpoint(path)
     except WeightsError:
         return None  # a file that cannot be read is not listed, and not deleted either
-    metrics = {k: v for k, v in state.metrics.items() if k != "per_class"}
+    metrics = Metrics.from_dict(state.metrics).overall()
     relative = str(path.relative_to(paths.root))
-    return TopEntry(relative, fold, int(state.epoch), float(metrics.get("score", math.nan)), metrics, member,
+    return TopEntry(relative, fold, int(state.epoch), metrics.score, metrics, member,
                     None if member is None else f"rebuilt from {relative}")

@@ -331,8 +331,11 @@ def _train(args) -> int:
     print(f"run directory: {run}")
     result = api.train(args.config, run, overrides=args.overrides, force=args.force, progress=_progress(args), log=print)
     m = result.best_metrics
-    print(f"best epoch {result.best_epoch}: map_50 {m.get('map_50', 0):.4f}  f1 {m.get('f1', 0):.4f}  "
-          f"score {m.get('score', 0):.4f}  -> {result.best_path}")
+    if m is None:
+        print(f"no epoch scored a finite score, so no best model was kept ({result.epochs_run} epochs run)")
+    else:
+        print(f"best epoch {result.best_epoch}: map_50 {m.map_50:.4f}  f1 {m.f1:.4f}  score {m.score:.4f}  "
+              f"-> {result.best_path}")
     return 0
 
 
@@ -345,7 +348,7 @@ def _cv(args) -> int:
     result = api.cv(args.config, run, overrides=args.overrides, force=args.force, progress=_progress(args), log=print)
     print(format_cv(result.folds, result.mean, result.std))
     if result.published is not None:
-        print(format_published(result.published.to_dict(), result.mean))
+        print(format_published(result.published, result.mean))
     return 0
 
 
@@ -417,8 +420,8 @@ def _print_ground_truth(report) -> None:
     from .report import format_comparison, format_confusion, format_errors, format_per_class
 
     print(format_comparison(report.rows))
-    print("\nensemble per class at its operating point:\n" + format_per_class(report.metrics))
-    print("\n" + format_confusion(report.metrics["confusion"]) + "\n\n" + format_errors(report.metrics["errors"]))
+    print("\nensemble per class at its operating point:\n" + format_per_class(report.ensemble.metrics))
+    print("\n" + format_confusion(report.ensemble.confusion) + "\n\n" + format_errors(report.ensemble.errors))
     print("  " + ", ".join(p.name for p in report.written)
           + f", {len(report.worst)} drawings of the images with the most errors in worst/")
 
@@ -501,15 +504,14 @@ def _evaluate(args) -> int:
     scored = api.evaluate(args.models, args.annotations, predictions=args.predictions, against=args.against,
                           images_dir=args.images_dir, score_threshold=args.score_threshold, bootstrap=args.bootstrap,
                           batch_size=args.batch_size, device=args.device, progress=_progress(args) and not args.json)
-    metrics = scored.metrics
     if args.json:
-        print(json.dumps(strict_json(metrics), indent=2))
+        print(json.dumps(strict_json(scored.to_dict()), indent=2))
     else:
-        print(format_metrics(metrics))
+        print(format_metrics(scored.scorecard))
         for name, diffs in scored.versus:
             print(f"\n{scored.name} minus {name} on the same {scored.images} images "
-                  f"({metrics.get('bootstrap', 'no bootstrap')}):\n" + format_differences(diffs))
-    for warning in metrics.get("warnings", []):
+                  f"({scored.metrics.bootstrap or 'no bootstrap'}):\n" + format_differences(diffs))
+    for warning in scored.scorecard.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
 

@@ -280,20 +280,6 @@ def compare(a: ImageParts, b: ImageParts, bootstrap: Bootstrap, keys: Sequence[s
     return {k: Difference(k, float(point_a[k][0]), float(point_b[k][0]), interval(ra[k] - rb[k])) for k in keys}
 
 
-def with_intervals(metrics: dict[str, Any], gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]],
-                   thresholds: Thresholds, iou_threshold: float, score: ScoreConfig, bootstrap: Bootstrap,
-                   ) -> dict[str, Any]:
-    """`metrics` with "intervals" (key -> [low, high]) and "bootstrap" (how they were drawn) added."""
-    parts = ImageParts.of(gt, results, thresholds, iou_threshold, score)
-    found = intervals_dict(parts, bootstrap)
-    return {**metrics, "intervals": found, "bootstrap": bootstrap.describe(parts.images)} if found else metrics
-
-
-def intervals_dict(parts: ImageParts, bootstrap: Bootstrap) -> dict[str, list[float]]:
-    """intervals() as JSON: key -> [low, high]."""
-    return {k: v.to_list() for k, v in intervals(parts, bootstrap).items()}
-
-
 def format_interval(value: float, iv: Interval | Sequence[float] | None) -> str:
     """0.6710 [0.6123, 0.7204]"""
     if iv is None or math.isnan(value):

@@ -51,9 +51,9 @@ def evaluate_detections(
     iou_threshold: float = 0.5,
     score: ScoreConfig | None = None,
     class_thresholds: Mapping[int, float] | None = None,
-) -> dict[str, Any]:
-    """All metrics a user reads: map, map_50, map_75, precision, recall, f1, f_beta, score, threshold and
-    per_class (ap, ap50, precision, recall, f1, num_gt per class name). `class_thresholds` (category id ->
+) -> "Metrics":
+    """All metrics a user reads (Metrics: map, map_50, map_75, precision, recall, f1, f_beta, score,
+    threshold, and per class name ap, ap50, precision, recall, f1, num_gt). `class_thresholds` (category id ->
     threshold) replaces `score_threshold` for the classes it names; `score_threshold=None` is the threshold
     that maximises F_beta over all classes on these predictions (selection, see the module docstring)."""
     score = score or ScoreConfig()
@@ -96,7 +96,7 @@ class OperatingPoint:
     ensemble: EnsembleConfig
     score: float  # at this point, on the predictions it was chosen from
     configured_score: float  # with the configured ensemble.* and eval.score_threshold
-    metrics: dict[str, Any]
+    metrics: "Metrics"
     images: int  # how many images it was chosen on
     source: str  # which predictions those were
     evaluations: int = 1
@@ -107,38 +107,136 @@ class OperatingPoint:
         return {**self.thresholds.to_dict(), "ensemble": dataclasses.asdict(self.ensemble), "score": self.score,
                 "configured_score": self.configured_score, "images": self.images, "source": self.source,
                 "evaluations": self.evaluations, "seconds": round(self.seconds, 3), "members": self.members,
-                "metrics": self.metrics}
+                "metrics": self.metrics.to_dict()}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "OperatingPoint":
         ensemble = config_mod.ensemble_from_dict(d["ensemble"], "operating point")
         return cls(Thresholds.from_dict(d), ensemble, float(d["score"]), float(d["configured_score"]),
-                   d.get("metrics", {}), int(d.get("images", 0)), d.get("source", ""), int(d.get("evaluations", 1)),
+                   Metrics.from_dict(d.get("metrics") or {}), int(d.get("images", 0)), d.get("source", ""), int(d.get("evaluations", 1)),
                    float(d.get("seconds", 0.0)),
                    None if d.get("members") is None else [int(i) for i in d["members"]])
 
 
-def metrics_from(coco: dict[str, Any], matched: "Matches", gt: dict[str, Any], score: ScoreConfig,
-                 thresholds: Thresholds) -> dict[str, Any]:
-    """The metrics dict of evaluate_detections from its parts (mAP, matches), so a caller that tries many
-    thresholds on one set of predictions computes mAP and the matching once."""
+def metrics_from(coco: "CocoMap", matched: "Matches", gt: dict[str, Any], score: ScoreConfig,
+                 thresholds: Thresholds) -> "Metrics":
+    """evaluate_detections' Metrics from its parts (mAP, matches), so a caller that tries many thresholds on
+    one set of predictions computes mAP and the matching once."""
     counts = matched.counts(thresholds)
     total = [sum(c[i] for c in counts.values()) for i in range(3)]
     p, r, f1 = _prf(*total)
-    names = {c["id"]: c["name"] for c in gt["categories"]}
     per_class = {}
-    for cid, name in names.items():
+    for c in gt["categories"]:
+        cid = c["id"]
         tp, fp, fn = counts.get(cid, (0, 0, 0))
         cp, cr, cf = _prf(tp, fp, fn)
-        per_class[name] = {"category_id": cid, **coco["per_class"].get(cid, {"ap": 0.0, "ap50": 0.0}),
-                           "precision": cp, "recall": cr, "f1": cf, "num_gt": tp + fn,
-                           "score_threshold": thresholds.of(cid)}
-    out = {"map": coco["map"], "map_50": coco["map_50"], "map_75": coco["map_75"],
-           "precision": p, "recall": r, "f1": f1, "f_beta": f_beta(p, r, score.beta), "threshold": thresholds.default,
-           **{k: coco[k] for k in SIZE_KEYS}}
-    out["score"] = composite_score(out["map_50"], out["f_beta"], score)
-    out["per_class"] = per_class
-    return out
+        ap = coco.per_class.get(cid) or ClassMap.empty()
+        per_class[c["name"]] = ClassMetrics(cid, ap.ap, ap.ap50, cp, cr, cf, tp + fn, thresholds.of(cid), ap.by_size)
+    fb = f_beta(p, r, score.beta)
+    return Metrics(coco.map, coco.map_50, coco.map_75, p, r, f1, fb, composite_score(coco.map_50, fb, score),
+                   thresholds.default, dict(coco.by_size), per_class)
+
+
+CLASS_SIZE_KEYS = ("ap_small", "ap_medium", "ap_large", "ar_100", "ar_small", "ar_medium", "ar_large")
+
+
+@dataclass(frozen=True)
+class ClassMetrics:
+    """One class's numbers: COCO AP (and at IoU 0.5, by size, and AR), and precision, recall and F1 at its
+    threshold, with its count of ground-truth boxes."""
+
+    category_id: int
+    ap: float
+    ap50: float
+    precision: float
+    recall: float
+    f1: float
+    num_gt: int
+    score_threshold: float
+    by_size: dict[str, float] = dataclasses.field(default_factory=dict)  # CLASS_SIZE_KEYS; NaN: no box that size
+
+    def size(self, key: str) -> float:
+        return self.by_size.get(key, math.nan)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"category_id": self.category_id, "ap": self.ap, "ap50": self.ap50, **self.by_size,
+                "precision": self.precision, "recall": self.recall, "f1": self.f1, "num_gt": self.num_gt,
+                "score_threshold": self.score_threshold}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ClassMetrics":
+        return cls(int(d.get("category_id", -1)), _float(d, "ap"), _float(d, "ap50"), _float(d, "precision"),
+                   _float(d, "recall"), _float(d, "f1"), int(d.get("num_gt", 0)), _float(d, "score_threshold"),
+                   {k: _float(d, k) for k in CLASS_SIZE_KEYS if k in d})
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Every number a user reads of one model on one split (evaluate_detections): COCO's mAP (all, at 0.5
+    and 0.75, and by_size: SIZE_KEYS), precision, recall, F1 and F_beta at the operating point, the score
+    that ranks models and its threshold, per class rows, and where drawn, 95% bootstrap intervals
+    (metric -> (low, high)) with how they were drawn. to_dict/from_dict are the form of every file."""
+
+    map: float
+    map_50: float
+    map_75: float
+    precision: float
+    recall: float
+    f1: float
+    f_beta: float
+    score: float
+    threshold: float
+    by_size: dict[str, float] = dataclasses.field(default_factory=dict)
+    per_class: dict[str, ClassMetrics] = dataclasses.field(default_factory=dict)
+    intervals: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    bootstrap: str = ""
+
+    def value(self, key: str) -> float:
+        """A metric of METRIC_KEYS by name (a column of a table or log); NaN where it was not measured."""
+        if key not in METRIC_KEYS and key != "f_beta":
+            raise KeyError(f"{key!r} is not a metric ({', '.join(METRIC_KEYS)})")
+        return float(getattr(self, key)) if key not in SIZE_KEYS else self.by_size.get(key, math.nan)
+
+    def interval(self, key: str) -> tuple[float, float] | None:
+        return self.intervals.get(key)
+
+    def summary(self) -> dict[str, float]:
+        """METRIC_KEYS as one flat row: metrics.csv, TensorBoard, the top-k index."""
+        return {k: self.value(k) for k in METRIC_KEYS}
+
+    def overall(self) -> "Metrics":
+        """These metrics without the per-class rows (what an index of models keeps)."""
+        return dataclasses.replace(self, per_class={})
+
+    @property
+    def num_gt(self) -> int:
+        return sum(c.num_gt for c in self.per_class.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"map": self.map, "map_50": self.map_50, "map_75": self.map_75,
+                               "precision": self.precision, "recall": self.recall, "f1": self.f1,
+                               "f_beta": self.f_beta, "threshold": self.threshold, **self.by_size, "score": self.score}
+        if self.per_class:
+            out["per_class"] = {n: c.to_dict() for n, c in self.per_class.items()}
+        if self.intervals:
+            out.update(intervals={k: list(v) for k, v in self.intervals.items()}, bootstrap=self.bootstrap)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Metrics":
+        """Metrics as a file holds them; keys older files lack read as NaN."""
+        return cls(_float(d, "map"), _float(d, "map_50"), _float(d, "map_75"), _float(d, "precision"),
+                   _float(d, "recall"), _float(d, "f1"), _float(d, "f_beta", _float(d, "f1")), _float(d, "score"),
+                   _float(d, "threshold", _float(d, "score_threshold")),
+                   {k: _float(d, k) for k in SIZE_KEYS if k in d},
+                   {n: ClassMetrics.from_dict(c) for n, c in (d.get("per_class") or {}).items()},
+                   {k: (float(v[0]), float(v[1])) for k, v in (d.get("intervals") or {}).items()},
+                   str(d.get("bootstrap", "")))
+
+
+def _float(d: Mapping[str, Any], key: str, default: float = math.nan) -> float:
+    v = d.get(key)
+    return default if v is None else float(v)
 
 
 def composite_score(map_50: float, f_beta_value: float, score: ScoreConfig) -> float:
@@ -151,7 +249,31 @@ def f_beta(precision: float, recall: float, beta: float = 1.0) -> float:
     return (1 + b2) * precision * recall / (b2 * precision + recall) if precision + recall else 0.0
 
 
-def coco_map(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ClassMap:
+    """One category's COCO numbers: AP, AP at IoU 0.5, and AP/AR by size and AR@100 (CLASS_SIZE_KEYS)."""
+
+    ap: float
+    ap50: float
+    by_size: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def empty(cls) -> "ClassMap":
+        return cls(0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class CocoMap:
+    """COCO's twelve bbox numbers (mAP, at .50 and .75, and by_size: SIZE_KEYS) and per category id."""
+
+    map: float
+    map_50: float
+    map_75: float
+    by_size: dict[str, float]
+    per_class: dict[int, ClassMap]
+
+
+def coco_map(gt: dict[str, Any], results: list[dict[str, Any]]) -> CocoMap:
     """COCO's twelve bbox numbers (COCO_KEYS: AP over IoU .50:.95, at .50 and .75, AP by size, AR at 1, 10 and
     100 detections and AR by size), overall and per category (ap, ap50, ap and ar_100 by size). A size no
     ground-truth box has is NaN (COCO's -1): nothing was there to find."""
@@ -161,19 +283,16 @@ def coco_map(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any
     precision, recall = ev.eval["precision"], ev.eval["recall"]  # [T, R, K, A, M], [T, K, A, M]
     per_class = {}
     for k, cid in enumerate(ev.params.catIds):
-        c = {"ap": _mean_valid(precision[:, :, k, 0, -1]), "ap50": _mean_valid(precision[0, :, k, 0, -1])}
-        for a, size in enumerate(SIZES, start=1):
-            c[f"ap_{size}"] = _mean_or_nan(precision[:, :, k, a, -1])
+        c = {f"ap_{size}": _mean_or_nan(precision[:, :, k, a, -1]) for a, size in enumerate(SIZES, start=1)}
         c["ar_100"] = _mean_valid(recall[:, k, 0, -1])
-        for a, size in enumerate(SIZES, start=1):
-            c[f"ar_{size}"] = _mean_or_nan(recall[:, k, a, -1])
-        per_class[int(cid)] = c
+        c.update({f"ar_{size}": _mean_or_nan(recall[:, k, a, -1]) for a, size in enumerate(SIZES, start=1)})
+        per_class[int(cid)] = ClassMap(_mean_valid(precision[:, :, k, 0, -1]), _mean_valid(precision[0, :, k, 0, -1]), c)
     stats = [float(v) for v in ev.stats[:12]]
     out = {key: _valid(v) if i < 3 else (v if v > -1 else math.nan) for i, (key, v) in enumerate(zip(COCO_KEYS, stats))}
-    return {**out, "per_class": per_class}
+    return CocoMap(out["map"], out["map_50"], out["map_75"], {k: out[k] for k in SIZE_KEYS}, per_class)
 
 
-def _nothing_found(gt: dict[str, Any]) -> dict[str, Any]:
+def _nothing_found(gt: dict[str, Any]) -> CocoMap:
     """coco_map without predictions (or ground truth): 0 wherever there were boxes to find, NaN elsewhere."""
     def areas(anns: list[dict]) -> list[float]:
         return [float(a.get("area", a["bbox"][2] * a["bbox"][3])) for a in anns if not a.get("iscrowd", 0)]
@@ -184,16 +303,15 @@ def _nothing_found(gt: dict[str, Any]) -> dict[str, Any]:
 
     anns = gt.get("annotations") or []
     sizes = by_size(anns)
-    out = {"map": 0.0, "map_50": 0.0, "map_75": 0.0, **{f"map_{s}": v for s, v in sizes.items()},
-           **{k: 0.0 if anns else math.nan for k in ("mar_1", "mar_10", "mar_100")},
-           **{f"mar_{s}": v for s, v in sizes.items()}}
+    overall = {**{f"map_{s}": v for s, v in sizes.items()},
+               **{k: 0.0 if anns else math.nan for k in ("mar_1", "mar_10", "mar_100")},
+               **{f"mar_{s}": v for s, v in sizes.items()}}
     per_class = {}
     for c in gt.get("categories", []) if anns else []:
-        mine = [a for a in anns if a["category_id"] == c["id"]]
-        s = by_size(mine)
-        per_class[int(c["id"])] = {"ap": 0.0, "ap50": 0.0, **{f"ap_{k}": v for k, v in s.items()}, "ar_100": 0.0,
-                                   **{f"ar_{k}": v for k, v in s.items()}}
-    return {**out, "per_class": per_class}
+        s = by_size([a for a in anns if a["category_id"] == c["id"]])
+        per_class[int(c["id"])] = ClassMap(0.0, 0.0, {**{f"ap_{k}": v for k, v in s.items()}, "ar_100": 0.0,
+                                                      **{f"ar_{k}": v for k, v in s.items()}})
+    return CocoMap(0.0, 0.0, 0.0, {k: overall[k] for k in SIZE_KEYS}, per_class)
 
 
 def pr_curves(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[int, tuple[np.ndarray, np.ndarray]]:

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from .config import CONF_TYPES, Config, EnsembleConfig
 from .data.results import coco_detections
 from .inference.ensemble import ImagePrediction, fuse_wbf
-from .metrics import OperatingPoint, Thresholds, coco_map, match, metrics_from
+from .metrics import Metrics, OperatingPoint, Thresholds, coco_map, match, metrics_from
 from .thresholds import tune_thresholds
 
 IOU_THRS = (0.4, 0.5, 0.55, 0.6, 0.7)
@@ -31,12 +31,12 @@ class Candidate:
 
     settings: EnsembleConfig
     thresholds: Thresholds
-    metrics: dict[str, Any]
+    metrics: Metrics
     configured_score: float  # the same fused boxes at eval.score_threshold
 
     @property
     def score(self) -> float:
-        return self.metrics["score"]
+        return self.metrics.score
 
 
 def tune(gt: dict[str, Any], images: Sequence[ImagePrediction], image_ids: Sequence[int], cfg: Config,
@@ -63,11 +63,11 @@ def tune(gt: dict[str, Any], images: Sequence[ImagePrediction], image_ids: Seque
                           len(image_ids), source, len(tried), time.perf_counter() - started)
 
 
-def improves(new: dict[str, Any], old: dict[str, Any]) -> bool:
+def improves(new: Metrics, old: Metrics) -> bool:
     """Whether metrics `new` are better than `old` on one count (score, or mAP@[.5:.95]) and no worse on the
     other."""
-    return (new["score"] >= old["score"] and new["map"] >= old["map"]
-            and (new["score"] > old["score"] or new["map"] > old["map"]))
+    return (new.score >= old.score and new.map >= old.map
+            and (new.score > old.score or new.map > old.map))
 
 
 def _candidate(gt: dict[str, Any], results: list[dict[str, Any]], settings: EnsembleConfig, cfg: Config) -> Candidate:
@@ -78,7 +78,7 @@ def _candidate(gt: dict[str, Any], results: list[dict[str, Any]], settings: Ense
         thresholds, metrics = tune_thresholds(gt, matched, coco, cfg.score, cfg.tune.min_class_boxes)
     else:
         thresholds, metrics = configured, at_configured
-    return Candidate(settings, thresholds, metrics, at_configured["score"])
+    return Candidate(settings, thresholds, metrics, at_configured.score)
 
 
 def _wbf_stages(members: int, member_maps: Sequence[float] | None):

@@ -1,59 +1,66 @@
 """Reading run logs and turning them into tables and plots a person reads."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .files import read_json
 from .training.metric_log import read_metric_rows
 from .layout import RunPaths
 from .analysis.confusion import ConfusionMatrix
+from .analysis.error_breakdown import CAUSES, Breakdown
+from .analysis.scorecard import Scorecard
 from .intervals import Difference, format_interval
-from .metrics import SIZES
+from .metrics import SIZES, Metrics, OperatingPoint
+from .training.summary import FoldSummary
 from .plots import pr_figure, run_figures, save_figures
 
+if TYPE_CHECKING:
+    from .analysis.evaluate import HeldOutResult
+    from .selection import Selection
 
-def format_metrics(m: dict[str, Any]) -> str:
-    iv = lambda k: format_interval(m[k], (m.get("intervals") or {}).get(k))
+
+def format_metrics(card: Scorecard) -> str:
+    """evaluate's report: every metric with its interval, by size, per class, the confusion matrix and the
+    error breakdown."""
+    m = card.metrics
+    iv = lambda k: format_interval(m.value(k), m.interval(k))
     lines = [
         f"mAP@[.5:.95] {iv('map')}   mAP@0.5 {iv('map_50')}   mAP@0.75 {iv('map_75')}",
-        f"at score >= {m.get('score_threshold', float('nan')):.2f}, IoU >= {m.get('iou_threshold', 0.5):.2f}: "
-        f"precision {m['precision']:.4f}   recall {m['recall']:.4f}   F1 {iv('f1')}",
+        f"at score >= {card.thresholds.default:.2f}, IoU >= {card.iou_threshold:.2f}: "
+        f"precision {m.precision:.4f}   recall {m.recall:.4f}   F1 {iv('f1')}",
         f"score (w_map * mAP@0.5 + w_f1 * F_beta): {iv('score')}",
-        *([f"[low, high]: {m['bootstrap']}"] if m.get("intervals") else []),
+        *([f"[low, high]: {m.bootstrap}"] if m.intervals else []),
         "by object size (area in the image's pixels: small < 32^2 <= medium < 96^2 <= large; - = no box that size):",
-        "  AP " + "   ".join(f"{s} {_cell(m.get(f'map_{s}'))}" for s in SIZES)
-        + "      AR " + "   ".join(f"{s} {_cell(m.get(f'mar_{s}'))}" for s in SIZES),
-        f"  AR@1 {_cell(m.get('mar_1'))}   AR@10 {_cell(m.get('mar_10'))}   AR@100 {_cell(m.get('mar_100'))}",
+        "  AP " + "   ".join(f"{s} {_cell(m.value(f'map_{s}'))}" for s in SIZES)
+        + "      AR " + "   ".join(f"{s} {_cell(m.value(f'mar_{s}'))}" for s in SIZES),
+        f"  AR@1 {_cell(m.value('mar_1'))}   AR@10 {_cell(m.value('mar_10'))}   AR@100 {_cell(m.value('mar_100'))}",
         "",
         f"{'class':<20} {'id':>4} {'boxes':>6} {'AP':>7} {'AP50':>7} {'AP_S':>7} {'AP_M':>7} {'AP_L':>7} "
         f"{'prec':>7} {'recall':>7} {'F1':>7}",
     ]
-    for name, c in m["per_class"].items():
-        sizes = " ".join(f"{_cell(c.get(f'ap_{s}')):>7}" for s in SIZES)
-        lines.append(f"{name:<20} {c['category_id']:>4} {c['num_gt']:>6} {c['ap']:>7.4f} {c['ap50']:>7.4f} {sizes} "
-                     f"{c['precision']:>7.4f} {c['recall']:>7.4f} {c['f1']:>7.4f}")
-    if m.get("confusion"):
-        lines += ["", format_confusion(m["confusion"])]
-    if m.get("errors"):
-        lines += ["", format_errors(m["errors"])]
+    for name, c in m.per_class.items():
+        sizes = " ".join(f"{_cell(c.size(f'ap_{s}')):>7}" for s in SIZES)
+        lines.append(f"{name:<20} {c.category_id:>4} {c.num_gt:>6} {c.ap:>7.4f} {c.ap50:>7.4f} {sizes} "
+                     f"{c.precision:>7.4f} {c.recall:>7.4f} {c.f1:>7.4f}")
+    if card.confusion:
+        lines += ["", format_confusion(card.confusion)]
+    if card.errors:
+        lines += ["", format_errors(card.errors)]
     return "\n".join(lines)
 
 
-def format_errors(errors: dict[str, Any]) -> str:
-    """The error breakdown (error_breakdown.Breakdown.to_dict's form): per cause its count at the operating
-    point and the mAP@0.5 fixing it would gain."""
-    from .analysis.error_breakdown import CAUSES
-
-    rows = [[kind, str(errors["counts"].get(kind, 0)), f"{errors['gains'].get(kind, 0.0):+.4f}"] for kind in CAUSES]
-    return (f"where the errors come from (mAP@0.5 {errors['map_50']:.4f}; count at the operating point, and the "
+def format_errors(errors: Breakdown) -> str:
+    """The error breakdown: per cause its count at the operating point and the mAP@0.5 fixing it would gain."""
+    rows = [[kind, str(errors.counts.get(kind, 0)), f"{errors.gains.get(kind, 0.0):+.4f}"] for kind in CAUSES]
+    return (f"where the errors come from (mAP@0.5 {errors.map_50:.4f}; count at the operating point, and the "
             "mAP@0.5 fixing every one of them gains):\n" + render_table(("cause", "count", "mAP@0.5 gain"), rows))
 
 
-def format_confusion(confusion: dict[str, Any]) -> str:
-    """The confusion matrix (confusion.ConfusionMatrix.to_dict's form) as a table under its reading guide."""
-    matrix = ConfusionMatrix.from_dict(confusion)
+def format_confusion(matrix: ConfusionMatrix) -> str:
+    """The confusion matrix as a table under its reading guide."""
     return (f"confusion matrix at the operating point (IoU >= {matrix.iou_threshold:.2f}; rows: ground truth, "
             "columns: prediction; background row: false detections, background column: missed boxes):\n"
             + matrix.table())
@@ -65,52 +72,50 @@ PUBLISHED_COLUMNS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_
 COMPARED_COLUMNS = PUBLISHED_COLUMNS[:-1] + ("mar_100", "threshold")
 
 
-def format_published(heldout: dict[str, Any], fold_mean: dict[str, float] | None = None, fmt: str = "table") -> str:
+def format_published(heldout: HeldOutResult, fold_mean: Metrics | None = None, fmt: str = "table") -> str:
     """The published models on data.val (a run's or study's heldout.json): each candidate member alone at its
     own tuned threshold and what was published at its operating point, below the folds' estimate (each fold's
     best epoch on its own validation images: other images, so a guide rather than a comparison); then their
     intervals and why these members were published."""
     rows = []
     if fold_mean:
-        rows.append(["fold estimate (mean)", *(_cell(fold_mean.get(k)) for k in PUBLISHED_COLUMNS)])
+        rows.append(["fold estimate (mean)", *(_cell(fold_mean.value(k)) for k in PUBLISHED_COLUMNS)])
     named = []
-    for m in heldout["members"]:
-        metrics = {**m["metrics"], "threshold": m.get("score_threshold")}
-        name = f"member {m.get('member') or m['path']}" + (" (published)" if m.get("published") else "")
-        named.append((name, m["metrics"]))
-        rows.append([name, *(_cell(metrics.get(k)) for k in PUBLISHED_COLUMNS)])
-    e, chosen = heldout["ensemble"], heldout["operating_point"].get("members")
+    for m in heldout.members:
+        name = m.name + (" (published)" if m.published else "")
+        named.append((name, m.metrics))
+        rows.append([name, *(_cell(dataclasses.replace(m.metrics, threshold=m.score_threshold).value(k))
+                             for k in PUBLISHED_COLUMNS)])
+    e, chosen = heldout.ensemble, heldout.operating_point.members
     published = (f"published: fusion of {len(chosen)}" if chosen and len(chosen) > 1 else
-                 f"published: member {chosen[0]} alone" if chosen else f"ensemble of {len(heldout['members'])}")
-    named.append((published, e))
-    rows.append([published, *(_cell({**e, "threshold": heldout["operating_point"]["score_threshold"]}.get(k))
-                              for k in PUBLISHED_COLUMNS)])
-    title = f"published models on data.val ({e.get('annotations', '?')}, {e.get('images', '?')} images):\n"
+                 f"published: member {chosen[0]} alone" if chosen else f"ensemble of {len(heldout.members)}")
+    named.append((published, e.metrics))
+    at_point = dataclasses.replace(e.metrics, threshold=heldout.operating_point.thresholds.default)
+    rows.append([published, *(_cell(at_point.value(k)) for k in PUBLISHED_COLUMNS)])
+    title = f"published models on data.val ({e.annotations or '?'}, {e.images} images):\n"
     table = render_table(("model", *PUBLISHED_COLUMNS), rows, fmt)
     if fmt != "table":
         return table
     parts = [title + table]
-    if e.get("intervals"):
+    if e.metrics.intervals:
         parts.append(format_intervals(named))
-    if heldout.get("selection"):
-        parts.append(format_selection(heldout["selection"]))
-    if e.get("confusion"):
-        parts.append(f"the published models' {format_confusion(e['confusion'])}")
-    if e.get("errors"):
-        parts.append(f"the published models' errors: {format_errors(e['errors'])}")
+    if heldout.selection:
+        parts.append(format_selection(heldout.selection))
+    if e.confusion:
+        parts.append(f"the published models' {format_confusion(e.confusion)}")
+    if e.errors:
+        parts.append(f"the published models' errors: {format_errors(e.errors)}")
     return "\n\n".join(parts)
 
 
-def format_selection(selection: dict[str, Any]) -> str:
+def format_selection(selection: Selection) -> str:
     """Why these members were published: each fusion tried minus the best member alone on data.val."""
-    best = selection["best_member"]
-    lines = [f"published: {selection['reason']}",
-             f"each fusion tried minus member {best} alone ({selection.get('bootstrap', '')}):"]
-    for o in selection["options"]:
-        cells = "; ".join(f"{k} {d['difference']:+.4f} [{d['interval'][0]:+.4f}, {d['interval'][1]:+.4f}] "
-                          f"{d['verdict']}" for k, d in o["versus_best"].items() if k in ("map", "map_50", "score"))
-        lines.append(f"  members {', '.join(map(str, o['members']))}: {cells}"
-                     + ("  <- passes" if o["passes"] else ""))
+    best = selection.best_member
+    lines = [f"published: {selection.reason}", f"each fusion tried minus member {best} alone ({selection.bootstrap}):"]
+    for o in selection.options:
+        cells = "; ".join(f"{k} {d.value:+.4f} [{d.interval.low:+.4f}, {d.interval.high:+.4f}] {d.verdict}"
+                          for k, d in o.versus_best.items() if k in ("map", "map_50", "score"))
+        lines.append(f"  members {', '.join(map(str, o.members))}: {cells}" + ("  <- passes" if o.passes else ""))
     return "\n".join(lines)
 
 
@@ -130,16 +135,15 @@ def _cell(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) and not math.isnan(value) else "-"
 
 
-def format_cv(folds: list[dict[str, Any]], mean: dict[str, float], std: dict[str, float],
-              fmt: str = "table") -> str:
+def format_cv(folds: Sequence[FoldSummary], mean: Metrics, std: Metrics, fmt: str = "table") -> str:
     """Per-fold best epoch and metrics with mean +- std, as table, markdown, csv or json."""
     header = ("fold", "best_epoch", *FOLD_COLUMNS)
-    rows = [[str(f["fold"]), str(f["best_epoch"]), *(f"{f['metrics'].get(k, float('nan')):.4f}" for k in FOLD_COLUMNS)]
-            for f in folds]
-    rows.append(["mean+-std", "", *(f"{mean[k]:.4f}+-{std[k]:.4f}" for k in FOLD_COLUMNS)])
+    rows = [[str(f.fold), str(f.best_epoch), *(f"{f.metrics.value(k):.4f}" for k in FOLD_COLUMNS)] for f in folds]
+    rows.append(["mean+-std", "", *(f"{mean.value(k):.4f}+-{std.value(k):.4f}" for k in FOLD_COLUMNS)])
     if fmt == "json":
         import json
-        return json.dumps(strict_json({"folds": folds, "mean": mean, "std": std}), indent=2)
+        return json.dumps(strict_json({"folds": [f.to_dict() for f in folds], "mean": mean.to_dict(),
+                                       "std": std.to_dict()}), indent=2)
     return render_table(header, rows, fmt)
 
 
@@ -166,44 +170,56 @@ def report_run(run: Path, fmt: str = "table") -> tuple[str, list[Path]]:
     summary = read_summary(run)
     rows = read_metric_rows(run)
     figures = run_figures(rows) if rows else {}
-    if summary.folds:
-        best = max(summary.folds, key=lambda f: f["metrics"].get("score", float("-inf")))
-        curves = pr_curves_of_fold(run, best["fold"])
+    best = max(summary.folds, key=_fold_score, default=None)
+    if best is not None:
+        curves = pr_curves_of_fold(run, best.fold)
         if curves:
-            figures["pr_curves"] = pr_figure(curves, f"fold {best['fold']} best model, IoU 0.5")
+            figures["pr_curves"] = pr_figure(curves, f"fold {best.fold} best model, IoU 0.5")
     plots = save_figures(figures, RunPaths(run).plots) if figures else []
     if fmt == "json":
         import json
-        return json.dumps(strict_json({"folds": summary.folds, "mean": summary.mean, "std": summary.std,
+        return json.dumps(strict_json({"folds": [f.to_dict() for f in summary.folds], "mean": summary.mean.to_dict(),
+                                       "std": summary.std.to_dict(),
                                        "top_models": [e.to_dict() for e in summary.top_models]}), indent=2), plots
     if fmt == "csv":
         return format_cv(summary.folds, summary.mean, summary.std, fmt), plots
     parts = [f"{run}: {len(summary.folds)} fold(s) finished, {len(rows)} epoch rows",
              format_cv(summary.folds, summary.mean, summary.std, fmt)]
-    if summary.folds:
-        best = max(summary.folds, key=lambda f: f["metrics"].get("score", float("-inf")))
-        parts.append(f"\nper-class AP of the best fold model (fold {best['fold']}, epoch {best['best_epoch']}):")
-        parts += [f"  {name:<20} AP {c['ap']:.4f}  AP50 {c['ap50']:.4f}  F1 {c['f1']:.4f}"
-                  for name, c in best["metrics"].get("per_class", {}).items()]
+    if best is not None:
+        parts.append(f"\nper-class AP of the best fold model (fold {best.fold}, epoch {best.best_epoch}):")
+        parts += [f"  {name:<20} AP {c.ap:.4f}  AP50 {c.ap50:.4f}  F1 {c.f1:.4f}"
+                  for name, c in best.metrics.per_class.items()]
         paths = RunPaths(run)
         if paths.heldout.exists():  # refit members, tuned on data.val
-            parts.append("\n" + format_published(read_json(paths.heldout), summary.mean, fmt))
+            parts.append("\n" + format_published(read_heldout(paths.heldout), summary.mean, fmt))
             parts.append(worst_line(paths.heldout, paths.heldout_predictions, paths.plots))
         if paths.operating_point.exists():
-            p = read_json(paths.operating_point)
+            p = OperatingPoint.from_dict(read_json(paths.operating_point))
             where = "data.val" if paths.heldout.exists() else "out-of-fold"
-            parts.append(f"\noperating point of the published models ({where}, {p['images']} images): threshold "
-                         f"{p['score_threshold']:.3f}, score {p['score']:.4f}")
-            parts.append(format_per_class(p["metrics"]))
-        anchors = [f for f in summary.folds if f.get("anchors")]
-        for f in anchors:
-            a = f["anchors"]
-            parts.append(f"fold {f['fold']} anchors: mean IoU {a['fitness']['mean_iou']:.3f} "
+            parts.append(f"\noperating point of the published models ({where}, {p.images} images): threshold "
+                         f"{p.thresholds.default:.3f}, score {p.score:.4f}")
+            parts.append(format_per_class(p.metrics))
+        for f in summary.folds:
+            if not f.anchors:
+                continue
+            a = f.anchors
+            parts.append(f"fold {f.fold} anchors: mean IoU {a['fitness']['mean_iou']:.3f} "
                          f"(default {a['default_fitness']['mean_iou']:.3f}), best possible recall "
                          f"{a['fitness']['bpr']:.3f} (default {a['default_fitness']['bpr']:.3f})")
     if plots:
         parts.append("plots: " + ", ".join(str(p) for p in plots))
     return "\n".join(parts), plots
+
+
+def _fold_score(f: FoldSummary) -> float:
+    return f.metrics.score if math.isfinite(f.metrics.score) else -math.inf
+
+
+def read_heldout(path: Path) -> "HeldOutResult":
+    """heldout.json as its record."""
+    from .analysis.evaluate import HeldOutResult
+
+    return HeldOutResult.from_dict(read_json(path))
 
 
 def worst_line(heldout: Path, predictions: Path, plots: Path) -> str:
@@ -248,65 +264,63 @@ def format_trials(rows: list[dict[str, Any]], fmt: str = "table") -> str:
               "seconds", *(short[k] for k in keys), "note")
     table = []
     for r in rows:
-        cv = r["cv_mean"] or {}
+        cv = Metrics.from_dict(r["cv_mean"] or {})
         note = r["fail_reason"] or (f"retry of {r['retry_of']}" if r["retry_of"] is not None else "")
         if r["state"] == "PRUNED" and r["last_step"] is not None:
             note = f"pruned at step {r['last_step']}"
         if r.get("start"):
             note = ("the config's own values; " + note).rstrip("; ")
         table.append([str(r["number"]), r["state"].lower(), _num(r["value"]),
-                      *((_num(r.get("latency_ms"), 1),) if timed else ()), _num(cv.get("map_50")),
-                      _num(cv.get("map")), _num(cv.get("f1")), "/".join(str(e) for e in r.get("best_epochs") or []),
+                      *((_num(r.get("latency_ms"), 1),) if timed else ()), _num(cv.map_50),
+                      _num(cv.map), _num(cv.f1), "/".join(str(e) for e in r.get("best_epochs") or []),
                       _num(r["seconds"], 0), *(_param(r["params"].get(k)) for k in keys), note])
     return render_table(header, table, fmt)
 
 
 def _num(v: Any, digits: int = 4) -> str:
-    return "" if v is None else f"{v:.{digits}f}"
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
 def _param(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def format_per_class(m: dict[str, Any]) -> str:
+def format_per_class(m: Metrics) -> str:
     """Per class at the operating point: boxes, threshold, precision, recall, F1 and AP50 (the table the
     seed recipe printed with scikit-learn's classification_report)."""
     header = ("class", "boxes", "threshold", "precision", "recall", "f1", "ap50")
-    rows = [[name, str(c["num_gt"]), f"{c.get('score_threshold', m.get('score_threshold', float('nan'))):.3f}",
-             f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", f"{c['ap50']:.4f}"]
-            for name, c in m["per_class"].items()]
-    rows.append(["all", str(sum(c["num_gt"] for c in m["per_class"].values())), "", f"{m['precision']:.4f}",
-                 f"{m['recall']:.4f}", f"{m['f1']:.4f}", f"{m['map_50']:.4f}"])
+    rows = [[name, str(c.num_gt), f"{c.score_threshold:.3f}", f"{c.precision:.4f}", f"{c.recall:.4f}",
+             f"{c.f1:.4f}", f"{c.ap50:.4f}"] for name, c in m.per_class.items()]
+    rows.append(["all", str(m.num_gt), "", f"{m.precision:.4f}", f"{m.recall:.4f}", f"{m.f1:.4f}", f"{m.map_50:.4f}"])
     return render_table(header, rows)
 
 
-def format_comparison(rows: list[tuple[str, dict[str, Any]]]) -> str:
+def format_comparison(rows: list[tuple[str, Scorecard]]) -> str:
     """Metrics of an ensemble next to each member's (with their intervals, and the ensemble's paired
     difference to each), then per-class AP50 and F1 side by side."""
     keys = COMPARED_COLUMNS
-    overall = render_table(("model", *keys), [[name, *(_cell(m.get(k)) for k in keys)] for name, m in rows])
+    overall = render_table(("model", *keys), [[name, *(_cell(c.metrics.value(k)) for k in keys)] for name, c in rows])
     header = ["class", *(f"{name} {k}" for name, _ in rows for k in ("AP50", "F1"))]
-    per_class = [[c, *(f"{m['per_class'][c][k]:.4f}" for _, m in rows for k in ("ap50", "f1"))]
-                 for c in rows[0][1]["per_class"]]
+    per_class = [[name, *(f"{x:.4f}" for _, c in rows for x in (c.metrics.per_class[name].ap50,
+                                                               c.metrics.per_class[name].f1))]
+                 for name in rows[0][1].metrics.per_class]
     parts = [overall]
-    if rows[0][1].get("intervals"):
-        parts.append(format_intervals(rows))
-    for (name, _), diffs in zip(rows[1:], rows[0][1].get("versus_members") or []):
-        parts.append(f"{rows[0][0]} minus {name} on the same images:\n"
-                     + format_differences({k: Difference.from_dict(d) for k, d in diffs.items()}))
+    ensemble = rows[0][1]
+    if ensemble.metrics.intervals:
+        parts.append(format_intervals([(name, c.metrics) for name, c in rows]))
+    for (name, _), diffs in zip(rows[1:], ensemble.versus_members):
+        parts.append(f"{rows[0][0]} minus {name} on the same images:\n" + format_differences(diffs))
     return "\n\n".join(parts + [render_table(header, per_class)])
 
 
 INTERVAL_COLUMNS = ("map", "map_50", "map_75", "f1")
 
 
-def format_intervals(rows: list[tuple[str, dict[str, Any]]], fmt: str = "table") -> str:
+def format_intervals(rows: Sequence[tuple[str, Metrics]], fmt: str = "table") -> str:
     """Each model's mAP, mAP@0.5, mAP@0.75 and F1 with their bootstrap intervals."""
     table = render_table(("model", *INTERVAL_COLUMNS), [
-        [name, *(format_interval(m[k], (m.get("intervals") or {}).get(k)) for k in INTERVAL_COLUMNS)]
-        for name, m in rows], fmt)
-    described = next((m["bootstrap"] for _, m in rows if m.get("bootstrap")), None)
+        [name, *(format_interval(m.value(k), m.interval(k)) for k in INTERVAL_COLUMNS)] for name, m in rows], fmt)
+    described = next((m.bootstrap for _, m in rows if m.bootstrap), None)
     return table + (f"\n[low, high]: {described}" if described and fmt == "table" else "")
 
 

@@ -72,7 +72,7 @@ def select(gt: dict[str, Any], images: Sequence[ImagePrediction], image_ids: Seq
            alone: Sequence[OperatingPoint], source: str = "") -> tuple[OperatingPoint, Selection]:
     """The published operating point (its `members` say which candidates it fuses) and why, from the
     candidates' stored predictions (`images[i].members`) and each one's own operating point (`alone`)."""
-    maps = [a.metrics["map"] for a in alone]
+    maps = [a.metrics.map for a in alone]
     order = sorted(range(len(alone)), key=lambda i: (-maps[i], -alone[i].score, i))
     best = order[0]
     single = dataclasses.replace(alone[best], members=[best])
@@ -89,7 +89,7 @@ def select(gt: dict[str, Any], images: Sequence[ImagePrediction], image_ids: Seq
         if not cfg.tune.guard:
             return point, Selection(best, options, members, "tune.guard is off: every member fused",
                                     bootstrap.describe(len(image_ids)))
-    chosen = max((o for o in options if o.passes), key=lambda o: (o.point.metrics["map"], -len(o.members)),
+    chosen = max((o for o in options if o.passes), key=lambda o: (o.point.metrics.map, -len(o.members)),
                  default=None)
     described = bootstrap.describe(len(image_ids))
     if chosen is None:

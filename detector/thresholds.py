@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 
 from .config import ScoreConfig
-from .metrics import Matches, Thresholds, best_threshold, metrics_from
+from .metrics import CocoMap, Matches, Metrics, Thresholds, best_threshold, metrics_from
 
 
-def tune_thresholds(gt: dict[str, Any], matched: Matches, coco: dict[str, Any], score: ScoreConfig,
-                    min_class_boxes: int) -> tuple[Thresholds, dict[str, Any]]:
+def tune_thresholds(gt: dict[str, Any], matched: Matches, coco: CocoMap, score: ScoreConfig,
+                    min_class_boxes: int) -> tuple[Thresholds, Metrics]:
     """The global threshold (and per-class ones where they help) that maximise the score; with its metrics."""
     default = matched.best_threshold(score.beta)
     best = Thresholds(default, {})
@@ -29,6 +29,6 @@ def tune_thresholds(gt: dict[str, Any], matched: Matches, coco: dict[str, Any], 
     if per_class:
         candidate = Thresholds(default, per_class)
         metrics = metrics_from(coco, matched, gt, score, candidate)
-        if metrics["score"] > best_metrics["score"]:
+        if metrics.score > best_metrics.score:
             best, best_metrics = candidate, metrics
     return best, best_metrics

@@ -25,14 +25,19 @@ def test_a_notebook_starts_trains_evaluates_and_predicts_with_the_public_names_a
     scored = detector.evaluate(run.best_path, shapes["val"])
     found = detector.predict(run.best_path, out=tmp_path / "preds", gt=shapes["val"])
 
-    assert run.best_metrics["map_50"] > 0.5, run.best_metrics  # fine-tuned from the packaged ImageNet weights
-    assert scored.metrics["map_50"] == pytest.approx(run.best_metrics["map_50"], abs=1e-4)  # the same images
-    assert found.report.metrics["map_50"] == pytest.approx(scored.metrics["map_50"], abs=1e-4)
+    assert run.best_metrics.map_50 > 0.5, run.best_metrics  # fine-tuned from the packaged ImageNet weights
+    assert scored.metrics.map_50 == pytest.approx(run.best_metrics.map_50, abs=1e-4)  # the same images
+    assert found.report.ensemble.metrics.map_50 == pytest.approx(scored.metrics.map_50, abs=1e-4)
+    assert isinstance(scored.metrics, detector.Metrics) and scored.metrics.interval("map_50") is not None
     assert len(found.run.predictions) == scored.images == len(json.loads(shapes["val"].read_text())["images"])
     assert {p.name for p in found.written} >= {"predictions.json", "predictions.csv"}
     assert all(p.exists() for p in found.written + found.report.written)
     assert capsys.readouterr().out == ""  # the API prints nothing unless asked
+
+
+def test_every_public_name_resolves():
     assert set(detector.__all__) <= set(dir(detector))
+    assert all(getattr(detector, name) is not None for name in detector.__all__)  # Config was listed, not exported
 
 
 def test_a_user_error_from_the_api_is_a_detector_error_naming_the_key(tmp_path):

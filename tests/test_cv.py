@@ -10,6 +10,7 @@ from detector.data.coco import load_coco
 from detector.data.folds import group_key, make_folds, resolve_strategy
 from detector.errors import ConfigError
 from detector.layout import RunPaths
+from detector.metrics import Metrics
 from tests.helpers import CLI, wait_until
 from tests.test_train import TINY
 
@@ -97,10 +98,10 @@ def test_top_k_keeps_exactly_the_k_best_of_each_fold(tmp_path):
     write = lambda p: (p.parent.mkdir(exist_ok=True), p.write_text("x"))
     scores = [0.2, 0.5, float("nan"), 0.1, 0.7, 0.5, 0.3, 0.9]
     for epoch, s in enumerate(scores):
-        top.offer(0, epoch, {"score": s}, write)
+        top.offer(0, epoch, Metrics.from_dict({"score": s}), write)
         assert len(list((tmp_path / "top").glob("*.pt"))) <= 3
     for epoch, s in enumerate([0.05, 0.01]):  # another fold's images: never ranked against fold 0's scores
-        top.offer(1, epoch, {"score": s}, write)
+        top.offer(1, epoch, Metrics.from_dict({"score": s}), write)
     listed = json.loads(RunPaths(tmp_path).top_models.read_text())
     assert [(e["fold"], e["epoch"], e["score"]) for e in listed] == [
         (0, 7, 0.9), (0, 4, 0.7), (0, 1, 0.5), (1, 0, 0.05), (1, 1, 0.01)]  # tie: earlier epoch
@@ -152,12 +153,13 @@ def test_two_fold_run_end_to_end(sample, tmp_path):
     top = json.loads(RunPaths(run).top_models.read_text())  # refit.strategy folds: the folds' own models
     assert len(top) == 4 and len(list((run / "top").glob("*.pt"))) == 4
     assert [e["fold"] for e in top] == [0, 0, 1, 1] and top[0]["score"] >= top[1]["score"]
-    best_per_fold = {f["fold"]: f["metrics"]["score"] for f in result.folds}
+    best_per_fold = {f.fold: f.metrics.score for f in result.folds}
     assert [top[0]["score"], top[2]["score"]] == pytest.approx([best_per_fold[0], best_per_fold[1]])
-    assert result.mean["score"] == pytest.approx(sum(best_per_fold.values()) / 2)
-    assert read_summary(run).mean == pytest.approx(result.mean, nan_ok=True)  # NaN: no large shapes to find
+    assert result.mean.score == pytest.approx(sum(best_per_fold.values()) / 2)
+    mean = result.mean.summary()
+    assert read_summary(run).mean.summary() == pytest.approx(mean, nan_ok=True)  # NaN: no large shapes to find
     # re-running skips both finished folds; another config is refused with the differing key
-    assert run_cv(cfg, run, progress=False, log=lambda s: None).mean == pytest.approx(result.mean, nan_ok=True)
+    assert run_cv(cfg, run, progress=False, log=lambda s: None).mean.summary() == pytest.approx(mean, nan_ok=True)
     other = config.load(None, [f"data.train.annotations={sample['train']}",
                                f"data.val.annotations={sample['val']}", *TINY, "train.epochs=3",
                                "cv.folds=2"])
@@ -166,7 +168,7 @@ def test_two_fold_run_end_to_end(sample, tmp_path):
     quick = config.load(None, [f"data.train.annotations={sample['train']}",
                                f"data.val.annotations={sample['val']}", *TINY, "train.epochs=1", "cv.folds=2"])
     restarted = run_cv(quick, run, force=True, progress=False, log=lambda s: None)
-    assert [f["epochs_run"] for f in restarted.folds] == [1, 1]
+    assert [f.epochs_run for f in restarted.folds] == [1, 1]
     assert config.load(run / "config.yaml").train.epochs == 1
 
 
@@ -201,9 +203,9 @@ def test_killed_run_resumes_to_the_same_result(sample, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     a, b = read_summary(tmp_path / "full"), read_summary(run)
     for fa, fb in zip(a.folds, b.folds):
-        assert fa["best_epoch"] == fb["best_epoch"]
+        assert fa.best_epoch == fb.best_epoch
         for key in ("map", "map_50", "f1", "score"):
-            assert fa["metrics"][key] == pytest.approx(fb["metrics"][key], abs=1e-9), key
+            assert fa.metrics.value(key) == pytest.approx(fb.metrics.value(key), abs=1e-9), key
     assert [(e.fold, e.epoch) for e in a.top_models] == [(e.fold, e.epoch) for e in b.top_models]
     assert len(list((run / "top").glob("*.pt"))) == 4
     rows = RunPaths(run / "fold_0").metrics.read_text().splitlines()

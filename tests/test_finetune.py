@@ -64,17 +64,17 @@ def pretrained_run(tmp_path_factory):
 @pytest.mark.slow
 def test_finetuning_the_packaged_backbone_detects_blood_cells(pretrained_run):
     m = pretrained_run.best_metrics
-    assert m["map_50"] >= 0.7, m  # measured 0.84 (rbc 0.82, wbc 0.87), F1 0.74 at the recipe's threshold
-    assert m["per_class"]["rbc"]["ap50"] >= 0.6 and m["per_class"]["wbc"]["ap50"] >= 0.6, m["per_class"]
-    assert m["f1"] >= 0.6, m
+    assert m.map_50 >= 0.7, m  # measured 0.84 (rbc 0.82, wbc 0.87), F1 0.74 at the recipe's threshold
+    assert m.per_class["rbc"].ap50 >= 0.6 and m.per_class["wbc"].ap50 >= 0.6, m.per_class
+    assert m.f1 >= 0.6, m
 
 
 @pytest.mark.slow
 def test_pretrained_beats_the_same_run_from_scratch_by_a_wide_margin(pretrained_run, tmp_path):
     scratch = finetune(tmp_path, "false")
     # measured 0.84 vs 0.18
-    assert pretrained_run.best_metrics["map_50"] >= scratch.best_metrics["map_50"] + 0.4, \
-        (pretrained_run.best_metrics["map_50"], scratch.best_metrics["map_50"])
+    assert pretrained_run.best_metrics.map_50 >= scratch.best_metrics.map_50 + 0.4, \
+        (pretrained_run.best_metrics.map_50, scratch.best_metrics.map_50)
 
 
 @pytest.mark.slow
@@ -158,7 +158,7 @@ def test_the_exported_files_score_what_evaluate_reports_for_their_checkpoint(pre
 
     test = ROOT / "examples" / "rbc" / "test" / "_annotations.coco.json"
     checkpoint = pretrained_run.best_path
-    expected = evaluate_models(checkpoint, test, progress=False)
+    expected = evaluate_models(checkpoint, test, progress=False).metrics.to_dict()
     assert expected["map_50"] >= 0.7, expected  # a real detector, resized: the test photos are 416 px, it takes 320
     files = [r.path for r in load_coco(test).images]
     predicted = Ensemble.load(checkpoint).predict(files)  # `detector predict`'s boxes

@@ -54,9 +54,9 @@ def test_every_image_drawn_once_is_cocos_map_and_the_operating_points_f1(seed):
     coco = coco_map(gt, results)
     expected = evaluate_detections(gt, results, score_threshold=0.4)
     for key in ("map", "map_50", "map_75"):
-        assert once[key] == pytest.approx(coco[key], abs=1e-6), key
+        assert once[key] == pytest.approx(getattr(coco, key), abs=1e-6), key
     for key in ("precision", "recall", "f1", "score"):
-        assert once[key] == pytest.approx(expected[key], abs=1e-9), key
+        assert once[key] == pytest.approx(expected.value(key), abs=1e-9), key
 
 
 def test_an_image_drawn_twice_counts_as_two_images():
@@ -70,10 +70,10 @@ def test_an_image_drawn_twice_counts_as_two_images():
     doubled["images"] = [i for i in doubled["images"] if i["id"] != 7]
     doubled["annotations"] = [a for a in doubled["annotations"] if a["image_id"] != 7]
     copied = [r for r in results if r["image_id"] != 7] + [{**r, "image_id": 100} for r in results if r["image_id"] == 5]
-    assert _parts(gt, results).metrics(weights)["map_50"][0] == pytest.approx(coco_map(doubled, copied)["map_50"],
+    assert _parts(gt, results).metrics(weights)["map_50"][0] == pytest.approx(coco_map(doubled, copied).map_50,
                                                                                abs=0.01)
     assert _parts(gt, results).metrics(weights)["f1"][0] == pytest.approx(
-        evaluate_detections(doubled, copied, score_threshold=0.4)["f1"])
+        evaluate_detections(doubled, copied, score_threshold=0.4).f1)
 
 
 def test_intervals_hold_the_estimate_are_seeded_and_narrow_with_more_images():
@@ -183,7 +183,7 @@ def test_members_that_find_what_the_others_miss_are_published_fused():
     assert len(selection.chosen) >= 2 and point.members == selection.chosen
     chosen = next(o for o in selection.options if o.members == selection.chosen)
     assert chosen.passes and chosen.versus_best["map_50"].verdict == "better"
-    assert chosen.point.metrics["map"] >= max(o.point.metrics["map"] for o in selection.options if o.passes)
+    assert chosen.point.metrics.map >= max(o.point.metrics.map for o in selection.options if o.passes)
 
 
 def test_evaluate_prints_intervals_and_the_paired_difference_to_another_model(tmp_path):
@@ -245,6 +245,6 @@ def test_a_wbf_setting_that_raises_the_score_but_loosens_the_boxes_is_not_kept()
     merged = dataclasses.replace(cfg.ensemble, iou_thr=0.4)  # merges the loose boxes into the tight ones
     configured = _candidate(gt, fused_results(stored, ids, cfg.ensemble), cfg.ensemble, cfg)
     loose = _candidate(gt, fused_results(stored, ids, merged), merged, cfg)
-    assert loose.score > configured.score and loose.metrics["map"] < configured.metrics["map"]  # the trap
+    assert loose.score > configured.score and loose.metrics.map < configured.metrics.map  # the trap
     point = tune(gt, stored, ids, cfg)
-    assert point.metrics["map"] >= configured.metrics["map"] and point.ensemble.iou_thr != 0.4
+    assert point.metrics.map >= configured.metrics.map and point.ensemble.iou_thr != 0.4

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from detector.data.coco import load_coco
-from detector.metrics import COCO_KEYS, METRIC_KEYS, SIZE_KEYS, evaluate_detections, match_counts, pr_curves
+from detector.metrics import COCO_KEYS, METRIC_KEYS, SIZE_KEYS, Metrics, evaluate_detections, match_counts, pr_curves
 from tests.helpers import pycocotools_stats
 
 
@@ -38,8 +38,9 @@ def test_ground_truth_as_predictions_scores_one(rbc_valid):
     results = [{**{k: a[k] for k in ("image_id", "category_id", "bbox")}, "score": 1.0} for a in gt["annotations"]]
     m = evaluate_detections(gt, results)
     for key in ("map", "map_50", "map_75", "precision", "recall", "f1", "score"):
-        assert m[key] == pytest.approx(1.0), key
-    assert m["per_class"]["wbc"]["ap"] == pytest.approx(1.0)
+        assert m.value(key) == pytest.approx(1.0), key
+    assert m.per_class["wbc"].ap == pytest.approx(1.0) 
+    assert json.dumps(Metrics.from_dict(m.to_dict()).to_dict()) == json.dumps(m.to_dict())  # the file form, whole
     curves = pr_curves(gt, results)
     assert set(curves) == {1, 2} and all((p == 1.0).all() for _, p in curves.values())
 
@@ -47,7 +48,7 @@ def test_ground_truth_as_predictions_scores_one(rbc_valid):
 def test_equals_pycocotools_on_jittered_rbc(rbc_valid):
     gt = rbc_valid.to_coco()
     results = jittered_predictions(gt)
-    ours = evaluate_detections(gt, results)
+    ours = evaluate_detections(gt, results).to_dict()
     ref = pycocotools_stats(gt, results)
     assert 0.2 < ours["map"] < 0.9  # a non-trivial case
     assert_equals_pycocotools(ours, ref, {1: "rbc", 2: "wbc"})
@@ -95,7 +96,7 @@ def boxes_of_every_size(seed=0):
 
 def test_ap_and_ar_by_size_equal_pycocotools():
     gt, results = boxes_of_every_size()
-    ours = evaluate_detections(gt, results)
+    ours = evaluate_detections(gt, results).to_dict()
     ref = pycocotools_stats(gt, results)
     assert all(0.05 < ours[k] < 0.95 for k in ("map_small", "map_medium", "map_large", "mar_small", "mar_large"))
     assert_equals_pycocotools(ours, ref, {1: "a", 2: "b"})
@@ -105,7 +106,7 @@ def test_ap_and_ar_by_size_equal_pycocotools():
 def test_without_predictions_every_size_with_boxes_scores_zero_and_sizes_without_are_nan():
     gt, _ = boxes_of_every_size()
     gt["annotations"] = [a for a in gt["annotations"] if a["area"] >= 32 ** 2]  # no small boxes left
-    m = evaluate_detections(gt, [])
+    m = evaluate_detections(gt, []).to_dict()
     assert m["map_medium"] == m["map_large"] == m["mar_100"] == 0.0
     assert math.isnan(m["map_small"]) and math.isnan(m["mar_small"])
     assert math.isnan(m["per_class"]["a"]["ap_small"]) and m["per_class"]["a"]["ap_large"] == 0.0
@@ -187,7 +188,7 @@ def test_f1_matching_hand_made_cases():
     counts = match_counts(gt, preds, score_threshold=0.5, iou_threshold=0.5)
     assert counts[1] == (1, 1, 1)  # ... and the class-1 box there is missed
     assert counts[2] == (0, 1, 1)
-    m = evaluate_detections(gt, preds, score_threshold=0.5)
+    m = evaluate_detections(gt, preds, score_threshold=0.5).to_dict()
     assert m["precision"] == pytest.approx(1 / 3) and m["recall"] == pytest.approx(1 / 3)
     assert m["f1"] == pytest.approx(1 / 3)
     assert m["score"] == pytest.approx(0.5 * m["map_50"] + 0.5 * m["f1"])
@@ -201,4 +202,4 @@ def test_f1_prefers_the_best_overlap_and_ignores_crowd():
 
 def test_no_predictions_gives_zero():
     m = evaluate_detections(_gt([([10, 10, 20, 20], 1)]), [])
-    assert (m["map"], m["precision"], m["recall"], m["f1"]) == (0.0, 0.0, 0.0, 0.0)
+    assert (m.map, m.precision, m.recall, m.f1) == (0.0, 0.0, 0.0, 0.0)

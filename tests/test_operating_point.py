@@ -43,10 +43,10 @@ def test_the_tuned_threshold_equals_a_brute_force_sweep(seed, beta):
     score = ScoreConfig(beta=beta)
     thresholds, metrics = tune_thresholds(gt, match(gt, results, 0.5), coco_map(gt, results), score,
                                           min_class_boxes=10**6)  # global only
-    swept = {t: evaluate_detections(gt, results, score_threshold=t, score=score)["score"]
+    swept = {t: evaluate_detections(gt, results, score_threshold=t, score=score).score
              for t in sorted({r["score"] for r in results})}
     best = max(swept.values())
-    assert metrics["score"] == pytest.approx(best)
+    assert metrics.score == pytest.approx(best)
     assert thresholds.default == max(t for t, s in swept.items() if s == pytest.approx(best))  # ties: fewer boxes
     assert thresholds.per_class == {}
 
@@ -57,10 +57,10 @@ def test_selection_scores_at_the_best_threshold_whatever_the_configured_one(seed
     selected = evaluate_detections(gt, results, score_threshold=None)
     swept = {t: evaluate_detections(gt, results, score_threshold=t)
              for t in sorted({r["score"] for r in results})}
-    assert selected["score"] == pytest.approx(max(m["score"] for m in swept.values()))
-    assert selected["f1"] == pytest.approx(swept[selected["threshold"]]["f1"])
+    assert selected.score == pytest.approx(max(m.score for m in swept.values()))
+    assert selected.f1 == pytest.approx(swept[selected.threshold].f1)
     fixed = evaluate_detections(gt, results, score_threshold=0.3)
-    assert fixed["threshold"] == 0.3 and fixed["score"] <= selected["score"]
+    assert fixed.threshold == 0.3 and fixed.score <= selected.score
 
 
 def test_per_class_thresholds_need_enough_boxes_and_must_raise_the_score():
@@ -68,11 +68,11 @@ def test_per_class_thresholds_need_enough_boxes_and_must_raise_the_score():
     matched, coco = match(gt, results, 0.5), coco_map(gt, results)
     global_only, base = tune_thresholds(gt, matched, coco, ScoreConfig(), min_class_boxes=10**6)
     chosen, metrics = tune_thresholds(gt, matched, coco, ScoreConfig(), min_class_boxes=1)
-    assert metrics["score"] >= base["score"]
+    assert metrics.score >= base.score
     if chosen.per_class:  # kept only because they scored more
-        assert metrics["score"] > base["score"]
+        assert metrics.score > base.score
         again = evaluate_detections(gt, results, score_threshold=chosen.default, class_thresholds=chosen.per_class)
-        assert again["score"] == pytest.approx(metrics["score"])
+        assert again.score == pytest.approx(metrics.score)
     few = {c["category_id"] for c in gt["annotations"]}
     counts = {c: sum(a["category_id"] == c for a in gt["annotations"]) for c in few}
     limited, _ = tune_thresholds(gt, matched, coco, ScoreConfig(), min_class_boxes=max(counts.values()))
@@ -176,9 +176,9 @@ def test_per_class_thresholds_are_chosen_where_one_threshold_cannot_serve_every_
     chosen, metrics = tune_thresholds(gt, matched, coco, ScoreConfig(), min_class_boxes=20)
     assert sorted(chosen.per_class) == [1, 2]
     assert 0.6 < chosen.per_class[1] <= 0.9 and 0.1 < chosen.per_class[2] <= 0.4
-    assert metrics["f1"] == pytest.approx(1.0)
+    assert metrics.f1 == pytest.approx(1.0)
     alone, alone_metrics = tune_thresholds(gt, matched, coco, ScoreConfig(), min_class_boxes=21)  # too few boxes
-    assert alone.per_class == {} and alone_metrics["f1"] < 0.9
+    assert alone.per_class == {} and alone_metrics.f1 < 0.9
 
 
 def _two_members_off_by_six_pixels():
@@ -204,7 +204,7 @@ def test_the_wbf_search_finds_the_fusion_the_configured_one_misses_unless_the_ga
     cfg = config.load(None, ["ensemble.iou_thr=0.55", "tune.min_class_boxes=1000"])
     point = tune(gt, images, list(range(1, 11)), cfg)
     assert point.ensemble.iou_thr < 0.54 and point.score > point.configured_score + 0.1
-    assert point.metrics["precision"] == pytest.approx(1.0) and point.evaluations > 20
+    assert point.metrics.precision == pytest.approx(1.0) and point.evaluations > 20
     strict = config.with_values(cfg, {"tune.min_gain": 1.0})  # no gain is worth replacing the configured settings
     kept = tune(gt, images, list(range(1, 11)), strict)
     assert kept.ensemble == cfg.ensemble and kept.score < point.score

@@ -67,8 +67,8 @@ def test_predict_with_ground_truth_round_trips_through_evaluate(rbc, rbc_run, tm
     assert evaluated.returncode == 0, evaluated.stderr
     again = json.loads(evaluated.stdout)
     for key in ("map", "map_50", "precision", "recall", "f1"):
-        assert again[key] == pytest.approx(rows["ensemble"][key], abs=1e-4), key
-    assert rows["member 0"]["map"] != rows["ensemble"]["map"]
+        assert again[key] == pytest.approx(rows["ensemble"].metrics.value(key), abs=1e-4), key
+    assert rows["member 0"].metrics.map != rows["ensemble"].metrics.map
     boxes = {c["category_id"]: c["num_gt"] for c in again["per_class"].values()}
     assert [sum(row) for row in again["confusion"]["counts"][:2]] == [boxes[1], boxes[2]]  # each box once
     results = json.loads(PredictPaths(out).predictions.read_text())

@@ -10,7 +10,7 @@ from detector.training.callbacks import (CONTROL, LOG, MODEL, RESUME, SAVE, Best
                                 Ema, EpochEnd, EpochLine, ResumeFile, ordered, standard)
 from detector.checkpoint import Checkpoint, TopEntry
 from detector.distributed import World
-from detector.metrics import OperatingPoint, Thresholds
+from detector.metrics import Metrics, OperatingPoint, Thresholds
 from detector.search.trial_record import CV_MEAN, FAIL_REASON, RUN_DIR, TrialRecord
 
 
@@ -44,17 +44,19 @@ def test_checkpoint_record_reads_files_of_before_callbacks_kept_their_state():
 
 
 def test_top_entry_round_trips_and_keeps_the_index_form():
-    kept = TopEntry("top/fold0_epoch002.pt", 0, 2, 0.5, {"map": 0.4})
-    assert kept.to_dict() == {"fold": 0, "epoch": 2, "score": 0.5, "path": "top/fold0_epoch002.pt",
-                              "metrics": {"map": 0.4}}  # no member keys for a fold's model
-    member = TopEntry("seed_0/model.pt", None, 4, 0.6, {}, "seed_0", "config, seed 0", 200)
+    kept = TopEntry("top/fold0_epoch002.pt", 0, 2, 0.5, Metrics.from_dict({"map": 0.4, "score": 0.5}))
+    d = kept.to_dict()
+    assert {k: v for k, v in d.items() if k != "metrics"} == {"fold": 0, "epoch": 2, "score": 0.5,
+                                                              "path": "top/fold0_epoch002.pt"}  # no member keys
+    assert d["metrics"]["map"] == 0.4 and TopEntry.from_dict(d).metrics.map == 0.4
+    member = TopEntry("seed_0/model.pt", None, 4, 0.6, None, "seed_0", "config, seed 0", 200)
     assert TopEntry.from_dict(member.to_dict()) == member and member.to_dict()["train_images"] == 200
     assert math.isnan(TopEntry.from_dict({"path": "x.pt"}).score)
 
 
 def test_operating_point_has_one_form_for_cv_runs_and_studies():
     point = OperatingPoint(Thresholds(0.4, {2: 0.6}), config.EnsembleConfig(iou_thr=0.5, weights=[2.0, 1.0]),
-                           0.8, 0.75, {"map": 0.5}, 20, "data.val", 7, 1.234)
+                           0.8, 0.75, Metrics.from_dict({"map": 0.5}), 20, "data.val", 7, 1.234)
     d = point.to_dict()
     assert d["score_threshold"] == 0.4 and d["class_thresholds"] == {"2": 0.6} and d["images"] == 20
     back = OperatingPoint.from_dict(d)

@@ -13,6 +13,7 @@ from detector import config
 from detector.analysis.error_breakdown import Breakdown
 from detector.errors import ConfigError, DatasetError
 from detector.layout import RunPaths, StudyPaths
+from detector.metrics import Metrics
 from detector.search import Objective, PruningHook, check_space, load_study, run_study, suggest
 from detector.data.splits import load_splits
 from detector.training.cv import read_summary
@@ -82,13 +83,13 @@ def test_pruning_hook_reports_the_running_fold_mean_and_prunes(tmp_path):
     good = study.ask()
     hook = PruningHook(good, tmp_path, epochs=2)
     for fold, epoch, score in [(0, 0, 0.4), (0, 1, 0.6), (1, 0, 0.2), (1, 1, 0.8)]:
-        hook.report(fold, epoch, {"score": score})
+        hook.report(fold, epoch, Metrics.from_dict({"score": score}))
     study.tell(good, 0.7)
     assert study.trials[0].intermediate_values == pytest.approx({0: 0.4, 1: 0.6, 2: 0.3, 3: 0.7})
     bad = study.ask()
     hook = PruningHook(bad, tmp_path, epochs=2)
     with pytest.raises(optuna.TrialPruned, match="fold 0, epoch 0"):
-        hook.report(0, 0, {"score": 0.1})
+        hook.report(0, 0, Metrics.from_dict({"score": 0.1}))
 
 
 def test_trial_0_runs_the_configs_own_values():
@@ -521,14 +522,18 @@ def test_a_study_of_score_and_latency_times_each_trial_and_reports_its_pareto_fr
 
 def test_a_refit_trains_longer_only_when_the_epoch_limit_stopped_every_fold():
     from detector.training.refit import capped, refit_epochs
+    from detector.training.summary import FoldSummary
 
-    capped_folds = [{"best_epoch": 2, "epochs_run": 3, "stopped_early": False}] * 2
+    def fold(best_epoch, epochs_run, stopped_early=False):
+        return FoldSummary.from_dict({"fold": 0, "best_epoch": best_epoch, "epochs_run": epochs_run,
+                                      "stopped_early": stopped_early})
+
+    capped_folds = [fold(2, 3)] * 2
     assert capped(capped_folds) and refit_epochs(capped_folds, 0, 2.0)[0] == 6
     assert "still improving" in refit_epochs(capped_folds, 0, 2.0)[1]
     assert refit_epochs(capped_folds, 0, 1.0) == (3, "the folds' mean best epoch")
     assert refit_epochs(capped_folds, 5, 2.0) == (5, "refit.epochs")
-    peaked = [{"best_epoch": 2, "epochs_run": 3, "stopped_early": False},
-              {"best_epoch": 1, "epochs_run": 3, "stopped_early": False}]  # one fold peaked before the limit
+    peaked = [fold(2, 3), fold(1, 3)]  # one fold peaked before the limit
     assert not capped(peaked) and refit_epochs(peaked, 0, 2.0)[0] == 3
-    stopped = [{"best_epoch": 4, "epochs_run": 5, "stopped_early": True}]
+    stopped = [fold(4, 5, stopped_early=True)]
     assert not capped(stopped) and refit_epochs(stopped, 0, 2.0)[0] == 5

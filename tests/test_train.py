@@ -22,6 +22,7 @@ from detector.training.callbacks import (BestCheckpoint, Callback, EarlyStopping
 from detector.data.splits import load_splits
 from detector.training.fit import fit
 from detector.layout import RunPaths
+from detector.metrics import Metrics
 from tests.helpers import pycocotools_stats, run_cli
 
 TINY = [
@@ -68,10 +69,10 @@ def test_fit_writes_the_run_and_checkpoint_round_trip(sample, tmp_path):
     assert restore_model(tmp_path / "legacy.pt").model.transform.image_mean == pytest.approx([0.485, 0.456, 0.406])
     # the restored model reproduces the predictions it was scored on during training
     # (training scores each epoch at its best threshold, recorded as `threshold`)
-    again = evaluate_models(RunPaths(run).best, sample["val"], score_threshold=result.best_metrics["threshold"],
+    again = evaluate_models(RunPaths(run).best, sample["val"], score_threshold=result.best_metrics.threshold,
                                 progress=False)
     for key in ("map", "map_50", "precision", "recall", "f1", "score"):
-        assert again[key] == pytest.approx(result.best_metrics[key], abs=1e-9), key
+        assert again.metrics.value(key) == pytest.approx(result.best_metrics.value(key), abs=1e-9), key
 
     # the evaluation used in training equals pycocotools on the same (real, model-made) predictions
     restored = restore_model(RunPaths(run).best)
@@ -81,8 +82,8 @@ def test_fit_writes_the_run_and_checkpoint_round_trip(sample, tmp_path):
                                       precision=Precision("cpu", None)), restored.label_map)
     assert len(results) > 100
     ref = pycocotools_stats(val_index.to_coco(), results)
-    assert abs(result.best_metrics["map"] - ref.stats[0]) < 1e-6
-    assert abs(result.best_metrics["map_50"] - ref.stats[1]) < 1e-6
+    assert abs(result.best_metrics.map - ref.stats[0]) < 1e-6
+    assert abs(result.best_metrics.map_50 - ref.stats[1]) < 1e-6
 
 
 class StepCounter(Callback):
@@ -225,13 +226,13 @@ def test_progressive_resize_and_early_stopping_rules():
     assert [image_size_at(cfg, e) for e in range(4)] == [256, 256, 512, 512]
     state = Progress()
     for epoch, score in enumerate([0.1, 0.3, 0.2, 0.25, 0.29]):
-        state.update(epoch, {"score": score})
+        state.update(epoch, Metrics.from_dict({"score": score}))
     assert state.best_epoch == 1
     assert not EarlyStopping(patience=3, min_epochs=1).should_stop(state, 3)
     assert EarlyStopping(patience=3, min_epochs=1).should_stop(state, 4)
     assert not EarlyStopping(patience=3, min_epochs=10).should_stop(state, 4)
     assert "EarlyStopping" not in [type(c).__name__ for c in standard(cfg)]  # train.patience 0: off
-    state.update(5, {"score": float("nan")})
+    state.update(5, Metrics.from_dict({"score": float("nan")}))
     assert state.best_epoch == 1
 
 

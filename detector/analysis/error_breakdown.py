@@ -136,7 +136,7 @@ def _fixed(gt: dict[str, Any], boxes: dict[int, list[dict]], causes, kind: str) 
 
 
 def _map_50(gt: dict[str, Any], results: list[dict[str, Any]]) -> float:
-    return float(coco_map(gt, results)["map_50"])
+    return float(coco_map(gt, results).map_50)
 
 
 def _count(causes, thresholds: Thresholds) -> tuple[dict[str, int], dict[int, dict[str, int]]]:

@@ -19,10 +19,9 @@ from ..inference.ensemble import Ensemble, ImagePrediction
 from ..errors import DatasetError, DetectorError
 from ..files import read_json, write_json
 from ..layout import RunPaths
-from .confusion import confusion_matrix
-from .error_breakdown import Breakdown, error_breakdown
-from ..metrics import OperatingPoint, Thresholds, evaluate_detections
-from ..intervals import PAIRED, RESAMPLES, Bootstrap, Difference, ImageParts, compare, with_intervals
+from ..metrics import Metrics, OperatingPoint, Thresholds
+from ..intervals import PAIRED, RESAMPLES, Bootstrap, Difference, ImageParts, compare
+from .scorecard import Scorecard, score
 from ..operating_point import fused_image, fused_results, tune
 from ..selection import Selection, select
 from ..inference.predict import PredictionRun, coco_results, draw_worst, ground_truth_metrics, run_predictions
@@ -42,11 +41,11 @@ class Scored:
     bootstrap: int
     warnings: list[str] = dataclasses.field(default_factory=list)
 
-    def metrics(self) -> dict[str, Any]:
+    def scorecard(self) -> Scorecard:
         """Every metric, with bootstrap intervals, the confusion matrix and the error breakdown."""
-        metrics = _metrics(self.index, self.results, self.thresholds, self.iou_threshold, self.score,
-                           Bootstrap(self.bootstrap))
-        return {**metrics, "warnings": self.warnings} if self.warnings else metrics
+        card, _ = score(self.index.to_coco(), self.results, self.thresholds, iou_threshold=self.iou_threshold,
+                        score=self.score, bootstrap=Bootstrap(self.bootstrap))
+        return card.with_(warnings=tuple(self.warnings))
 
 
 def predicted(
@@ -78,9 +77,9 @@ def predicted(
 
 
 def evaluate_models(models: str | Path, annotations: str | Path, images_dir: str | Path | None = None,
-                    **options: Any) -> dict[str, Any]:
+                    **options: Any) -> Scorecard:
     """All metrics of `models` on `annotations` (the options and models are predicted's)."""
-    return predicted(models, annotations, images_dir, **options).metrics()
+    return predicted(models, annotations, images_dir, **options).scorecard()
 
 
 def paired(a: Scored, b: Scored) -> dict[str, Difference]:
@@ -97,18 +96,58 @@ def paired(a: Scored, b: Scored) -> dict[str, Difference]:
     return compare(*parts, Bootstrap(a.bootstrap), PAIRED)
 
 
+@dataclass(frozen=True)
+class MemberScore:
+    """One candidate member alone on data.val, at its own tuned threshold: where it came from (its file in
+    the run, refit name, fold, epoch and validation score there) and whether it was published."""
+
+    path: str
+    member: str | None
+    source: str | None
+    fold: int | None
+    epoch: int
+    cv_score: float
+    score_threshold: float
+    published: bool
+    metrics: Metrics
+
+    @property
+    def name(self) -> str:
+        return f"member {self.member or self.path}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "member": self.member, "source": self.source, "fold": self.fold,
+                "epoch": self.epoch, "cv_score": self.cv_score, "score_threshold": self.score_threshold,
+                "published": self.published, "metrics": self.metrics.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MemberScore":
+        return cls(str(d["path"]), d.get("member"), d.get("source"), d.get("fold"), int(d.get("epoch", -1)),
+                   float(d.get("cv_score", math.nan)), float(d.get("score_threshold", math.nan)),
+                   bool(d.get("published", False)), Metrics.from_dict(d.get("metrics") or {}))
+
+
 @dataclass
 class HeldOutResult:
-    ensemble: dict[str, Any]  # metrics of what is published, at its operating point
-    members: list[dict[str, Any]]  # each candidate member alone, at its own tuned threshold
+    """heldout.json: what was published scored on data.val at its operating point, each candidate member
+    alone beside it, and why these members (selection)."""
+
+    ensemble: Scorecard  # what is published, at its operating point
+    members: list[MemberScore]  # each candidate member alone, at its own tuned threshold
     operating_point: OperatingPoint  # its `members` say which candidates are published
-    predictions: PredictionRun  # every member's raw predictions (scores from 0), kept for later tuning
+    predictions: PredictionRun | None = None  # every member's raw predictions (scores from 0), for later tuning
     selection: Selection | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ensemble": self.ensemble, "members": self.members,
+        return {"ensemble": self.ensemble.to_dict(), "members": [m.to_dict() for m in self.members],
                 "operating_point": self.operating_point.to_dict(),
                 **({"selection": self.selection.to_dict()} if self.selection else {})}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "HeldOutResult":
+        return cls(Scorecard.from_dict(d["ensemble"]), [MemberScore.from_dict(m) for m in d["members"]],
+                   OperatingPoint.from_dict(d["operating_point"]), None,
+                   Selection.from_dict(d["selection"]) if d.get("selection") else None)
 
     @property
     def published(self) -> list[int]:
@@ -117,7 +156,29 @@ class HeldOutResult:
             list(range(len(self.members)))
 
 
-def evaluate_on_test(models: Path, test: CocoIndex, cfg: Config) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TestScore:
+    """A study's best/ scored once on the test split (best/test.json): the published models, each member
+    alone beside them, and the paired difference to each (in `ensemble.versus_members`)."""
+
+    annotations: str
+    images: int
+    boxes: int
+    ensemble: Scorecard
+    members: list[Scorecard] = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"annotations": self.annotations, "images": self.images, "boxes": self.boxes,
+                "metrics": self.ensemble.to_dict(),
+                **({"members_alone": [m.to_dict() for m in self.members]} if self.members else {})}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TestScore":
+        return cls(str(d.get("annotations", "")), int(d.get("images", 0)), int(d.get("boxes", 0)),
+                   Scorecard.from_dict(d["metrics"]), [Scorecard.from_dict(m) for m in d.get("members_alone", [])])
+
+
+def evaluate_on_test(models: Path, test: CocoIndex, cfg: Config) -> TestScore:
     """The ensemble in `models` (a study's best/), at its operating point, scored once on the test split,
     with bootstrap intervals, each member beside it and the paired difference to each."""
     ensemble = Ensemble.load(models, device=cfg.train.device)
@@ -127,9 +188,7 @@ def evaluate_on_test(models: Path, test: CocoIndex, cfg: Config) -> dict[str, An
                                 iou_threshold=cfg.eval.iou_threshold, score=cfg.score,
                                 bootstrap=Bootstrap(cfg.eval.bootstrap))
     boxes = sum(len(r.boxes) for r in test.images if r.id in set(run.image_ids))
-    (_, metrics), members = rows[0], [m for _, m in rows[1:]]
-    return {"annotations": str(test.path), "images": len(run.image_ids), "boxes": boxes, "metrics": metrics,
-            **({"members_alone": members} if members else {})}
+    return TestScore(str(test.path), len(run.image_ids), boxes, rows[0][1], [card for _, card in rows[1:]])
 
 
 def evaluate_held_out(cfg: Config, run: Path, top_models: list[TopEntry], held_out: CocoIndex,
@@ -149,22 +208,16 @@ def evaluate_held_out(cfg: Config, run: Path, top_models: list[TopEntry], held_o
     source = f"data.val ({held_out.path}): the published members' predictions"
     point, selection = select(gt, predictions.predictions, ids, cfg, alone, source)
     point = dataclasses.replace(point, source=source)
-    bootstrap = Bootstrap(cfg.eval.bootstrap)
+    scoring = {"iou_threshold": cfg.eval.iou_threshold, "score": cfg.score, "bootstrap": Bootstrap(cfg.eval.bootstrap)}
     members = []
     for i, (m, a) in enumerate(zip(top_models, alone)):
         results = fused_results(predictions.predictions, ids, cfg.ensemble, [i])
-        members.append({"path": m.path, "member": m.member, "source": m.source, "fold": m.fold,
-                        "epoch": m.epoch, "cv_score": m.score, "score_threshold": a.thresholds.default,
-                        "published": i in (point.members or []),
-                        "metrics": with_intervals(a.metrics, gt, results, a.thresholds, cfg.eval.iou_threshold,
-                                                  cfg.score, bootstrap)})
+        card, _ = score(gt, results, a.thresholds, errors=False, metrics=a.metrics, **scoring)
+        members.append(MemberScore(m.path, m.member, m.source, m.fold, m.epoch, m.score, a.thresholds.default,
+                                   i in (point.members or []), card.metrics))
     fused = fused_results(predictions.predictions, ids, point.ensemble, point.members)
-    confusion = confusion_matrix(gt, fused, point.thresholds, cfg.eval.iou_threshold).to_dict()
-    metrics = {**with_intervals(point.metrics, gt, fused, point.thresholds, cfg.eval.iou_threshold, cfg.score,
-                                bootstrap),
-               "annotations": str(held_out.path), "images": len(ids), "confusion": confusion,
-               "errors": error_breakdown(gt, fused, point.thresholds).to_dict()}
-    return HeldOutResult(metrics, members, point, predictions, selection)
+    card, _ = score(gt, fused, point.thresholds, metrics=point.metrics, **scoring)
+    return HeldOutResult(card.with_(annotations=str(held_out.path)), members, point, predictions, selection)
 
 
 def write_held_out(paths: RunPaths, result: HeldOutResult) -> None:
@@ -180,15 +233,15 @@ def draw_heldout_worst(heldout: Path, predictions: Path, out_dir: Path, n: int =
     """OUT_DIR/worst/: the `n` images of data.val with the most errors of the published ensemble at its
     operating point (heldout.json), drawn from the stored predictions, ground truth beside them; no model
     runs. Nothing when data.val's file has moved since."""
-    result = read_json(heldout)
-    metrics, point = result["ensemble"], OperatingPoint.from_dict(result["operating_point"])
-    if not Path(metrics["annotations"]).is_file():
+    result = HeldOutResult.from_dict(read_json(heldout))
+    card, point = result.ensemble, result.operating_point
+    if not Path(card.annotations).is_file() or card.errors is None:
         return []
-    gt = load_coco(metrics["annotations"])
+    gt = load_coco(card.annotations)
     stored = read_json(predictions)
     run = PredictionRun([fused_image(ImagePrediction.from_dict(d), point.ensemble, point.members) for d in stored],
                         [d["image_id"] for d in stored])
-    return draw_worst(run, gt, Breakdown.from_dict(metrics["errors"]), point.thresholds, out_dir, n)
+    return draw_worst(run, gt, card.errors, point.thresholds, out_dir, n)
 
 
 def tune_run(cfg: Config, run: Path, held_out: CocoIndex) -> HeldOutResult:
@@ -217,9 +270,9 @@ def scored_results_file(
                   iou_threshold, score or ScoreConfig(), bootstrap)
 
 
-def evaluate_results_file(results_path: str | Path, annotations: str | Path, **options: Any) -> dict[str, Any]:
+def evaluate_results_file(results_path: str | Path, annotations: str | Path, **options: Any) -> Scorecard:
     """All metrics of a COCO results file (the options are scored_results_file's)."""
-    return scored_results_file(results_path, annotations, **options).metrics()
+    return scored_results_file(results_path, annotations, **options).scorecard()
 
 
 def read_results(path: str | Path, index: CocoIndex) -> list[dict[str, Any]]:
@@ -253,17 +306,3 @@ def read_results(path: str | Path, index: CocoIndex) -> list[dict[str, Any]]:
                                "another label map? Map them to these ids")
     return results
 
-
-def _metrics(index: CocoIndex, results, thresholds: Thresholds, iou_threshold: float,
-             score: ScoreConfig, bootstrap: Bootstrap) -> dict[str, Any]:
-    gt = index.to_coco()
-    metrics = evaluate_detections(gt, results, score_threshold=thresholds.default,
-                                  class_thresholds=thresholds.per_class, iou_threshold=iou_threshold, score=score)
-    metrics = with_intervals(metrics, gt, results, thresholds, iou_threshold, score, bootstrap)
-    metrics.update(images=len(index.images), predictions=len(results), score_threshold=thresholds.default,
-                   iou_threshold=iou_threshold,
-                   confusion=confusion_matrix(gt, results, thresholds, iou_threshold).to_dict(),
-                   errors=error_breakdown(gt, results, thresholds).to_dict())
-    if thresholds.per_class:
-        metrics["class_thresholds"] = thresholds.to_dict()["class_thresholds"]
-    return metrics

@@ -110,5 +110,5 @@ def score_file(model: Path, index: CocoIndex, bit_depth: int = 16, repeats: int 
     results = results_of(runtime, index, bit_depth=bit_depth)
     seconds = seconds_per_image(runtime, [image_array(r.path, bit_depth) for r in index.images], repeats)
     m = coco_map(index.to_coco(), results)
-    return Scored(round(float(m["map_50"]), 4), round(float(m["map"]), 4), round(seconds * 1000, 2))
+    return Scored(round(float(m.map_50), 4), round(float(m.map), 4), round(seconds * 1000, 2))
 

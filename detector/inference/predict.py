@@ -11,17 +11,18 @@ from typing import Any, Callable, Mapping, Sequence
 
 
 from ..config import ScoreConfig
-from ..analysis.confusion import confusion_matrix
-from ..analysis.error_breakdown import Breakdown, error_breakdown
+from ..analysis.confusion import ConfusionMatrix
+from ..analysis.error_breakdown import Breakdown
+from ..analysis.scorecard import Scorecard, score as score_results
 from ..data.coco import CocoIndex, load_coco
 from ..data.images import IMAGE_SUFFIXES, read_image
 from ..data.results import coco_detections
 from .ensemble import Ensemble, ImagePrediction
 from ..errors import DatasetError, DetectorError
 from ..files import atomic_file, read_json, remove_entry, write_json
-from ..intervals import PAIRED, Bootstrap, ImageParts, compare, intervals_dict
+from ..intervals import PAIRED, Bootstrap, compare
 from ..layout import PredictPaths
-from ..metrics import Thresholds, evaluate_detections
+from ..metrics import Thresholds
 from ..plots import confusion_figure, save_figures
 
 
@@ -299,35 +300,30 @@ def draw_worst(run: PredictionRun, gt: CocoIndex, breakdown: Breakdown, threshol
 
 def ground_truth_metrics(run: PredictionRun, gt: CocoIndex, thresholds: Thresholds, members: int = 0, *,
                          iou_threshold: float = 0.5, score: ScoreConfig | None = None,
-                         bootstrap: Bootstrap | None = None) -> list[tuple[str, dict[str, Any]]]:
-    """[(name, metrics)] of the ensemble and, next to it, of each of its `members` alone, at `thresholds`;
-    the ensemble's metrics hold its confusion matrix and error breakdown there too. With `bootstrap`, each
-    row holds bootstrap intervals, and the ensemble's its paired difference to each member
-    ("versus_members")."""
+                         bootstrap: Bootstrap | None = None) -> list[tuple[str, Scorecard]]:
+    """[(name, scorecard)] of the ensemble and, next to it, of each of its `members` alone, at `thresholds`;
+    the ensemble's holds its confusion matrix and error breakdown. With `bootstrap`, each holds bootstrap
+    intervals, and the ensemble's its paired difference to each member (versus_members)."""
     coco = gt.subset(run.image_ids).to_coco()
-    score = score or ScoreConfig()
+    bootstrap = bootstrap or Bootstrap(0)
     runs = [("ensemble", run)] + [(f"member {i}", run.member(i)) for i in range(members if members > 1 else 0)]
-    results = [coco_results(r) for _, r in runs]
-    rows = [(name, evaluate_detections(coco, r, score_threshold=thresholds.default,
-                                       class_thresholds=thresholds.per_class, iou_threshold=iou_threshold,
-                                       score=score)) for (name, _), r in zip(runs, results)]
-    rows[0][1]["confusion"] = confusion_matrix(coco, results[0], thresholds, iou_threshold).to_dict()
-    rows[0][1]["errors"] = error_breakdown(coco, results[0], thresholds).to_dict()
-    if bootstrap is None or bootstrap.resamples == 0:
-        return rows
-    parts = [ImageParts.of(coco, r, thresholds, iou_threshold, score) for r in results]
-    for (_, m), p in zip(rows, parts):
-        m.update(intervals=intervals_dict(p, bootstrap), bootstrap=bootstrap.describe(p.images))
-    rows[0][1]["versus_members"] = [{k: d.to_dict() for k, d in compare(parts[0], p, bootstrap, PAIRED).items()}
-                                    for p in parts[1:]]
+    scored = [score_results(coco, coco_results(r), thresholds, iou_threshold=iou_threshold,
+                            score=score or ScoreConfig(), bootstrap=bootstrap, errors=i == 0)
+              for i, (_, r) in enumerate(runs)]
+    rows = [(name, card) for (name, _), (card, _) in zip(runs, scored)]
+    if bootstrap.resamples and len(scored) > 1:
+        parts = [p for _, p in scored]
+        versus = tuple(compare(parts[0], p, bootstrap, PAIRED) for p in parts[1:])
+        rows[0] = ("ensemble", rows[0][1].with_(versus_members=versus))
     return rows
 
 
-def write_confusion(out_dir: str | Path, confusion: dict[str, Any]) -> list[Path]:
+def write_confusion(out_dir: str | Path, confusion: ConfusionMatrix) -> list[Path]:
     """confusion.json and its plot, confusion.png, in a predict output folder."""
     paths = PredictPaths(out_dir)
-    write_json(paths.confusion, confusion)
-    figure = confusion_figure(confusion["classes"], confusion["counts"], "ensemble at its operating point")
+    saved = confusion.to_dict()
+    write_json(paths.confusion, saved)
+    figure = confusion_figure(saved["classes"], saved["counts"], "ensemble at its operating point")
     return [paths.confusion, *save_figures({paths.confusion_plot.stem: figure}, paths.root)]
 
 
@@ -340,12 +336,12 @@ class GroundTruthReport:
     """predict with ground truth: the ensemble and each member alone [(name, metrics)], the files written
     beside the predictions (confusion.json/.png, errors.json) and the drawings of the worst images."""
 
-    rows: list[tuple[str, dict[str, Any]]]
+    rows: list[tuple[str, Scorecard]]
     written: list[Path]
     worst: list[Path]
 
     @property
-    def metrics(self) -> dict[str, Any]:
+    def ensemble(self) -> Scorecard:
         """The ensemble's, with its per-class rows, confusion matrix and error breakdown."""
         return self.rows[0][1]
 
@@ -356,7 +352,7 @@ def ground_truth_report(run: PredictionRun, gt: CocoIndex, ensemble: Ensemble, o
     cfg, thresholds, paths = ensemble.members[0].config, ensemble.thresholds, PredictPaths(out)
     rows = ground_truth_metrics(run, gt, thresholds, len(ensemble.members), iou_threshold=cfg.eval.iou_threshold,
                                 score=cfg.score, bootstrap=Bootstrap(cfg.eval.bootstrap))
-    confusion, errors = rows[0][1]["confusion"], rows[0][1]["errors"]
-    worst = draw_worst(run, gt, Breakdown.from_dict(errors), thresholds, paths.root)
-    written = [*write_confusion(paths.root, confusion), write_json(paths.errors, errors)]
+    card = rows[0][1]
+    worst = draw_worst(run, gt, card.errors, thresholds, paths.root)
+    written = [*write_confusion(paths.root, card.confusion), write_json(paths.errors, card.errors.to_dict())]
     return GroundTruthReport(rows, written, worst)

@@ -20,7 +20,7 @@ from ..checkpoint import TopEntry, load_checkpoint, read_index
 from ..config import Config
 from ..training.cv import read_summary
 from ..data.coco import CocoIndex
-from ..analysis.evaluate import HeldOutResult, evaluate_held_out, evaluate_on_test, write_held_out
+from ..analysis.evaluate import HeldOutResult, TestScore, evaluate_held_out, evaluate_on_test, write_held_out
 from ..files import atomic_folder, read_json, write_json
 from ..intervals import format_interval
 from ..layout import CONFIG, ENSEMBLE, RunPaths, StudyPaths, member_file
@@ -121,10 +121,10 @@ def publish(plan_: Plan, entries: list[TopEntry], directory: Path, cfg: Config, 
     result = evaluate_held_out(config_mod.load(plan_.run.config), plan_.root, entries, held_out)
     point = result.operating_point
     log("members alone on data.val (mAP, score): "
-        + ", ".join(f"{m['metrics']['map']:.4f} {m['metrics']['score']:.4f}" for m in result.members))
+        + ", ".join(f"{m.metrics.map:.4f} {m.metrics.score:.4f}" for m in result.members))
     log(f"published {len(result.published)} of {len(entries)}: {result.selection.reason}")
     log(f"operating point from {point.evaluations} settings in {point.seconds:.1f}s: threshold "
-        f"{point.thresholds.default:.3f}, mAP {point.metrics['map']:.4f}, score {point.score:.4f} (configured "
+        f"{point.thresholds.default:.3f}, mAP {point.metrics.map:.4f}, score {point.score:.4f} (configured "
         f"{point.configured_score:.4f})")
     _write_best(plan_, entries, result, cfg, paths)
     return paths.best
@@ -151,7 +151,7 @@ def _fill_best(tmp: Path, plan_: Plan, entries: list[TopEntry], result: HeldOutR
         _link_or_copy(plan_.root / e.path, tmp / name)
         members.append({"file": name, "path": str(plan_.root / e.path), "source": e.source or
                         f"{plan_.root.name}/{e.path}", "fold": e.fold, "epoch": e.epoch,
-                        "heldout": alone["metrics"], "score_threshold": alone["score_threshold"]})
+                        "heldout": alone.metrics.to_dict(), "score_threshold": alone.score_threshold})
     best, run = plan_.best, plan_.run
     shutil.copy2(run.config, tmp / CONFIG)
     label_map = load_checkpoint(tmp / member_file(0)).label_map
@@ -161,14 +161,14 @@ def _fill_best(tmp: Path, plan_: Plan, entries: list[TopEntry], result: HeldOutR
         "run": run.root.name,
         "fold_estimate": TrialRecord.of(best).cv_mean, "refit": {**cfg.to_dict()["refit"], "epochs_trained":
                                                                    [entries[k].epoch + 1 for k in result.published]},
-        "metrics": result.ensemble, "members": members, "candidates": [str(plan_.root / e.path) for e in entries],
+        "metrics": result.ensemble.to_dict(), "members": members, "candidates": [str(plan_.root / e.path) for e in entries],
         "selection": result.selection.to_dict(), "ensemble": point["ensemble"],
         "score_threshold": point["score_threshold"], "class_thresholds": point["class_thresholds"],
         "iou_threshold": cfg.eval.iou_threshold, "operating_point": point, "label_map": label_map})
     write_held_out(RunPaths(tmp), result)
 
 
-def score_best_on_test(directory: Path, test: CocoIndex, cfg: Config, log: Callable[[str], None]) -> dict | None:
+def score_best_on_test(directory: Path, test: CocoIndex, cfg: Config, log: Callable[[str], None]) -> TestScore | None:
     """Score STUDY/best once on the test split (again only when best/ holds other models): best/test.json.
     The study never selects or tunes on it."""
     paths = StudyPaths(directory)
@@ -176,17 +176,20 @@ def score_best_on_test(directory: Path, test: CocoIndex, cfg: Config, log: Calla
         return None
     meta = read_json(paths.ensemble)
     published = [m.get("path") for m in meta["members"]]
-    if paths.test.exists() and read_json(paths.test).get("members") == published:
-        return read_json(paths.test)
-    result = {"trial": meta["trial"], "members": published, **evaluate_on_test(paths.best, test, cfg)}
-    write_json(paths.test, result)
-    m, iv = result["metrics"], lambda k: format_interval(m[k], (m.get("intervals") or {}).get(k))
-    log(f"test split ({result['images']} images, {result['boxes']} boxes), published models: map {iv('map')}, "
-        f"map_50 {iv('map_50')}, map_75 {iv('map_75')}, f1 {iv('f1')}, score {m['score']:.4f}"
-        + (f" ({m['bootstrap']})" if m.get("bootstrap") else ""))
-    for i, diffs in enumerate(m.get("versus_members") or []):
-        log(f"  minus member {i} alone: " + ", ".join(f"{k} {d['difference']:+.4f} [{d['interval'][0]:+.4f}, "
-                                                        f"{d['interval'][1]:+.4f}] {d['verdict']}"
+    if paths.test.exists():
+        stored = read_json(paths.test)
+        if stored.get("members") == published:
+            return TestScore.from_dict(stored)
+    result = evaluate_on_test(paths.best, test, cfg)
+    write_json(paths.test, {"trial": meta["trial"], "members": published, **result.to_dict()})
+    m = result.ensemble.metrics
+    iv = lambda k: format_interval(m.value(k), m.interval(k))
+    log(f"test split ({result.images} images, {result.boxes} boxes), published models: map {iv('map')}, "
+        f"map_50 {iv('map_50')}, map_75 {iv('map_75')}, f1 {iv('f1')}, score {m.score:.4f}"
+        + (f" ({m.bootstrap})" if m.bootstrap else ""))
+    for i, diffs in enumerate(result.ensemble.versus_members):
+        log(f"  minus member {i} alone: " + ", ".join(f"{k} {d.value:+.4f} [{d.interval.low:+.4f}, "
+                                                        f"{d.interval.high:+.4f}] {d.verdict}"
                                                         for k, d in diffs.items() if k in ("map", "map_50")))
     return result
 

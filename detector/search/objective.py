@@ -20,7 +20,7 @@ from ..config import Config
 from ..training.cv import run_cv
 from ..hardware import resolve_device
 from ..layout import RunPaths, trial_folder
-from ..metrics import METRIC_KEYS
+from ..metrics import Metrics
 from ..training.metric_log import read_metric_rows
 from ..data.splits import load_splits
 from .latency import LatencyProbe, timing_images
@@ -60,14 +60,14 @@ class Objective:
             if distributed.world().main:
                 free_checkpoints(run)
             raise
-        trial.set_user_attr(CV_MEAN, {k: cv.mean[k] for k in METRIC_KEYS})
-        trial.set_user_attr(CV_STD, {k: cv.std[k] for k in METRIC_KEYS})
-        trial.set_user_attr(BEST_EPOCHS, [f["best_epoch"] for f in cv.folds])
+        trial.set_user_attr(CV_MEAN, cv.mean.summary())
+        trial.set_user_attr(CV_STD, cv.std.summary())
+        trial.set_user_attr(BEST_EPOCHS, [f.best_epoch for f in cv.folds])
         if not self.two_objectives:
-            return float(cv.mean["score"])
+            return float(cv.mean.score)
         latency = hooks[0].measured(self.train_index, distributed.world().main)
         trial.set_user_attr(LATENCY_MS, latency)
-        return float(cv.mean["score"]), latency
+        return float(cv.mean.score), latency
 
 
 class PruningHook(Callback):
@@ -86,12 +86,12 @@ class PruningHook(Callback):
     def on_epoch_end(self, state: FitState) -> None:
         self.report(state.fold, state.epoch, state.metrics)
 
-    def report(self, fold: int, epoch: int, metrics: dict[str, Any]) -> None:
+    def report(self, fold: int, epoch: int, metrics: Metrics) -> None:
         if not any(f < fold for f, _ in self.scores):
             for row in read_metric_rows(self.run):  # folds finished before a resume
                 if row.get("fold", fold) < fold:
                     self.scores[(int(row["fold"]), int(row["epoch"]))] = float(row["score"])
-        self.scores[(fold, epoch)] = float(metrics["score"])
+        self.scores[(fold, epoch)] = float(metrics.score)
         values = [self.scores[(f, epoch)] for f in range(fold + 1) if (f, epoch) in self.scores]
         value = float(sum(values) / len(values))
         if not math.isfinite(value):

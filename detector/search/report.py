@@ -10,9 +10,10 @@ import optuna
 from ..layout import StudyPaths
 from ..plots import pareto_figure, save_figures, study_figures
 from ..files import read_json
-from ..intervals import Difference
+from ..analysis.evaluate import TestScore
+from ..metrics import Metrics
 from ..report import (format_differences, format_intervals, format_per_class, format_published, format_trials,
-                      worst_line)
+                      read_heldout, worst_line)
 from .objective import _format_params
 from .storage import load_study
 from .trial_record import TrialRecord
@@ -50,7 +51,8 @@ def _published(paths: StudyPaths, best: dict[str, Any]) -> list[str]:
     lines = [f"  models: {paths.best} (detector predict {paths.best} IMAGES --out DIR); refit.strategy "
              f"{refit.get('strategy', '?')}: " + "; ".join(m["source"] for m in meta["members"])]
     if paths.heldout.exists():
-        lines.append(format_published(read_json(paths.heldout), best.get("cv_mean")))
+        cv_mean = best.get("cv_mean")
+        lines.append(format_published(read_heldout(paths.heldout), Metrics.from_dict(cv_mean) if cv_mean else None))
         lines.append(worst_line(paths.heldout, paths.heldout_predictions, paths.plots))
     point = meta.get("operating_point") or {}
     if point:
@@ -60,21 +62,19 @@ def _published(paths: StudyPaths, best: dict[str, Any]) -> list[str]:
                      f"; WBF {e['conf_type']}, iou_thr {e['iou_thr']}, skip_box_thr {e['skip_box_thr']}, weights "
                      f"{e['weights'] or 'equal'}; score {point['score']:.4f} vs {point['configured_score']:.4f} "
                      "with the configured settings (optimistic: chosen on these images)")
-    val = meta.get("metrics") or {}
-    if val.get("per_class"):
+    val = Metrics.from_dict(meta.get("metrics") or {})
+    if val.per_class:
         lines.append(format_per_class(val))
     if paths.test.exists():
-        test = read_json(paths.test)
-        m = test["metrics"]
-        lines.append(f"test score on data.test ({test['annotations']}, {test['images']} images, {test['boxes']} "
-                     f"boxes; never used to select or tune): {m['score']:.4f}  map_50 {m['map_50']:.4f}  map "
-                     f"{m['map']:.4f}")
-        if m.get("intervals"):
-            alone = [(f"member {i} alone", x) for i, x in enumerate(test.get("members_alone") or [])]
+        test = TestScore.from_dict(read_json(paths.test))
+        m = test.ensemble.metrics
+        lines.append(f"test score on data.test ({test.annotations}, {test.images} images, {test.boxes} "
+                     f"boxes; never used to select or tune): {m.score:.4f}  map_50 {m.map_50:.4f}  map {m.map:.4f}")
+        if m.intervals:
+            alone = [(f"member {i} alone", x.metrics) for i, x in enumerate(test.members)]
             lines.append(format_intervals([("published", m), *alone]))
-        for i, diffs in enumerate(m.get("versus_members") or []):
-            lines.append(f"published minus member {i} alone on data.test:\n"
-                         + format_differences({k: Difference.from_dict(d) for k, d in diffs.items()}))
+        for i, diffs in enumerate(test.ensemble.versus_members):
+            lines.append(f"published minus member {i} alone on data.test:\n" + format_differences(diffs))
         lines.append(format_per_class(m))
     else:
         lines.append("no data.test: the scores above are the only ones; set data.test to an untouched split for "

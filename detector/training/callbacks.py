@@ -31,6 +31,7 @@ from ..errors import TrainingError
 from ..files import read_json, write_json
 from ..layout import RunPaths
 from .metric_log import CSV_COLUMNS, append_row, rewrite_rows
+from ..metrics import Metrics
 from ..models.anchors import AnchorFit
 
 # The order of the stages, and why it is this order:
@@ -50,14 +51,14 @@ class Progress:
     next_epoch: int = 0
     best_epoch: int = -1
     best_score: float = -math.inf
-    best_metrics: dict[str, Any] = field(default_factory=dict)
+    best_metrics: Metrics | None = None
     stopped_early: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
 
-    def update(self, epoch: int, metrics: dict[str, Any]) -> bool:
+    def update(self, epoch: int, metrics: Metrics) -> bool:
         """Record an evaluated epoch; True when its score is the best so far (a NaN score never is)."""
         self.next_epoch = epoch + 1
-        score = metrics["score"]
+        score = metrics.score
         if math.isfinite(score) and score > self.best_score:
             self.best_epoch, self.best_score, self.best_metrics = epoch, score, metrics
             return True
@@ -65,7 +66,15 @@ class Progress:
 
     def to_dict(self) -> dict[str, Any]:
         return {"next_epoch": self.next_epoch, "best_epoch": self.best_epoch, "best_score": self.best_score,
-                "best_metrics": self.best_metrics, "stopped_early": self.stopped_early, "history": self.history}
+                "best_metrics": self.best_metrics.to_dict() if self.best_metrics else {},
+                "stopped_early": self.stopped_early, "history": self.history}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Progress":
+        best = d.get("best_metrics")
+        return cls(int(d.get("next_epoch", 0)), int(d.get("best_epoch", -1)), float(d.get("best_score", -math.inf)),
+                   Metrics.from_dict(best) if best else None, bool(d.get("stopped_early", False)),
+                   list(d.get("history", [])))
 
 
 @dataclass
@@ -93,7 +102,7 @@ class FitState:
     fold: int | None = None
     columns: tuple[str, ...] = CSV_COLUMNS
     epoch: int = -1
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: Metrics | None = None  # of the epoch just validated
     results: list[dict[str, Any]] = field(default_factory=list)
     row: dict[str, Any] = field(default_factory=dict)
     improved: bool = False
@@ -104,7 +113,8 @@ class FitState:
 
     def snapshot(self) -> Checkpoint:
         """The evaluated weights of this epoch as a model file."""
-        return Checkpoint(model=self.kept.state_dict(), epoch=self.epoch, metrics=self.metrics, **self.described)
+        return Checkpoint(model=self.kept.state_dict(), epoch=self.epoch,
+                          metrics=self.metrics.to_dict() if self.metrics else {}, **self.described)
 
     @contextlib.contextmanager
     def timed(self, column: str) -> Iterator[None]:
@@ -121,7 +131,7 @@ class FitResult:
     """What a fit ended with; summary.json holds it."""
 
     best_epoch: int
-    best_metrics: dict[str, Any]
+    best_metrics: Metrics | None
     best_path: Path | None
     epochs_run: int
     stopped_early: bool
@@ -138,7 +148,7 @@ class FitResult:
                    train_images=len(state.train_set.index.images))
 
     def summary(self) -> dict[str, Any]:
-        return {"best_epoch": self.best_epoch, "best_metrics": self.best_metrics,
+        return {"best_epoch": self.best_epoch, "best_metrics": self.best_metrics.to_dict() if self.best_metrics else {},
                 "best_checkpoint": str(self.best_path) if self.best_path else None, "epochs_run": self.epochs_run,
                 "stopped_early": self.stopped_early, "anchors": self.anchors, "train_images": self.train_images}
 
@@ -354,7 +364,7 @@ class ResumeFile(Callback):
         state.scaler.load_state_dict(resume.scaler)
         w = state.world
         set_rng_state(resume.rng_ranks[w.rank] if len(resume.rng_ranks) == w.size else resume.rng)
-        state.progress = Progress(**resume.train_state)
+        state.progress = Progress.from_dict(resume.train_state)
 
     @staticmethod
     def restore_callbacks(state: FitState, resume: Checkpoint) -> None:
@@ -420,9 +430,9 @@ class EpochLine(Callback):
     stage, writes = LOG, True
 
     def on_epoch_end(self, state: FitState) -> None:
-        r = state.row
-        state.log(f"epoch {state.epoch}: loss {r['loss']:.4f}  map_50 {r['map_50']:.4f}  f1 {r['f1']:.4f}  "
-                  f"score {r['score']:.4f}  ({r['seconds']:.1f}s)")
+        r, m = state.row, state.metrics
+        state.log(f"epoch {state.epoch}: loss {r['loss']:.4f}  map_50 {m.map_50:.4f}  f1 {m.f1:.4f}  "
+                  f"score {m.score:.4f}  ({r['seconds']:.1f}s)")
         if r.get("skipped_steps"):
             state.log(f"  the fp16 loss scaler skipped {r['skipped_steps']} steps with non-finite gradients "
                       "(normal in the first steps while it finds its scale)")
@@ -435,7 +445,7 @@ class EpochEnd(Callback):
 
     stage = CONTROL
 
-    def __init__(self, fn: Callable[[int, dict[str, Any]], None]):
+    def __init__(self, fn: Callable[[int, Metrics], None]):
         self.fn = fn
 
     def on_epoch_end(self, state: FitState) -> None:

@@ -14,7 +14,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 
 from .callbacks import Callback, FoldColumn, KeepTopK
@@ -25,7 +24,8 @@ from ..data.folds import PhotoGroups, make_folds, photo_groups, resolve_strategy
 from ..analysis.evaluate import tune_run
 from ..files import read_json, write_json
 from ..layout import RunPaths
-from ..metrics import METRIC_KEYS, OperatingPoint, Thresholds, coco_map, match, metrics_from
+from ..metrics import Metrics, OperatingPoint, Thresholds, coco_map, match, metrics_from
+from .summary import FoldSummary, across
 from ..thresholds import tune_thresholds
 from .. import distributed, preflight
 from .refit import refit as refit_members, refit_epochs, seed_members
@@ -37,9 +37,9 @@ from .fit import fit
 @dataclass
 class CVResult:
     run_dir: Path
-    folds: list[dict[str, Any]]
-    mean: dict[str, float]
-    std: dict[str, float]
+    folds: list[FoldSummary]
+    mean: Metrics  # across the folds, metric by metric
+    std: Metrics
     top_models: list[TopEntry]
     published: Any = None  # evaluate.HeldOutResult: the refit members on data.val and their operating point
 
@@ -153,15 +153,16 @@ def out_of_fold_operating_point(run: RunPaths, index: CocoIndex, folds: list[lis
     matched, coco = match(gt, results, cfg.eval.iou_threshold), coco_map(gt, results)
     thresholds, metrics = tune_thresholds(gt, matched, coco, cfg.score, cfg.tune.min_class_boxes)
     configured = metrics_from(coco, matched, gt, cfg.score, Thresholds(cfg.eval.score_threshold, {}))
-    return OperatingPoint(thresholds, cfg.ensemble, metrics["score"], configured["score"], metrics, len(ids),
+    return OperatingPoint(thresholds, cfg.ensemble, metrics.score, configured.score, metrics, len(ids),
                           "out-of-fold predictions: each fold's best epoch on the images it did not train on")
 
 
 def write_summary(run: Path) -> CVResult:
     """Summarise the finished folds of a run into RUN/summary.json."""
     result = read_summary(run)
-    write_json(RunPaths(run).summary, {"folds_finished": len(result.folds), "folds": result.folds,
-                                      "mean": result.mean, "std": result.std,
+    write_json(RunPaths(run).summary, {"folds_finished": len(result.folds),
+                                      "folds": [f.to_dict() for f in result.folds],
+                                      "mean": result.mean.to_dict(), "std": result.std.to_dict(),
                                       "top_models": [e.to_dict() for e in result.top_models]})
     return result
 
@@ -172,13 +173,8 @@ def read_summary(run: Path) -> CVResult:
     paths = RunPaths(run)
     for k, fold in paths.fold_runs():
         if fold.summary.exists():
-            s = read_json(fold.summary)
-            folds.append({"fold": k, "best_epoch": s["best_epoch"],
-                          "epochs_run": s["epochs_run"], "stopped_early": s["stopped_early"],
-                          "metrics": s["best_metrics"], "anchors": s.get("anchors")})
-    values = {k: [f["metrics"].get(k, float("nan")) for f in folds] for k in METRIC_KEYS}
-    mean = {k: float(np.mean(v)) if v else float("nan") for k, v in values.items()}
-    std = {k: float(np.std(v)) if v else float("nan") for k, v in values.items()}
+            folds.append(FoldSummary.of_fit(k, read_json(fold.summary)))
+    mean, std = across(folds)
     return CVResult(run, folds, mean, std, read_index(paths)[0])
 
 

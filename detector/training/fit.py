@@ -108,7 +108,7 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, paths: RunPa
         state.row = epoch_row(epoch, lr, losses, state.metrics, state.image_size, time.perf_counter() - start)
         state.improved = state.progress.update(epoch, state.metrics)
         state.progress.history.append(state.row)  # the same dict: what callbacks add to the row is kept
-        state.row["per_class"] = state.metrics["per_class"]
+        state.row["per_class"] = {n: c.to_dict() for n, c in state.metrics.per_class.items()}
         for cb in cbs:
             cb.on_epoch_end(state)
         if state.progress.stopped_early:

@@ -8,18 +8,18 @@ from typing import Any
 
 from ..files import writing
 from ..layout import RunPaths
-from ..metrics import METRIC_KEYS
+from ..metrics import METRIC_KEYS, Metrics
 
 LOSS_KEYS = ("loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")  # the epoch's means
 CSV_COLUMNS = ("epoch", "lr", *LOSS_KEYS, *METRIC_KEYS, "image_size", "train_seconds", "eval_seconds",
                "checkpoint_seconds", "seconds")
 
 
-def epoch_row(epoch: int, lr: float, losses: dict[str, float], metrics: dict[str, Any], image_size: int,
+def epoch_row(epoch: int, lr: float, losses: dict[str, float], metrics: Metrics, image_size: int,
               eval_seconds: float) -> dict[str, Any]:
     """One epoch's row: what train_one_epoch and the validation returned. Callbacks add to it (the fold
     column, checkpoint_seconds) before it is written."""
-    return {"epoch": epoch, "lr": lr, **{k: losses.get(k, 0.0) for k in LOSS_KEYS}, **{k: metrics[k] for k in METRIC_KEYS},
+    return {"epoch": epoch, "lr": lr, **{k: losses.get(k, 0.0) for k in LOSS_KEYS}, **metrics.summary(),
             "image_size": image_size, "train_seconds": losses["train_seconds"], "eval_seconds": eval_seconds,
             "checkpoint_seconds": 0.0, "seconds": losses["train_seconds"] + eval_seconds,
             "skipped_steps": losses.get("skipped_steps", 0)}

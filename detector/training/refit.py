@@ -20,7 +20,8 @@ from ..data.coco import CocoIndex
 from ..files import read_json
 from ..layout import RunPaths
 from .metric_log import read_metric_rows
-from ..metrics import METRIC_KEYS
+from .summary import FoldSummary
+from ..metrics import METRIC_KEYS, Metrics
 from .fit import fit
 
 
@@ -41,20 +42,20 @@ class Member:
         return cls(d["name"], config_mod.from_dict(d["config"], f"refit member {d['name']}"), d["source"])
 
 
-def fold_epochs(folds: Sequence[dict[str, Any]], configured: int = 0, capped_factor: float = 1.0) -> int:
+def fold_epochs(folds: Sequence[FoldSummary], configured: int = 0, capped_factor: float = 1.0) -> int:
     """The epochs a refit trains: `configured` if set, else the folds' mean best epoch (1-based), rounded,
     times `capped_factor` when every fold's best epoch was its last (see `capped`)."""
     return refit_epochs(folds, configured, capped_factor)[0]
 
 
-def refit_epochs(folds: Sequence[dict[str, Any]], configured: int = 0, capped_factor: float = 1.0,
+def refit_epochs(folds: Sequence[FoldSummary], configured: int = 0, capped_factor: float = 1.0,
                  ) -> tuple[int, str]:
     """fold_epochs, and why: the folds' choice, refit.epochs, or the folds' choice lengthened because the
     last epoch stopped them while their score still rose (bench/refit_epochs.py measured that a refit of
     twice as many epochs then gives better members: RBC test mAP 0.60 -> 0.64, cards 0.36 -> 0.48)."""
     if configured:
         return configured, "refit.epochs"
-    chosen = [f["best_epoch"] + 1 for f in folds if f.get("best_epoch", -1) >= 0]
+    chosen = [f.best_epoch + 1 for f in folds if f.best_epoch >= 0]
     if not chosen:
         raise ValueError("no fold finished with a best epoch, so there is nothing to refit from")
     epochs = max(1, int(sum(chosen) / len(chosen) + 0.5))
@@ -65,11 +66,10 @@ def refit_epochs(folds: Sequence[dict[str, Any]], configured: int = 0, capped_fa
     return epochs, "the folds' mean best epoch"
 
 
-def capped(folds: Sequence[dict[str, Any]]) -> bool:
+def capped(folds: Sequence[FoldSummary]) -> bool:
     """Whether every fold's best epoch was the last it ran, without early stopping: the epoch limit stopped
     them while their score still rose, so their best epoch is a lower bound."""
-    return bool(folds) and all(f.get("best_epoch", -1) == f.get("epochs_run", 0) - 1 and not f.get("stopped_early")
-                               for f in folds)
+    return bool(folds) and all(f.capped for f in folds)
 
 
 def seed_members(cfg: Config, epochs: int, count: int, prefix: str = "") -> list[Member]:
@@ -101,11 +101,12 @@ def refit(members: Sequence[Member], train_index: CocoIndex, val_index: CocoInde
         summary = read_json(paths.summary)
         metrics = _last_metrics(paths)
         entries.append(TopEntry(str(paths.model.relative_to(root)), None, summary["epochs_run"] - 1,
-                                metrics.get("score", float("nan")), metrics, m.name, m.source,
+                                metrics.score, metrics, m.name, m.source,
                                 summary.get("train_images")))
     return entries
 
 
-def _last_metrics(paths: RunPaths) -> dict[str, Any]:
+def _last_metrics(paths: RunPaths) -> Metrics:
+    """The last epoch's metrics, as metrics.csv holds them (NaN where a refit validated nothing)."""
     rows = read_metric_rows(paths.root)
-    return {k: rows[-1][k] for k in METRIC_KEYS if k in rows[-1]} if rows else {}
+    return Metrics.from_dict({k: rows[-1][k] for k in METRIC_KEYS if k in rows[-1]} if rows else {})

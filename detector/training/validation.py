@@ -14,13 +14,13 @@ from ..data.dataset import model_inputs
 from ..data.records import LabelMap
 from ..data.results import to_coco_results
 from ..engine import predict
-from ..metrics import evaluate_detections
+from ..metrics import Metrics, evaluate_detections
 from ..inference.slicing import predict_tiles
 
 
 def validate(model: nn.Module, loader: Iterable, gt: dict[str, Any], label_map: LabelMap, cfg: Config,
              process: distributed.Process, progress: bool = False, tile: int = 0,
-             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+             ) -> tuple[Metrics, list[dict[str, Any]]]:
     """(metrics, COCO results) of `model` on the images of `gt`; every rank gets the whole split's. With a
     `tile` side the loader gives whole images at full resolution (sampling.val_loader), predicted on tiles."""
     if tile:
