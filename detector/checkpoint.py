@@ -1,5 +1,5 @@
 """Checkpoints: the Checkpoint record, atomic save, safe load (weights_only=True), RNG state capture, and
-model restoration.
+model restoration (the kept models' index is top_models.py).
 
 On disk a checkpoint is a flat dict of tensors and plain values (Checkpoint.to_dict), so torch.load with
 weights_only=True reads it and files written by earlier versions still load.
@@ -7,36 +7,29 @@ weights_only=True reads it and files written by earlier versions still load.
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 import zipfile
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import config as config_mod
-from .data.records import LabelMap
-from .errors import DetectorError, WeightsError
-from .files import atomic_file, read_json, write_json
-from .layout import RunPaths
+from .errors import WeightsError
+from .files import atomic_file
 from .metrics import Metrics
-from .models import faster_rcnn
-from .models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from .models.spec import FIELDS, ModelSpec, Specified
 
 FORMAT = 1
-# checkpoints written before normalisation was saved were all trained with torchvision's ImageNet constants
-LEGACY_NORMALIZATION = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
 
 @dataclass
 class Checkpoint:
     """A model file (best.pt, top/*.pt, refit/*/model.pt) holds the weights and what rebuilding the model
-    needs: its resolved config, label map, anchors (per-level (w, h) or None), image size and input
-    normalisation. last.pt adds the state a resume needs (optimizer ... callbacks)."""
+    needs (its ModelSpec, stored flat: config ... precision). last.pt adds the state a resume needs
+    (optimizer ... callbacks)."""
 
     model: dict[str, torch.Tensor]
     label_map: dict[str, Any]
@@ -59,6 +52,13 @@ class Checkpoint:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "checksum"}
+
+    @classmethod
+    def of(cls, spec: ModelSpec, model: dict[str, torch.Tensor], **state: Any) -> "Checkpoint":
+        return cls(model=model, **spec.to_dict(), **state)
+
+    def spec(self, source: str) -> ModelSpec:
+        return ModelSpec.from_dict({k: getattr(self, k) for k in FIELDS}, source)
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> "Checkpoint":
@@ -173,140 +173,26 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 @dataclass
-class RestoredModel:
+class RestoredModel(Specified):
+    """A checkpoint's model, rebuilt and loaded: what an ensemble runs."""
+
     model: nn.Module
-    label_map: LabelMap
-    image_size: int
-    config: config_mod.Config
-    anchors: list | None
+    spec: ModelSpec
     metrics: Metrics
     checksum: str  # of the checkpoint's tensors: what predictions made with it depend on
-    train_side: int = 0  # the training images' median longest side, shrunk to image_size (0: unknown)
 
 
 def restore_model(path: str | Path, device: str | torch.device = "cpu") -> RestoredModel:
     """Rebuild the model a checkpoint was trained as (no pretrained download) and load its weights."""
     state = load_checkpoint(path)
-    cfg = config_mod.from_dict(state.config, source=str(path))
-    label_map = LabelMap.from_dict(state.label_map)
-    # no fitted anchors recorded: it trained with torchvision's (anchors default, or auto kept them)
-    anchors = cfg.model.anchors if state.anchors is not None else "default"
-    model, _ = faster_rcnn.build(replace(cfg.model, pretrained=False, anchors=anchors),
-                                 num_classes=label_map.num_classes, image_size=state.image_size,
-                                 anchor_shapes=state.anchors)
+    spec = state.spec(str(path))
+    model = spec.build()
     try:
         model.load_state_dict(state.model)
     except RuntimeError as e:
         first = str(e).split("\n")[1].strip() if "\n" in str(e) else str(e)
         raise WeightsError(f"{path}: its weights are not those of the model its config describes "
-                           f"({cfg.model.backbone}: {first}); the file was altered or assembled from two "
+                           f"({spec.config.model.backbone}: {first}); the file was altered or assembled from two "
                            "checkpoints: use a checkpoint as detector train or cv wrote it") from None
-    faster_rcnn.set_normalization(model, state.normalization or LEGACY_NORMALIZATION)
     model.to(device).eval()
-    return RestoredModel(model, label_map, int(state.image_size), cfg, state.anchors, Metrics.from_dict(state.metrics),
-                         state.checksum or "", int(state.train_side))
-
-
-
-@dataclass(frozen=True)
-class TopEntry:
-    """One published or kept model, as top_models.json lists it: its file (relative to the run), the fold it
-    was trained on (None: all of data.train, a refit member), its epoch, its validation score and metrics;
-    a refit member also has its name, where its config came from and how many images trained it."""
-
-    path: str
-    fold: int | None
-    epoch: int
-    score: float
-    metrics: Metrics | None = None
-    member: str | None = None
-    source: str | None = None
-    train_images: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {"fold": self.fold, "epoch": self.epoch, "score": self.score, "path": self.path,
-             "metrics": self.metrics.to_dict() if self.metrics else {}}
-        return {**d, **{k: getattr(self, k) for k in ("member", "source", "train_images") if getattr(self, k) is not None}}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TopEntry":
-        return cls(d["path"], d.get("fold"), int(d.get("epoch", -1)), float(d.get("score", math.nan)),
-                   Metrics.from_dict(d["metrics"]) if d.get("metrics") else None, d.get("member"), d.get("source"), d.get("train_images"))
-
-
-class TopK:
-    """The k best checkpoints of each fold by score, listed in `top_models.json`.
-
-    Scores are ranked within a fold only: two folds' scores are measured on different images, so they are
-    not compared. A better model replaces the fold's worst; files that fall out are deleted at once.
-    Ranking: higher score first, then lower epoch; a NaN score never enters. Offering a (fold, epoch) again
-    (a resumed epoch) replaces its entry. The list is in fold order.
-    """
-
-    def __init__(self, run_dir: str | Path, k: int, log: Callable[[str], None] = print):
-        self.run, self.k = Path(run_dir), k
-        self.paths = RunPaths(run_dir)
-        self.folder = self.paths.top
-        self.index = self.paths.top_models
-        self.entries, rebuilt = read_index(self.paths)
-        if rebuilt:  # nothing an unreadable index pointed to is deleted: what top/ holds is listed again
-            write_json(self.index, [e.to_dict() for e in self.entries])
-            log(f"{self.index}: rebuilt from the {len(self.entries)} checkpoint(s) in {self.folder}")
-        else:
-            self._remove_unlisted()
-
-    def offer(self, fold: int, epoch: int, metrics: Metrics, save: Callable[[Path], Any]) -> bool:
-        score = float(metrics.score)
-        if not math.isfinite(score):
-            return False
-        path = self.paths.top_checkpoint(fold, epoch)
-        candidate = TopEntry(str(path.relative_to(self.run)), fold, epoch, score, metrics.overall())
-        others = [e for e in self.entries if (e.fold, e.epoch) != (fold, epoch)]
-        kept = sorted([e for e in others if e.fold == fold] + [candidate], key=_rank)[: self.k]
-        if candidate not in kept:
-            return False
-        save(path)
-        self.entries = sorted([e for e in others if e.fold != fold] + kept, key=_order)
-        write_json(self.index, [e.to_dict() for e in self.entries])
-        self._remove_unlisted()
-        return True
-
-    def _remove_unlisted(self) -> None:
-        listed = {self.run / e.path for e in self.entries}
-        for f in self.folder.glob("*.pt") if self.folder.exists() else []:
-            if f not in listed:
-                f.unlink()
-
-
-def _rank(entry: TopEntry) -> tuple[float, int]:
-    return (-entry.score, entry.epoch)
-
-
-def _order(entry: TopEntry) -> tuple[int, float, int]:
-    return (entry.fold if entry.fold is not None else -1, *_rank(entry))
-
-
-def read_index(paths: RunPaths) -> tuple[list[TopEntry], bool]:
-    """A run's top_models.json entries, and whether they were rebuilt: an index that is unreadable, or
-    missing while checkpoints it would list exist (a kill between a save and the index write), is rebuilt
-    from the checkpoints themselves (top/*.pt and refit/*/model.pt each hold their epoch and metrics)."""
-    if paths.top_models.exists():
-        try:
-            return [TopEntry.from_dict(d) for d in read_json(paths.top_models)], False
-        except DetectorError:
-            pass
-    top = [_entry(paths, path, fold=fold) for fold, _, path in paths.top_checkpoints()]
-    refit = [_entry(paths, p, member=p.parent.name) for p in sorted(paths.refit.glob(f"*/{paths.model.name}"))]
-    entries = sorted((e for e in top if e is not None), key=_order) + [e for e in refit if e is not None]
-    return entries, paths.top_models.exists() or bool(entries)
-
-
-def _entry(paths: RunPaths, path: Path, fold: int | None = None, member: str | None = None) -> TopEntry | None:
-    try:
-        state = load_checkpoint(path)
-    except WeightsError:
-        return None  # a file that cannot be read is not listed, and not deleted either
-    metrics = Metrics.from_dict(state.metrics).overall()
-    relative = str(path.relative_to(paths.root))
-    return TopEntry(relative, fold, int(state.epoch), metrics.score, metrics, member,
-                    None if member is None else f"rebuilt from {relative}")
+    return RestoredModel(model, spec, Metrics.from_dict(state.metrics), state.checksum or "")

@@ -4,7 +4,7 @@ import pytest
 
 from detector import config
 from detector.training.refit import fold_epochs
-from detector.checkpoint import TopK
+from detector.top_models import TopK
 from detector.training.cv import read_summary, run_cv
 from detector.data.coco import load_coco
 from detector.data.folds import group_key, make_folds, resolve_strategy

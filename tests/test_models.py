@@ -164,8 +164,6 @@ def test_anchors_auto_keeps_the_defaults_where_k_means_fits_no_better():
 def test_a_checkpoint_that_kept_the_default_anchors_under_auto_is_restored(tmp_path):
     """anchors auto that kept torchvision's anchors records none: restoring must not try to fit again (seen
     on the cards photos: a study's publish stopped with 'needs training boxes to fit')."""
-    from dataclasses import replace
-
     from detector.checkpoint import Checkpoint, restore_model, save_checkpoint
     from detector.models import faster_rcnn
 
@@ -179,7 +177,7 @@ def test_a_checkpoint_that_kept_the_default_anchors_under_auto_is_restored(tmp_p
                                      label_map={"category_ids": [1, 2], "names": ["a", "b"]},
                                      normalization=faster_rcnn.normalization(model), anchors=None))
     restored = restore_model(path)
-    assert restored.config.model.anchors == "auto" and restored.anchors is None
+    assert restored.config.model.anchors == "auto" and restored.spec.anchors is None
     images = [torch.rand(3, 96, 128)]
     with torch.no_grad():
         assert restored.model(images)[0]["boxes"].shape[1] == 4

@@ -281,7 +281,9 @@ def test_exported_models_match_the_eager_model_on_real_images(rbc, rbc_run, tmp_
         written = export_models(best, "onnx", tmp_path / "deploy")
     assert [p.name for p in written] == ["model_0.onnx", "model_1.onnx", "ensemble.json"]
     meta = json.loads((tmp_path / "deploy" / "ensemble.json").read_text())
-    assert meta["class_thresholds"] == {"2": 0.2} and meta["members"] == ["model_0.onnx", "model_1.onnx"]
+    # an ensemble.json of the form before the operating point was stored once is read, and written anew
+    assert meta["operating_point"]["class_thresholds"] == {"2": 0.2}
+    assert [m["file"] for m in meta["members"]] == ["model_0.onnx", "model_1.onnx"]
     # the exported folder predicts and scores as the best/ folder it came from (WBF of the ONNX files)
     files = sorted((rbc / "test").glob("*.jpg"))[:4]
     for ours, theirs in zip(Ensemble.load(best).predict(files, score_threshold=0.1),

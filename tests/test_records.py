@@ -1,5 +1,7 @@
 """The records that cross modules: each written and read back through its own to_dict/from_dict, and the
 callback order fit() runs them in."""
+import dataclasses
+import json
 import math
 
 import optuna
@@ -8,7 +10,11 @@ import pytest
 from detector import config
 from detector.training.callbacks import (CONTROL, LOG, MODEL, RESUME, SAVE, BestCheckpoint, Callback, CsvLog, EarlyStopping,
                                 Ema, EpochEnd, EpochLine, ResumeFile, ordered, standard)
-from detector.checkpoint import Checkpoint, TopEntry
+from detector.checkpoint import Checkpoint, load_checkpoint, restore_model
+from detector.errors import DetectorError
+from detector.inference.manifest import Manifest, PublishedMember, read_manifest, write_manifest
+from detector.models.spec import ModelSpec
+from detector.top_models import TopEntry
 from detector.distributed import World
 from detector.metrics import Metrics, OperatingPoint, Thresholds
 from detector.search.trial_record import CV_MEAN, FAIL_REASON, RUN_DIR, TrialRecord
@@ -63,6 +69,44 @@ def test_operating_point_has_one_form_for_cv_runs_and_studies():
     assert back.thresholds == point.thresholds and back.ensemble == point.ensemble and back.score == 0.8
     with pytest.raises(KeyError):
         OperatingPoint.from_dict({"score_threshold": 0.5})  # an older file: ensemble.py names it and the fix
+
+
+def test_the_manifest_stores_the_operating_point_once_and_reads_the_older_form(tmp_path):
+    point = OperatingPoint(Thresholds(0.4, {2: 0.6}), config.EnsembleConfig(iou_thr=0.5, conf_type="avg"),
+                           0.8, 0.75, Metrics.from_dict({"map": 0.5}), 20, "data.val", 7, 1.2, [0])
+    member = PublishedMember("model_0.pt", "/refit/a/model.pt", "trial_0000, seed 0", None, 4,
+                             Metrics.from_dict({"map": 0.45}), 0.35)
+    manifest = Manifest([member], point, {"names": ["a", "b"], "category_ids": [1, 2]}, trial=3, value=0.7,
+                        params={"train.lr": 0.001}, candidates=["/refit/a/model.pt", "/refit/b/model.pt"])
+    write_manifest(tmp_path, manifest)
+    raw = json.loads((tmp_path / "ensemble.json").read_text())
+    assert not {"ensemble", "score_threshold", "class_thresholds"} & set(raw)  # only under operating_point
+    back = read_manifest(tmp_path)
+    assert back.operating_point.thresholds == point.thresholds and back.operating_point.ensemble == point.ensemble
+    assert back.files == ["model_0.pt"] and back.trial == 3 and back.members[0].heldout.map == 0.45
+    assert dataclasses.replace(back.members[0], heldout=None) == dataclasses.replace(member, heldout=None)
+    assert json.dumps(back.to_dict()) == json.dumps(raw)  # (NaN, as JSON writes it, is not equal to itself)
+    # ensemble.json as studies wrote it before (settings at the top), and as exports listed their members
+    (tmp_path / "ensemble.json").write_text(json.dumps({"members": ["model_0.onnx"], "ensemble": {"iou_thr": 0.6},
+                                                        "score_threshold": 0.3, "class_thresholds": {"1": 0.2}}))
+    old = read_manifest(tmp_path)
+    assert old.files == ["model_0.onnx"] and old.operating_point.ensemble.iou_thr == 0.6
+    assert old.operating_point.thresholds == Thresholds(0.3, {1: 0.2})
+    for broken in ('{"members": [{"file": "m.pt"}]}', '{"members": 3, "score_threshold": 0.3}', '[1, 2]', '{"memb'):
+        (tmp_path / "ensemble.json").write_text(broken)
+        with pytest.raises(DetectorError, match="ensemble.json"):
+            read_manifest(tmp_path)
+
+
+def test_one_model_spec_in_the_checkpoint_the_restored_model_and_a_fit(untrained_checkpoint):
+    state = load_checkpoint(untrained_checkpoint)
+    spec = state.spec(str(untrained_checkpoint))
+    restored = restore_model(untrained_checkpoint)
+    assert restored.spec == spec and restored.label_map == spec.label_map and restored.image_size == 128
+    again = Checkpoint.of(spec, state.model, epoch=state.epoch, metrics=state.metrics)
+    assert {k: v for k, v in again.to_dict().items() if k != "model"} == \
+        {k: v for k, v in state.to_dict().items() if k != "model"}
+    assert ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict())), "labels.json") == spec  # as a file holds it
 
 
 def test_trial_record_owns_the_attribute_names():

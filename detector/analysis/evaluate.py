@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import TopEntry, read_index
+from ..top_models import TopEntry, read_index
 from ..config import Config, ScoreConfig
 from ..data.coco import CocoIndex, load_coco
 from ..data.summary import crowding_warning

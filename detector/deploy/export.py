@@ -16,6 +16,7 @@ import io
 import json
 import tempfile
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict
 
@@ -28,6 +29,7 @@ from ..data.coco import CocoIndex, load_coco
 from ..data.resize import fit_to_model
 from ..errors import ConfigError, DetectorError, WeightsError
 from ..files import atomic_file, atomic_folder, read_json, write_json
+from ..inference.manifest import read_manifest, write_manifest
 from ..layout import ENSEMBLE
 from ..outputs import claim_files, same_file
 from .quantize import QuantizationReport, calibration_images, quantize_int8, score_file
@@ -154,10 +156,9 @@ def _shared_sidecar(out: Path, common: dict[str, Any], force: bool) -> dict[str,
 
 
 def _scoring(restored: RestoredModel) -> dict[str, Any]:
-    """What `detector evaluate` and `predict` need to run the exported file as they run the checkpoint
-    (exported.load_exported reads it back)."""
-    return {"label_map": restored.label_map.to_dict(), "train_side": restored.train_side,
-            "config": restored.config.to_dict()}
+    """What `detector evaluate` and `predict` need to run the exported file as they run the checkpoint: its
+    ModelSpec (exported.load_exported reads it back)."""
+    return {"model": restored.spec.to_dict()}
 
 
 def _check_options(fmt: str, quantize: str | None, half: bool) -> None:
@@ -264,13 +265,12 @@ def _claim_folder(out: Path, best: Path, force: bool) -> None:
 def _export_ensemble(best: Path, fmt: str, out: Path, options: dict[str, Any]) -> list[Path]:
     """Every member and ensemble.json, built in a folder beside `out` and swapped in only when all are
     written (files.atomic_folder): a killed export leaves the old export whole."""
-    meta = read_json(best / ENSEMBLE)
-    names = [Path(m["file"]).stem + FORMATS[fmt] for m in meta["members"]]
+    manifest = read_manifest(best)
+    names = [Path(f).stem + FORMATS[fmt] for f in manifest.files]
     with atomic_folder(out) as stage:
-        for m, name in zip(meta["members"], names):
-            export_checkpoint(best / m["file"], fmt, stage / name, **options)
-        write_json(stage / ENSEMBLE, {k: meta[k] for k in ("ensemble", "score_threshold", "class_thresholds",
-                                                           "label_map") if k in meta} | {"members": names})
+        for m, name in zip(manifest.members, names):
+            export_checkpoint(best / m.file, fmt, stage / name, **options)
+        write_manifest(stage, replace(manifest, members=[replace(m, file=n) for m, n in zip(manifest.members, names)]))
     return [*(out / name for name in names), out / ENSEMBLE]
 
 
@@ -280,9 +280,9 @@ def _foreign_entries(folder: Path) -> list[str]:
     if folder.is_symlink() or not folder.is_dir():
         return [folder.name]
     try:
-        listed = read_json(folder / ENSEMBLE)["members"]
-        names = {ENSEMBLE, *(str(n) for n in listed), *(labels_file(Path(str(n))).name for n in listed)}
-    except (DetectorError, KeyError, TypeError):
+        listed = read_manifest(folder).files
+        names = {ENSEMBLE, *listed, *(labels_file(Path(n)).name for n in listed)}
+    except DetectorError:
         names = set()
     return sorted(p.name for p in folder.iterdir() if p.name not in names)
 

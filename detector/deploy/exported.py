@@ -11,25 +11,21 @@ import numpy as np
 import torch
 from torchvision.ops import clip_boxes_to_image
 
-from .. import config as config_mod
 from ..checkpoint import is_torchscript
-from ..data.records import LabelMap
 from ..errors import DetectorError, WeightsError
+from ..models.spec import ModelSpec, Specified
 from .export import labels_file, read_labels
 from .runtimes import Runtime, onnx, torchscript
 
 
 @dataclass
-class ExportedModel:
-    """What an ensemble needs of a member (its label map, input size, config), and its deployed runtime."""
+class ExportedModel(Specified):
+    """An exported file run by its deployed runtime, with the spec of the checkpoint it came from."""
 
     path: Path
     runtime: Runtime
-    label_map: LabelMap
-    image_size: int
-    config: config_mod.Config
+    spec: ModelSpec
     checksum: str  # of the file: what predictions made with it depend on
-    train_side: int = 0
 
     def detect(self, arrays: list[np.ndarray]) -> list[dict[str, Any]]:
         """Each (H, W, 3) uint8 RGB array's detections in its pixels, as engine.predict gives them."""
@@ -62,21 +58,21 @@ def load_exported(path: str | Path, device: torch.device) -> ExportedModel:
                            "(its sha256 differs, or the labels file predates the check); a TorchScript file runs "
                            "code when loaded, so only your own exports are: export the checkpoint again")
     runtime = onnx(path, device) if path.suffix == ".onnx" else torchscript(path, device)
-    cfg = config_mod.from_dict(sidecar["config"], source=str(labels_file(path)))
-    return ExportedModel(path, runtime, LabelMap.from_dict(sidecar["label_map"]), int(sidecar["image_size"]), cfg,
-                         digest, int(sidecar.get("train_side", 0)))
+    return ExportedModel(path, runtime, ModelSpec.from_dict(sidecar["model"], str(labels_file(path))), digest)
 
 
 def _sidecar(path: Path) -> dict[str, Any]:
-    """NAME.labels.json, with what scoring the file needs (its config and label map, written since
-    detector scores exported files)."""
+    """NAME.labels.json, with what scoring the file needs: the checkpoint's ModelSpec under "model" (files
+    exported before it have its config, label map and image size at the top)."""
     where = labels_file(path)
     if not where.is_file():
         raise WeightsError(f"{path}: {where.name} is not beside it; keep the labels file `detector export` wrote "
                            "next to the model (or export the checkpoint again)")
     sidecar = read_labels(path)
+    if isinstance(sidecar.get("model"), dict):
+        return sidecar
     missing = [k for k in ("config", "label_map", "image_size") if k not in sidecar]
     if missing:
         raise WeightsError(f"{where}: has no {', '.join(missing)}: it was written by an earlier detector export; "
                            "export the checkpoint again to score or predict with this file")
-    return sidecar
+    return sidecar | {"model": {k: sidecar[k] for k in ("config", "label_map", "image_size", "train_side") if k in sidecar}}

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from .. import config as config_mod
-from ..checkpoint import RestoredModel, read_index, restore_model
+from ..checkpoint import RestoredModel, restore_model
+from ..top_models import read_index
 from ..config import EnsembleConfig
 from ..data.dataset import model_inputs
 from ..data.images import read_image
@@ -28,6 +29,7 @@ from ..errors import ConfigError, DatasetError, WeightsError
 from ..files import read_json
 from ..layout import ENSEMBLE, RunPaths
 from ..metrics import OperatingPoint, Thresholds
+from .manifest import read_manifest
 from .slicing import predict_tiles, tile_size
 
 Member = Union[RestoredModel, ExportedModel]  # a checkpoint, or an exported file run as it is deployed
@@ -309,10 +311,9 @@ def resolve_models(path: str | Path | Sequence[str | Path],
         return paths, None, None
     p = Path(path)
     if p.is_dir() and (p / ENSEMBLE).exists():
-        meta = read_json(p / ENSEMBLE)
-        settings = config_mod.ensemble_from_dict(meta["ensemble"], str(p / ENSEMBLE))
-        files = [m if isinstance(m, str) else m["file"] for m in meta["members"]]  # an export lists names
-        return [p / f for f in files], settings, Thresholds.from_dict(meta)
+        manifest = read_manifest(p)
+        point = manifest.operating_point
+        return [p / f for f in manifest.files], point.ensemble, point.thresholds
     if p.is_dir() and RunPaths(p).top_models.exists():
         p = RunPaths(p).top_models
     if p.name == RunPaths(p).top_models.name and p.is_file():

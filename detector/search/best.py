@@ -16,14 +16,17 @@ import optuna
 from optuna.trial import TrialState
 
 from .. import config as config_mod
-from ..checkpoint import TopEntry, load_checkpoint, read_index
+from ..checkpoint import load_checkpoint
+from ..top_models import TopEntry, read_index
 from ..config import Config
 from ..training.cv import read_summary
 from ..data.coco import CocoIndex
 from ..analysis.evaluate import HeldOutResult, TestScore, evaluate_held_out, evaluate_on_test, write_held_out
 from ..files import atomic_folder, read_json, write_json
 from ..intervals import format_interval
-from ..layout import CONFIG, ENSEMBLE, RunPaths, StudyPaths, member_file
+from ..inference.manifest import Manifest, PublishedMember, read_manifest, write_manifest
+from ..layout import CONFIG, RunPaths, StudyPaths, member_file
+from ..metrics import Metrics
 from ..training.refit import Member, member, refit_epochs, seed_members
 from .trial_record import TrialRecord, latency_of
 from .objective import free_checkpoints
@@ -116,7 +119,7 @@ def publish(plan_: Plan, entries: list[TopEntry], directory: Path, cfg: Config, 
     """Tune the members' ensemble on data.val and make STUDY/best hold it (unchanged if it already does)."""
     paths = StudyPaths(directory)
     sources = [str(plan_.root / e.path) for e in entries]
-    if paths.ensemble.exists() and _candidates(read_json(paths.ensemble)) == sources:
+    if paths.ensemble.exists() and _candidates(read_manifest(paths.best)) == sources:
         return paths.best
     result = evaluate_held_out(config_mod.load(plan_.run.config), plan_.root, entries, held_out)
     point = result.operating_point
@@ -130,9 +133,9 @@ def publish(plan_: Plan, entries: list[TopEntry], directory: Path, cfg: Config, 
     return paths.best
 
 
-def _candidates(meta: dict) -> list[str]:
+def _candidates(manifest: Manifest) -> list[str]:
     """The refit members best/ was chosen from (older best/ folders published them all)."""
-    return meta.get("candidates") or [m.get("path") for m in meta["members"]]
+    return manifest.candidates or [m.path for m in manifest.members]
 
 
 def _write_best(plan_: Plan, entries: list[TopEntry], result: HeldOutResult, cfg: Config,
@@ -149,22 +152,17 @@ def _fill_best(tmp: Path, plan_: Plan, entries: list[TopEntry], result: HeldOutR
         e, alone = entries[k], result.members[k]
         name = member_file(i)
         _link_or_copy(plan_.root / e.path, tmp / name)
-        members.append({"file": name, "path": str(plan_.root / e.path), "source": e.source or
-                        f"{plan_.root.name}/{e.path}", "fold": e.fold, "epoch": e.epoch,
-                        "heldout": alone.metrics.to_dict(), "score_threshold": alone.score_threshold})
+        members.append(PublishedMember(name, str(plan_.root / e.path), e.source or f"{plan_.root.name}/{e.path}",
+                                       e.fold, e.epoch, alone.metrics, alone.score_threshold))
     best, run = plan_.best, plan_.run
     shutil.copy2(run.config, tmp / CONFIG)
-    label_map = load_checkpoint(tmp / member_file(0)).label_map
-    point = result.operating_point.to_dict()
-    write_json(tmp / ENSEMBLE, {
-        "trial": best.number, "value": best.values[0], "latency_ms": latency_of(best), "params": best.params,
-        "run": run.root.name,
-        "fold_estimate": TrialRecord.of(best).cv_mean, "refit": {**cfg.to_dict()["refit"], "epochs_trained":
-                                                                   [entries[k].epoch + 1 for k in result.published]},
-        "metrics": result.ensemble.to_dict(), "members": members, "candidates": [str(plan_.root / e.path) for e in entries],
-        "selection": result.selection.to_dict(), "ensemble": point["ensemble"],
-        "score_threshold": point["score_threshold"], "class_thresholds": point["class_thresholds"],
-        "iou_threshold": cfg.eval.iou_threshold, "operating_point": point, "label_map": label_map})
+    cv_mean = TrialRecord.of(best).cv_mean
+    write_manifest(tmp, Manifest(
+        members, result.operating_point, load_checkpoint(tmp / member_file(0)).label_map, best.number,
+        best.values[0], latency_of(best), best.params, run.root.name, Metrics.from_dict(cv_mean) if cv_mean else None,
+        {**cfg.to_dict()["refit"], "epochs_trained": [entries[k].epoch + 1 for k in result.published]},
+        result.ensemble.metrics, [str(plan_.root / e.path) for e in entries], result.selection.to_dict(),
+        cfg.eval.iou_threshold))
     write_held_out(RunPaths(tmp), result)
 
 
@@ -174,14 +172,14 @@ def score_best_on_test(directory: Path, test: CocoIndex, cfg: Config, log: Calla
     paths = StudyPaths(directory)
     if not paths.ensemble.exists():
         return None
-    meta = read_json(paths.ensemble)
-    published = [m.get("path") for m in meta["members"]]
+    manifest = read_manifest(paths.best)
+    published = [m.path for m in manifest.members]
     if paths.test.exists():
         stored = read_json(paths.test)
         if stored.get("members") == published:
             return TestScore.from_dict(stored)
     result = evaluate_on_test(paths.best, test, cfg)
-    write_json(paths.test, {"trial": meta["trial"], "members": published, **result.to_dict()})
+    write_json(paths.test, {"trial": manifest.trial, "members": published, **result.to_dict()})
     m = result.ensemble.metrics
     iv = lambda k: format_interval(m.value(k), m.interval(k))
     log(f"test split ({result.images} images, {result.boxes} boxes), published models: map {iv('map')}, "

@@ -7,8 +7,6 @@ which weights, so the first fold's final model, still in memory, stands for the 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
-
 import numpy as np
 import torch
 
@@ -16,9 +14,9 @@ from ..training.callbacks import CONTROL, Callback, FitState
 from ..checkpoint import RestoredModel
 from ..config import Config
 from ..data.coco import CocoIndex
-from ..data.records import LabelMap
 from ..inference.ensemble import Ensemble
-from ..models import faster_rcnn
+from ..metrics import Metrics
+from ..models.spec import ModelSpec
 from ..deploy.runtimes import image_array
 
 
@@ -37,8 +35,7 @@ class LatencyProbe(Callback):
 
     def on_fit_end(self, state: FitState) -> None:
         if self.ms is None and state.world.main:
-            member = RestoredModel(state.kept, LabelMap.from_dict(state.described["label_map"]), state.image_size,
-                                   state.cfg, state.described["anchors"], {}, "", state.described["train_side"])
+            member = RestoredModel(state.kept, state.spec, Metrics.from_dict({}), "")
             self.ms = ensemble_ms(member, self.cfg, self.images, self.device)
 
     def measured(self, index: CocoIndex, main: bool = True) -> float:
@@ -47,9 +44,8 @@ class LatencyProbe(Callback):
         if not main:
             return 0.0
         if self.ms is None:
-            model, _ = faster_rcnn.build(replace(self.cfg.model, pretrained=False, anchors="default"),  # no boxes
-                                         num_classes=index.label_map.num_classes, image_size=self.cfg.data.image_size)
-            member = RestoredModel(model, index.label_map, self.cfg.data.image_size, self.cfg, None, {}, "", 0)
+            spec = ModelSpec(self.cfg, index.label_map, self.cfg.data.image_size)  # torchvision's anchors: no boxes
+            member = RestoredModel(spec.build(), spec, Metrics.from_dict({}), "")
             self.ms = ensemble_ms(member, self.cfg, self.images, self.device)
         return self.ms
 

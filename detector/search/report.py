@@ -7,6 +7,7 @@ from typing import Any
 
 import optuna
 
+from ..inference.manifest import read_manifest
 from ..layout import StudyPaths
 from ..plots import pareto_figure, save_figures, study_figures
 from ..files import read_json
@@ -46,23 +47,22 @@ def plot_study(study: optuna.Study, rows: list[dict[str, Any]], out_dir: Path) -
 def _published(paths: StudyPaths, best: dict[str, Any]) -> list[str]:
     """best/: how its members were made, their and the ensemble's scores on data.val beside the fold estimate,
     the operating point, and the test score on data.test."""
-    meta = read_json(paths.ensemble)
-    refit = meta.get("refit") or {}
+    manifest = read_manifest(paths.best)
     lines = [f"  models: {paths.best} (detector predict {paths.best} IMAGES --out DIR); refit.strategy "
-             f"{refit.get('strategy', '?')}: " + "; ".join(m["source"] for m in meta["members"])]
+             f"{manifest.refit.get('strategy', '?')}: " + "; ".join(m.source for m in manifest.members)]
     if paths.heldout.exists():
         cv_mean = best.get("cv_mean")
         lines.append(format_published(read_heldout(paths.heldout), Metrics.from_dict(cv_mean) if cv_mean else None))
         lines.append(worst_line(paths.heldout, paths.heldout_predictions, paths.plots))
-    point = meta.get("operating_point") or {}
-    if point:
-        e, per_class = point["ensemble"], point.get("class_thresholds") or {}
+    point = manifest.operating_point
+    if point.images:
+        e, per_class = point.ensemble, point.thresholds.to_dict()["class_thresholds"]
         lines.append(f"operating point (chosen on data.val from stored predictions): threshold "
-                     f"{point['score_threshold']:.3f}" + (f", per class {per_class}" if per_class else "") +
-                     f"; WBF {e['conf_type']}, iou_thr {e['iou_thr']}, skip_box_thr {e['skip_box_thr']}, weights "
-                     f"{e['weights'] or 'equal'}; score {point['score']:.4f} vs {point['configured_score']:.4f} "
+                     f"{point.thresholds.default:.3f}" + (f", per class {per_class}" if per_class else "") +
+                     f"; WBF {e.conf_type}, iou_thr {e.iou_thr}, skip_box_thr {e.skip_box_thr}, weights "
+                     f"{e.weights or 'equal'}; score {point.score:.4f} vs {point.configured_score:.4f} "
                      "with the configured settings (optimistic: chosen on these images)")
-    val = Metrics.from_dict(meta.get("metrics") or {})
+    val = manifest.metrics or Metrics.from_dict({})
     if val.per_class:
         lines.append(format_per_class(val))
     if paths.test.exists():

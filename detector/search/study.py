@@ -45,6 +45,7 @@ def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None,
     are retried. `storage` is an Optuna RDB URL; default: SQLite in the study folder.
     """
     directory = Path(study_dir)
+    cfg = config_mod.resolve_paths(cfg)  # once, here: paths absolute, the pipeline file read
     w = distributed.setup(cfg.train.device, cfg.train.amp, log).world
     preflight.check(cfg)
     check_space(cfg)
@@ -84,7 +85,7 @@ def _lead(cfg: Config, directory: Path, storage: str | None, objective: Callable
         record_storage(directory, url)
         if not study.get_trials(deepcopy=False):  # trial 0: the config's own values, beside what the search finds
             study.enqueue_trial(starting_params(cfg), user_attrs={START: True})
-    config_mod.save(config_mod.resolve_paths(cfg), StudyPaths(directory).config)
+    config_mod.save(cfg, StudyPaths(directory).config)
     study_id = rdb.get_study_id_from_name(study.study_name)
     started = time.monotonic()
     while True:
@@ -157,8 +158,8 @@ def study_search(study: optuna.Study) -> config_mod.SearchConfig:
 
 
 def _check_config(study: optuna.Study, cfg: Config, directory: Path) -> None:
-    """The first worker records the study's config; later workers and restarts must match it."""
-    mine = config_mod.resolve_paths(cfg)
+    """The first worker records the study's config (resolved by run_study); later workers and restarts must
+    match it."""
     saved = study.user_attrs.get("config")
     data, recorded = data_fingerprint(cfg, ("train", "val", "test")), study.user_attrs.get("data", {})
     changed = [k for k, v in data.items() if k in recorded and recorded[k] != v]
@@ -168,9 +169,9 @@ def _check_config(study: optuna.Study, cfg: Config, directory: Path) -> None:
                           "another --name")
     study.set_user_attr("data", {**recorded, **data})
     if saved is None:
-        study.set_user_attr("config", mine.to_dict())
+        study.set_user_attr("config", cfg.to_dict())
         return
-    differences = resume_differences(config_mod.from_dict(saved), mine)
+    differences = resume_differences(config_mod.from_dict(saved), cfg)
     if differences:
         raise ConfigError(f"study {directory} was started with another config: {describe_differences(differences)}; "
                           "use the same config or another --name")

@@ -20,7 +20,8 @@ import torch
 from timm.utils import ModelEmaV3
 
 from .. import distributed
-from ..checkpoint import Checkpoint, TopK, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..checkpoint import Checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..top_models import TopK
 from ..config import Config
 from ..data.coco import CocoIndex
 from ..data.dataset import CocoDetection
@@ -33,6 +34,7 @@ from ..layout import RunPaths
 from .metric_log import CSV_COLUMNS, append_row, rewrite_rows
 from ..metrics import Metrics
 from ..models.anchors import AnchorFit
+from ..models.spec import ModelSpec
 
 # The order of the stages, and why it is this order:
 MODEL = 0  # change what is trained or evaluated (EMA, image size) before anything reads it
@@ -92,7 +94,7 @@ class FitState:
     train_set: CocoDetection
     val_index: CocoIndex  # data.val, or the fold's validation images
     gt: dict[str, Any]  # the same in COCO form
-    described: dict[str, Any]  # what rebuilding the model needs: config, label_map, anchors, image_size, ...
+    spec: ModelSpec  # what rebuilding the model needs: config, label map, anchors, image size, ...
     log: Callable[[str], None]
     callbacks: Sequence["Callback"] = ()
     evaluated: torch.nn.Module | None = None  # what is validated, kept and predicted with (None: the model)
@@ -113,8 +115,8 @@ class FitState:
 
     def snapshot(self) -> Checkpoint:
         """The evaluated weights of this epoch as a model file."""
-        return Checkpoint(model=self.kept.state_dict(), epoch=self.epoch,
-                          metrics=self.metrics.to_dict() if self.metrics else {}, **self.described)
+        return Checkpoint.of(self.spec, self.kept.state_dict(), epoch=self.epoch,
+                             metrics=self.metrics.to_dict() if self.metrics else {})
 
     @contextlib.contextmanager
     def timed(self, column: str) -> Iterator[None]:

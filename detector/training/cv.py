@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .callbacks import Callback, FoldColumn, KeepTopK
-from ..checkpoint import TopEntry, TopK, read_index
+from ..top_models import TopEntry, TopK, read_index
 from ..config import Config
 from ..data.coco import CocoIndex
 from ..data.folds import PhotoGroups, make_folds, photo_groups, resolve_strategy
@@ -27,6 +27,7 @@ from ..layout import RunPaths
 from ..metrics import Metrics, OperatingPoint, Thresholds, coco_map, match, metrics_from
 from .summary import FoldSummary, across
 from ..thresholds import tune_thresholds
+from .. import config as config_mod
 from .. import distributed, preflight
 from .refit import refit as refit_members, refit_epochs, seed_members
 from ..runs import owned_run
@@ -63,6 +64,7 @@ def run_cv(
     The run folder is locked against a second process for the whole run. A study's trials pass refit=False: the
     study refits its best trial's config only.
     """
+    cfg = config_mod.resolve_paths(cfg)  # once, here: paths absolute, the pipeline file read
     preflight.check(cfg)
     process = distributed.setup(cfg.train.device, cfg.train.amp, log)
     with owned_run(run_dir, cfg, force=force, log=log) as run:

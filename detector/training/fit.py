@@ -28,6 +28,7 @@ from ..engine import train_one_epoch
 from ..layout import RunPaths
 from .metric_log import LOSS_KEYS, epoch_row
 from ..models import faster_rcnn
+from ..models.spec import ModelSpec
 from ..optim import LrSchedule, build_optimizer
 from ..runs import owned_run
 from ..inference.slicing import tile_size
@@ -63,6 +64,7 @@ def fit(
     the config asks for (callbacks.standard); None keeps the best epoch's model as best.pt. Under torchrun
     every rank calls fit; rank 0 alone writes. `process` is the caller's once-per-process setup.
     """
+    cfg = config_mod.resolve_paths(cfg)  # once, here: paths absolute, the pipeline file read
     preflight.check(cfg)
     process = process or distributed.setup(cfg.train.device, cfg.train.amp, log)
     extra = [BestCheckpoint()] if callbacks is None else list(callbacks)
@@ -87,7 +89,7 @@ def _fit(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, paths: RunPa
         ResumeFile.restore_callbacks(state, resume)
     sample_weights = balanced_weights(train_index) if cfg.train.balanced_sampler else None
     loader = val_loader(cfg, val_index, w)
-    tile = (tile_size(cfg.ensemble.slice, state.described["train_side"], cfg.data.image_size)
+    tile = (tile_size(cfg.ensemble.slice, state.spec.train_side, cfg.data.image_size)
             if cfg.ensemble.slice else 0)
     first = cfg.train.epochs if state.progress.stopped_early else state.progress.next_epoch
     for epoch in range(first, cfg.train.epochs):
@@ -154,13 +156,13 @@ def _setup(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, paths: Run
     optimizer = build_optimizer(cfg.train, model)
     schedule = LrSchedule(cfg.train.scheduler, steps_per_epoch * cfg.train.epochs,
                           round(steps_per_epoch * cfg.train.warmup_epochs))
-    described = dict(config=config_mod.resolve_paths(cfg).to_dict(), label_map=label_map.to_dict(),
-                     anchors=_plain_anchors(anchors), image_size=size, normalization=faster_rcnn.normalization(model),
-                     train_side=train_side(train_index, cfg.data.augment.crop), precision=process.precision.name)
+    spec = ModelSpec(cfg, label_map, size, _plain_anchors(anchors),
+                     train_side(train_index, cfg.data.augment.crop), faster_rcnn.normalization(model),
+                     process.precision.name)
     return FitState(cfg=cfg, paths=paths, world=w, model=model, trained=model, optimizer=optimizer,
                     scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
                     scaler=torch.amp.GradScaler(process.device.type, enabled=process.precision.scaled),
-                    train_set=images, val_index=val_index, gt=val_index.to_coco(), described=described, log=log,
+                    train_set=images, val_index=val_index, gt=val_index.to_coco(), spec=spec, log=log,
                     image_size=size, anchor_fit=anchor_fit if resumed_anchors is None else None)
 
 

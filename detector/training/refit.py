@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 from .. import config as config_mod
 from .. import distributed
 from .callbacks import FinalModel
-from ..checkpoint import TopEntry
+from ..top_models import TopEntry
 from ..config import Config
 from ..data.coco import CocoIndex
 from ..files import read_json
