@@ -177,6 +177,24 @@ def test_a_torchscript_file_is_loaded_only_beside_the_labels_file_that_records_i
         load_exported(foreign, torch.device("cpu"))
 
 
+def test_an_exported_file_carries_its_checkpoints_model_spec_and_older_labels_files_load(untrained_checkpoint,
+                                                                                          tmp_path):
+    from detector.deploy.exported import load_exported
+
+    [scripted] = _export(untrained_checkpoint, "torchscript", tmp_path / "model.pt")
+    cpu, labels = torch.device("cpu"), tmp_path / "model.labels.json"
+    assert load_exported(scripted, cpu).spec == restore_model(untrained_checkpoint).spec
+    sidecar = json.loads(labels.read_text())
+    spec = sidecar.pop("model")  # as exports before ModelSpec wrote it: its parts at the top level
+    labels.write_text(json.dumps(sidecar | {k: spec[k] for k in ("config", "label_map", "image_size", "train_side")}))
+    old = load_exported(scripted, cpu)
+    assert old.label_map == restore_model(untrained_checkpoint).label_map and old.image_size == 128
+    for damaged in ({"label_map": {"names": 3}}, {"config": {"train": {"lr": "fast"}}, "label_map": spec["label_map"]}):
+        labels.write_text(json.dumps(sidecar | {"model": damaged}))
+        with pytest.raises(DetectorError, match="model.labels.json"):
+            load_exported(scripted, cpu)
+
+
 @pytest.mark.slow
 def test_the_onnx_and_torchscript_files_of_one_checkpoint_share_their_labels_file(untrained_checkpoint, tmp_path):
     from detector.deploy.exported import load_exported

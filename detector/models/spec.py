@@ -12,6 +12,7 @@ from torch import nn
 from .. import config as config_mod
 from ..config import Config
 from ..data.records import LabelMap
+from ..errors import WeightsError
 from . import faster_rcnn
 from .backbones import IMAGENET_MEAN, IMAGENET_STD
 
@@ -39,9 +40,13 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str) -> "ModelSpec":
         """From a checkpoint's or labels file's keys (others are ignored); `source` names the file in errors."""
-        return cls(config_mod.from_dict(dict(d.get("config") or {}), source=source),
-                   LabelMap.from_dict(d["label_map"]), int(d.get("image_size") or 0), d.get("anchors"),
-                   int(d.get("train_side") or 0), d.get("normalization"), str(d.get("precision") or ""))
+        try:
+            return cls(config_mod.from_dict(dict(d.get("config") or {}), source=source),
+                       LabelMap.from_dict(d["label_map"]), int(d.get("image_size") or 0), d.get("anchors"),
+                       int(d.get("train_side") or 0), d.get("normalization"), str(d.get("precision") or ""))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise WeightsError(f"{source}: its description of the model is damaged ({type(e).__name__}: {e}); use "
+                               "the file as detector wrote it, or train or export the model again") from None
 
     def build(self) -> nn.Module:
         """The architecture it trained as, untrained (nothing downloaded), with its anchors and normalisation."""
