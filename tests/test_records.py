@@ -92,7 +92,8 @@ def test_the_manifest_stores_the_operating_point_once_and_reads_the_older_form(t
     old = read_manifest(tmp_path)
     assert old.files == ["model_0.onnx"] and old.operating_point.ensemble.iou_thr == 0.6
     assert old.operating_point.thresholds == Thresholds(0.3, {1: 0.2})
-    for broken in ('{"members": [{"file": "m.pt"}]}', '{"members": 3, "score_threshold": 0.3}', '[1, 2]', '{"memb'):
+    for broken in ('{"members": [{"file": "m.pt"}]}', '{"members": 3, "score_threshold": 0.3}', '[1, 2]', '{"memb',
+                   '{"members": ["../other/model.pt"], "score_threshold": 0.3}', '{"members": [""], "score_threshold": 0.3}'):
         (tmp_path / "ensemble.json").write_text(broken)
         with pytest.raises(DetectorError, match="ensemble.json"):
             read_manifest(tmp_path)

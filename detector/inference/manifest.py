@@ -103,10 +103,15 @@ def read_manifest(folder: Path) -> Manifest:
     path = folder / ENSEMBLE
     raw = read_json(path, fix="publish the study again (detector study ...) or export best/ again")
     try:
-        return Manifest.from_dict(raw, str(path))
+        manifest = Manifest.from_dict(raw, str(path))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise WeightsError(f"{path}: not an ensemble manifest this version reads (field {e}); publish the study "
                            "again (run the same detector study command) or export its best/ folder again") from None
+    outside = [f for f in manifest.files if Path(f).name != f or f in ("", ".", "..")]
+    if outside:
+        raise WeightsError(f"{path}: member {outside[0]!r} is not a file name in {folder}; ensemble.json lists its "
+                           "members by name beside it: restore the file as detector wrote it")
+    return manifest
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> Path:
