@@ -158,11 +158,12 @@ def _fill_best(tmp: Path, plan_: Plan, entries: list[TopEntry], result: HeldOutR
     shutil.copy2(run.config, tmp / CONFIG)
     cv_mean = TrialRecord.of(best).cv_mean
     write_manifest(tmp, Manifest(
-        members, result.operating_point, load_checkpoint(tmp / member_file(0)).label_map, best.number,
-        best.values[0], latency_of(best), best.params, run.root.name, Metrics.from_dict(cv_mean) if cv_mean else None,
-        {**cfg.to_dict()["refit"], "epochs_trained": [entries[k].epoch + 1 for k in result.published]},
-        result.ensemble.metrics, [str(plan_.root / e.path) for e in entries], result.selection.to_dict(),
-        cfg.eval.iou_threshold))
+        members, result.operating_point, load_checkpoint(tmp / member_file(0)).label_map, trial=best.number,
+        value=best.values[0], latency_ms=latency_of(best), params=best.params, run=run.root.name,
+        fold_estimate=Metrics.from_dict(cv_mean) if cv_mean else None,
+        refit={**cfg.to_dict()["refit"], "epochs_trained": [entries[k].epoch + 1 for k in result.published]},
+        metrics=result.ensemble.metrics, candidates=[str(plan_.root / e.path) for e in entries],
+        selection=result.selection.to_dict(), iou_threshold=cfg.eval.iou_threshold))
     write_held_out(RunPaths(tmp), result)
 
 
