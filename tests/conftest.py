@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,17 @@ from detector.data.sample import SampleSpec, write_sample_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 RBC = ROOT / "examples" / "rbc"  # the example dataset the project ships (a real Roboflow export)
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker gets an equal share of the cores, and so do the CLI processes it starts:
+    two workers of two threads each on a 2-core machine would oversubscribe it and run slower than one."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        share = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+        os.environ["OMP_NUM_THREADS"] = str(share)
+        torch.set_num_threads(share)
 
 
 def pytest_addoption(parser):

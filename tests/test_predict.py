@@ -227,8 +227,9 @@ def test_hflip_tta_changes_the_fusion_and_collect_images(rbc, rbc_run):
     b = one.predict([np.ascontiguousarray(image[:, ::-1])], tta=True, score_threshold=0.3)[0]
     mirrored = np.stack([width - b.boxes[:, 2], b.boxes[:, 1], width - b.boxes[:, 0], b.boxes[:, 3]], axis=1)
     assert len(a.boxes) == len(b.boxes) > 3
-    key = lambda boxes: boxes[np.lexsort((boxes[:, 1], boxes[:, 0]))]
-    np.testing.assert_allclose(key(mirrored), key(a.boxes), atol=1.0)
+    # each box has its twin within a pixel, both ways (sorting by corner breaks ties on 1e-5 differences)
+    gap = np.abs(mirrored[:, None, :] - a.boxes[None, :, :]).max(axis=2)
+    assert gap.min(axis=0).max() <= 1.0 and gap.min(axis=1).max() <= 1.0
 
 
 @pytest.mark.slow
