@@ -22,7 +22,7 @@ if [ -f "$OUT/../gpu-run/best.pt" ]; then
     --sizes 352,640 --batch-sizes 1,8 --runtimes eager,torchscript,onnx --json "$OUT/benchmark.json" \
     2>&1 | tee "$OUT/benchmark.log" || status=1
 fi
-DETECTOR_GPU_CHECKPOINT="$OUT/../gpu-run/best.pt" timeout 90 python -m pytest -q -rs -p no:xdist --device cuda tests/test_gpu.py \
+DETECTOR_GPU_CHECKPOINT="$OUT/../gpu-run/best.pt" timeout 90 python -m pytest -q -rs -n 0 --device cuda tests/test_gpu.py \
   2>&1 | tee "$OUT/pytest.log" || status=1
 echo "bench/gpu.sh: exit $status; results in $OUT"
 exit $status

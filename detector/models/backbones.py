@@ -11,7 +11,7 @@ from typing import Dict
 import torch
 from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
-from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -26,6 +26,7 @@ ALIASES = {
     "swin_s": "swin_small_patch4_window7_224",
 }
 TORCHVISION = ("resnet50_fpn",)
+RESNET_STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")  # torchvision's trainable_layers counts these
 MIN_STRIDE = 4
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # torchvision's ResNet-50
 
@@ -85,7 +86,7 @@ def build_backbone(
     if file_state is not None and is_detector_state(file_state):
         file_state, pretrained = None, False
     if name in TORCHVISION:
-        return _torchvision_resnet50(pretrained, file_state, trainable_layers, frozen_bn, fpn_norm)
+        return _torchvision_resnet50(pretrained, file_state, trainable_layers, frozen_bn, fpn_channels, fpn_norm)
     return _timm_fpn(name, pretrained, file_state, trainable_layers, frozen_bn, fpn_channels, fpn_norm)
 
 
@@ -99,7 +100,9 @@ def num_levels(backbone: nn.Module) -> int:
     return len(out)
 
 
-def _torchvision_resnet50(pretrained, file_state, trainable_layers, frozen_bn, fpn_norm) -> nn.Module:
+def _torchvision_resnet50(pretrained, file_state, trainable_layers, frozen_bn, fpn_channels, fpn_norm) -> nn.Module:
+    """torchvision's ResNet-50 under an FPN of `fpn_channels` (256 is torchvision's detector, whose COCO weights
+    faster_rcnn.build loads; another width takes the ImageNet backbone alone)."""
     weights = ResNet50_Weights.IMAGENET1K_V1 if pretrained is True else None
     state = None
     if weights is not None:
@@ -108,8 +111,13 @@ def _torchvision_resnet50(pretrained, file_state, trainable_layers, frozen_bn, f
     body = resnet50(norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d)
     if state is not None:
         body.load_state_dict(state)
-    model = _resnet_fpn_extractor(body, _check_layers(trainable_layers, 5),
-                                  norm_layer=nn.BatchNorm2d if fpn_norm else None)
+    n = _check_layers(trainable_layers, len(RESNET_STAGES))
+    trainable = tuple(RESNET_STAGES[len(RESNET_STAGES) - n:]) + (("bn1",) if n == len(RESNET_STAGES) else ())
+    for name, parameter in body.named_parameters():
+        parameter.requires_grad_(name.startswith(trainable))
+    model = BackboneWithFPN(body, {f"layer{k}": str(k - 1) for k in range(1, 5)}, [256, 512, 1024, 2048],
+                            fpn_channels, extra_blocks=LastLevelMaxPool(),
+                            norm_layer=nn.BatchNorm2d if fpn_norm else None)
     if file_state is not None:
         load_matching(model.body, file_state, str(pretrained))
     model.image_mean, model.image_std = IMAGENET_MEAN, IMAGENET_STD
@@ -164,18 +172,28 @@ def _timm_from_file(timm, model_name: str, path: str, file_state: dict, create: 
 
 
 def _freeze_stages(body: nn.Module, stage_modules: list[str], trainable_layers: int) -> None:
-    """Freeze everything before the last `trainable_layers` stages (all stages count, stem included)."""
+    """Freeze every stage but the last `trainable_layers` (all stages count, the stem included in the first).
+
+    A stage is everything from the module after the previous feature map up to the module that returns its
+    own (EfficientNet's stride-16 stage is blocks.3 and blocks.4), so the frozen part ends with the module
+    of the last frozen stage's feature map."""
     n = _check_layers(trainable_layers, len(stage_modules))
     if n >= len(stage_modules):
         return
-    first_trainable = stage_modules[len(stage_modules) - n] if n > 0 else None
-    prefixes = () if first_trainable is None else (first_trainable + ".", first_trainable.replace(".", "_") + ".")
-    frozen = True
+    if n == 0:
+        body.requires_grad_(False)
+        return
+    last_frozen = stage_modules[len(stage_modules) - n - 1]
+    inside = (last_frozen + ".", last_frozen.replace(".", "_") + ".")  # FeatureListNet flattens the dots
+    reached = False
     for pname, param in body.named_parameters():
-        if frozen and prefixes and pname.startswith(prefixes):
-            frozen = False
-        if frozen:
-            param.requires_grad_(False)
+        within = pname.startswith(inside)
+        if reached and not within:
+            break
+        reached = reached or within
+        param.requires_grad_(False)
+    if not reached:
+        raise RuntimeError(f"no parameter of stage {last_frozen} found in {type(body).__name__}")
 
 
 def _check_layers(trainable_layers: int, most: int) -> int:

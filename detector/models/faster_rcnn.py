@@ -134,7 +134,8 @@ def set_normalization(model: FasterRCNN, values: dict[str, Sequence[float]]) -> 
 
 def _uses_coco_detector(cfg: ModelConfig) -> bool:
     """Whether `pretrained: true` means torchvision's whole COCO Faster R-CNN (which covers the backbone)."""
-    return cfg.pretrained is True and cfg.backbone == "resnet50_fpn" and cfg.representation_size == 1024
+    return (cfg.pretrained is True and cfg.backbone == "resnet50_fpn" and cfg.representation_size == 1024
+            and cfg.fpn_channels == 256)
 
 
 def _backbone_pretrained(cfg: ModelConfig) -> bool | str:
