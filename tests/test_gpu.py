@@ -7,6 +7,7 @@ import socket
 import pytest
 import torch
 
+from detector.data.sample import SampleSpec, write_sample_dataset
 from detector.engine import train_one_epoch
 from detector.hardware import Precision
 
@@ -40,6 +41,43 @@ def test_nccl_collectives_take_tensors_on_the_ranks_gpu(cuda):
         distributed.finish()
         for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
             os.environ.pop(key, None)
+
+
+RANKS_SCRIPT = """
+import torch
+from detector import distributed
+w = distributed.start(torch.device("cuda"))
+assert w.size == 2 and torch.cuda.current_device() == w.local_rank, (w, torch.cuda.current_device())
+assert distributed.collective_device(w) == torch.device("cuda", w.local_rank)
+assert distributed.mean(w, {"x": float(w.rank)}) == {"x": 0.5}  # (0 + 1) / 2: both ranks took part
+assert distributed.gather(w, w.rank) == [0, 1]
+assert distributed.broadcast(w, {"from": w.rank}) == {"from": 0}
+assert distributed.first_failure(w, "boom" if w.rank == 1 else None) == (1, "boom")
+distributed.finish()
+print("rank", w.rank, "ok")
+"""
+
+
+def test_nccl_collectives_on_two_processes_each_on_its_own_gpu(cuda, tmp_path):
+    """Two ranks on two GPUs: a collective on the wrong rank's device fails or hangs here, where a group of one
+    rank cannot show it; then one epoch of `detector train` on both."""
+    import subprocess
+    import sys
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip(f"needs two GPUs; this machine has {torch.cuda.device_count()}")
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    script = tmp_path / "ranks.py"
+    script.write_text(RANKS_SCRIPT)
+    done = subprocess.run([*run, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.count(" ok") == 2, done.stderr[-3000:]
+    from tests.test_distributed import command
+
+    data = write_sample_dataset(tmp_path / "data", SampleSpec(images=24, seed=3))
+    cmd = command(tmp_path, 2, "train", tmp_path / "two", data, "train.epochs=1", "train.device=cuda")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len((tmp_path / "two" / "metrics.csv").read_text().splitlines()) == 2  # rank 0 alone wrote its row
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

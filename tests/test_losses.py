@@ -67,3 +67,20 @@ def test_the_configured_loss_is_the_one_the_roi_heads_train_with():
     assert fl["loss_classifier"] < 0.7 * ce["loss_classifier"]  # (1 - p)^2 at p ~ 1/3: focal, not a fall-back
     focal.roi_heads.classifier_loss = BoxClassifierLoss("ce")
     torch.testing.assert_close(losses(focal)["loss_classifier"], ce["loss_classifier"])
+
+
+def test_a_class_weight_list_reaches_the_training_loss_of_the_built_model():
+    """The wiring, not the unit: model.class_weights under cross-entropy changes what build()'s model trains on
+    (a list that silently fell back to torchvision's plain loss would give the unweighted value)."""
+    images = [torch.rand(3, 96, 96)]
+    targets = [{"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0], [50.0, 40.0, 90.0, 80.0]]), "labels": torch.tensor([1, 2])}]
+    losses = {}
+    for weights in (None, [1.0, 1.0], [1.0, 5.0]):
+        torch.manual_seed(0)
+        model, _ = build(config.ModelConfig(backbone="resnet18", class_weights=weights, **SMALL), num_classes=2,
+                         image_size=96)
+        model.train()
+        torch.manual_seed(1)  # the same sampled RoIs for each
+        losses[str(weights)] = model(images, targets)["loss_classifier"].item()
+    assert losses["[1.0, 1.0]"] == pytest.approx(losses["None"], rel=1e-5)
+    assert losses["[1.0, 5.0]"] != pytest.approx(losses["None"], rel=1e-3)

@@ -9,7 +9,11 @@ from detector import config
 from detector.errors import DatasetError
 from detector.config import ScoreConfig
 from detector.data.sample import SampleSpec, write_sample_dataset
-from detector.metrics import coco_map, evaluate_detections, match
+from detector.data.coco import load_coco
+from detector.files import write_json
+from detector.layout import RunPaths
+from detector.metrics import coco_map, evaluate_detections, f_beta, match
+from detector.training.cv import out_of_fold_operating_point
 from detector.thresholds import tune_thresholds
 from tests.test_search import study_cfg
 
@@ -208,3 +212,46 @@ def test_the_wbf_search_finds_the_fusion_the_configured_one_misses_unless_the_ga
     strict = config.with_values(cfg, {"tune.min_gain": 1.0})  # no gain is worth replacing the configured settings
     kept = tune(gt, images, list(range(1, 11)), strict)
     assert kept.ensemble == cfg.ensemble and kept.score < point.score
+
+
+def _recall_or_precision():
+    """One image, three boxes: the top prediction and the seventh find one each, the five between find nothing.
+    F1 is best at 0.9 (P 1, R 1/3: F1 1/2), F2 at 0.3 (P 2/7, R 2/3: F2 10/19), with P != R at both."""
+    truth = [[0.0, 0.0, 20.0, 20.0], [60.0, 60.0, 20.0, 20.0], [120.0, 0.0, 20.0, 20.0]]
+    gt = {"images": [{"id": 1, "file_name": "1.png", "width": 200, "height": 200}],
+          "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": b, "area": 400.0, "iscrowd": 0}
+                          for i, b in enumerate(truth)],
+          "categories": [{"id": 1, "name": "a"}]}
+    strays = [{"image_id": 1, "category_id": 1, "bbox": [170.0, 30.0 * k, 20.0, 20.0], "score": s}
+              for k, s in enumerate([0.8, 0.7, 0.6, 0.5, 0.4])]
+    results = [{"image_id": 1, "category_id": 1, "bbox": truth[0], "score": 0.9}, *strays,
+               {"image_id": 1, "category_id": 1, "bbox": truth[1], "score": 0.3}]
+    return gt, results
+
+
+def test_score_beta_is_f_beta_pinned_to_numbers_and_chooses_the_operating_point():
+    assert f_beta(2 / 7, 2 / 3, 2.0) == pytest.approx(10 / 19)
+    assert f_beta(1.0, 1 / 3, 1.0) == pytest.approx(0.5)
+    assert f_beta(1.0, 1 / 3, 0.5) == pytest.approx(5 / 7)  # (1.25 * 1/3) / (0.25 + 1/3)
+    gt, results = _recall_or_precision()
+    cfg = config.load(None, ["score.beta=2"])
+    recall_first = evaluate_detections(gt, results, score_threshold=None, score=cfg.score)
+    assert recall_first.threshold == 0.3 and recall_first.f_beta == pytest.approx(10 / 19)
+    assert (recall_first.precision, recall_first.recall) == pytest.approx((2 / 7, 2 / 3))
+    assert recall_first.score == pytest.approx(cfg.score.w_map * recall_first.map_50 + cfg.score.w_f1 * 10 / 19)
+    balanced = evaluate_detections(gt, results, score_threshold=None, score=config.load(None, []).score)
+    assert balanced.threshold == 0.9 and balanced.f_beta == pytest.approx(0.5) == balanced.f1
+
+
+@pytest.mark.parametrize("beta,threshold", [(1.0, 0.9), (2.0, 0.3)])
+def test_score_beta_reaches_a_cv_runs_out_of_fold_operating_point(tmp_path, beta, threshold):
+    gt, results = _recall_or_precision()
+    write_json(tmp_path / "train.json", gt)
+    run = RunPaths(tmp_path / "run")
+    fold = run.fold(0)
+    fold.root.mkdir(parents=True)
+    write_json(fold.summary, {})  # the fold is done: out_of_fold_results reads only its predictions
+    write_json(fold.best_predictions, results)
+    cfg = config.load(None, [f"score.beta={beta}"])
+    point = out_of_fold_operating_point(run, load_coco(tmp_path / "train.json", check_images=False), [[1]], cfg)
+    assert point.thresholds.default == threshold

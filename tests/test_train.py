@@ -22,7 +22,7 @@ from detector.training.callbacks import (BestCheckpoint, Callback, EarlyStopping
 from detector.data.splits import load_splits
 from detector.training.fit import fit
 from detector.layout import RunPaths
-from detector.metrics import Metrics
+from detector.metrics import Metrics, f_beta
 from tests.helpers import pycocotools_stats, run_cli
 
 TINY = [
@@ -361,3 +361,46 @@ def rows_of(path):
 
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+class Seen(Callback):
+    """What the model trains with, as fit wires it: the classifier's class weights and each epoch's image side
+    (the config's and the one the training images actually come out at)."""
+
+    def __init__(self):
+        self.weights, self.sides = None, []
+
+    def on_fit_start(self, state):
+        self.weights = state.model.roi_heads.classifier_loss.weight
+
+    def on_epoch_start(self, state):
+        image = state.train_set[0][0]
+        self.sides.append((state.image_size, max(image.shape[-2:])))
+
+
+@pytest.mark.slow
+def test_fit_wires_auto_class_weights_progressive_resizing_and_score_beta(sample, tmp_path):
+    cfg = tiny_cfg(sample, "train.epochs=2", "model.class_weights=auto", "train.progressive.start_size=96",
+                   "train.progressive.epochs=1", "score.beta=2")
+    seen = Seen()
+    fit(cfg, *load_splits(cfg), tmp_path / "run", callbacks=[BestCheckpoint(), seen], progress=False,
+        log=lambda s: None)
+    # class_weights: auto is the inverse box count of each class in the training file, mean 1, background 1
+    train = json.loads(sample["train"].read_text())
+    counts = [sum(a["category_id"] == c["id"] for a in train["annotations"])
+              for c in sorted(train["categories"], key=lambda c: c["id"])]
+    assert len(set(counts)) > 1  # unequal, so uniform weights would fail below
+    inverse = [1 / n for n in counts]
+    expected = [1.0, *(v / (sum(inverse) / len(inverse)) for v in inverse)]
+    torch.testing.assert_close(seen.weights, torch.tensor(expected, dtype=torch.float32))
+    # train.progressive: the first epoch's images are 96 px, the second's data.image_size
+    assert seen.sides == [(96, 96), (128, 128)]
+    header, *lines = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    rows = [dict(zip(header.split(","), line.split(","))) for line in lines]
+    assert [int(r["image_size"]) for r in rows] == [96, 128]
+    # score.beta: each epoch's score is w_map * mAP@0.5 + w_f1 * F_2 of its own precision and recall (which
+    # differ, or every beta would give the same F)
+    assert any(0 < float(r["precision"]) != float(r["recall"]) for r in rows), rows
+    for r in rows:
+        f2 = f_beta(float(r["precision"]), float(r["recall"]), 2.0)
+        assert float(r["score"]) == pytest.approx(cfg.score.w_map * float(r["map_50"]) + cfg.score.w_f1 * f2, abs=1e-5)
