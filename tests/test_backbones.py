@@ -26,7 +26,7 @@ from tests.test_models import build_model
 BACKBONES = ("resnet50_fpn", "efficientnet_b3", "swin_s")
 NARROW = ["data.image_size=128", "model.frozen_bn=false", "model.fpn_channels=32", "model.representation_size=64",
           "model.rpn_proposals_train=100", "model.rpn_proposals_test=100", "model.box_samples_per_image=32",
-          "train.batch_size=4", "train.num_workers=0", "train.amp=fp32", "train.epochs=1"]
+          "model.anchors=kmeans", "train.batch_size=4", "train.num_workers=0", "train.amp=fp32", "train.epochs=1"]
 
 # Each backbone's stages, written out from its architecture (not from the code under test): the parameter
 # name prefixes of each, first to last. A stage runs from after the previous feature map to its own, so
@@ -63,6 +63,9 @@ def test_each_backbone_trains_through_fit_with_the_fpn_width_it_was_given(traine
     restored = restore_model(result.best_path, "cpu")
     assert restored.spec.config.model.backbone == name
     assert restored.model.backbone.out_channels == 32  # torchvision's ResNet-50 too, not its fixed 256
+    # k-means anchors fitted per level of this backbone's pyramid: four feature maps and the pooled one
+    assert len(json.loads((run / "anchors.json").read_text())["shapes"]) == 5
+    assert len(restored.spec.anchors) == 5
 
 
 @pytest.mark.slow
