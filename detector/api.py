@@ -41,37 +41,52 @@ def default_run_dir(config: ConfigSource) -> Path:
 
 
 def train(config: ConfigSource, out: str | Path | None = None, *, overrides: Overrides = (), force: bool = False,
-          progress: bool = False, log: Log = _quiet):
+          progress: bool = False, log: Log = _quiet, mlflow: str | None = None):
     """Train one model on the config's train split, validated on its val split every epoch; an existing `out`
-    of the same config resumes. Returns the FitResult (best epoch, its metrics, best_path)."""
+    of the same config resumes. `mlflow`: a tracking URI (default MLFLOW_TRACKING_URI) to log the run to.
+    Returns the FitResult (best epoch, its metrics, best_path)."""
     from .data.splits import load_splits
+    from .distributed import world
+    from .tracking import tracked_run, tracking_uri
+    from .training.callbacks import BestCheckpoint
     from .training.fit import fit
 
     cfg = resolve(config, overrides)
-    train_index, val_index = load_splits(cfg, log)
-    return fit(cfg, train_index, val_index, out or default_run_dir(config), force=force, progress=progress, log=log)
+    out = out or default_run_dir(config)
+    with tracked_run(tracking_uri(mlflow), out, nested=False, main=world().main) as tracked:
+        train_index, val_index = load_splits(cfg, log)
+        return fit(cfg, train_index, val_index, out, force=force, progress=progress, log=log,
+                   callbacks=[BestCheckpoint(), *tracked] if tracked else None)
 
 
 def cv(config: ConfigSource, out: str | Path | None = None, *, overrides: Overrides = (), force: bool = False,
-       progress: bool = False, log: Log = _quiet):
+       progress: bool = False, log: Log = _quiet, mlflow: str | None = None):
     """k-fold cross-validation, then the published members (refit, or the folds' top models) with their
-    operating point chosen on data.val. Returns the CVResult (folds, mean, std, top models, `published`)."""
+    operating point chosen on data.val. `mlflow`: a tracking URI (default MLFLOW_TRACKING_URI): one run, its
+    folds and members nested. Returns the CVResult (folds, mean, std, top models, `published`)."""
+    from .distributed import world
+    from .tracking import tracked_run, tracking_uri
     from .training.cv import run_cv
 
-    return run_cv(resolve(config, overrides), out or default_run_dir(config), force=force, progress=progress, log=log)
+    cfg, out = resolve(config, overrides), out or default_run_dir(config)
+    with tracked_run(tracking_uri(mlflow), out, nested=True, main=world().main) as tracked:
+        return run_cv(cfg, out, force=force, progress=progress, log=log, callbacks=tracked)
 
 
 def study(config: ConfigSource, name: str, *, studies_dir: str | Path = "studies", storage: str | None = None,
           n_trials: int | None = None, timeout: float | None = None, overrides: Overrides = (),
-          progress: bool = False, log: Log = _quiet):
+          progress: bool = False, log: Log = _quiet, mlflow: str | None = None):
     """Run (resume, or join) the Optuna study STUDIES_DIR/NAME and publish its best config's ensemble in
-    best/. Returns the StudyResult; raises DetectorError when nothing could be published."""
+    best/. `mlflow`: a tracking URI (default MLFLOW_TRACKING_URI): the study is an experiment, each trial a run
+    with its folds nested. Returns the StudyResult; raises DetectorError when nothing could be published."""
+    from .tracking import tracking_uri
+
     from .distributed import world
     from .search import run_study
 
     cfg = resolve(config, _with_search(overrides, n_trials, timeout))
     directory = Path(studies_dir) / name
-    result = run_study(cfg, directory, storage=storage, progress=progress, log=log)
+    result = run_study(cfg, directory, storage=storage, progress=progress, log=log, mlflow=tracking_uri(mlflow))
     if not world().main:  # under torchrun rank 0 speaks for the study
         return result
     states = ", ".join(f"{n} {s.lower()}" for s, n in result.states.items())

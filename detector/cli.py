@@ -86,6 +86,9 @@ def _study_parser(sub) -> None:
     st.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value, e.g. --set cv.folds=3 (repeatable)")
     st.add_argument("--quiet", action="store_true", help="no progress bars")
+    st.add_argument("--mlflow", metavar="URI", default=None,
+                    help="log to this MLflow tracking server, e.g. http://127.0.0.1:5000 (default: "
+                         "MLFLOW_TRACKING_URI when set)")
     st.set_defaults(func=_study)
 
 
@@ -321,6 +324,9 @@ def _run_arguments(p: argparse.ArgumentParser, config_help: str) -> argparse.Arg
     p.add_argument("--out", help="run directory (default runs/CONFIG-TIMESTAMP); an existing one is resumed")
     p.add_argument("--force", action="store_true", help="start an existing --out over if its config differs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--mlflow", metavar="URI", default=None,
+                    help="log to this MLflow tracking server, e.g. http://127.0.0.1:5000 (default: "
+                         "MLFLOW_TRACKING_URI when set)")
     return p
 
 
@@ -329,7 +335,8 @@ def _train(args) -> int:
 
     run = _run_dir(args)
     print(f"run directory: {run}")
-    result = api.train(args.config, run, overrides=args.overrides, force=args.force, progress=_progress(args), log=print)
+    result = api.train(args.config, run, overrides=args.overrides, force=args.force, progress=_progress(args), log=print,
+                       mlflow=args.mlflow)
     m = result.best_metrics
     if m is None:
         print(f"no epoch scored a finite score, so no best model was kept ({result.epochs_run} epochs run)")
@@ -345,7 +352,8 @@ def _cv(args) -> int:
 
     run = _run_dir(args)
     print(f"run directory: {run}")
-    result = api.cv(args.config, run, overrides=args.overrides, force=args.force, progress=_progress(args), log=print)
+    result = api.cv(args.config, run, overrides=args.overrides, force=args.force, progress=_progress(args), log=print,
+                    mlflow=args.mlflow)
     print(format_cv(result.folds, result.mean, result.std))
     if result.published is not None:
         print(format_published(result.published, result.mean))
@@ -369,7 +377,7 @@ def _study(args) -> int:
 
     directory = Path(args.studies_dir) / args.name
     print(f"study folder: {directory}")
-    result = api.study(args.config, args.name, studies_dir=args.studies_dir, storage=args.storage,
+    result = api.study(args.config, args.name, studies_dir=args.studies_dir, storage=args.storage, mlflow=args.mlflow,
                        n_trials=args.n_trials, timeout=args.timeout, overrides=args.overrides,
                        progress=_progress(args), log=print)
     if not world().main:  # under torchrun rank 0 speaks for the study

@@ -94,7 +94,7 @@ def test_the_readmes_onnxruntime_snippet_sees_the_image_as_predict_does(untraine
     from detector.data.images import read_image
     from tests.conftest import ROOT
 
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "inference.md").read_text()
     snippet = re.search(r"Running one exported model with onnxruntime alone.*?```python\n(.*?)```", readme, re.S)[1]
     _export(untrained_checkpoint, "onnx", tmp_path / "rbc.onnx")
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 90, 3), dtype=np.uint8))
@@ -103,7 +103,7 @@ def test_the_readmes_onnxruntime_snippet_sees_the_image_as_predict_does(untraine
     photo.save(tmp_path / "photo.jpg", exif=exif.tobytes())
     code = snippet.replace("deploy/rbc.", f"{tmp_path}/rbc.").replace('"photo.jpg"', f'"{tmp_path}/photo.jpg"')
     seen: dict = {}
-    exec(compile(code, "README.md", "exec"), seen)
+    exec(compile(code, "docs/inference.md", "exec"), seen)
     np.testing.assert_array_equal(seen["image"], read_image(tmp_path / "photo.jpg"))
     assert seen["image"].shape == (90, 60, 3)
 
@@ -116,7 +116,7 @@ def test_the_readmes_sliced_onnx_snippet_predicts_an_image_larger_than_its_tiles
 
     from tests.conftest import ROOT
 
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "inference.md").read_text()
     snippet = re.search(r"To predict on tiles with it.*?```python\n(.*?)```", readme, re.S)[1]
     _export(untrained_checkpoint, "onnx", tmp_path / "rbc.onnx")
     labels = json.loads((tmp_path / "rbc.labels.json").read_text())
@@ -126,7 +126,7 @@ def test_the_readmes_sliced_onnx_snippet_predicts_an_image_larger_than_its_tiles
         tmp_path / "slide.jpg")
     code = snippet.replace("deploy/rbc.", f"{tmp_path}/rbc.").replace('"slide.jpg"', f'"{tmp_path}/slide.jpg"')
     seen: dict = {}
-    exec(compile(code, "README.md", "exec"), seen)
+    exec(compile(code, "docs/inference.md", "exec"), seen)
     merged = seen["merged"]
     assert set(merged) == {"boxes", "scores", "labels"} and len(merged["boxes"]) == len(merged["scores"])
     inside = (merged["boxes"][:, 2] <= tile * 3 + 1e-3) & (merged["boxes"][:, 3] <= tile * 2 + 1e-3)

@@ -26,14 +26,16 @@ from ..data.splits import load_splits
 from .latency import LatencyProbe, timing_images
 from .space import suggest
 from .trial_record import BEST_EPOCHS, CV_MEAN, CV_STD, LATENCY_MS, RUN_DIR
+from ..tracking import StudyTracking
 
 
 class Objective:
     """One trial: suggest -> k-fold run (pruned on the fold-mean score) -> its fold-mean score."""
 
     def __init__(self, cfg: Config, study_dir: str | Path, *, progress: bool = False,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, tracking: StudyTracking | None = None):
         self.cfg, self.study_dir, self.progress, self.log = cfg, Path(study_dir), progress, log
+        self.tracking = tracking  # MLflow: each trial a run, its folds nested
         self.train_index, self.held_out = load_splits(cfg, log)
         self.timed: list | None = None  # the data.val images latency is timed on, decoded once
 
@@ -53,6 +55,20 @@ class Objective:
             hooks = [LatencyProbe(trial_cfg, self.timed, resolve_device(trial_cfg.train.device))]
         else:
             hooks = [PruningHook(trial, run, trial_cfg.train.epochs)]
+        tracked = self.tracking.trial(run.name, params) if self.tracking else None
+        try:
+            values = self._run(trial, trial_cfg, run, hooks + ([tracked.fits] if tracked else []))
+        except BaseException as e:
+            if tracked:
+                tracked.stopped("KILLED" if isinstance(e, (optuna.TrialPruned, KeyboardInterrupt)) else "FAILED")
+            raise
+        if tracked:
+            tracked.finished({"value": values[0], **({"latency_ms": values[1]} if len(values) > 1 else {}),
+                              **{f"cv_mean_{k}": v for k, v in trial.user_attrs[CV_MEAN].items()}})
+        return values[0] if len(values) == 1 else values
+
+    def _run(self, trial: optuna.trial.BaseTrial, trial_cfg: Config, run: Path, hooks: list) -> tuple[float, ...]:
+        """The trial's k-fold run: (fold-mean score,) or (score, latency ms) with two objectives."""
         try:
             cv = run_cv(trial_cfg, run, callbacks=hooks, index=self.train_index, refit=False,
                         progress=self.progress, log=lambda s: self.log(f"trial {trial.number}: {s}"))
@@ -64,7 +80,7 @@ class Objective:
         trial.set_user_attr(CV_STD, cv.std.summary())
         trial.set_user_attr(BEST_EPOCHS, [f.best_epoch for f in cv.folds])
         if not self.two_objectives:
-            return float(cv.mean.score)
+            return (float(cv.mean.score),)
         latency = hooks[0].measured(self.train_index, distributed.world().main)
         trial.set_user_attr(LATENCY_MS, latency)
         return float(cv.mean.score), latency

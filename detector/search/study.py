@@ -25,6 +25,9 @@ from .space import check_space, starting_params
 from .storage import open_study, record_storage, storage_url
 from .trial_record import START, latency_of
 from .workers import StudyLock, claim, run_trial
+from ..tracking import StudyTracking, Tracker
+from ..analysis.evaluate import HeldOutResult, TestScore
+from ..files import read_json
 
 
 @dataclass
@@ -38,11 +41,12 @@ class StudyResult:
 
 
 def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None, progress: bool = False,
-              log: Callable[[str], None] = print) -> StudyResult:
+              log: Callable[[str], None] = print, mlflow: str | None = None) -> StudyResult:
     """Run (or resume, or join) the study in `study_dir` until it has cfg.search.n_trials trials.
 
     Trials that end with an error count (recorded as failed with their reason); trials whose worker died
-    are retried. `storage` is an Optuna RDB URL; default: SQLite in the study folder.
+    are retried. `storage` is an Optuna RDB URL; default: SQLite in the study folder. `mlflow`: a tracking
+    URI to log the study to as an MLflow experiment of its name (tracking.py), reached before any trial runs.
     """
     directory = Path(study_dir)
     cfg = config_mod.resolve_paths(cfg)  # once, here: paths absolute, the pipeline file read
@@ -54,11 +58,14 @@ def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None,
     if not cfg.search.space and cfg.search.n_trials > 1:
         log(f"warning: search.space is empty, so all {cfg.search.n_trials} trials train the same config; give "
             "search.space keys to search, or run detector cv once")
-    objective = Objective(cfg, directory, progress=progress and w.main, log=log)  # validates the data first
+    tracking = StudyTracking(Tracker.connect(mlflow, directory.name), directory) if mlflow and w.main else None
+    objective = Objective(cfg, directory, progress=progress and w.main, log=log,
+                          tracking=tracking)  # validates the data first
     test = load_test(cfg, objective.train_index, objective.held_out, log)  # read only here, and at the end
 
     def refit_members(members: list[Member], root: Path) -> list[dict]:
-        return refit(members, objective.train_index, objective.held_out, root, progress=progress and w.main, log=log)
+        return refit(members, objective.train_index, objective.held_out, root, progress=progress and w.main, log=log,
+                     callbacks=tracking.refit_callbacks() if tracking else ())
 
     if not w.main:  # under torchrun: the trials and refits rank 0 runs, run together
         ranks.follow(objective, w, refit_members)
@@ -67,6 +74,8 @@ def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None,
         result = _lead(cfg, directory, storage, ranks.shared(objective, w), test, log,
                        publish_best=lambda study: _publish(study, directory, cfg, objective.held_out, w,
                                                            refit_members, log))
+        if tracking is not None:
+            track_published(tracking, directory)
     except BaseException as e:
         ranks.stop(w, f"{type(e).__name__}: {e}")
         raise
@@ -175,3 +184,14 @@ def _check_config(study: optuna.Study, cfg: Config, directory: Path) -> None:
     if differences:
         raise ConfigError(f"study {directory} was started with another config: {describe_differences(differences)}; "
                           "use the same config or another --name")
+
+
+def track_published(tracking: StudyTracking, directory: Path) -> None:
+    """The published ensemble's held-out and test scores (best/heldout.json, best/test.json) on the study's
+    MLflow run `published`, with ensemble.json; nothing when nothing was published."""
+    paths = StudyPaths(directory)
+    if not paths.ensemble.exists():
+        return
+    heldout = HeldOutResult.from_dict(read_json(paths.heldout)).ensemble.metrics.summary()
+    test = TestScore.from_dict(read_json(paths.test)).ensemble.metrics.summary() if paths.test.exists() else {}
+    tracking.published(heldout, test, [paths.ensemble, paths.heldout, *([paths.test] if paths.test.exists() else [])])

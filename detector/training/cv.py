@@ -60,7 +60,8 @@ def run_cv(
     """Train every fold of the config's training split (skipping finished ones), then (with `refit` and a
     refit.strategy other than folds) the published members on all of it, and return the summary.
 
-    `callbacks` join every fold's fit (the fold's number is FitState.fold); one may raise to stop the run.
+    `callbacks` join every fold's fit (the fold's number is FitState.fold) and every refit member's; one may
+    raise to stop the run.
     The run folder is locked against a second process for the whole run. A study's trials pass refit=False: the
     study refits its best trial's config only.
     """
@@ -101,7 +102,7 @@ def _run_cv(cfg: Config, run: Path, process: distributed.Process, *, callbacks, 
     refitted = refit and not fold_models
     if refitted:
         val_index = load_splits(cfg, log)[1] if val_index is None else val_index
-        _refit(cfg, paths, index, val_index, process, progress=progress, log=log)
+        _refit(cfg, paths, index, val_index, process, progress=progress, log=log, callbacks=callbacks)
     if not w.main:
         return read_summary(run)
     if refitted:  # the published members' operating point, chosen on data.val (what `predict RUN` uses)
@@ -116,13 +117,13 @@ def _run_cv(cfg: Config, run: Path, process: distributed.Process, *, callbacks, 
 
 
 def _refit(cfg: Config, paths: RunPaths, index: CocoIndex, val_index: CocoIndex, process: distributed.Process, *,
-           progress, log) -> None:
+           progress, log, callbacks: Sequence[Callback] = ()) -> None:
     """The run's published members: its config with refit.members seeds, trained on all of `index` for the
     epochs the folds chose; top_models.json lists them."""
     epochs, why = refit_epochs(read_summary(paths.root).folds, cfg.refit.epochs, cfg.refit.capped_factor)
     log(f"refit: {cfg.refit.members} member(s) on all {len(index.images)} training images, {epochs} epochs ({why})")
     entries = refit_members(seed_members(cfg, epochs, cfg.refit.members), index, val_index, paths.refit,
-                            progress=progress, log=log, process=process)
+                            progress=progress, log=log, process=process, callbacks=callbacks)
     w = process.world
     if w.main:
         prefix = paths.refit.relative_to(paths.root)

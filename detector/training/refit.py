@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 from .. import config as config_mod
 from .. import distributed
-from .callbacks import FinalModel
+from .callbacks import Callback, FinalModel
 from ..top_models import TopEntry
 from ..config import Config
 from ..data.coco import CocoIndex
@@ -85,17 +85,17 @@ def member(cfg: Config, epochs: int, seed: int, name: str, source: str) -> Membe
 
 def refit(members: Sequence[Member], train_index: CocoIndex, val_index: CocoIndex, root: str | Path, *,
           progress: bool = False, log: Callable[[str], None] = print,
-          process: distributed.Process | None = None) -> list[TopEntry]:
+          process: distributed.Process | None = None, callbacks: Sequence[Callback] = ()) -> list[TopEntry]:
     """Train each member on `train_index` in root/NAME (a finished one is not trained again) and return
     their entries, in order: path (relative to root), member name, source, epoch and the last epoch's
-    validation metrics (for the log: they chose nothing)."""
+    validation metrics (for the log: they chose nothing). `callbacks` join each member's fit."""
     root = Path(root)
     entries = []
     for m in members:
         paths = RunPaths(root / m.name)
         if not (paths.model.exists() and paths.summary.exists()):
             log(f"refit {m.name} ({m.source}): {len(train_index.images)} images, {m.config.train.epochs} epochs")
-            fit(m.config, train_index, val_index, paths.root, callbacks=[FinalModel(paths.model)], progress=progress,
+            fit(m.config, train_index, val_index, paths.root, callbacks=[FinalModel(paths.model), *callbacks], progress=progress,
                 log=lambda s, name=m.name: log(f"refit {name}: {s}"), process=process)
             paths.last.unlink(missing_ok=True)
         summary = read_json(paths.summary)
