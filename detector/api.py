@@ -53,7 +53,7 @@ def train(config: ConfigSource, out: str | Path | None = None, *, overrides: Ove
 
     cfg = resolve(config, overrides)
     out = out or default_run_dir(config)
-    with tracked_run(tracking_uri(mlflow), out, nested=False, main=world().main) as tracked:
+    with tracked_run(tracking_uri(mlflow), out, nested=False, main=world().main, log=log) as tracked:
         train_index, val_index = load_splits(cfg, log)
         return fit(cfg, train_index, val_index, out, force=force, progress=progress, log=log,
                    callbacks=[BestCheckpoint(), *tracked] if tracked else None)
@@ -69,7 +69,7 @@ def cv(config: ConfigSource, out: str | Path | None = None, *, overrides: Overri
     from .training.cv import run_cv
 
     cfg, out = resolve(config, overrides), out or default_run_dir(config)
-    with tracked_run(tracking_uri(mlflow), out, nested=True, main=world().main) as tracked:
+    with tracked_run(tracking_uri(mlflow), out, nested=True, main=world().main, log=log) as tracked:
         return run_cv(cfg, out, force=force, progress=progress, log=log, callbacks=tracked)
 
 

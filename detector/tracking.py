@@ -20,7 +20,7 @@ import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from .errors import ConfigError
 from .training.callbacks import LOG, Callback, FitState
@@ -41,14 +41,32 @@ def masked(uri: str) -> str:
 
 @dataclass
 class Tracker:
-    """One experiment on one tracking server, through MLflow's client (no global active run)."""
+    """One experiment on one tracking server, through MLflow's client (no global active run).
+
+    Once connected, the server going away never stops training: the first call that fails (after MLflow's
+    own retries, MLFLOW_HTTP_REQUEST_MAX_RETRIES) prints one warning and tracking stops for this process; the
+    run's files hold everything, and the same command started again sends the epochs the server missed."""
 
     client: Any  # mlflow.MlflowClient
     experiment_id: str
     uri: str
+    log: Callable[[str], None] = print
+    down: bool = False
+
+    def safe(self, call: Callable[..., Any], *args: Any, default: Any = None, **kwargs: Any) -> Any:
+        """call(*args, **kwargs), or `default` once the server has failed (warned once)."""
+        if self.down:
+            return default
+        try:
+            return call(*args, **kwargs)
+        except Exception as e:  # MlflowException, requests' errors: the server, not the training
+            self.down = True
+            self.log(f"warning: MLflow at {masked(self.uri)} failed ({type(e).__name__}: {str(e)[:300]}); "
+                     "tracking stops here, training goes on (its files hold everything)")
+            return default
 
     @classmethod
-    def connect(cls, uri: str, experiment: str) -> "Tracker":
+    def connect(cls, uri: str, experiment: str, log: Callable[[str], None] = print) -> "Tracker":
         """Reach the server and open (or create) the experiment; a ConfigError naming the fix if it cannot,
         before anything trains."""
         try:
@@ -68,7 +86,7 @@ class Tracker:
             experiment_id = found.experiment_id if found else client.create_experiment(experiment)
         except MlflowException as e:
             raise ConfigError(f"MLflow at {masked(uri)}: {e.message}") from None
-        return cls(client, experiment_id, uri)
+        return cls(client, experiment_id, uri, log)
 
     def run(self, key: str, name: str, parent: str | None = None, params: Mapping[str, Any] | None = None) -> str:
         """The id of the run with this key, continued (status RUNNING), or a new one; `parent` nests it."""
@@ -135,24 +153,28 @@ class FitRuns(Callback):
 
     def on_fit_start(self, state: FitState) -> None:
         name = state.paths.root.resolve().relative_to(self.base.resolve()).as_posix()
-        self.run_id = self.tracker.run(self.key_prefix + name, name, self.parent)
-        logged = self.tracker.logged_steps(self.run_id, "loss")
+        t = self.tracker
+        self.run_id = t.safe(t.run, self.key_prefix + name, name, self.parent)
+        if self.run_id is None:
+            return
+        logged = t.safe(t.logged_steps, self.run_id, "loss", default=set())
         for row in state.progress.history:  # epochs a killed process finished but did not log
             if int(row["epoch"]) not in logged:
-                self.tracker.metrics(self.run_id, _columns(row), int(row["epoch"]))
+                t.safe(t.metrics, self.run_id, _columns(row), int(row["epoch"]))
 
     def on_epoch_end(self, state: FitState) -> None:
-        self.tracker.metrics(self.run_id, _columns(state.row), state.epoch)
+        if self.run_id is not None:
+            self.tracker.safe(self.tracker.metrics, self.run_id, _columns(state.row), state.epoch)
 
     def on_fit_end(self, state: FitState) -> None:
-        self.tracker.artifacts(self.run_id, [state.paths.config, state.paths.metrics])
-        self.tracker.end(self.run_id)
-        self.run_id = None
+        if self.run_id is not None:
+            self.tracker.safe(self.tracker.artifacts, self.run_id, [state.paths.config, state.paths.metrics])
+        self.close("FINISHED")
 
     def close(self, status: str) -> None:
-        """End the run of a fit that stopped early (a pruned trial's fold) with `status`."""
+        """End this fit's run with `status` (FINISHED; KILLED or FAILED for one that stopped early)."""
         if self.run_id is not None:
-            self.tracker.end(self.run_id, status)
+            self.tracker.safe(self.tracker.end, self.run_id, status)
             self.run_id = None
 
 
@@ -167,17 +189,19 @@ class TrialRun:
 
     def __init__(self, tracker: Tracker, study_dir: Path, key: str, params: Mapping[str, Any]):
         self.tracker = tracker
-        self.run_id = tracker.run(key, key, params=params)
+        self.run_id = tracker.safe(tracker.run, key, key, params=params)
         self.fits = FitRuns(tracker, self.run_id, study_dir)
 
     def finished(self, values: Mapping[str, Any]) -> None:
-        self.tracker.metrics(self.run_id, values)
-        self.tracker.end(self.run_id)
+        if self.run_id is not None:
+            self.tracker.safe(self.tracker.metrics, self.run_id, values)
+        self.stopped("FINISHED")
 
     def stopped(self, status: str) -> None:
-        """A pruned (KILLED) or failed (FAILED) trial: its open fold run and itself end with `status`."""
+        """A finished, pruned (KILLED) or failed (FAILED) trial: its open fold run and itself end so."""
         self.fits.close(status)
-        self.tracker.end(self.run_id, status)
+        if self.run_id is not None:
+            self.tracker.safe(self.tracker.end, self.run_id, status)
 
 
 class StudyTracking:
@@ -198,31 +222,32 @@ class StudyTracking:
 
     def published(self, heldout: Mapping[str, float], test: Mapping[str, float], files: list[Path]) -> None:
         """The published ensemble's scores: `heldout_*` on data.val, `test_*` on data.test."""
-        run_id = self._published()
-        if self.tracker.logged_steps(run_id, "heldout_map"):  # a rerun of a finished study, or another worker's
-            return
-        self.tracker.metrics(run_id, {**{f"heldout_{k}": v for k, v in heldout.items()},
-                                      **{f"test_{k}": v for k, v in test.items()}})
-        self.tracker.artifacts(run_id, files)
-        self.tracker.end(run_id)
+        t, run_id = self.tracker, self._published()
+        if run_id is None or t.safe(t.logged_steps, run_id, "heldout_map", default={0}):
+            return  # the server is down, or a rerun of a finished study (or another worker) logged them
+        t.safe(t.metrics, run_id, {**{f"heldout_{k}": v for k, v in heldout.items()},
+                                   **{f"test_{k}": v for k, v in test.items()}})
+        t.safe(t.artifacts, run_id, files)
+        t.safe(t.end, run_id)
 
-    def _published(self) -> str:
+    def _published(self) -> str | None:
         if self.published_run is None:
-            self.published_run = self.tracker.run(self.PUBLISHED, self.PUBLISHED)
+            self.published_run = self.tracker.safe(self.tracker.run, self.PUBLISHED, self.PUBLISHED)
         return self.published_run
 
 
 @contextmanager
-def tracked_run(uri: str | None, out: str | Path, *, nested: bool, main: bool = True) -> Iterator[list[Callback]]:
+def tracked_run(uri: str | None, out: str | Path, *, nested: bool, main: bool = True,
+                log: Callable[[str], None] = print) -> Iterator[list[Callback]]:
     """The callbacks that log `detector train` (nested=False: the fit is the run) or `detector cv` (nested=True:
     a run for the whole folder, its folds and refit members nested) to MLFLOW_EXPERIMENT_NAME (default
     `detector`), keyed by the folder's absolute path; none without a URI or off rank 0."""
     if uri is None or not main:
         yield []
         return
-    tracker = Tracker.connect(uri, os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+    tracker = Tracker.connect(uri, os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT, log)
     root = Path(out).resolve()
-    parent = tracker.run(root.as_posix(), root.name) if nested else None
+    parent = tracker.safe(tracker.run, root.as_posix(), root.name) if nested else None
     base = root if nested else root.parent
     fits = FitRuns(tracker, parent, base, key_prefix=f"{base.as_posix().rstrip('/')}/")
     try:
@@ -231,7 +256,7 @@ def tracked_run(uri: str | None, out: str | Path, *, nested: bool, main: bool = 
         status = "FAILED" if isinstance(e, Exception) else "KILLED"  # Ctrl-C and SIGTERM are KILLED
         fits.close(status)
         if parent is not None:
-            tracker.end(parent, status)
+            tracker.safe(tracker.end, parent, status)
         raise
     if parent is not None:
-        tracker.end(parent)
+        tracker.safe(tracker.end, parent)

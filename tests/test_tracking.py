@@ -16,9 +16,14 @@ import mlflow
 import pytest
 
 from detector.data.sample import SampleSpec, write_sample_dataset
+from detector.data.splits import load_splits
 from detector.layout import RunPaths
+from detector.tracking import tracked_run
+from detector.training.callbacks import BestCheckpoint, Callback
+from detector.training.fit import fit
 from tests.helpers import wait_until
 from tests.test_search import load_study, study_command
+from tests.test_train import tiny_cfg
 
 
 def free_port() -> int:
@@ -27,10 +32,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A tracking server on localhost with a SQLite backend store and local artifacts; its URI."""
-    root = tmp_path_factory.mktemp("mlflow")
+def start_server(root):
+    """A tracking server on localhost with a SQLite backend store and local artifacts: (process, URI)."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
@@ -46,9 +49,41 @@ def server(tmp_path_factory):
 
     wait_until(up, process, timeout=120)
     assert up(), (root / "server.log").read_text()[-3000:]
+    return process, uri
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    process, uri = start_server(tmp_path_factory.mktemp("mlflow"))
     yield uri
     process.terminate()
     process.wait(timeout=30)
+
+
+class ServerGone(Callback):
+    """Stops the tracking server at the end of the first epoch, before that epoch is sent."""
+
+    def __init__(self, process):
+        self.process = process
+
+    def on_epoch_end(self, state):
+        if state.epoch == 0:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_server_that_goes_away_mid_run_is_one_warning_and_training_goes_on(sample, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail at once, not after minutes of retries
+    process, uri = start_server(tmp_path)
+    said = []
+    cfg = tiny_cfg(sample, "train.epochs=2")
+    with tracked_run(uri, tmp_path / "run", nested=False, log=said.append) as tracked:
+        result = fit(cfg, *load_splits(cfg), tmp_path / "run", callbacks=[BestCheckpoint(), ServerGone(process),
+                                                                          *tracked], progress=False, log=said.append)
+    assert result.epochs_run == 2 and result.best_path.exists()
+    warned = [s for s in said if "tracking stops here" in s]
+    assert len(warned) == 1 and uri in warned[0]
 
 
 def test_an_unreachable_server_is_one_error_before_anything_trains(sample, tmp_path):

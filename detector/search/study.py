@@ -58,7 +58,7 @@ def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None,
     if not cfg.search.space and cfg.search.n_trials > 1:
         log(f"warning: search.space is empty, so all {cfg.search.n_trials} trials train the same config; give "
             "search.space keys to search, or run detector cv once")
-    tracking = StudyTracking(Tracker.connect(mlflow, directory.name), directory) if mlflow and w.main else None
+    tracking = StudyTracking(Tracker.connect(mlflow, directory.name, log), directory) if mlflow and w.main else None
     objective = Objective(cfg, directory, progress=progress and w.main, log=log,
                           tracking=tracking)  # validates the data first
     test = load_test(cfg, objective.train_index, objective.held_out, log)  # read only here, and at the end
