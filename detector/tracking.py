@@ -90,8 +90,9 @@ class Tracker:
 
     def run(self, key: str, name: str, parent: str | None = None, params: Mapping[str, Any] | None = None) -> str:
         """The id of the run with this key, continued (status RUNNING), or a new one; `parent` nests it."""
-        found = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'",
-                                        max_results=1)
+        quote = '"' if "'" in key else "'"  # a folder named bob's-runs
+        found = self.client.search_runs([self.experiment_id], max_results=1,
+                                        filter_string=f"tags.`{KEY_TAG}` = {quote}{key}{quote}")
         if found:
             run_id = found[0].info.run_id
             if found[0].info.status != "RUNNING":
