@@ -79,10 +79,9 @@ def study(config: ConfigSource, name: str, *, studies_dir: str | Path = "studies
     """Run (resume, or join) the Optuna study STUDIES_DIR/NAME and publish its best config's ensemble in
     best/. `mlflow`: a tracking URI (default MLFLOW_TRACKING_URI): the study is an experiment, each trial a run
     with its folds nested. Returns the StudyResult; raises DetectorError when nothing could be published."""
-    from .tracking import tracking_uri
-
     from .distributed import world
     from .search import run_study
+    from .tracking import tracking_uri
 
     cfg = resolve(config, _with_search(overrides, n_trials, timeout))
     directory = Path(studies_dir) / name

@@ -1,6 +1,8 @@
 """The one exception family for user errors: the CLI prints these without a traceback (exit code 2)."""
 from __future__ import annotations
 
+import re
+
 
 class DetectorError(Exception):
     """A problem the user can fix: a bad config, dataset, weight file or argument."""
@@ -36,3 +38,8 @@ class NonFiniteLossError(TrainingError):
             f"non-finite loss at epoch {epoch}, batch {batch} ({parts}); "
             "lower train.lr, enable train.grad_clip, or check the boxes with `detector check-data`"
         )
+
+
+def hide_password(url: str) -> str:
+    """`url` as a message or a file may show it: scheme://user:***@host... (a storage, a tracking server)."""
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)

@@ -13,7 +13,6 @@ run it started, never a second run. Only the process that writes files logs (ran
 from __future__ import annotations
 
 import os
-import re
 import time
 import urllib.error
 import urllib.request
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from .errors import ConfigError
+from .errors import ConfigError, hide_password
 from .training.callbacks import LOG, Callback, FitState
 
 KEY_TAG = "detector.key"
@@ -34,9 +33,10 @@ def tracking_uri(flag: str | None) -> str | None:
     return flag or os.environ.get("MLFLOW_TRACKING_URI") or None
 
 
-def masked(uri: str) -> str:
-    """The URI without a password (http://user:secret@host -> http://user:***@host)."""
-    return re.sub(r"(//[^:/@]+:)[^@/]+@", r"\1***@", uri)
+def ended_status(error: BaseException, *stopped: type) -> str:
+    """The MLflow status of a run its `error` ended: KILLED for Ctrl-C, SIGTERM and the kinds in `stopped` (a
+    pruned trial), FAILED for any other exception."""
+    return "KILLED" if isinstance(error, stopped) or not isinstance(error, Exception) else "FAILED"
 
 
 @dataclass
@@ -61,7 +61,7 @@ class Tracker:
             return call(*args, **kwargs)
         except Exception as e:  # MlflowException, requests' errors: the server, not the training
             self.down = True
-            self.log(f"warning: MLflow at {masked(self.uri)} failed ({type(e).__name__}: {str(e)[:300]}); "
+            self.log(f"warning: MLflow at {hide_password(self.uri)} failed ({type(e).__name__}: {str(e)[:300]}); "
                      "tracking stops here, training goes on (its files hold everything)")
             return default
 
@@ -81,11 +81,11 @@ class Tracker:
             client = MlflowClient(tracking_uri=uri)
             found = client.get_experiment_by_name(experiment)
             if found is not None and found.lifecycle_stage == "deleted":
-                raise ConfigError(f"MLflow experiment '{experiment}' at {masked(uri)} is deleted; restore it in "
+                raise ConfigError(f"MLflow experiment '{experiment}' at {hide_password(uri)} is deleted; restore it in "
                                   "MLflow or use another study name")
             experiment_id = found.experiment_id if found else client.create_experiment(experiment)
         except MlflowException as e:
-            raise ConfigError(f"MLflow at {masked(uri)}: {e.message}") from None
+            raise ConfigError(f"MLflow at {hide_password(uri)}: {e.message}") from None
         return cls(client, experiment_id, uri, log)
 
     def run(self, key: str, name: str, parent: str | None = None, params: Mapping[str, Any] | None = None) -> str:
@@ -134,8 +134,8 @@ def _probe(uri: str) -> None:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as answer:
             answer.read()
     except (urllib.error.URLError, OSError, ValueError) as e:
-        raise ConfigError(f"MLflow server {masked(uri)} is unreachable ({getattr(e, 'reason', e)}): start it, fix "
-                          "--mlflow (or MLFLOW_TRACKING_URI), or leave it out") from None
+        raise ConfigError(f"MLflow server {hide_password(uri)} is unreachable ({getattr(e, 'reason', e)}): start "
+                          "it, fix --mlflow (or MLFLOW_TRACKING_URI), or leave it out") from None
 
 
 def _numeric(value: Any) -> bool:
@@ -254,7 +254,7 @@ def tracked_run(uri: str | None, out: str | Path, *, nested: bool, main: bool = 
     try:
         yield [fits]
     except BaseException as e:
-        status = "FAILED" if isinstance(e, Exception) else "KILLED"  # Ctrl-C and SIGTERM are KILLED
+        status = ended_status(e)
         fits.close(status)
         if parent is not None:
             tracker.safe(tracker.end, parent, status)

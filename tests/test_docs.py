@@ -2,6 +2,7 @@
 every `detector ...` command shown in it and in the README parses with the real argument parser, every
 `section.key` it names exists in the config schema, and its Python snippets run where they can."""
 import dataclasses
+import os
 import re
 import shlex
 import subprocess
@@ -107,8 +108,7 @@ def test_every_config_key_the_docs_name_exists():
 @pytest.mark.slow
 def test_the_site_builds_strictly(tmp_path):
     done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                          cwd=ROOT, capture_output=True, text=True, env={"NO_MKDOCS_2_WARNING": "1",
-                                                                       **__import__("os").environ})
+                          cwd=ROOT, capture_output=True, text=True, env={"NO_MKDOCS_2_WARNING": "1", **os.environ})
     assert done.returncode == 0, done.stderr[-3000:]
     api = (tmp_path / "site" / "api" / "index.html").read_text()
     assert "detector.api.train" in api and "detector.api.evaluate" in api  # the reference, from the docstrings

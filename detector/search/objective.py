@@ -26,7 +26,7 @@ from ..data.splits import load_splits
 from .latency import LatencyProbe, timing_images
 from .space import suggest
 from .trial_record import BEST_EPOCHS, CV_MEAN, CV_STD, LATENCY_MS, RUN_DIR
-from ..tracking import StudyTracking
+from ..tracking import StudyTracking, ended_status
 
 
 class Objective:
@@ -60,7 +60,7 @@ class Objective:
             values = self._run(trial, trial_cfg, run, hooks + ([tracked.fits] if tracked else []))
         except BaseException as e:
             if tracked:
-                tracked.stopped("KILLED" if isinstance(e, (optuna.TrialPruned, KeyboardInterrupt)) else "FAILED")
+                tracked.stopped(ended_status(e, optuna.TrialPruned))
             raise
         if tracked:
             tracked.finished({"value": values[0], **({"latency_ms": values[1]} if len(values) > 1 else {}),

@@ -3,7 +3,6 @@ study's sampler and pruner; storage errors become one ConfigError that never sho
 from __future__ import annotations
 
 import contextlib
-import re
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -11,7 +10,7 @@ from typing import Any, Iterator
 import optuna
 
 from ..config import SearchConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, hide_password
 from ..files import read_json, write_json
 from ..layout import StudyPaths
 
@@ -59,12 +58,8 @@ def _masked(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
-        raise ConfigError(f"--storage {_hide_password(url)!r} is not a database URL; use e.g. "
+        raise ConfigError(f"--storage {hide_password(url)!r} is not a database URL; use e.g. "
                           "postgresql://user:password@host:5432/db or sqlite:///path/study.db") from None
-
-
-def _hide_password(url: str) -> str:
-    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
 
 
 @contextlib.contextmanager

@@ -95,8 +95,8 @@ def refit(members: Sequence[Member], train_index: CocoIndex, val_index: CocoInde
         paths = RunPaths(root / m.name)
         if not (paths.model.exists() and paths.summary.exists()):
             log(f"refit {m.name} ({m.source}): {len(train_index.images)} images, {m.config.train.epochs} epochs")
-            fit(m.config, train_index, val_index, paths.root, callbacks=[FinalModel(paths.model), *callbacks], progress=progress,
-                log=lambda s, name=m.name: log(f"refit {name}: {s}"), process=process)
+            fit(m.config, train_index, val_index, paths.root, callbacks=[FinalModel(paths.model), *callbacks],
+                progress=progress, log=lambda s, name=m.name: log(f"refit {name}: {s}"), process=process)
             paths.last.unlink(missing_ok=True)
         summary = read_json(paths.summary)
         metrics = _last_metrics(paths)
