@@ -148,3 +148,22 @@ def test_a_killed_and_resumed_study_is_one_experiment_of_trials_with_nested_fold
     assert again.returncode == 0 and len(client.search_runs([experiment.experiment_id], max_results=100)) == before
     history = client.get_metric_history(published.info.run_id, "heldout_map")
     assert len(history) == 1
+
+
+def test_a_tracking_uri_with_a_password_or_no_server_behind_it_is_one_error_writing_nothing(sample, tmp_path):
+    from tests.helpers import run_cli
+    from tests.test_train import TINY
+
+    (tmp_path / "empty.yaml").write_text("{}\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    args = ["train", str(tmp_path / "empty.yaml"), "--out", str(work / "run"),
+            *[a for v in [f"data.train.annotations={sample['train']}", f"data.val.annotations={sample['val']}", *TINY]
+              for a in ("--set", v)]]
+    hidden = run_cli(*args, "--mlflow", f"http://me:s3cret@127.0.0.1:{free_port()}", cwd=work)
+    assert hidden.returncode == 2 and "me:***@" in hidden.stderr and "s3cret" not in hidden.stdout + hidden.stderr
+    nonsense = run_cli(*args, "--mlflow", "no-such-scheme", cwd=work)
+    assert nonsense.returncode == 2 and "MLflow at no-such-scheme" in nonsense.stderr
+    for done in (hidden, nonsense):
+        assert "Traceback" not in done.stderr
+    assert list(work.iterdir()) == []  # no run folder, no ./mlruns
