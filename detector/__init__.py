@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Config", "DetectorError", "Metrics", "benchmark", "check_data", "convert", "cv", "evaluate", "export", "init",
-           "load", "predict", "study", "train"]
+__all__ = ["Config", "DetectorError", "Metrics", "benchmark", "check_data", "convert", "cv", "evaluate", "export", "fetch",
+           "init", "load", "predict", "study", "train"]
 
 
 def __getattr__(name: str) -> Any:

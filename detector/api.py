@@ -11,6 +11,7 @@ prints unless asked (`log=print`, `progress=True`).
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,17 +76,20 @@ def cv(config: ConfigSource, out: str | Path | None = None, *, overrides: Overri
 
 def study(config: ConfigSource, name: str, *, studies_dir: str | Path = "studies", storage: str | None = None,
           n_trials: int | None = None, timeout: float | None = None, overrides: Overrides = (),
-          progress: bool = False, log: Log = _quiet, mlflow: str | None = None):
+          progress: bool = False, log: Log = _quiet, mlflow: str | None = None, artifacts: str | None = None):
     """Run (resume, or join) the Optuna study STUDIES_DIR/NAME and publish its best config's ensemble in
     best/. `mlflow`: a tracking URI (default MLFLOW_TRACKING_URI): the study is an experiment, each trial a run
-    with its folds nested. Returns the StudyResult; raises DetectorError when nothing could be published."""
+    with its folds nested. `artifacts`: s3://BUCKET/PREFIX or a folder (default DETECTOR_ARTIFACTS) that keeps
+    each trial's state and the published best/, for workers that share no disk (see fetch). Returns the
+    StudyResult; raises DetectorError when nothing could be published."""
     from .distributed import world
     from .search import run_study
     from .tracking import tracking_uri
 
     cfg = resolve(config, _with_search(overrides, n_trials, timeout))
     directory = Path(studies_dir) / name
-    result = run_study(cfg, directory, storage=storage, progress=progress, log=log, mlflow=tracking_uri(mlflow))
+    result = run_study(cfg, directory, storage=storage, progress=progress, log=log, mlflow=tracking_uri(mlflow),
+                       artifacts=artifacts_url(artifacts))
     if not world().main:  # under torchrun rank 0 speaks for the study
         return result
     states = ", ".join(f"{n} {s.lower()}" for s, n in result.states.items())
@@ -97,6 +101,24 @@ def study(config: ConfigSource, name: str, *, studies_dir: str | Path = "studies
         raise DetectorError(f"study {result.name}: no trial completed ({states}), so nothing is published; "
                             f"why each trial ended: detector report {directory}")
     return result
+
+
+def fetch(study: str | Path, out: str | Path, *, storage: str | None = None, artifacts: str | None = None,
+          force: bool = False, log: Log = _quiet) -> Path:
+    """Bring the best/ folder a study published (with --artifacts) into `out`, from any machine: `study` is
+    its name (or folder), `storage` its Optuna storage (default DETECTOR_STORAGE), `artifacts` the store it
+    was uploaded to (default: the one the study records). Returns `out`, ready for predict, evaluate, export."""
+    from .search.publishing import fetch as fetch_best
+
+    return fetch_best(study, out, storage=storage or os.environ.get("DETECTOR_STORAGE") or None,
+                      artifacts=artifacts_url(artifacts), force=force, log=log)
+
+
+def artifacts_url(given: str | None) -> str | None:
+    """--artifacts, else DETECTOR_ARTIFACTS, else none."""
+    from .search.artifacts import ENV
+
+    return given or os.environ.get(ENV) or None
 
 
 def _with_search(overrides: Overrides, n_trials: int | None, timeout: float | None) -> Overrides:

@@ -89,7 +89,21 @@ def _study_parser(sub) -> None:
     st.add_argument("--mlflow", metavar="URI", default=None,
                     help="log to this MLflow tracking server, e.g. http://127.0.0.1:5000 (default: "
                          "MLFLOW_TRACKING_URI when set)")
+    st.add_argument("--artifacts", metavar="URL", default=None,
+                    help="where workers on machines that share no disk keep each trial's state and the published "
+                    "best/: s3://BUCKET/PREFIX (endpoint and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+                    "AWS_SECRET_ACCESS_KEY) or a folder (default: DETECTOR_ARTIFACTS when set)")
     st.set_defaults(func=_study)
+
+    f = sub.add_parser("fetch", help="bring the best/ a study published with --artifacts to this machine")
+    f.add_argument("study", help="the study's name (or its folder, whose study.json names the storage)")
+    f.add_argument("--storage", default=os.environ.get("DETECTOR_STORAGE"),
+                   help="the study's Optuna storage URL (default: DETECTOR_STORAGE, or the folder's study.json)")
+    f.add_argument("--artifacts", metavar="URL", default=None,
+                   help="the artifact store (default: DETECTOR_ARTIFACTS, else the one the study recorded)")
+    f.add_argument("--out", required=True, help="the folder to fill, e.g. models/rbc; use it as predict's models")
+    f.add_argument("--force", action="store_true", help="replace a previous fetch in --out")
+    f.set_defaults(func=_fetch)
 
 
 def _export_parser(sub) -> None:
@@ -379,14 +393,23 @@ def _study(args) -> int:
     print(f"study folder: {directory}")
     result = api.study(args.config, args.name, studies_dir=args.studies_dir, storage=args.storage, mlflow=args.mlflow,
                        n_trials=args.n_trials, timeout=args.timeout, overrides=args.overrides,
-                       progress=_progress(args), log=print)
+                       progress=_progress(args), log=print, artifacts=args.artifacts)
     if not world().main:  # under torchrun rank 0 speaks for the study
         return 0
     states = ", ".join(f"{n} {s.lower()}" for s, n in result.states.items())
     print(f"study {result.name}: {states}")
     latency = f", {result.best_latency_ms:.1f} ms per image" if result.best_latency_ms is not None else ""
-    print(f"best trial {result.best_trial}: value {result.best_value:.4f}{latency}; models in {directory / 'best'}")
+    where = (f"published by {result.published_by}: detector fetch {result.name} --out DIR"
+             if result.published_by else f"models in {directory / 'best'}")
+    print(f"best trial {result.best_trial}: value {result.best_value:.4f}{latency}; {where}")
     print(f"details: detector report {directory}")
+    return 0
+
+
+def _fetch(args) -> int:
+    from . import api
+
+    api.fetch(args.study, args.out, storage=args.storage, artifacts=args.artifacts, force=args.force, log=print)
     return 0
 
 

@@ -24,6 +24,10 @@ class StorageError(DetectorError):
     """A state file could not be written (full disk, read-only folder); what was written before is intact."""
 
 
+class ArtifactStoreError(DetectorError):
+    """A study's artifact store (an S3 bucket or a folder) that cannot be reached, read or written."""
+
+
 class TrainingError(DetectorError):
     """Training cannot go on (for example a non-finite loss)."""
 

@@ -310,13 +310,13 @@ def test_storage_errors_are_clear_and_change_nothing(sample, tmp_path):
 
 
 def test_workers_on_this_machine_are_told_apart_by_pid_and_start_time():
-    from detector.search.workers import _is_dead, _worker
+    from detector.search.workers import _is_dead, this_worker
 
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         import psutil
 
-        alive = {**_worker(), "pid": other.pid, "started": round(psutil.Process(other.pid).create_time(), 2)}
+        alive = {**this_worker(), "pid": other.pid, "started": round(psutil.Process(other.pid).create_time(), 2)}
         assert not _is_dead(alive)  # a second worker on this host is alive (the macOS bug failed its trial)
         assert _is_dead({**alive, "started": alive["started"] - 100})  # the pid now belongs to another process
     finally:

@@ -10,7 +10,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -20,6 +20,7 @@ from ..checkpoint import load_checkpoint
 from ..top_models import TopEntry, read_index
 from ..config import Config
 from ..training.cv import read_summary
+from ..training.summary import FoldSummary
 from ..data.coco import CocoIndex
 from ..analysis.evaluate import HeldOutResult, TestScore, evaluate_held_out, evaluate_on_test, write_held_out
 from ..files import atomic_folder, read_json, write_json
@@ -28,7 +29,7 @@ from ..inference.manifest import Manifest, PublishedMember, read_manifest, write
 from ..layout import CONFIG, RunPaths, StudyPaths, member_file
 from ..metrics import Metrics
 from ..training.refit import Member, member, refit_epochs, seed_members
-from .trial_record import TrialRecord, latency_of
+from .trial_record import FOLD_EPOCHS, TrialRecord, latency_of
 from .objective import free_checkpoints
 
 
@@ -79,39 +80,61 @@ def free_other_trials(study: optuna.Study, directory: Path, keep_models: str = "
 @dataclass(frozen=True)
 class Plan:
     """What best/ will hold: members to refit below `root` (or, for refit.strategy folds, the best trial's
-    fold models, `entries` relative to root), planned from the ranked trials; `run` is the best trial's."""
+    fold models, `entries` relative to root), planned from the ranked trials; `run` is the best trial's folder
+    and `config` its config (the study's with the trial's parameters)."""
 
     best: optuna.trial.FrozenTrial
     run: RunPaths
     root: Path
     members: list[Member]
     entries: list[TopEntry]
+    config: Config
     why: str = ""  # how the members' epochs were chosen
 
+    @property
+    def key(self) -> dict[str, Any]:
+        """What identifies the plan on any machine: its best trial and its members' names (or fold models)."""
+        return {"trial": self.best.number, "members": [m.name for m in self.members] or [e.path for e in self.entries]}
 
-def plan(study: optuna.Study, directory: Path, cfg: Config) -> Plan | None:
+
+def plan(study: optuna.Study, directory: Path, cfg: Config,
+         fetch: Callable[[optuna.trial.FrozenTrial, RunPaths], None] | None = None) -> Plan | None:
+    """The publish plan, from the storage alone (the trials' parameters and fold epochs), so any worker can
+    make it; refit.strategy folds reads the best trial's folder, which `fetch` brings here first."""
     ranked = ranked_trials(study.get_trials(deepcopy=False), cfg.search.max_latency_ms)
     if not ranked:
         return None
     paths = StudyPaths(directory)
     runs = [paths.trial(TrialRecord.of(t).run_dir) for t in ranked]
+    best_cfg = trial_config(cfg, ranked[0])
     if cfg.refit.strategy == "folds":
-        return Plan(ranked[0], runs[0], runs[0].root, [], read_index(runs[0])[0])
+        if fetch is not None:
+            fetch(ranked[0], runs[0])
+        return Plan(ranked[0], runs[0], runs[0].root, [], read_index(runs[0])[0], best_cfg)
     if cfg.refit.strategy == "seeds":
-        trial_cfg, epochs, why = _trial_recipe(runs[0], cfg)
-        members = seed_members(trial_cfg, epochs, cfg.refit.members, prefix=f"{runs[0].root.name}_")
+        epochs, why = _trial_epochs(ranked[0], runs[0], cfg)
+        members = seed_members(best_cfg, epochs, cfg.refit.members, prefix=f"{runs[0].root.name}_")
     else:
         members = []
         for t, run in list(zip(ranked, runs))[: cfg.refit.members]:
-            trial_cfg, epochs, why = _trial_recipe(run, cfg)
+            trial_cfg = trial_config(cfg, t)
+            epochs, why = _trial_epochs(t, run, cfg)
             members.append(member(trial_cfg, epochs, trial_cfg.train.seed, run.root.name, f"trial {t.number}"))
-    return Plan(ranked[0], runs[0], paths.refit, members, [], why)
+    return Plan(ranked[0], runs[0], paths.refit, members, [], best_cfg, why)
 
 
-def _trial_recipe(run: RunPaths, cfg: Config) -> tuple[Config, int, str]:
-    """A trial's config (its parameters applied), the epochs its folds chose and why."""
-    return (config_mod.load(run.config),
-            *refit_epochs(read_summary(run.root).folds, cfg.refit.epochs, cfg.refit.capped_factor))
+def trial_config(cfg: Config, t: optuna.trial.FrozenTrial) -> Config:
+    """The config a trial trained: the study's with the trial's parameters (what Objective built)."""
+    return config_mod.with_values(cfg, t.params, source=f"trial {t.number} parameters")
+
+
+def _trial_epochs(t: optuna.trial.FrozenTrial, run: RunPaths, cfg: Config) -> tuple[int, str]:
+    """The epochs its folds chose and why: from the storage (FOLD_EPOCHS); for trials recorded before it
+    was, from its folder's summary."""
+    recorded = t.user_attrs.get(FOLD_EPOCHS)
+    folds = ([FoldSummary(k, int(f["best_epoch"]), int(f["epochs_run"]), bool(f["stopped_early"]), Metrics.from_dict({}))
+              for k, f in enumerate(recorded)] if recorded is not None else read_summary(run.root).folds)
+    return refit_epochs(folds, cfg.refit.epochs, cfg.refit.capped_factor)
 
 
 def publish(plan_: Plan, entries: list[TopEntry], directory: Path, cfg: Config, held_out: CocoIndex,
@@ -121,7 +144,7 @@ def publish(plan_: Plan, entries: list[TopEntry], directory: Path, cfg: Config, 
     sources = [str(plan_.root / e.path) for e in entries]
     if paths.ensemble.exists() and _candidates(read_manifest(paths.best)) == sources:
         return paths.best
-    result = evaluate_held_out(config_mod.load(plan_.run.config), plan_.root, entries, held_out)
+    result = evaluate_held_out(plan_.config, plan_.root, entries, held_out)
     point = result.operating_point
     log("members alone on data.val (mAP, score): "
         + ", ".join(f"{m.metrics.map:.4f} {m.metrics.score:.4f}" for m in result.members))
@@ -155,7 +178,7 @@ def _fill_best(tmp: Path, plan_: Plan, entries: list[TopEntry], result: HeldOutR
         members.append(PublishedMember(name, str(plan_.root / e.path), e.source or f"{plan_.root.name}/{e.path}",
                                        e.fold, e.epoch, alone.metrics, alone.score_threshold))
     best, run = plan_.best, plan_.run
-    shutil.copy2(run.config, tmp / CONFIG)
+    config_mod.save(plan_.config, tmp / CONFIG)
     cv_mean = TrialRecord.of(best).cv_mean
     write_manifest(tmp, Manifest(
         members, result.operating_point, load_checkpoint(tmp / member_file(0)).label_map, trial=best.number,

@@ -25,7 +25,9 @@ from ..training.metric_log import read_metric_rows
 from ..data.splits import load_splits
 from .latency import LatencyProbe, timing_images
 from .space import suggest
-from .trial_record import BEST_EPOCHS, CV_MEAN, CV_STD, LATENCY_MS, RUN_DIR
+from .artifacts import Artifacts
+from .mirror import FolderMirror, TrialUpload, index_from, index_to, restore
+from .trial_record import BEST_EPOCHS, CV_MEAN, CV_STD, FOLD_EPOCHS, LATENCY_MS, RUN_DIR, UPLOADED
 from ..tracking import StudyTracking, ended_status
 
 
@@ -33,9 +35,11 @@ class Objective:
     """One trial: suggest -> k-fold run (pruned on the fold-mean score) -> its fold-mean score."""
 
     def __init__(self, cfg: Config, study_dir: str | Path, *, progress: bool = False,
-                 log: Callable[[str], None] = print, tracking: StudyTracking | None = None):
+                 log: Callable[[str], None] = print, tracking: StudyTracking | None = None,
+                 artifacts: Artifacts | None = None):
         self.cfg, self.study_dir, self.progress, self.log = cfg, Path(study_dir), progress, log
         self.tracking = tracking  # MLflow: each trial a run, its folds nested
+        self.artifacts = artifacts  # each trial's folder kept there as it trains, so any machine can resume it
         self.train_index, self.held_out = load_splits(cfg, log)
         self.timed: list | None = None  # the data.val images latency is timed on, decoded once
 
@@ -56,12 +60,18 @@ class Objective:
         else:
             hooks = [PruningHook(trial, run, trial_cfg.train.epochs)]
         tracked = self.tracking.trial(run.name, params) if self.tracking else None
+        upload = self._upload(trial, run) if self.artifacts else None
         try:
-            values = self._run(trial, trial_cfg, run, hooks + ([tracked.fits] if tracked else []))
+            values = self._run(trial, trial_cfg, run, hooks + ([tracked.fits] if tracked else []) +
+                               ([upload] if upload else []))
         except BaseException as e:
             if tracked:
                 tracked.stopped(ended_status(e, optuna.TrialPruned))
+            if upload and isinstance(e, optuna.TrialPruned):
+                upload.mirror.sync(upload.record)  # its freed models leave the store too
             raise
+        if upload:
+            upload.mirror.sync(upload.record)  # the last fold's summary; its last.pt, deleted, leaves the store
         if tracked:
             tracked.finished({"value": values[0], **({"latency_ms": values[1]} if len(values) > 1 else {}),
                               **{f"cv_mean_{k}": v for k, v in trial.user_attrs[CV_MEAN].items()}})
@@ -79,11 +89,25 @@ class Objective:
         trial.set_user_attr(CV_MEAN, cv.mean.summary())
         trial.set_user_attr(CV_STD, cv.std.summary())
         trial.set_user_attr(BEST_EPOCHS, [f.best_epoch for f in cv.folds])
+        trial.set_user_attr(FOLD_EPOCHS, [{"best_epoch": f.best_epoch, "epochs_run": f.epochs_run,
+                                           "stopped_early": f.stopped_early} for f in cv.folds])
         if not self.two_objectives:
             return (float(cv.mean.score),)
         latency = hooks[0].measured(self.train_index, distributed.world().main)
         trial.set_user_attr(LATENCY_MS, latency)
         return float(cv.mean.score), latency
+
+
+    def _upload(self, trial: optuna.trial.BaseTrial, run: Path) -> TrialUpload:
+        """The trial's folder as the artifact store last had it (a retry on another machine continues from
+        there), and the callback that keeps the store up to date as its folds train."""
+        index = index_from(trial.user_attrs.get(UPLOADED))
+        fetched = restore(self.artifacts, run, index)
+        if fetched:
+            self.log(f"trial {trial.number}: {len(fetched)} file(s) of {run.name} fetched from the artifact store "
+                     f"({', '.join(n for n in fetched if n.endswith('.pt')) or 'no model'}); it continues from them")
+        mirror = FolderMirror(self.artifacts, run, f"{self.study_dir.name}/{run.name}", index)
+        return TrialUpload(mirror, lambda new: trial.set_user_attr(UPLOADED, index_to(new)))
 
 
 class PruningHook(Callback):

@@ -2,29 +2,31 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import optuna
-from filelock import FileLock, Timeout
 from optuna.trial import TrialState
 
 from .. import config as config_mod
 from .. import distributed, preflight
 from ..config import Config
 from ..errors import ConfigError
-from ..layout import StudyPaths
+from ..layout import RunPaths, StudyPaths
 from ..runs import data_fingerprint, describe_differences, resume_differences
 from ..data.splits import load_test
 from ..training.refit import Member, refit
-from .best import best_trial, free_other_trials, plan, publish, score_best_on_test
+from .artifacts import Artifacts, open_artifacts
+from .best import Plan, best_trial, free_other_trials, plan, publish, score_best_on_test
+from .mirror import index_from, restore
+from .publishing import PUBLISHER, published_elsewhere, record_published, who
 from . import ranks
 from .objective import Objective
 from .space import check_space, starting_params
 from .storage import open_study, record_storage, storage_url
-from .trial_record import START, latency_of
-from .workers import StudyLock, claim, run_trial
+from .trial_record import START, UPLOADED, latency_of
+from .workers import StudyLock, claim, run_trial, this_worker
 from ..tracking import StudyTracking, Tracker
 from ..analysis.evaluate import HeldOutResult, TestScore
 from ..files import read_json
@@ -38,15 +40,20 @@ class StudyResult:
     best_trial: int | None
     best_value: float | None
     best_latency_ms: float | None = None
+    published_by: str | None = None  # the worker that published best/, when it was another one (see fetch)
 
 
 def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None, progress: bool = False,
-              log: Callable[[str], None] = print, mlflow: str | None = None) -> StudyResult:
+              log: Callable[[str], None] = print, mlflow: str | None = None,
+              artifacts: str | None = None) -> StudyResult:
     """Run (or resume, or join) the study in `study_dir` until it has cfg.search.n_trials trials.
 
     Trials that end with an error count (recorded as failed with their reason); trials whose worker died
     are retried. `storage` is an Optuna RDB URL; default: SQLite in the study folder. `mlflow`: a tracking
     URI to log the study to as an MLflow experiment of its name (tracking.py), reached before any trial runs.
+    `artifacts`: s3://BUCKET/PREFIX or a folder (artifacts.py), checked before any trial runs: each trial's
+    folder is kept there as it trains (a retry on any machine continues from it) and best/ is uploaded, for
+    `detector fetch`.
     """
     directory = Path(study_dir)
     cfg = config_mod.resolve_paths(cfg)  # once, here: paths absolute, the pipeline file read
@@ -58,9 +65,10 @@ def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None,
     if not cfg.search.space and cfg.search.n_trials > 1:
         log(f"warning: search.space is empty, so all {cfg.search.n_trials} trials train the same config; give "
             "search.space keys to search, or run detector cv once")
+    store = open_artifacts(artifacts) if artifacts and w.main else None
     tracking = StudyTracking(Tracker.connect(mlflow, directory.name, log), directory) if mlflow and w.main else None
     objective = Objective(cfg, directory, progress=progress and w.main, log=log,
-                          tracking=tracking)  # validates the data first
+                          tracking=tracking, artifacts=store)  # validates the data first
     test = load_test(cfg, objective.train_index, objective.held_out, log)  # read only here, and at the end
 
     def refit_members(members: list[Member], root: Path) -> list[dict]:
@@ -71,9 +79,8 @@ def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None,
         ranks.follow(objective, w, refit_members)
         return StudyResult(directory, directory.name, {}, None, None)
     try:
-        result = _lead(cfg, directory, storage, ranks.shared(objective, w), test, log,
-                       publish_best=lambda study: _publish(study, directory, cfg, objective.held_out, w,
-                                                           refit_members, log))
+        publisher = Publisher(directory, cfg, objective.held_out, test, store, w, refit_members, log)
+        result = _lead(cfg, directory, storage, ranks.shared(objective, w), log, publish_best=publisher)
         if tracking is not None:
             track_published(tracking, directory)
     except BaseException as e:
@@ -83,8 +90,8 @@ def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None,
     return result
 
 
-def _lead(cfg: Config, directory: Path, storage: str | None, objective: Callable, test, log,
-          publish_best: Callable[[optuna.Study], Path | None]) -> StudyResult:
+def _lead(cfg: Config, directory: Path, storage: str | None, objective: Callable, log,
+          publish_best: Callable[[optuna.Study, StudyLock], str | None]) -> StudyResult:
     directory.mkdir(parents=True, exist_ok=True)
     url = storage_url(directory, storage)
     lock = StudyLock(url, directory, directory.name)
@@ -112,35 +119,60 @@ def _lead(cfg: Config, directory: Path, storage: str | None, objective: Callable
                   objective, cfg.search, log)
         with lock.held():
             free_other_trials(study, directory, cfg.search.keep_models, cfg.search.max_latency_ms)
-    if publish_best(study) is not None and test is not None:
-        with lock.held():
-            score_best_on_test(directory, test, cfg, log)
-    return summarize(study, directory)
+    return replace(summarize(study, directory), published_by=publish_best(study, lock))
 
 
-def _publish(study: optuna.Study, directory: Path, cfg: Config, held_out, w: distributed.World,
-             refit_members: Callable[[list[Member], Path], list[dict]], log) -> Path | None:
-    """Refit and publish best/ (search/best.py); one worker at a time, the others leave it to that one."""
-    lock = FileLock(str(StudyPaths(directory).publish_lock), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        log("another worker is publishing best/; this one stops here")
-        return None
-    try:
-        planned = plan(study, directory, cfg)
-        if planned is None:
-            log(_nothing_published(study, cfg))
+@dataclass
+class Publisher:
+    """Refits and publishes best/ (search/best.py), scores it on the test split and records it in the study
+    (publishing.py): one worker at a time across machines; the others say who publishes and stop."""
+
+    directory: Path
+    cfg: Config
+    held_out: Any
+    test: Any
+    artifacts: Artifacts | None
+    world: distributed.World
+    refit_members: Callable[[list[Member], Path], list[dict]]
+    log: Callable[[str], None]
+
+    def __call__(self, study: optuna.Study, lock: StudyLock) -> str | None:
+        """None when this folder's best/ holds the plan; else the worker that published it."""
+        with lock.publishing() as mine:
+            if not mine:
+                publisher = who(study.user_attrs.get(PUBLISHER))
+                self.log(f"{publisher} is publishing best/; this one stops here")
+                return publisher
+            me = this_worker()
+            study.set_user_attr(PUBLISHER, me)
+            planned = plan(study, self.directory, self.cfg, fetch=self._fetch if self.artifacts else None)
+            if planned is None:
+                self.log(_nothing_published(study, self.cfg))
+                return None
+            elsewhere = published_elsewhere(study, self.directory, planned.key)
+            if elsewhere is not None:
+                self.log(f"best/ (trial {planned.best.number}) was published by {who(elsewhere.get('by'))}; "
+                         + (f"`detector fetch {self.directory.name} --storage URL --out DIR` brings it here"
+                            if elsewhere.get("files") else f"it is in {elsewhere.get('folder')} there"))
+                return who(elsewhere.get("by"))
+            self._publish(planned)
+            record_published(study, self.directory, planned.key, me, self.artifacts)
             return None
+
+    def _publish(self, planned: Plan) -> None:
         entries = planned.entries
         if planned.members:
-            log(f"refit: {len(planned.members)} member(s) on all of data.train, "
-                f"{planned.members[0].config.train.epochs} epochs ({planned.why})")
-            ranks.announce_refit(w, planned.members, planned.root)
-            entries = refit_members(planned.members, planned.root)
-        return publish(planned, entries, directory, cfg, held_out, log)
-    finally:
-        lock.release()
+            self.log(f"refit: {len(planned.members)} member(s) on all of data.train, "
+                     f"{planned.members[0].config.train.epochs} epochs ({planned.why})")
+            ranks.announce_refit(self.world, planned.members, planned.root)
+            entries = self.refit_members(planned.members, planned.root)
+        publish(planned, entries, self.directory, self.cfg, self.held_out, self.log)
+        if self.test is not None:
+            score_best_on_test(self.directory, self.test, self.cfg, self.log)
+
+    def _fetch(self, t: optuna.trial.FrozenTrial, run: RunPaths) -> None:
+        """refit.strategy folds publishes the best trial's fold models: bring its folder here first."""
+        restore(self.artifacts, run.root, index_from(t.user_attrs.get(UPLOADED)))
 
 
 def _nothing_published(study: optuna.Study, cfg: Config) -> str:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 import optuna
 import psutil
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from optuna.trial import TrialState
 
 from ..config import SearchConfig
@@ -47,11 +47,11 @@ def claim(study: optuna.Study, rdb, study_id: int, search: SearchConfig):
             return None, any(t.state == TrialState.RUNNING for t in trials)
         study.sampler = make_sampler(search, search.seed + len(trials))  # draws depend on (seed, trial number)
         trial = study.ask()
-    trial.set_user_attr(WORKER, _worker())
+    trial.set_user_attr(WORKER, this_worker())
     return trial, True
 
 
-def _worker() -> dict[str, Any]:
+def this_worker() -> dict[str, Any]:
     """Who runs a trial: host name and network node (containers may share a host name), pid, start time."""
     return {"host": socket.gethostname(), "node": uuid.getnode(), "pid": os.getpid(),
             "started": _process_start(os.getpid())}
@@ -76,7 +76,7 @@ def _is_dead(worker: dict[str, Any]) -> bool:
 def _fail_dead_workers(study: optuna.Study, rdb, study_id: int) -> None:
     """RUNNING trials of processes on this machine that no longer exist: fail them and queue their retry.
     Workers on other machines are left to the heartbeat."""
-    me = _worker()
+    me = this_worker()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         w = TrialRecord.of(t).worker
         if w.get("host") != me["host"] or w.get("node", me["node"]) != me["node"] or w.get("pid") == me["pid"]:
@@ -181,7 +181,9 @@ class StudyLock:
     def __init__(self, url: str, directory: Path, name: str):
         self.url = url
         self.file_lock = FileLock(str(StudyPaths(directory).lock))  # portable: fcntl on POSIX, msvcrt on Windows
+        self.publish_lock = FileLock(str(StudyPaths(directory).publish_lock), timeout=0)
         self.key = zlib.crc32(f"detector-study:{name}".encode())
+        self.publish_key = zlib.crc32(f"detector-publish:{name}".encode())
         self.engine = None
         if url.startswith("postgresql"):
             import sqlalchemy
@@ -205,3 +207,32 @@ class StudyLock:
                 yield
             finally:
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+
+    @contextlib.contextmanager
+    def publishing(self) -> Iterator[bool]:
+        """Whether this worker may publish: True for the first to ask, for as long as the block runs; False
+        while another holds it. With PostgreSQL it holds across machines, and a killed holder's claim ends
+        with its connection; otherwise it is a file lock in the study folder (one machine)."""
+        if self.engine is None:
+            try:
+                self.publish_lock.acquire()
+            except Timeout:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                self.publish_lock.release()
+            return
+        import sqlalchemy
+
+        with storage_errors(self.url):
+            conn = self.engine.connect()
+        with conn:
+            mine = bool(conn.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"),
+                                     {"k": self.publish_key}).scalar())
+            try:
+                yield mine
+            finally:
+                if mine:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self.publish_key})
