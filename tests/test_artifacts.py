@@ -257,3 +257,15 @@ def test_two_machines_share_a_study_through_postgresql_and_s3(sample, tmp_path):
     predict(str(tmp_path / "c" / "best"), out=tmp_path / "p_c", gt=sample["val"])
     here = json.loads((tmp_path / "p_b" / "predictions.json").read_text())
     assert here and here == json.loads((tmp_path / "p_c" / "predictions.json").read_text())
+
+
+def test_fetch_says_what_was_published_and_where(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="s", storage=url)
+    with pytest.raises(ConfigError, match="has published nothing yet"):
+        fetch("s", tmp_path / "out", storage=url, log=lambda s: None)
+    study.set_user_attr("published", {"plan": {"trial": 0, "members": ["m"]}, "by": {"host": "gpu-7", "pid": 1},
+                                      "folder": "/data/studies/s"})
+    with pytest.raises(ConfigError, match="published without --artifacts, into /data/studies/s on gpu-7"):
+        fetch("s", tmp_path / "out", storage=url, log=lambda s: None)
+    assert not (tmp_path / "out").exists()

@@ -391,26 +391,33 @@ def test_refit_plans_follow_the_strategy_and_the_ranked_trials(tmp_path):
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", direction="maximize")
     for number, (lr, value, best_epochs) in enumerate([(1e-3, 0.5, [1, 2]), (2e-3, 0.7, [3, 3]), (3e-3, 0.6, [0, 1])]):
-        run = tmp_path / f"trial_{number:04d}"
-        run.mkdir()
-        config.save(config.load(None, [f"train.lr={lr}", "train.epochs=4"]), run / "config.yaml")
-        for k, e in enumerate(best_epochs):
-            write_json(run / f"fold_{k}" / "summary.json", {"best_epoch": e, "epochs_run": 4, "stopped_early": False,
-                                                            "best_metrics": {"score": value}})
         trial = study.ask()
-        trial.set_user_attr("run_dir", run.name)
+        trial.suggest_float("train.lr", lr, lr)
+        trial.set_user_attr("run_dir", f"trial_{number:04d}")
+        folds = [{"best_epoch": e, "epochs_run": 4, "stopped_early": False} for e in best_epochs]
+        if number == 2:  # recorded before fold_epochs existed: its folder's summary says it
+            for k, f in enumerate(folds):
+                write_json(tmp_path / f"trial_{number:04d}" / f"fold_{k}" / "summary.json", f)
+        else:  # from the storage alone: this machine has no folder of the trial
+            trial.set_user_attr("fold_epochs", folds)
         study.tell(trial, value)
-    seeds = plan(study, tmp_path, config.load(None, ["refit.members=2"]))
+    assert not (tmp_path / "trial_0001").exists()
+    cfg = lambda *sets: config.load(None, ["train.epochs=4", *sets])
+    seeds = plan(study, tmp_path, cfg("refit.members=2"))
     assert seeds.best.number == 1 and [m.name for m in seeds.members] == ["trial_0001_seed_0", "trial_0001_seed_1"]
     # its folds chose 4 of 4: the limit stopped them still improving, so the refit trains 2x (refit.capped_factor)
     assert all(m.config.train.lr == 2e-3 and m.config.train.epochs == 8 for m in seeds.members)
-    as_folds = plan(study, tmp_path, config.load(None, ["refit.members=2", "refit.capped_factor=1"]))
+    assert seeds.config.train.lr == 2e-3 and seeds.key == {"trial": 1, "members": [m.name for m in seeds.members]}
+    as_folds = plan(study, tmp_path, cfg("refit.members=2", "refit.capped_factor=1"))
     assert all(m.config.train.epochs == 4 for m in as_folds.members)
-    trials = plan(study, tmp_path, config.load(None, ["refit.strategy=trials", "refit.members=2"]))
+    trials = plan(study, tmp_path, cfg("refit.strategy=trials", "refit.members=2"))
     assert [(m.name, m.config.train.lr, m.config.train.epochs) for m in trials.members] == [
         ("trial_0001", 2e-3, 8), ("trial_0002", 3e-3, 2)]  # by value; each trial's own folds choose its epochs
-    write_json(RunPaths(tmp_path / "trial_0001").top_models, [{"path": "top/fold0_epoch003.pt", "fold": 0}])
-    folds = plan(study, tmp_path, config.load(None, ["refit.strategy=folds"]))
+    fetched = []
+    fetch = lambda t, run: (fetched.append(t.number), write_json(run.top_models, [{"path": "top/fold0_epoch003.pt",
+                                                                                     "fold": 0}]))
+    folds = plan(study, tmp_path, cfg("refit.strategy=folds"), fetch=fetch)
+    assert fetched == [1]  # the best trial's folder is brought here first (from the artifact store)
     assert folds.members == [] and folds.entries[0].path == "top/fold0_epoch003.pt"
     assert folds.root == tmp_path / "trial_0001"
 
