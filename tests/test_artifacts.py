@@ -157,7 +157,7 @@ def test_a_failed_upload_fails_its_trial_with_the_reason_and_keeps_the_study(sam
     breaker = threading.Thread(target=break_the_store)
     breaker.start()
     lines = []
-    result = run_study(study_cfg(sample, "search.n_trials=1", "train.epochs=3"), study_dir, artifacts=str(store),
+    result = run_study(study_cfg(sample, "search.n_trials=1", "train.epochs=2"), study_dir, artifacts=str(store),
                        log=lines.append)
     breaker.join()
     trial = load_study(study_dir).trials[0]
@@ -184,7 +184,7 @@ def test_two_machines_share_a_study_through_postgresql_and_s3(sample, tmp_path):
     from tests.postgres import postgres_server
     from tests.s3 import SECRET, s3_server
 
-    sets = ("search.n_trials=1", "train.epochs=3")
+    sets = ("search.n_trials=1", "train.epochs=3", "refit.epochs=1")
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     with postgres_server() as url, s3_server() as s3:
