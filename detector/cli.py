@@ -399,8 +399,9 @@ def _study(args) -> int:
     states = ", ".join(f"{n} {s.lower()}" for s, n in result.states.items())
     print(f"study {result.name}: {states}")
     latency = f", {result.best_latency_ms:.1f} ms per image" if result.best_latency_ms is not None else ""
-    where = (f"published by {result.published_by}: detector fetch {result.name} --out DIR"
-             if result.published_by else f"models in {directory / 'best'}")
+    fetch = f": detector fetch {result.name} --out DIR brings it here" if api.artifacts_url(args.artifacts) else ""
+    where = f"best/ published by {result.published_by}{fetch}" if result.published_by else \
+        f"models in {directory / 'best'}"
     print(f"best trial {result.best_trial}: value {result.best_value:.4f}{latency}; {where}")
     print(f"details: detector report {directory}")
     return 0

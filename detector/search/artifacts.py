@@ -64,8 +64,8 @@ class Artifacts:
         self._retried(f"removing {self.where(key)}", remove)
 
     def where(self, key: str) -> str:
-        return f"{self.url.split('://')[0]}://{_bucket(self.url)}/{key}" if self.url.startswith("s3://") else \
-            str(Path(self.url) / key[len(self.prefix):].lstrip("/"))
+        """The object as a user finds it: s3://BUCKET/KEY, or its file below the store's folder."""
+        return f"s3://{_bucket(self.url)}/{key}" if self.url.startswith("s3://") else str(Path(self.url) / key)
 
     def _retried(self, what: str, call: Callable[[], None]) -> None:
         wait = self.wait
