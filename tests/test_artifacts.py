@@ -50,10 +50,13 @@ def test_a_sync_uploads_only_what_changed_and_a_restore_brings_it_back(tmp_path)
     assert restore(store, other, index) == []  # already there: nothing fetched
 
 
-def test_a_recorded_path_that_leaves_its_folder_is_refused(tmp_path):
+def test_a_recorded_path_that_leaves_its_folder_or_a_mangled_list_is_refused(tmp_path):
     for name in ("../escape.pt", "/etc/passwd", "a/../../b"):
         with pytest.raises(ArtifactStoreError, match="leaves its folder"):
             index_from({name: ["k", "0" * 64, 1]})
+    for mangled in (["a"], {"a": "k"}, {"a": ["k", "s", "not a size"]}, {"a": None}):
+        with pytest.raises(ArtifactStoreError, match="is not {path: \\[key, sha256, size\\]}"):
+            index_from(mangled)
 
 
 def test_a_changed_object_is_not_used(tmp_path):
@@ -115,6 +118,14 @@ def test_a_trial_leaves_its_summaries_in_the_store_and_no_resume_file(published)
     objects = stored_objects(published / "store")
     assert not any("last.pt" in k for k in objects)
     assert trial.user_attrs["fold_epochs"] == [{"best_epoch": 0, "epochs_run": 1, "stopped_early": False}] * 2
+
+
+@pytest.mark.slow
+def test_a_worker_without_the_studys_artifact_store_is_refused(published, sample):
+    cfg = study_cfg(sample, "search.n_trials=1", "train.epochs=1")
+    with pytest.raises(ConfigError, match=r"keeps its trials' state and best/ in .*store; give every worker --artifacts"):
+        run_study(cfg, published / "studies" / "one", log=lambda s: None)
+    assert load_study(published / "studies" / "one").user_attrs["artifacts"] == str(published / "store")
 
 
 @pytest.mark.slow

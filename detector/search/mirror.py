@@ -36,12 +36,17 @@ def index_from(recorded: dict[str, Any] | None) -> Index:
     """An index as the storage records it ({path: [key, sha256, size]}), its paths checked: a path that
     leaves the folder is refused, whoever wrote it."""
     index = {}
-    for name, (key, sha, size) in (recorded or {}).items():
+    try:
+        entries = [(str(name), str(key), str(sha), int(size)) for name, (key, sha, size) in (recorded or {}).items()]
+    except (AttributeError, TypeError, ValueError):
+        raise ArtifactStoreError("the recorded file list is not {path: [key, sha256, size]}; it is not used (was "
+                                 "the storage edited by hand?)") from None
+    for name, key, sha, size in entries:
         path = PurePosixPath(name)
         if path.is_absolute() or ".." in path.parts or not path.parts or "\\" in name:
             raise ArtifactStoreError(f"the recorded file list names {name!r}, which leaves its folder; it is "
                                      "not used (was the storage edited by hand?)")
-        index[name] = Stored(str(key), str(sha), int(size))
+        index[name] = Stored(key, sha, size)
     return index
 
 

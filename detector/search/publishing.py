@@ -18,12 +18,29 @@ from .storage import recorded_storage, storage_errors, storage_url
 
 PUBLISHER = "publisher"  # study attribute: the worker publishing (or that last published) best/
 PUBLISHED = "published"  # study attribute: the plan best/ holds, who published it, and its uploaded files
+ARTIFACTS = "artifacts"  # study attribute: the artifact store its first worker gave (--artifacts)
 
 
 def who(worker: dict[str, Any] | None) -> str:
     if not worker:
         return "another worker"
     return f"the worker on {worker.get('host', '?')} (pid {worker.get('pid', '?')})"
+
+
+def check_artifacts(study: optuna.Study, artifacts: Artifacts | None) -> None:
+    """Every worker of a study started with --artifacts uses it: one without would retry trials from scratch
+    and publish where no other machine can fetch. An S3 store must be the same one; a folder store may be
+    mounted at another path on each machine."""
+    recorded = study.user_attrs.get(ARTIFACTS)
+    if recorded is None:
+        if artifacts is not None:
+            study.set_user_attr(ARTIFACTS, artifacts.url)
+        return
+    s3 = recorded.startswith("s3://")
+    if artifacts is None or (s3 and artifacts.url.rstrip("/") != recorded.rstrip("/")):
+        raise ConfigError(f"study {study.study_name} keeps its trials' state and best/ in {recorded}; give every "
+                          f"worker --artifacts {recorded if s3 else 'FOLDER (that store, mounted here)'} "
+                          f"(or DETECTOR_ARTIFACTS){'' if artifacts is None else f', not {artifacts.url}'}")
 
 
 def published_elsewhere(study: optuna.Study, directory: Path, key: dict[str, Any]) -> dict[str, Any] | None:

@@ -20,7 +20,7 @@ from ..training.refit import Member, refit
 from .artifacts import Artifacts, open_artifacts
 from .best import Plan, best_trial, free_other_trials, plan, publish, score_best_on_test
 from .mirror import index_from, restore
-from .publishing import PUBLISHER, published_elsewhere, record_published, who
+from .publishing import PUBLISHER, check_artifacts, published_elsewhere, record_published, who
 from . import ranks
 from .objective import Objective
 from .space import check_space, starting_params
@@ -80,7 +80,8 @@ def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None,
         return StudyResult(directory, directory.name, {}, None, None)
     try:
         publisher = Publisher(directory, cfg, objective.held_out, test, store, w, refit_members, log)
-        result = _lead(cfg, directory, storage, ranks.shared(objective, w), log, publish_best=publisher)
+        result = _lead(cfg, directory, storage, ranks.shared(objective, w), log, publish_best=publisher,
+                       artifacts=store)
         if tracking is not None:
             track_published(tracking, directory)
     except BaseException as e:
@@ -91,13 +92,15 @@ def run_study(cfg: Config, study_dir: str | Path, *, storage: str | None = None,
 
 
 def _lead(cfg: Config, directory: Path, storage: str | None, objective: Callable, log,
-          publish_best: Callable[[optuna.Study, StudyLock], str | None]) -> StudyResult:
+          publish_best: Callable[[optuna.Study, StudyLock], str | None],
+          artifacts: Artifacts | None = None) -> StudyResult:
     directory.mkdir(parents=True, exist_ok=True)
     url = storage_url(directory, storage)
     lock = StudyLock(url, directory, directory.name)
     with lock.held():  # workers starting together would race to create the storage's tables
         study, rdb = open_study(directory, url, cfg.search)
         _check_config(study, cfg, directory)
+        check_artifacts(study, artifacts)
         record_storage(directory, url)
         if not study.get_trials(deepcopy=False):  # trial 0: the config's own values, beside what the search finds
             study.enqueue_trial(starting_params(cfg), user_attrs={START: True})
