@@ -13,7 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 from urllib.parse import urlparse
 
 from ..errors import ArtifactStoreError, ConfigError
@@ -36,11 +36,13 @@ class Artifacts:
     def key(self, *parts: str) -> str:
         return "/".join(p.strip("/") for p in (self.prefix, *parts) if p.strip("/"))
 
-    def put(self, path: Path, key: str) -> None:
+    def put(self, source: BinaryIO, key: str, name: str) -> None:
+        """Upload `source` (an open file, read from its start on every attempt) as `key`; `name` says what
+        it is in a message."""
         def write() -> None:
-            with open(path, "rb") as f:
-                self.store.write(key, f)
-        self._retried(f"uploading {path} to {self.where(key)}", write)
+            source.seek(0)
+            self.store.write(key, source)
+        self._retried(f"uploading {name} to {self.where(key)}", write)
 
     def get(self, key: str, path: Path) -> None:
         """Download `key` into `path` (written whole or not at all)."""

@@ -4,9 +4,12 @@ in the Optuna storage, and only then removes the versions it replaced, so the re
 objects that exist. `restore` brings a recorded folder back on any machine."""
 from __future__ import annotations
 
+import hashlib
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 from ..errors import ArtifactStoreError
 from ..files import temp_target
@@ -55,13 +58,17 @@ def index_to(index: Index) -> dict[str, list[Any]]:
 
 
 class FolderMirror:
-    """Uploads what changed in `root` since the last sync, under the key prefix `base`."""
+    """Uploads what changed in `root` since the last sync, under the key prefix `base`: in the caller's
+    thread (`sync`), or in one background thread while training goes on (`sync_in_background`), one sync at
+    a time; a background sync's error is raised by the next sync or `wait`."""
 
     def __init__(self, artifacts: Artifacts, root: Path, base: str, index: Index | None = None):
         self.artifacts, self.root, self.base = artifacts, Path(root), base
         self.index: Index = dict(index or {})
         self.hashes: dict[str, tuple[int, int, str]] = {}  # path -> (size, mtime_ns, sha256) seen here
-        self.uploaded_bytes = 0
+        self.jobs: list[tuple[float, int]] = []  # (seconds, bytes) of each sync that sent something
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def files(self) -> dict[str, Path]:
         if not self.root.is_dir():
@@ -71,19 +78,65 @@ class FolderMirror:
 
     def sync(self, record: Callable[[Index], None]) -> int:
         """Upload the changed files, `record` the new index, remove the replaced versions; the bytes sent."""
-        sent, index = 0, {}
+        self.wait()
+        return self._upload(self._snapshot(), record)
+
+    def sync_in_background(self, record: Callable[[Index], None]) -> None:
+        """`sync` in a thread, from the files as they are now: a file replaced while it uploads (last.pt at
+        the next epoch) is read from the version open here."""
+        self.wait()
+        snapshot = self._snapshot()
+        self._thread = threading.Thread(target=self._background, args=(snapshot, record), daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Until the background sync ends; its error, if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def _background(self, snapshot: dict[str, _Version], record: Callable[[Index], None]) -> None:
+        try:
+            self._upload(snapshot, record)
+        except BaseException as e:  # raised in the training thread by the next sync
+            self._error = e
+
+    def _snapshot(self) -> dict[str, _Version]:
+        """Each file's version now: known (this mirror hashed it and the index holds it) or opened to read."""
+        out = {}
         for name, path in self.files().items():
-            stat = path.stat()
-            seen = self.hashes.get(name)
-            sha = seen[2] if seen and seen[:2] == (stat.st_size, stat.st_mtime_ns) else sha256_of(path)
-            self.hashes[name] = (stat.st_size, stat.st_mtime_ns, sha)
-            old = self.index.get(name)
-            if old is not None and old.sha256 == sha:
-                index[name] = old
+            try:
+                stat = path.stat()
+                seen = self.hashes.get(name)
+                old = self.index.get(name)
+                if seen and seen[:2] == (stat.st_size, stat.st_mtime_ns) and old and old.sha256 == seen[2]:
+                    out[name] = _Version(stat.st_size, stat.st_mtime_ns, seen[2], None)
+                else:
+                    out[name] = _Version(stat.st_size, stat.st_mtime_ns, None, open(path, "rb"))
+            except FileNotFoundError:  # deleted since it was listed: it is gone from the store too
                 continue
-            key = self.artifacts.key(self.base, f"{name}@{sha[:16]}")
-            self.artifacts.put(path, key)
-            index[name], sent = Stored(key, sha, stat.st_size), sent + stat.st_size
+        return out
+
+    def _upload(self, snapshot: dict[str, _Version], record: Callable[[Index], None]) -> int:
+        started, sent, index = time.perf_counter(), 0, {}
+        try:
+            for name, version in snapshot.items():
+                sha = version.sha256 or hashlib.file_digest(version.source, "sha256").hexdigest()
+                self.hashes[name] = (version.size, version.mtime_ns, sha)
+                old = self.index.get(name)
+                if old is not None and old.sha256 == sha:
+                    index[name] = old
+                    continue
+                key = self.artifacts.key(self.base, f"{name}@{sha[:16]}")
+                self.artifacts.put(version.source, key, str(self.root / name))
+                index[name], sent = Stored(key, sha, version.size), sent + version.size
+        finally:
+            for version in snapshot.values():
+                if version.source is not None:
+                    version.source.close()
         if index == self.index:
             return 0
         record(index)
@@ -91,8 +144,18 @@ class FolderMirror:
         self.index = index
         for key in sorted(replaced):
             self.artifacts.remove(key)
-        self.uploaded_bytes += sent
+        self.jobs.append((time.perf_counter() - started, sent))
         return sent
+
+
+@dataclass(frozen=True)
+class _Version:
+    """A file as a sync found it: its sha256 when known, else an open file to hash and upload."""
+
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    source: BinaryIO | None
 
 
 def restore(artifacts: Artifacts, root: Path, index: Index) -> list[str]:
@@ -113,19 +176,17 @@ def restore(artifacts: Artifacts, root: Path, index: Index) -> list[str]:
 
 class TrialUpload(Callback):
     """A study trial's folder kept in the artifact store as its folds train: after each epoch's last.pt (at
-    most one upload per file per epoch, only of what changed) and as each fold starts (the previous fold's
-    summary). `seconds` and `sent` per epoch are what bench/artifacts.py reports."""
+    most one upload per file per epoch, only of what changed), in the background while the next epoch
+    trains, and as each fold starts (the previous fold's summary, waited for)."""
 
     stage, writes = RESUME, True  # right after ResumeFile wrote last.pt, before the epoch's row is written
 
     def __init__(self, mirror: FolderMirror, record: Callable[[Index], None]):
         self.mirror, self.record = mirror, record
-        self.epochs: list[tuple[float, int]] = []  # (seconds, bytes) per epoch
 
     def on_fit_start(self, state: FitState) -> None:
         self.mirror.sync(self.record)
 
     def on_epoch_end(self, state: FitState) -> None:
-        with state.timed("upload_seconds"):
-            sent = self.mirror.sync(self.record)
-        self.epochs.append((state.row["upload_seconds"], sent))
+        with state.timed("upload_seconds"):  # what the epoch waits: the previous upload, and opening the files
+            self.mirror.sync_in_background(self.record)
