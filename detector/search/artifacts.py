@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 from urllib.parse import urlparse
 
-from ..errors import ArtifactStoreError, ConfigError
+from ..errors import ArtifactStoreError, ConfigError, hide_password
 from ..files import atomic_file
 
 ENV = "DETECTOR_ARTIFACTS"
@@ -70,15 +70,15 @@ class Artifacts:
         return f"s3://{_bucket(self.url)}/{key}" if self.url.startswith("s3://") else str(Path(self.url) / key)
 
     def _retried(self, what: str, call: Callable[[], None]) -> None:
+        from optuna.artifacts.exceptions import ArtifactNotFound
+
         wait = self.wait
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 return call()
-            except OSError as e:
-                if isinstance(e, FileNotFoundError) and not self.url.startswith("s3://"):
-                    raise ArtifactStoreError(f"{what}: {_reason(e)}") from None
-                error = e
-            except Exception as e:  # botocore's errors, whatever their class
+            except ArtifactNotFound:  # no retry brings it back
+                raise ArtifactStoreError(f"{what}: the object is missing from the store") from None
+            except Exception as e:  # OSError, botocore's errors, whatever their class
                 error = e
             if attempt < ATTEMPTS:
                 time.sleep(wait)
@@ -93,7 +93,7 @@ def open_artifacts(url: str, wait: float = FIRST_WAIT) -> Artifacts:
     if url.startswith("s3://"):
         artifacts = Artifacts(url, _s3_store(url), urlparse(url).path.strip("/"), wait)
     elif "://" in url and not url.startswith("file://"):
-        raise ConfigError(f"--artifacts {_shown(url)}: use s3://BUCKET/PREFIX or a folder")
+        raise ConfigError(f"--artifacts {hide_password(url)}: use s3://BUCKET/PREFIX or a folder")
     else:
         folder = Path(url[len("file://"):] if url.startswith("file://") else url).expanduser().resolve()
         artifacts = Artifacts(str(folder), _folder_store(folder), "", wait)
@@ -105,15 +105,9 @@ def _bucket(url: str) -> str:
     return urlparse(url).netloc
 
 
-def _shown(url: str) -> str:
-    """The URL as a message may show it: any user:password@ part dropped."""
-    parsed = urlparse(url)
-    return url.replace(parsed.netloc, parsed.netloc.rsplit("@", 1)[-1]) if "@" in parsed.netloc else url
-
-
 def _s3_store(url: str):
     if "@" in urlparse(url).netloc:
-        raise ConfigError(f"--artifacts {_shown(url)}: keys do not go in the URL; set AWS_ACCESS_KEY_ID and "
+        raise ConfigError(f"--artifacts {hide_password(url)}: keys do not go in the URL; set AWS_ACCESS_KEY_ID and "
                           "AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for a server other than AWS)")
     if not _bucket(url):
         raise ConfigError(f"--artifacts {url}: no bucket; use s3://BUCKET/PREFIX")
@@ -145,7 +139,7 @@ class _NestedFolderStore:
     def __init__(self, folder: Path):
         from optuna.artifacts import FileSystemArtifactStore
 
-        self.base, self.inner = folder, FileSystemArtifactStore(folder)
+        self.inner = FileSystemArtifactStore(folder)
 
     def open_reader(self, key: str):
         return self.inner.open_reader(key)
@@ -208,8 +202,5 @@ def _fix(e: BaseException) -> str:
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -13,11 +13,11 @@ from typing import Any, BinaryIO, Callable
 
 from ..errors import ArtifactStoreError
 from ..files import temp_target
-from ..layout import LOCK
+from ..layout import LOCK, STUDY_FILES
 from ..training.callbacks import RESUME, Callback, FitState
 from .artifacts import Artifacts, sha256_of
 
-SKIPPED = {LOCK, ".lock", ".publish.lock"}  # held by the process that writes the folder, never copied
+SKIPPED = {LOCK, STUDY_FILES["lock"], STUDY_FILES["publish_lock"]}  # held by the writing process, never copied
 
 
 @dataclass(frozen=True)
@@ -184,8 +184,12 @@ class TrialUpload(Callback):
     def __init__(self, mirror: FolderMirror, record: Callable[[Index], None]):
         self.mirror, self.record = mirror, record
 
-    def on_fit_start(self, state: FitState) -> None:
+    def flush(self) -> None:
+        """Sync now, after the one in the background: what the trial's end and a fold's start need."""
         self.mirror.sync(self.record)
+
+    def on_fit_start(self, state: FitState) -> None:
+        self.flush()
 
     def on_epoch_end(self, state: FitState) -> None:
         with state.timed("upload_seconds"):  # what the epoch waits: the previous upload, and opening the files

@@ -68,10 +68,10 @@ class Objective:
             if tracked:
                 tracked.stopped(ended_status(e, optuna.TrialPruned))
             if upload and isinstance(e, optuna.TrialPruned):
-                upload.mirror.sync(upload.record)  # its freed models leave the store too
+                upload.flush()  # its freed models leave the store too
             raise
         if upload:
-            upload.mirror.sync(upload.record)  # the last fold's summary; its last.pt, deleted, leaves the store
+            upload.flush()  # the last fold's summary; its last.pt, deleted, leaves the store
         if tracked:
             tracked.finished({"value": values[0], **({"latency_ms": values[1]} if len(values) > 1 else {}),
                               **{f"cv_mean_{k}": v for k, v in trial.user_attrs[CV_MEAN].items()}})

@@ -14,7 +14,7 @@ from ..inference.manifest import read_manifest
 from ..layout import ENSEMBLE, StudyPaths
 from .artifacts import Artifacts, open_artifacts
 from .mirror import FolderMirror, index_from, index_to, restore
-from .storage import recorded_storage, storage_errors, storage_url
+from .storage import open_named, recorded_storage, storage_url
 
 PUBLISHER = "publisher"  # study attribute: the worker publishing (or that last published) best/
 PUBLISHED = "published"  # study attribute: the plan best/ holds, who published it, and its uploaded files
@@ -55,20 +55,19 @@ def published_elsewhere(study: optuna.Study, directory: Path, key: dict[str, Any
 
 
 def record_published(study: optuna.Study, directory: Path, key: dict[str, Any], worker: dict[str, Any],
-                     artifacts: Artifacts | None) -> dict[str, Any]:
+                     artifacts: Artifacts | None) -> None:
     """Upload best/ (with artifacts) and record it in the study: what any machine fetches."""
     record = {"plan": key, "by": worker, "at": time.time(), "folder": str(directory.resolve())}
     if artifacts is None:
         study.set_user_attr(PUBLISHED, record)
-        return record
+        return
     previous = study.user_attrs.get(PUBLISHED) or {}
     mirror = FolderMirror(artifacts, StudyPaths(directory).best, f"{directory.name}/best",
                           index_from(previous.get("files")))
     write = lambda index: study.set_user_attr(PUBLISHED, {**record, "artifacts": artifacts.url,
                                                           "files": index_to(index)})
-    mirror.sync(write)
-    write(mirror.index)
-    return study.user_attrs.get(PUBLISHED, record)
+    mirror.sync(write)  # records the files before the versions they replace are removed
+    write(mirror.index)  # and the plan and worker, when best/'s files were already there
 
 
 def fetch(study: str | Path, out: str | Path, *, storage: str | None = None, artifacts: str | None = None,
@@ -96,12 +95,7 @@ def fetch(study: str | Path, out: str | Path, *, storage: str | None = None, art
 
 
 def _published_record(name: str, url: str) -> dict[str, Any]:
-    with storage_errors(url):
-        try:
-            study = optuna.load_study(study_name=name, storage=url)
-        except KeyError:
-            raise ConfigError(f"the storage holds no study named {name!r}; check the name and --storage") from None
-    record = study.user_attrs.get(PUBLISHED)
+    record = open_named(name, url).user_attrs.get(PUBLISHED)
     if not record:
         raise ConfigError(f"study {name} has published nothing yet: its workers publish best/ once every trial is "
                           "done; see detector report")

@@ -24,11 +24,16 @@ def load_study(study_dir: str | Path, storage: str | None = None) -> optuna.Stud
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
         raise ConfigError(f"storage {url}: no such database file; check --storage (the study folder records "
                           f"{recorded_storage(directory) or 'the default study.db'})")
+    return open_named(directory.name, url)
+
+
+def open_named(name: str, url: str) -> optuna.Study:
+    """The study `name` in the storage at `url`, for reading; a missing one is a ConfigError."""
     with storage_errors(url):
         try:
-            return optuna.load_study(study_name=directory.name, storage=url)
+            return optuna.load_study(study_name=name, storage=url)
         except KeyError:
-            raise ConfigError(f"storage {_masked(url)} holds no study named {directory.name!r}; check "
+            raise ConfigError(f"storage {_masked(url)} holds no study named {name!r}; check the name and "
                               "--storage") from None
 
 
