@@ -179,6 +179,35 @@ def test_fetch_guards_its_out_folder_and_replaces_only_a_previous_fetch(publishe
     assert missing.returncode == 2 and "no study named 'nope'" in missing.stderr and "Traceback" not in missing.stderr
 
 
+_FILE_SIZE_LIMIT = """
+import resource, runpy, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (3000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+sys.argv = ["detector"] + sys.argv[1:]
+runpy.run_module("detector.cli", run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_fetch_on_a_full_disk_or_into_the_study_itself_loses_nothing(published, tmp_path):
+    import sys
+
+    study = published / "studies" / "one"
+    out = tmp_path / "best"
+    assert run_cli("fetch", str(study), "--out", str(out)).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    full = subprocess.run([sys.executable, "-c", _FILE_SIZE_LIMIT, "fetch", str(study), "--out", str(out), "--force"],
+                          capture_output=True, text=True)
+    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr
+    assert "File too large" in full.stderr and "failed 3 times" not in full.stderr  # the disk, not the store
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the previous fetch, whole
+    assert not any(p.name.startswith(".best.") for p in tmp_path.iterdir())  # no staging folder left
+    database = (study / "study.db").read_bytes()
+    into_study = run_cli("fetch", str(study), "--out", str(study), "--force")
+    assert into_study.returncode == 2 and "holds files a fetch did not write" in into_study.stderr
+    assert (study / "study.db").read_bytes() == database
+
+
 @pytest.mark.slow
 def test_a_failed_upload_fails_its_trial_with_the_reason_and_keeps_the_study(sample, tmp_path):
     store, study_dir = tmp_path / "store", tmp_path / "studies" / "s"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 from urllib.parse import urlparse
 
-from ..errors import ArtifactStoreError, ConfigError, hide_password
+from ..errors import ArtifactStoreError, ConfigError, DetectorError, hide_password
 from ..files import atomic_file
 
 ENV = "DETECTOR_ARTIFACTS"
@@ -78,6 +78,8 @@ class Artifacts:
                 return call()
             except ArtifactNotFound:  # no retry brings it back
                 raise ArtifactStoreError(f"{what}: the object is missing from the store") from None
+            except DetectorError:  # this machine's disk (files.atomic_file's StorageError), not the store
+                raise
             except Exception as e:  # OSError, botocore's errors, whatever their class
                 error = e
             if attempt < ATTEMPTS:
